@@ -1,0 +1,1 @@
+"""Beam pipelines, options, connectors and sinks of medprep."""

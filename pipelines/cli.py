@@ -1,0 +1,66 @@
+"""`medprep` command line: images | volumes | slides | demo; Beam options pass through."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from pipelines.options import OptionError, add_common_options, config_from_args
+from pipelines.runner import check_beam_args, run
+
+PIPELINES = {"images": "pipelines.images"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medprep",
+        description="Prepare medical images + text for MedGemma-style training. "
+                    "Unrecognized --options are Beam pipeline options (--runner, --direct_num_workers, …).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    images = sub.add_parser("images", help="2D images (CXR, fundus, skin, other) from a manifest")
+    add_common_options(images)
+    demo = sub.add_parser("demo", help="generate bundled samples and run the pipelines on them")
+    demo.add_argument("--output_dir", default="demo_out", help="where to write samples and outputs (default demo_out)")
+    return parser
+
+
+def run_pipeline(name: str, argv: list[str]) -> dict:
+    """Parse pipeline options, validate, run; returns summary.json's content."""
+    import importlib
+
+    parser = _parser()
+    args, beam_args = parser.parse_known_args([name] + argv)
+    check_beam_args(beam_args)
+    config = config_from_args(args)
+    module = importlib.import_module(PIPELINES[name])
+    run(module.build, config, beam_args)
+    from pipelines.outputs import join
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(join(config.output_dir, "summary.json")) as fh:
+        return json.loads(fh.read())
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "demo":
+            from pipelines.demo import main as demo_main
+
+            args = _parser().parse_args(argv)
+            return demo_main(args.output_dir)
+        if argv and argv[0] in PIPELINES:
+            summary = run_pipeline(argv[0], argv[1:])
+            print(json.dumps({k: summary[k] for k in ("inputs", "examples", "images", "errors", "reconciled")}))
+            return 0 if summary["reconciled"] else 1
+        _parser().parse_args(argv)  # prints usage / help
+        return 2
+    except OptionError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The run configuration shared by every pipeline: what the workers need, picklable, hashable."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from transforms.dicom_render import RenderOptions
+from transforms.image import ImageOptions
+from transforms.windowing import CT_PRESETS, Window
+
+PIPELINE_VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Options of one run (paths, processing, text, splits, outputs). The salt is never serialized."""
+
+    input: str
+    output_dir: str
+    tokenizer: str = ""
+    tokenizer_sha256: str = ""  # content hash: the same model from any path gives the same records
+    image_size: int = 896
+    image_format: str = "png"
+    png_level: int = 6
+    jpeg_quality: int = 95
+    ct_preset: str = "medgemma-1.5"
+    ct_windows: tuple = ()  # custom ((lo, hi), (lo, hi), (lo, hi)) overriding the preset
+    max_pixels: int = 200_000_000
+    formats: tuple = ("arrayrecord", "parquet")
+    num_shards: int = 0
+    val_fraction: float = 0.0
+    test_fraction: float = 0.0
+    max_text_tokens: int = 1024
+    overwrite: bool = False
+    preview_count: int = 16
+    salt: str = field(default="", repr=False)
+    salt_is_default: bool = False
+
+    def windows(self) -> tuple[Window, Window, Window]:
+        """The three CT windows (R, G, B) in HU."""
+        if self.ct_windows:
+            return tuple(Window(lo, hi) for lo, hi in self.ct_windows)  # type: ignore[return-value]
+        return CT_PRESETS[self.ct_preset]
+
+    def image_options(self) -> ImageOptions:
+        """Options for transforms.image."""
+        render = RenderOptions(ct_windows=self.windows(), max_pixels=self.max_pixels)
+        return ImageOptions(self.image_size, self.image_format, self.png_level, self.jpeg_quality, render)
+
+    def public(self) -> dict:
+        """The configuration as written to summary.json (no salt, no paths' secrets)."""
+        d = asdict(self)
+        d.pop("salt")
+        d["formats"] = list(self.formats)
+        d["ct_windows"] = [[w.low, w.high] for w in self.windows()]
+        return d
+
+    @functools.cached_property
+    def config_hash(self) -> str:
+        """SHA-256 over the options that change record content (not input/output paths)."""
+        d = self.public()
+        for key in ("input", "output_dir", "tokenizer", "overwrite", "preview_count", "formats", "num_shards"):
+            d.pop(key, None)
+        d["pipeline_version"] = PIPELINE_VERSION
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode("utf-8")).hexdigest()

@@ -1,0 +1,50 @@
+"""The common tail of every pipeline: shards, errors, summary.json and preview.png."""
+from __future__ import annotations
+
+import apache_beam as beam
+
+from pipelines.config import Config
+from pipelines.outputs import join, write_bytes
+from pipelines.preview import caption_of, contact_sheet
+from pipelines.sinks import WriteErrors, WriteShards
+from pipelines.summary import build_summary, sum_counts, summary_json
+from transforms.encode import file_extension
+
+
+def _write_summary(_, pipeline, config, inputs, stats, errors, files, error_files):
+    summary = build_summary(pipeline, config, inputs, stats, errors, files + error_files)
+    write_bytes(join(config.output_dir, "summary.json"), summary_json(summary))
+    return summary
+
+
+def _write_preview(samples, output_dir):
+    write_bytes(join(output_dir, "preview.png"), contact_sheet(sorted(samples)))
+
+
+class WriteDataset(beam.PTransform):
+    """(inputs, records, stats, errors) -> every output file of DESIGN.md's 'Outputs'."""
+
+    def __init__(self, pipeline_name: str, config: Config):
+        super().__init__()
+        self.pipeline_name, self.config = pipeline_name, config
+
+    def expand(self, pcolls):
+        inputs, records, stats, errors = pcolls
+        cfg = self.config
+        files = records | "Shards" >> WriteShards(cfg.output_dir, cfg.formats, cfg.num_shards,
+                                                  file_extension(cfg.image_format))
+        error_file = errors | "Errors" >> WriteErrors(cfg.output_dir)
+        n_inputs = inputs | "CountInputs" >> beam.combiners.Count.Globally()
+        total = stats | "SumStats" >> beam.CombineGlobally(sum_counts)
+        (records
+         | "PreviewSample" >> beam.Map(lambda r: (r["example_id"], r["images"][0], caption_of(r)))
+         | "PreviewPick" >> beam.combiners.Top.Smallest(cfg.preview_count)
+         | "PreviewWrite" >> beam.Map(_write_preview, cfg.output_dir))
+        return (
+            inputs.pipeline
+            | "SummaryTrigger" >> beam.Create([None])
+            | "Summary" >> beam.Map(
+                _write_summary, self.pipeline_name, cfg,
+                beam.pvalue.AsSingleton(n_inputs), beam.pvalue.AsSingleton(total),
+                beam.pvalue.AsList(errors), beam.pvalue.AsList(files), beam.pvalue.AsList(error_file))
+        )

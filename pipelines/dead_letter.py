@@ -1,0 +1,72 @@
+"""Per-item error handling: an item either yields all its outputs or one error line.
+
+Error lines are dicts {ref, row, stage, error, message}; `error` is the exception class.
+"""
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Iterable, Iterator
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from transforms.errors import ItemError
+
+ERRORS = "errors"
+STATS = "stats"
+_LOG = logging.getLogger(__name__)
+
+
+def error_line(ref: str, row: int, stage: str, exc: BaseException) -> dict:
+    """The errors/ JSON line for a failed input."""
+    if isinstance(exc, ItemError):
+        return {"ref": ref, "row": row, "stage": exc.stage, "error": "ItemError", "message": exc.message}
+    return {"ref": ref, "row": row, "stage": stage, "error": type(exc).__name__, "message": str(exc)}
+
+
+class ItemDoFn(beam.DoFn):
+    """Base DoFn: subclasses implement `outputs(element)` -> iterable of (record, stats).
+
+    The main output gets the records, tagged output STATS the summed stats plus one
+    `inputs_ok` per input, tagged output ERRORS one error line per failed input. Outputs
+    are buffered per item so a failure part-way loses nothing and duplicates nothing.
+    """
+
+    default_stage = "record"
+
+    def __init__(self):
+        self._errors = Metrics.counter(self.__class__.__name__, "errors")
+        self._examples = Metrics.counter(self.__class__.__name__, "examples")
+
+    def ref_of(self, element) -> tuple[str, int]:
+        """(reference, manifest row) naming the element in error lines."""
+        return str(element), -1
+
+    def outputs(self, element) -> Iterable[tuple[dict, dict]]:
+        raise NotImplementedError
+
+    def process(self, element) -> Iterator:
+        try:
+            produced = list(self.outputs(element))
+        except Exception as exc:  # every failure of one item becomes an error line
+            ref, row = self.ref_of(element)
+            line = error_line(ref, row, self.default_stage, exc)
+            if not isinstance(exc, ItemError):
+                _LOG.warning("unexpected %s on %s:\n%s", type(exc).__name__, ref, traceback.format_exc())
+            self._errors.inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, line)
+            return
+        if not produced:
+            ref, row = self.ref_of(element)
+            self._errors.inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, error_line(ref, row, self.default_stage,
+                                                              ItemError(self.default_stage, "input produced no example")))
+            return
+        total: dict = {"inputs_ok": 1}
+        for record, stats in produced:
+            for key, value in stats.items():
+                total[key] = total.get(key, 0) + value
+            self._examples.inc()
+            yield record
+        yield beam.pvalue.TaggedOutput(STATS, total)

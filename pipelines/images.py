@@ -1,0 +1,96 @@
+"""`medprep images`: 2D images (CXR, fundus, skin, other) + text -> records.
+
+Tasks per manifest row: image_text (image + report/caption), longitudinal ([prior, current]),
+localization (boxes rendered in MedGemma 1.5's answer format), classification (label).
+"""
+from __future__ import annotations
+
+import apache_beam as beam
+
+from pipelines.config import Config
+from pipelines.dataset_writer import WriteDataset
+from pipelines.dead_letter import ERRORS, STATS, ItemDoFn
+from pipelines.manifest import read_manifest
+from pipelines.records import ExampleParts, build_record
+from pipelines.sources.files import read_bytes
+from pipelines.tokenizer import load_tokenizer
+from transforms.errors import ItemError, stage
+from transforms.geometry import map_boxes, validate_boxes
+from transforms.image import decode_any, finish_rendered
+from transforms.localization import box_answer
+
+
+def row_task(row: dict) -> str:
+    """The task a manifest row describes."""
+    if row["boxes"]:
+        return "localization"
+    if row["prior"]:
+        return "longitudinal"
+    if row["label"] and not row["text"]:
+        return "classification"
+    return "image_text"
+
+
+class PrepareImageRow(ItemDoFn):
+    """Manifest row -> one record (or one error line)."""
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = config
+
+    def setup(self):
+        self.tokenizer = load_tokenizer(self.config.tokenizer)
+        self.options = self.config.image_options()
+
+    def ref_of(self, row) -> tuple[str, int]:
+        return row["images"][0], row["row"]
+
+    def outputs(self, row):
+        refs = ([row["prior"]] if row["prior"] else []) + list(row["images"])  # [prior, current]
+        finished = []
+        for ref in refs:
+            data = read_bytes(ref)
+            with stage("decode"):
+                rendered = decode_any(data, ref, self.options)
+            with stage("transform"):
+                finished.append(finish_rendered(rendered, self.options))
+        current = finished[-1]
+        task = row_task(row)
+        text, boxes = row["text"], []
+        if task == "localization":
+            problem = validate_boxes(row["boxes"], current.plan.src_width, current.plan.src_height)
+            if problem:
+                raise ItemError("transform", problem)
+            boxes = map_boxes(row["boxes"], current.plan).tolist()
+            text = box_answer(boxes, row["box_labels"])
+        elif task == "classification":
+            text = row["label"]
+        if not text.strip():
+            raise ItemError("text", "empty text: the row has no text, label or boxes")
+        ids = current.identifiers
+        parts = ExampleParts(
+            example_key=row["id"] or f"row:{row['row']}:{'|'.join(refs)}",
+            modality=row["modality"] or current.info.get("modality") or "photo",
+            task=task,
+            images=finished,
+            sources=refs,
+            prompt=row["prompt"],
+            text=text,
+            patient_id=row["patient_id"] or ids.get("PatientID", ""),
+            study_uid=ids.get("StudyInstanceUID", ""),
+            boxes=boxes,
+            box_labels=row["box_labels"],
+            label=row["label"],
+        )
+        with stage("text"):
+            yield build_record(parts, self.config, self.tokenizer)
+
+
+def build(p: beam.Pipeline, config: Config):
+    """The images pipeline graph."""
+    rows = (p
+            | "Manifest" >> beam.Create([config.input])
+            | "ReadRows" >> beam.FlatMap(read_manifest)
+            | "Spread" >> beam.Reshuffle())
+    out = rows | "Prepare" >> beam.ParDo(PrepareImageRow(config)).with_outputs(ERRORS, STATS, main="records")
+    return (rows, out.records, out[STATS], out[ERRORS]) | "Write" >> WriteDataset("images", config)

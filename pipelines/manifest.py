@@ -1,0 +1,147 @@
+"""Manifest rows (JSONL, CSV or Parquet; local or gs://) -> validated, normalized dicts.
+
+Columns: image (a reference or a list), text, prompt, prior, boxes, box_labels, label,
+patient_id, id, modality. List-valued columns may be JSON strings in CSV.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from typing import Any, Iterator
+
+from apache_beam.io.filesystems import FileSystems
+
+KNOWN_COLUMNS = frozenset(
+    {"image", "text", "prompt", "prior", "boxes", "box_labels", "label", "patient_id", "id", "modality"}
+)
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used; the message names the file and row."""
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
+
+
+def _maybe_json(value: Any) -> Any:
+    if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _as_str(value: Any) -> str:
+    if _is_missing(value):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def normalize_row(raw: dict, index: int) -> dict:
+    """One raw row -> normalized dict, or ManifestError naming the row and column."""
+    where = f"row {index + 1}"
+    image = _maybe_json(raw.get("image"))
+    if hasattr(image, "tolist"):
+        image = image.tolist()
+    if _is_missing(image) or image == []:
+        raise ManifestError(f"{where}: column 'image' is empty")
+    images = image if isinstance(image, list) else [image]
+    if not all(isinstance(i, str) and i for i in images):
+        raise ManifestError(f"{where}: column 'image' must hold a reference or a list of references")
+    boxes = _maybe_json(raw.get("boxes"))
+    if hasattr(boxes, "tolist"):
+        boxes = boxes.tolist()
+    boxes = [] if _is_missing(boxes) else boxes
+    try:
+        boxes = [[float(c) for c in box] for box in boxes]
+    except (TypeError, ValueError):
+        raise ManifestError(f"{where}: column 'boxes' must be a list of [x0, y0, x1, y1]") from None
+    if any(len(b) != 4 for b in boxes):
+        raise ManifestError(f"{where}: column 'boxes' must be a list of [x0, y0, x1, y1]")
+    labels = _maybe_json(raw.get("box_labels"))
+    if hasattr(labels, "tolist"):
+        labels = labels.tolist()
+    labels = [] if _is_missing(labels) else labels
+    if isinstance(labels, str):
+        labels = [labels]
+    if boxes and len(labels) != len(boxes):
+        raise ManifestError(f"{where}: {len(boxes)} boxes but {len(labels)} box_labels")
+    prior = _as_str(raw.get("prior"))
+    if prior and len(images) != 1:
+        raise ManifestError(f"{where}: a 'prior' needs exactly one current 'image'")
+    return {
+        "row": index,
+        "id": _as_str(raw.get("id")),
+        "images": images,
+        "prior": prior,
+        "text": _as_str(raw.get("text")),
+        "prompt": _as_str(raw.get("prompt")),
+        "boxes": boxes,
+        "box_labels": [str(x) for x in labels],
+        "label": _as_str(raw.get("label")),
+        "patient_id": _as_str(raw.get("patient_id")),
+        "modality": _as_str(raw.get("modality")),
+    }
+
+
+def _raw_rows(path: str) -> Iterator[dict]:
+    lower = path.lower()
+    with FileSystems.open(path, compression_type="uncompressed") as fh:
+        data = fh.read()
+    if lower.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(io.BytesIO(data))
+        yield from table.to_pylist()
+    elif lower.endswith(".csv"):
+        reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig")))
+        yield from reader
+    elif lower.endswith((".jsonl", ".json", ".ndjson")):
+        for n, line in enumerate(data.decode("utf-8").splitlines()):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ManifestError(f"{path}: line {n + 1} is not valid JSON: {exc.msg}") from None
+            if not isinstance(row, dict):
+                raise ManifestError(f"{path}: line {n + 1} is not a JSON object")
+            yield row
+    else:
+        raise ManifestError(f"{path}: unsupported manifest format (use .jsonl, .csv or .parquet)")
+
+
+def read_manifest(path: str) -> Iterator[dict]:
+    """Normalized rows of a manifest, numbered from 0; raises ManifestError on a bad row."""
+    try:
+        for index, raw in enumerate(_raw_rows(path)):
+            yield normalize_row(raw, index)
+    except ManifestError as exc:
+        raise ManifestError(f"{path}: {exc}") if not str(exc).startswith(path) else exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: cannot read manifest: {exc}") from None
+    except Exception as exc:  # pyarrow / Beam errors on unreadable files
+        if "No such file" in str(exc) or "not found" in str(exc).lower():
+            raise ManifestError(f"{path}: manifest not found") from None
+        raise ManifestError(f"{path}: cannot read manifest: {type(exc).__name__}: {exc}") from None
+
+
+def check_manifest(path: str) -> int:
+    """Validate every row at start-up; duplicate ids are errors. Returns the row count."""
+    seen: dict[str, int] = {}
+    count = 0
+    for row in read_manifest(path):
+        count += 1
+        if row["id"]:
+            if row["id"] in seen:
+                raise ManifestError(f"{path}: row {row['row'] + 1}: id {row['id']!r} repeats row {seen[row['id']] + 1}")
+            seen[row["id"]] = row["row"]
+    if count == 0:
+        raise ManifestError(f"{path}: manifest has no rows")
+    return count

@@ -1,0 +1,148 @@
+"""Command-line options shared by the pipelines, validated before any work starts."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+
+from pipelines.config import Config
+from pipelines.manifest import ManifestError, check_manifest
+from pipelines.outputs import existing_outputs, join, remove_outputs, write_bytes
+from pipelines.privacy import DEFAULT_SALT
+from pipelines.sinks import FORMAT_DIRS
+from pipelines.sources.files import exists, read_bytes
+from transforms.encode import IMAGE_FORMATS
+from transforms.errors import ItemError
+from transforms.text import Tokenizer
+from transforms.windowing import CT_PRESETS, Window
+
+_LOG = logging.getLogger(__name__)
+
+
+class OptionError(SystemExit):
+    """A bad option: exits with status 2 and a message naming the option."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(2)
+        self.option, self.message = option, message
+
+    def __str__(self) -> str:
+        return f"medprep: error: {self.option}: {self.message}"
+
+
+def _int_in(low: int, high: int | None = None):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high if high is not None else '∞'}], got {value}")
+        return value
+    return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
+def _formats(text: str) -> tuple:
+    names = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    bad = [n for n in names if n not in FORMAT_DIRS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(FORMAT_DIRS)} (comma-separated), got {text!r}")
+    return names
+
+
+def _ct_windows(text: str) -> tuple:
+    try:
+        pairs = [tuple(float(v) for v in part.split(",")) for part in text.split(";")]
+        if len(pairs) != 3 or any(len(p) != 2 for p in pairs):
+            raise ValueError
+        for lo, hi in pairs:
+            Window(lo, hi)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'lo,hi;lo,hi;lo,hi' in HU with hi > lo, got {text!r}") from None
+    return tuple(pairs)
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    """Options every pipeline takes (DESIGN.md 'CLI')."""
+    g = parser.add_argument_group("medprep options")
+    g.add_argument("--input", required=True, help="manifest: .jsonl, .csv or .parquet, local or gs://")
+    g.add_argument("--output_dir", required=True, help="output folder, local or gs://")
+    g.add_argument("--tokenizer", default="", help="SentencePiece .model (local or gs://); Gemma 3 models also give input_ids")
+    g.add_argument("--image_size", type=_int_in(16, 8192), default=896, help="output side in pixels (default 896)")
+    g.add_argument("--image_format", choices=IMAGE_FORMATS, default="png", help="png (lossless, default) or jpeg")
+    g.add_argument("--png_level", type=_int_in(0, 9), default=6, help="PNG zlib level 0-9 (default 6)")
+    g.add_argument("--jpeg_quality", type=_int_in(1, 100), default=95, help="JPEG quality 1-100 (default 95)")
+    g.add_argument("--ct_preset", choices=sorted(CT_PRESETS), default="medgemma-1.5", help="CT windows preset (default medgemma-1.5)")
+    g.add_argument("--ct_windows", type=_ct_windows, default=(), help="custom CT windows 'lo,hi;lo,hi;lo,hi' in HU (R;G;B), overrides --ct_preset")
+    g.add_argument("--max_pixels", type=_int_in(1), default=200_000_000, help="refuse images with more pixels than this (default 2e8)")
+    g.add_argument("--formats", type=_formats, default=("arrayrecord", "parquet"), help="output formats: arrayrecord,parquet (default both)")
+    g.add_argument("--num_shards", type=_int_in(0), default=0, help="shards per split (0 = automatic, ~256 MiB each)")
+    g.add_argument("--val_fraction", type=_fraction, default=0.0, help="fraction of patients in val (default 0)")
+    g.add_argument("--test_fraction", type=_fraction, default=0.0, help="fraction of patients in test (default 0)")
+    g.add_argument("--split_salt", default=None, help="secret for patient/study keys and splits (default: $MEDPREP_SALT)")
+    g.add_argument("--max_text_tokens", type=_int_in(1), default=1024, help="truncate prompt and text to this many tokens (default 1024)")
+    g.add_argument("--overwrite", action="store_true", help="replace outputs already in --output_dir")
+    g.add_argument("--preview_count", type=_int_in(0, 256), default=16, help="examples in preview.png (default 16)")
+
+
+def _check_output_dir(path: str, overwrite: bool) -> None:
+    present = existing_outputs(path)
+    if present and not overwrite:
+        raise OptionError("--output_dir", f"{path} already holds medprep outputs ({', '.join(present)}); "
+                                          "pass --overwrite to replace them or choose another folder")
+    if "://" not in path:
+        try:
+            os.makedirs(path, exist_ok=True)
+            probe = join(path, ".medprep-write-test")
+            write_bytes(probe, b"")
+            os.remove(probe)
+        except OSError as exc:
+            raise OptionError("--output_dir", f"cannot write to {path}: {exc.strerror or exc}") from None
+    if present:
+        remove_outputs(path)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Validate the parsed options against the world (files, manifest) and build the Config."""
+    if args.val_fraction + args.test_fraction >= 1.0:
+        raise OptionError("--val_fraction/--test_fraction", "together they must leave some patients for train (< 1)")
+    if not exists(args.input):
+        raise OptionError("--input", f"manifest not found: {args.input}")
+    try:
+        check_manifest(args.input)
+    except ManifestError as exc:
+        raise OptionError("--input", str(exc)) from None
+    tokenizer_sha = ""
+    if args.tokenizer:
+        try:
+            model = read_bytes(args.tokenizer)
+            Tokenizer(model)
+        except ItemError as exc:
+            raise OptionError("--tokenizer", exc.message) from None
+        except ValueError as exc:
+            raise OptionError("--tokenizer", f"{args.tokenizer}: {exc}") from None
+        tokenizer_sha = hashlib.sha256(model).hexdigest()
+    salt = args.split_salt or os.environ.get("MEDPREP_SALT", "")
+    if not salt:
+        _LOG.warning("no --split_salt or MEDPREP_SALT: using the public default salt; keys are NOT secret")
+    _check_output_dir(args.output_dir, args.overwrite)
+    return Config(
+        input=args.input, output_dir=args.output_dir, tokenizer=args.tokenizer, tokenizer_sha256=tokenizer_sha,
+        image_size=args.image_size, image_format=args.image_format, png_level=args.png_level,
+        jpeg_quality=args.jpeg_quality, ct_preset=args.ct_preset, ct_windows=args.ct_windows,
+        max_pixels=args.max_pixels, formats=args.formats, num_shards=args.num_shards,
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction, max_text_tokens=args.max_text_tokens,
+        overwrite=args.overwrite, preview_count=args.preview_count, salt=salt or DEFAULT_SALT,
+        salt_is_default=not salt,
+    )

@@ -1,0 +1,67 @@
+"""Output paths and file writes (local or gs://) under --output_dir."""
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import tempfile
+
+from apache_beam.io.filesystems import FileSystems
+
+OUTPUT_PARTS = ("arrayrecord", "parquet", "errors", "summary.json", "preview.png")
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts for local paths and URIs alike."""
+    return posixpath.join(base, *parts) if "://" in base else os.path.join(base, *parts)
+
+
+def shard_name(prefix: str, index: int, count: int, suffix: str) -> str:
+    """'{prefix}-SSSSS-of-NNNNN{suffix}'."""
+    return f"{prefix}-{index:05d}-of-{count:05d}{suffix}"
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write a whole file; local writes go through a temp file and an atomic rename."""
+    if "://" not in path:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+        return
+    with FileSystems.create(path) as fh:
+        fh.write(data)
+
+
+def write_via_local(path: str, write_fn) -> int:
+    """Call write_fn(local_path) (for writers that need a local file), then move it to `path`."""
+    if "://" not in path:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        write_fn(tmp)
+        size = os.path.getsize(tmp)
+        os.replace(tmp, path)
+        return size
+    with tempfile.TemporaryDirectory() as d:
+        local = os.path.join(d, "shard")
+        write_fn(local)
+        size = os.path.getsize(local)
+        with open(local, "rb") as src, FileSystems.create(path) as dst:
+            shutil.copyfileobj(src, dst, 8 << 20)
+        return size
+
+
+def existing_outputs(output_dir: str) -> list[str]:
+    """The medprep outputs already present in output_dir."""
+    return [p for p in OUTPUT_PARTS if FileSystems.exists(join(output_dir, p))]
+
+
+def remove_outputs(output_dir: str) -> None:
+    """Delete previous medprep outputs in output_dir (for --overwrite)."""
+    for part in existing_outputs(output_dir):
+        path = join(output_dir, part)
+        if "://" not in path and os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            FileSystems.delete([path])

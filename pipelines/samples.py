@@ -1,0 +1,191 @@
+"""Generate the bundled demo samples: synthetic CXR DICOMs, fundus and skin photos, pydicom's files.
+
+Everything is deterministic (fixed seeds and UIDs). The synthetic DICOMs carry fake patient
+identifiers on purpose, so privacy checks have something to look for.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+from PIL import Image
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+DX_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+CR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1"
+
+
+def fake_identity(n: int) -> dict:
+    """Planted, obviously fake identifiers for synthetic patient n."""
+    return {"PatientName": f"DOE^JANE{n:03d}", "PatientID": f"MRN-CANARY-{n:05d}",
+            "PatientBirthDate": "19700101", "AccessionNumber": f"ACC-CANARY-{n:05d}"}
+
+
+def write_dicom(path: str, pixels: np.ndarray, *, modality: str = "DX", photometric: str = "MONOCHROME2",
+                patient: int = 1, study: int = 1, window: tuple[float, float] | None = None,
+                slope: float = 1.0, intercept: float = 0.0, extra: dict | None = None) -> str:
+    """Write a single-frame uncompressed DICOM (uint16/int16 greyscale or uint8 RGB) to `path`."""
+    ds = Dataset()
+    meta = FileMetaDataset()
+    sop_class = {"CR": CR_SOP_CLASS}.get(modality, DX_SOP_CLASS)
+    sop_uid = generate_uid(entropy_srcs=[path.split(os.sep)[-1], modality, str(patient), str(study)])
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_uid
+    ds.Modality = modality
+    for key, value in fake_identity(patient).items():
+        setattr(ds, key, value)
+    ds.InstitutionName = "CANARY GENERAL HOSPITAL"
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=["study", str(patient), str(study)])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=["series", str(patient), str(study), modality])
+    ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
+    if pixels.ndim == 3:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit, ds.PixelRepresentation = 7, 0
+        data = np.ascontiguousarray(pixels, dtype=np.uint8)
+    else:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+        ds.PixelRepresentation = 1 if pixels.dtype == np.int16 else 0
+        data = np.ascontiguousarray(pixels, dtype=np.int16 if ds.PixelRepresentation else np.uint16)
+        if slope != 1.0 or intercept != 0.0 or modality == "CT":
+            ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        if window:
+            ds.WindowCenter, ds.WindowWidth = window
+    for key, value in (extra or {}).items():
+        setattr(ds, key, value)
+    ds.PixelData = data.tobytes()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def synthetic_cxr(width: int = 880, height: int = 1024, seed: int = 0,
+                  nodule: tuple[int, int, int] | None = None) -> np.ndarray:
+    """A chest-radiograph-like uint16 image (12-bit values): body, lungs, mediastinum, ribs."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    cx, cy = width / 2, height / 2
+    img = np.full((height, width), 300.0, np.float32)
+    body = ((x - cx) / (0.46 * width)) ** 2 + ((y - cy) / (0.52 * height)) ** 2 < 1
+    img[body] = 2600
+    for side in (-1, 1):
+        lung = ((x - cx - side * 0.2 * width) / (0.15 * width)) ** 2 + ((y - cy + 0.03 * height) / (0.33 * height)) ** 2 < 1
+        img[lung] = 900
+    heart = ((x - cx + 0.04 * width) / (0.12 * width)) ** 2 + ((y - cy - 0.12 * height) / (0.13 * height)) ** 2 < 1
+    img[heart] = 2400
+    for k in range(8):
+        rib = np.abs(y - (0.22 * height + k * 0.075 * height) - 0.02 * np.abs(x - cx)) < 6
+        img[rib & body] += 600
+    if nodule:
+        nx, ny, r = nodule
+        img[(x - nx) ** 2 + (y - ny) ** 2 < r * r] = 2200
+    img += rng.normal(0, 25, img.shape).astype(np.float32)
+    return np.clip(img, 0, 4095).astype(np.uint16)
+
+
+def synthetic_fundus(size: int = 640, seed: int = 0) -> np.ndarray:
+    """A fundus-photo-like RGB uint8 image: orange disc, bright optic disc, dark vessels."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    c = size / 2
+    r = np.hypot(x - c, y - c)
+    img = np.zeros((size, size, 3), np.float32)
+    inside = r < 0.46 * size
+    shade = 1 - 0.5 * (r / (0.46 * size)) ** 2
+    img[inside] = np.array([200, 90, 40], np.float32) * shade[inside, None]
+    disc = np.hypot(x - 0.68 * size, y - 0.5 * size) < 0.07 * size
+    img[disc] = (250, 220, 150)
+    for angle in np.linspace(0, 2 * np.pi, 7, endpoint=False):
+        d = np.abs((y - 0.5 * size) * np.cos(angle) - (x - 0.68 * size) * np.sin(angle))
+        img[(d < 3) & inside & ~disc] *= 0.55
+    img += rng.normal(0, 4, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def synthetic_skin(width: int = 600, height: int = 450, seed: int = 0) -> np.ndarray:
+    """A dermatology-photo-like RGBA uint8 image: skin tone, a brown lesion, transparent corner."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.zeros((height, width, 4), np.float32)
+    img[..., :3] = (224, 180, 150)
+    lesion = ((x - 0.55 * width) / 60) ** 2 + ((y - 0.5 * height) / 45) ** 2 < 1
+    img[lesion, :3] = (110, 70, 45)
+    img[..., 3] = 255
+    img[:40, :40, 3] = 0
+    img[..., :3] += rng.normal(0, 5, (height, width, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def save_jpeg_with_orientation(path: str, rgb: np.ndarray, orientation: int) -> str:
+    """Save RGB as JPEG whose pixels are stored rotated, with the EXIF Orientation that undoes it."""
+    img = Image.fromarray(rgb)
+    stored = {1: img, 3: img.rotate(180), 6: img.rotate(90, expand=True), 8: img.rotate(-90, expand=True)}[orientation]
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored.save(path, format="JPEG", quality=95, exif=exif.tobytes())
+    return path
+
+
+def _pydicom_file(name: str, dest: str) -> str:
+    src = get_testdata_file(name)
+    if src is None:
+        raise FileNotFoundError(f"pydicom test file {name} is not installed")
+    shutil.copyfile(src, dest)
+    return dest
+
+
+def make_images_samples(folder: str) -> str:
+    """Write the 2D sample files and manifest.jsonl into folder; returns the manifest path."""
+    os.makedirs(folder, exist_ok=True)
+    p = lambda name: os.path.join(folder, name)  # noqa: E731
+    write_dicom(p("cxr_p1_current.dcm"), synthetic_cxr(seed=1, nodule=(300, 420, 28)), patient=1, study=2,
+                window=(1800, 3000))
+    write_dicom(p("cxr_p1_prior.dcm"), synthetic_cxr(seed=2), patient=1, study=1, window=(1800, 3000))
+    inverted = (4095 - synthetic_cxr(seed=3)).astype(np.uint16)
+    write_dicom(p("cxr_p2_mono1.dcm"), inverted, modality="CR", photometric="MONOCHROME1", patient=2,
+                window=(2295, 3000))
+    Image.fromarray(synthetic_fundus(seed=4)).save(p("fundus_p3.png"))
+    save_jpeg_with_orientation(p("fundus_p4_exif6.jpg"), synthetic_fundus(seed=5), 6)
+    Image.fromarray(synthetic_skin(seed=6), "RGBA").save(p("skin_p5.png"))
+    for name in ("CT_small.dcm", "MR_small.dcm", "MR_small_jp2klossless.dcm", "MR_truncated.dcm"):
+        _pydicom_file(name, p(name))
+    cr = get_testdata_file("dicomdirtests/77654033/CR1/6154")
+    if cr:
+        shutil.copyfile(cr, p("cr_mono1_jpegll.dcm"))
+    rows = [
+        {"id": "cxr-1", "image": p("cxr_p1_current.dcm"), "patient_id": "p1",
+         "text": "Findings: A 2.5 cm rounded opacity in the right upper lobe. No pleural effusion. Heart size normal.\n"
+                 "Impression: Right upper lobe nodule; CT recommended."},
+        {"id": "cxr-1-long", "image": p("cxr_p1_current.dcm"), "prior": p("cxr_p1_prior.dcm"), "patient_id": "p1",
+         "prompt": "Compare the current chest X-ray with the prior.",
+         "text": "New rounded opacity in the right upper lobe since the prior study."},
+        {"id": "cxr-1-loc", "image": p("cxr_p1_current.dcm"), "patient_id": "p1",
+         "prompt": "Locate the nodule.", "boxes": [[272, 392, 328, 448]], "box_labels": ["nodule"]},
+        {"id": "cxr-2", "image": p("cxr_p2_mono1.dcm"), "patient_id": "p2",
+         "text": "Clear lungs. No focal consolidation, effusion or pneumothorax."},
+        {"id": "fundus-3", "image": p("fundus_p3.png"), "patient_id": "p3", "modality": "fundus",
+         "prompt": "Grade diabetic retinopathy.", "label": "no referable diabetic retinopathy"},
+        {"id": "fundus-4", "image": p("fundus_p4_exif6.jpg"), "patient_id": "p4", "modality": "fundus",
+         "text": "Healthy optic disc and macula; no haemorrhages or exudates."},
+        {"id": "skin-5", "image": p("skin_p5.png"), "patient_id": "p5", "modality": "derm",
+         "prompt": "Describe the lesion.", "text": "Well-circumscribed uniformly brown macule, likely a benign naevus."},
+        {"id": "ct-6", "image": p("CT_small.dcm"), "text": "Single axial CT slice: soft tissue and bone windows unremarkable."},
+        {"id": "mr-7", "image": p("MR_small.dcm"), "text": "Single MR slice without focal abnormality."},
+        {"id": "mr-8-j2k", "image": p("MR_small_jp2klossless.dcm"), "text": "Same MR slice, JPEG 2000 lossless."},
+        {"id": "cr-9", "image": p("cr_mono1_jpegll.dcm"), "text": "Small MONOCHROME1 computed radiograph."},
+        {"id": "bad-truncated", "image": p("MR_truncated.dcm"), "text": "This file is truncated on purpose."},
+        {"id": "bad-missing", "image": p("does_not_exist.dcm"), "text": "This file does not exist."},
+    ]
+    manifest = p("manifest.jsonl")
+    with open(manifest, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    return manifest

@@ -1,0 +1,1 @@
+"""Connectors that turn image references into bytes."""

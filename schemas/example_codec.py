@@ -1,0 +1,174 @@
+"""tf.train.Example wire encoding of a record, written without TensorFlow.
+
+Example{features: Features{feature: map<string, Feature>}}; Feature is one of
+bytes_list (1), float_list (2, packed float32), int64_list (3, packed varint).
+Keys are written sorted so the bytes are deterministic.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Iterable
+
+import numpy as np
+
+from schemas.fields import FIELD_BY_NAME, FIELDS, empty_value
+
+_LEN = 2
+
+
+def _varint(value: int) -> bytes:
+    if value < 0:
+        value += 1 << 64  # int64 two's complement, 10 bytes
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint((number << 3) | _LEN) + _varint(len(payload)) + payload
+
+
+def _bytes_list(values: Iterable[bytes]) -> bytes:
+    return _field(1, b"".join(_field(1, v) for v in values))
+
+
+def _int64_list(values: Iterable[int]) -> bytes:
+    packed = b"".join(_varint(int(v)) for v in values)
+    return _field(3, _field(1, packed) if packed else b"")
+
+
+def _float_list(values: Iterable[float]) -> bytes:
+    arr = np.asarray(list(values), dtype="<f4")
+    return _field(2, _field(1, arr.tobytes()) if arr.size else b"")
+
+
+def _feature(kind: str, value) -> bytes:
+    if kind == "str":
+        return _bytes_list([value.encode("utf-8")])
+    if kind == "str_list":
+        return _bytes_list(v.encode("utf-8") for v in value)
+    if kind == "images":
+        return _bytes_list(bytes(v) for v in value)
+    if kind in ("int_list", "mask"):
+        return _int64_list(value)
+    if kind == "boxes":
+        return _float_list(c for box in value for c in box)
+    raise ValueError(f"unknown field kind {kind!r}")
+
+
+def encode_example(record: dict) -> bytes:
+    """Record dict (schemas.fields) -> serialized tf.train.Example bytes (deterministic)."""
+    entries = []
+    for f in sorted(FIELDS, key=lambda f: f.name):
+        entry = _field(1, f.name.encode("utf-8")) + _field(2, _feature(f.kind, record[f.name]))
+        entries.append(_field(1, entry))
+    return _field(1, b"".join(entries))
+
+
+# ---- decoding -------------------------------------------------------------------------
+
+def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise ValueError("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _fields(buf: memoryview):
+    """Yield (field number, wire type, value) over a message; value is int or memoryview."""
+    pos = 0
+    while pos < len(buf):
+        key, pos = _read_varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _read_varint(buf, pos)
+        elif wire == 2:
+            length, pos = _read_varint(buf, pos)
+            if pos + length > len(buf):
+                raise ValueError("truncated length-delimited field")
+            value, pos = buf[pos:pos + length], pos + length
+        elif wire == 5:
+            value, pos = buf[pos:pos + 4], pos + 4
+        elif wire == 1:
+            value, pos = buf[pos:pos + 8], pos + 8
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        yield number, wire, value
+
+
+def _signed64(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _decode_feature(buf: memoryview):
+    """Feature bytes -> ('bytes'|'float'|'int64', list of values)."""
+    for number, _, value in _fields(buf):
+        if number == 1:
+            return "bytes", [bytes(v) for n, _, v in _fields(value) if n == 1]
+        if number == 2:
+            floats: list[float] = []
+            for n, wire, v in _fields(value):
+                if n == 1 and wire == 2:
+                    floats.extend(np.frombuffer(bytes(v), dtype="<f4").tolist())
+                elif n == 1 and wire == 5:
+                    floats.append(struct.unpack("<f", bytes(v))[0])
+            return "float", floats
+        if number == 3:
+            ints: list[int] = []
+            for n, wire, v in _fields(value):
+                if n == 1 and wire == 2:
+                    pos = 0
+                    while pos < len(v):
+                        x, pos = _read_varint(v, pos)
+                        ints.append(_signed64(x))
+                elif n == 1 and wire == 0:
+                    ints.append(_signed64(v))
+            return "int64", ints
+    return "bytes", []
+
+
+def decode_example(data: bytes) -> dict:
+    """Serialized tf.train.Example -> record dict (missing fields get empty values)."""
+    raw: dict[str, list] = {}
+    for n, _, features in _fields(memoryview(data)):
+        if n != 1:
+            continue
+        for m, _, entry in _fields(features):
+            if m != 1:
+                continue
+            key, value = "", memoryview(b"")
+            for k, _, v in _fields(entry):
+                if k == 1:
+                    key = bytes(v).decode("utf-8")
+                elif k == 2:
+                    value = v
+            raw[key] = _decode_feature(value)[1]
+    record: dict = {}
+    for name, f in FIELD_BY_NAME.items():
+        values = raw.pop(name, None)
+        if values is None:
+            record[name] = empty_value(f.kind)
+        elif f.kind == "str":
+            record[name] = values[0].decode("utf-8") if values else ""
+        elif f.kind == "str_list":
+            record[name] = [v.decode("utf-8") for v in values]
+        elif f.kind == "boxes":
+            record[name] = [values[i:i + 4] for i in range(0, len(values), 4)]
+        else:
+            record[name] = list(values)
+    record.update(raw)  # unknown features kept as raw lists
+    return record

@@ -1,0 +1,50 @@
+"""medprep: imaging data preparation for MedGemma-style vision-language models."""
+from setuptools import setup
+
+VERSION = "0.1.0"
+
+# One list, read by the Dockerfile check in tests/test_packaging.py as well.
+INSTALL_REQUIRES = [
+    "apache-beam[gcp]>=2.60,<3",
+    "array-record>=0.5,<1",
+    "google-cloud-storage>=2.14,<4",
+    "numpy>=1.26,<3",
+    "openslide-bin>=4,<5",
+    "openslide-python>=1.3,<2",
+    "pillow>=10.3,<13",
+    "protobuf>=4.21,<8",
+    "pyarrow>=14,<27",
+    # Pixel decoders. Licences chosen deliberately: python-gdcm (BSD) for JPEG
+    # baseline/extended/lossless and JPEG-LS, pylibjpeg-openjpeg (MIT) for JPEG 2000.
+    # pylibjpeg-libjpeg is GPLv3 and is NOT a dependency (install it yourself if your
+    # licence allows; pydicom then uses it automatically).
+    "pydicom>=3.0,<4",
+    "pylibjpeg>=2.0,<3",
+    "pylibjpeg-openjpeg>=2.3,<3",
+    "python-gdcm>=3.0.24,<4",
+    "sentencepiece>=0.2,<0.3",
+    "SimpleITK>=2.3,<3",
+]
+
+EXTRAS_REQUIRE = {
+    "test": [
+        "datasets>=3,<6",
+        "hypothesis>=6.100,<7",
+        "imagecodecs>=2024.1",
+        "pytest>=8,<10",
+        "pytest-xdist>=3.5,<4",
+        "tifffile>=2024.1",
+    ],
+}
+
+setup(
+    name="medprep",
+    version=VERSION,
+    description="Beam pipelines that prepare CT/MR, whole-slide and 2D medical images "
+    "plus paired text for MedGemma-style training and inference.",
+    python_requires=">=3.10,<3.13",
+    packages=["transforms", "schemas", "pipelines", "pipelines.sources"],
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={"console_scripts": ["medprep=pipelines.cli:main"]},
+)

@@ -1,0 +1,177 @@
+"""DICOM dataset -> display RGB uint8, by modality: CT windows, MR min-max, VOI for radiographs.
+
+Units: CT in Hounsfield units after the modality LUT; other monochrome images in the
+modality LUT's output units; colour images are passed through as RGB uint8.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
+
+from transforms.errors import ItemError
+from transforms.windowing import (
+    CT_PRESETS,
+    Window,
+    ct_to_rgb,
+    invert_uint8,
+    minmax_to_uint8,
+    voi_linear_to_uint8,
+)
+
+# Cross-sectional modalities rendered by min-max (one slice here; per volume in series code).
+MINMAX_MODALITIES = frozenset({"MR", "PT", "NM"})
+DEFAULT_MAX_PIXELS = 200_000_000  # ~ a 14k x 14k image; a DICOM claiming more is refused
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How monochrome DICOM becomes uint8: CT windows (R, G, B) and the pixel-count limit."""
+
+    ct_windows: tuple[Window, Window, Window] = CT_PRESETS["medgemma-1.5"]
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    frame: int = 0
+
+
+@dataclass
+class Rendered:
+    """A rendered frame (H, W, 3) uint8, its non-identifying info and raw identifiers."""
+
+    rgb: np.ndarray
+    info: dict = field(default_factory=dict)
+    identifiers: dict = field(default_factory=dict)  # PatientID, StudyInstanceUID: hash before use
+
+
+def read_dataset(data: bytes) -> Dataset:
+    """Parse DICOM bytes (with or without preamble/meta) into a pydicom Dataset."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pydicom.dcmread(io.BytesIO(data), force=True)
+    except Exception as exc:  # pydicom raises many types on corrupt input
+        raise ItemError("decode", f"not a readable DICOM file: {type(exc).__name__}: {exc}") from None
+
+
+def _transfer_syntax_name(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    uid = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+    return getattr(uid, "name", str(uid)) if uid is not None else "unknown transfer syntax"
+
+
+def _check_pixel_budget(ds: Dataset, max_pixels: int) -> None:
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if rows <= 0 or cols <= 0:
+        raise ItemError("decode", f"DICOM has no valid Rows/Columns ({rows}x{cols})")
+    if rows * cols * frames > max_pixels:
+        raise ItemError(
+            "decode",
+            f"DICOM declares {cols}x{rows}x{frames} pixels, above the limit of {max_pixels}",
+        )
+
+
+def decode_frame(ds: Dataset, frame: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Stored pixel values of one frame: (H, W) or (H, W, 3) for colour (RGB after YBR)."""
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise ItemError("decode", "DICOM object has no pixel data (7FE0,0010)")
+    _check_pixel_budget(ds, max_pixels)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if not 0 <= frame < frames:
+        raise ItemError("decode", f"frame {frame} requested, DICOM has {frames} frame(s)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr = ds.pixel_array
+    except Exception as exc:
+        raise ItemError(
+            "decode",
+            f"cannot decode pixel data ({_transfer_syntax_name(ds)}): {type(exc).__name__}: {exc}",
+        ) from None
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if frames > 1:
+        arr = arr[frame]
+    if samples == 1 and arr.ndim != 2 or samples == 3 and arr.ndim != 3:
+        raise ItemError("decode", f"unexpected pixel array shape {arr.shape} for {samples} sample(s)/pixel")
+    return arr
+
+
+def _color_to_uint8(ds: Dataset, arr: np.ndarray) -> np.ndarray:
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    if photometric == "PALETTE COLOR":
+        arr = apply_color_lut(arr, ds)
+        bits = 16 if arr.dtype.itemsize > 1 else 8
+    else:
+        bits = int(ds.get("BitsStored", 8) or 8)
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ItemError("decode", f"colour image has shape {arr.shape}, expected (H, W, 3)")
+    if bits <= 8 and arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    return np.rint(arr.astype(np.float64) * (255.0 / (2**bits - 1))).clip(0, 255).astype(np.uint8)
+
+
+def _voi_to_uint8(ds: Dataset, values: np.ndarray) -> tuple[np.ndarray, str]:
+    """Radiograph display: first VOI LUT or window from the header, else min-max."""
+    if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
+        item = ds.VOILUTSequence[0]
+        lut_bits = int(item.LUTDescriptor[2])
+        out = apply_voi(values, ds, index=0).astype(np.float64)
+        return np.rint(np.clip(out * (255.0 / (2**lut_bits - 1)), 0, 255)).astype(np.uint8), "voi_lut"
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        center, width = ds.WindowCenter, ds.WindowWidth
+        center = float(center[0] if isinstance(center, Sequence) and not isinstance(center, str) else center)
+        width = float(width[0] if isinstance(width, Sequence) and not isinstance(width, str) else width)
+        function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR")
+        try:
+            return voi_linear_to_uint8(values, center, width, function), f"window c={center:g} w={width:g}"
+        except ValueError:
+            pass  # an invalid header window: fall back to min-max, recorded in info
+    return minmax_to_uint8(values), "minmax"
+
+
+def render_dataset(ds: Dataset, options: RenderOptions = RenderOptions()) -> Rendered:
+    """One DICOM frame -> RGB uint8 (H, W, 3) for display/model input, with its info."""
+    arr = decode_frame(ds, options.frame, options.max_pixels)
+    modality = str(ds.get("Modality", "") or "OT").upper()
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    info: dict = {
+        "format": "dicom",
+        "modality": modality,
+        "photometric": photometric,
+        "rows": int(arr.shape[0]),
+        "columns": int(arr.shape[1]),
+        "bits_stored": int(ds.get("BitsStored", 8) or 8),
+        "transfer_syntax": _transfer_syntax_name(ds),
+        "frames": int(ds.get("NumberOfFrames", 1) or 1),
+        "frame": options.frame,
+    }
+    if arr.ndim == 3 or photometric == "PALETTE COLOR":
+        rgb = _color_to_uint8(ds, arr)
+        info["intensity"] = "color"
+    else:
+        values = apply_modality_lut(arr, ds).astype(np.float64, copy=False)
+        if modality == "CT":
+            rgb = ct_to_rgb(values, options.ct_windows)
+            info["intensity"] = "ct_windows " + " ".join(f"[{w.low:g},{w.high:g}]" for w in options.ct_windows)
+        else:
+            if modality in MINMAX_MODALITIES:
+                grey, how = minmax_to_uint8(values), "minmax"
+            else:
+                grey, how = _voi_to_uint8(ds, values)
+            if photometric == "MONOCHROME1":
+                grey = invert_uint8(grey)
+                how += " inverted(MONOCHROME1)"
+            info["intensity"] = how
+            rgb = np.repeat(grey[..., None], 3, axis=2)
+    identifiers = {
+        key: str(ds.get(key, "") or "")
+        for key in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+    }
+    if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+        info["burned_in_annotation"] = True
+    return Rendered(rgb=rgb, info=info, identifiers=identifiers)

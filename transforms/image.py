@@ -1,0 +1,141 @@
+"""One 2D image, any source, to its model-ready form: decode -> RGB uint8 -> pad+resize -> encode.
+
+This is the code path the images pipeline runs per image and `prepare_image` runs at
+inference time, so both produce byte-identical encoded images.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence, Union
+
+import numpy as np
+from PIL import Image
+from pydicom.dataset import Dataset
+
+from transforms.dicom_render import RenderOptions, Rendered, read_dataset, render_dataset
+from transforms.encode import encode_image
+from transforms.errors import ItemError
+from transforms.formats import PHOTO_FORMATS, detect_format
+from transforms.geometry import PadResize, pad_and_resize
+from transforms.photo import decode_photo
+
+ImageSource = Union[str, os.PathLike, bytes, Dataset, Image.Image, np.ndarray]
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """Output geometry and encoding (size in pixels, png|jpeg) plus DICOM render options."""
+
+    size: int = 896
+    image_format: str = "png"
+    png_level: int = 6
+    jpeg_quality: int = 95
+    render: RenderOptions = RenderOptions()
+
+
+@dataclass
+class FinishedImage:
+    """A model-ready image: PIL RGB size×size, its encoded bytes, the pad/resize plan, info."""
+
+    image: Image.Image
+    encoded: bytes
+    plan: PadResize
+    info: dict = field(default_factory=dict)
+    identifiers: dict = field(default_factory=dict)
+
+
+def decode_any(data: bytes, name: str = "", options: ImageOptions = ImageOptions()) -> Rendered:
+    """Encoded bytes (DICOM or photo) -> Rendered RGB uint8 with info."""
+    fmt = detect_format(data, name)
+    if fmt == "dicom":
+        return render_dataset(read_dataset(data), options.render)
+    if fmt in PHOTO_FORMATS:
+        rgb, info = decode_photo(data, options.render.max_pixels)
+        return Rendered(rgb=rgb, info=info, identifiers={})
+    if not data:
+        raise ItemError("decode", "file is empty")
+    raise ItemError("decode", f"unsupported file format ({fmt}) for a 2D image")
+
+
+def finish_rgb(rgb: np.ndarray, options: ImageOptions = ImageOptions()) -> tuple[Image.Image, bytes, PadResize]:
+    """RGB uint8 (H, W, 3) -> (PIL image size×size, encoded bytes, plan). Shared by every pipeline."""
+    try:
+        img, plan = pad_and_resize(rgb, options.size)
+    except ValueError as exc:
+        raise ItemError("transform", str(exc)) from None
+    try:
+        encoded = encode_image(img, options.image_format, png_level=options.png_level,
+                               jpeg_quality=options.jpeg_quality)
+    except (OSError, ValueError) as exc:
+        raise ItemError("encode", f"cannot encode {options.image_format}: {exc}") from None
+    return img, encoded, plan
+
+
+def finish_rendered(rendered: Rendered, options: ImageOptions = ImageOptions()) -> FinishedImage:
+    """Rendered -> FinishedImage, the pad/resize plan recorded in info."""
+    img, encoded, plan = finish_rgb(rendered.rgb, options)
+    info = dict(rendered.info)
+    info["pad_resize"] = plan.to_dict()
+    return FinishedImage(img, encoded, plan, info, rendered.identifiers)
+
+
+def _read_local(path: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise ItemError("read", f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def load_rendered(source: ImageSource, options: ImageOptions = ImageOptions()) -> Rendered:
+    """Any supported source (path, bytes, pydicom Dataset, PIL image, RGB array) -> Rendered."""
+    if isinstance(source, Dataset):
+        return render_dataset(source, options.render)
+    if isinstance(source, Image.Image):
+        return Rendered(rgb=np.asarray(source.convert("RGB")), info={"format": "pil"})
+    if isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or source.ndim != 3 or source.shape[2] != 3:
+            raise ItemError("decode", f"array input must be uint8 (H, W, 3), got {source.dtype} {source.shape}")
+        return Rendered(rgb=source, info={"format": "array"})
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return decode_any(bytes(source), "", options)
+    path = os.fspath(source)
+    return decode_any(_read_local(path), path, options)
+
+
+@dataclass
+class Prepared:
+    """What inference code feeds a processor: images, encoded bytes, info, chat messages."""
+
+    images: list[Image.Image]
+    encoded: list[bytes]
+    image_info: list[dict]
+    messages: list[dict[str, Any]]
+
+
+def chat_messages(images: Sequence[Image.Image], texts_after: Sequence[str] = (), text_first: str = "") -> list[dict]:
+    """MedGemma chat content: optional leading text, then each image (followed by its label text)."""
+    content: list[dict] = []
+    if text_first:
+        content.append({"type": "text", "text": text_first})
+    for i, img in enumerate(images):
+        content.append({"type": "image", "image": img})
+        if i < len(texts_after) and texts_after[i]:
+            content.append({"type": "text", "text": texts_after[i]})
+    return content
+
+
+def prepare_image(
+    source: Union[ImageSource, Sequence[ImageSource]],
+    prompt: str = "",
+    options: ImageOptions = ImageOptions(),
+) -> Prepared:
+    """One image (or [prior, current] for longitudinal CXR) -> model-ready images and messages."""
+    sources = list(source) if isinstance(source, (list, tuple)) else [source]
+    finished = [finish_rendered(load_rendered(s, options), options) for s in sources]
+    images = [f.image for f in finished]
+    messages = chat_messages(images)
+    if prompt:
+        messages.append({"type": "text", "text": prompt})
+    return Prepared(images, [f.encoded for f in finished], [f.info for f in finished], messages)
