@@ -15,7 +15,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
 
-from transforms.errors import ItemError
+from transforms.errors import ItemError, stage
 from transforms.windowing import (
     CT_PRESETS,
     Window,
@@ -58,6 +58,15 @@ def read_dataset(data: bytes) -> Dataset:
         raise ItemError("decode", f"not a readable DICOM file: {type(exc).__name__}: {exc}") from None
 
 
+def int_tag(ds: Dataset, keyword: str, default: int) -> int:
+    """An integer header value, `default` when absent; ItemError('decode') naming the tag when malformed."""
+    try:
+        value = ds.get(keyword, None)
+        return default if value is None or value == "" else int(value)
+    except (TypeError, ValueError):
+        raise ItemError("decode", f"invalid {keyword} value {ds.get(keyword)!r} in the DICOM header") from None
+
+
 def _transfer_syntax_name(ds: Dataset) -> str:
     meta = getattr(ds, "file_meta", None)
     uid = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
@@ -65,8 +74,8 @@ def _transfer_syntax_name(ds: Dataset) -> str:
 
 
 def _check_pixel_budget(ds: Dataset, max_pixels: int) -> None:
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    rows, cols = int_tag(ds, "Rows", 0), int_tag(ds, "Columns", 0)
+    frames = int_tag(ds, "NumberOfFrames", 1)
     if rows <= 0 or cols <= 0:
         raise ItemError("decode", f"DICOM has no valid Rows/Columns ({rows}x{cols})")
     if rows * cols * frames > max_pixels:
@@ -81,7 +90,7 @@ def decode_frame(ds: Dataset, frame: int = 0, max_pixels: int = DEFAULT_MAX_PIXE
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise ItemError("decode", "DICOM object has no pixel data (7FE0,0010)")
     _check_pixel_budget(ds, max_pixels)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = int_tag(ds, "NumberOfFrames", 1)
     if not 0 <= frame < frames:
         raise ItemError("decode", f"frame {frame} requested, DICOM has {frames} frame(s)")
     try:
@@ -93,7 +102,7 @@ def decode_frame(ds: Dataset, frame: int = 0, max_pixels: int = DEFAULT_MAX_PIXE
             "decode",
             f"cannot decode pixel data ({_transfer_syntax_name(ds)}): {type(exc).__name__}: {exc}",
         ) from None
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    samples = int_tag(ds, "SamplesPerPixel", 1)
     if frames > 1:
         arr = arr[frame]
     if samples == 1 and arr.ndim != 2 or samples == 3 and arr.ndim != 3:
@@ -107,7 +116,7 @@ def _color_to_uint8(ds: Dataset, arr: np.ndarray) -> np.ndarray:
         arr = apply_color_lut(arr, ds)
         bits = 16 if arr.dtype.itemsize > 1 else 8
     else:
-        bits = int(ds.get("BitsStored", 8) or 8)
+        bits = int_tag(ds, "BitsStored", 8)
     if arr.ndim != 3 or arr.shape[-1] != 3:
         raise ItemError("decode", f"colour image has shape {arr.shape}, expected (H, W, 3)")
     if bits <= 8 and arr.dtype == np.uint8:
@@ -136,6 +145,11 @@ def _voi_to_uint8(ds: Dataset, values: np.ndarray) -> tuple[np.ndarray, str]:
 
 def render_dataset(ds: Dataset, options: RenderOptions = RenderOptions()) -> Rendered:
     """One DICOM frame -> RGB uint8 (H, W, 3) for display/model input, with its info."""
+    with stage("decode"):  # malformed headers surface as decode errors, never bare exceptions
+        return _render(ds, options)
+
+
+def _render(ds: Dataset, options: RenderOptions) -> Rendered:
     arr = decode_frame(ds, options.frame, options.max_pixels)
     modality = str(ds.get("Modality", "") or "OT").upper()
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
@@ -145,9 +159,9 @@ def render_dataset(ds: Dataset, options: RenderOptions = RenderOptions()) -> Ren
         "photometric": photometric,
         "rows": int(arr.shape[0]),
         "columns": int(arr.shape[1]),
-        "bits_stored": int(ds.get("BitsStored", 8) or 8),
+        "bits_stored": int_tag(ds, "BitsStored", 8),
         "transfer_syntax": _transfer_syntax_name(ds),
-        "frames": int(ds.get("NumberOfFrames", 1) or 1),
+        "frames": int_tag(ds, "NumberOfFrames", 1),
         "frame": options.frame,
     }
     if arr.ndim == 3 or photometric == "PALETTE COLOR":

@@ -73,3 +73,10 @@ def validate_boxes(boxes: np.ndarray, width: int, height: int) -> str | None:
         if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
             return f"box {i} [{x0:g}, {y0:g}, {x1:g}, {y1:g}] is outside the {width}x{height} image or empty"
     return None
+
+
+def map_boxes_to_pixels(boxes: np.ndarray, plan: PadResize) -> np.ndarray:
+    """Source-pixel boxes (N, 4) -> output-pixel boxes: (x + left) * out / side, exact for integers."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    shifted = b + np.array([plan.left, plan.top, plan.left, plan.top], dtype=np.float64)
+    return shifted * float(plan.out) / float(plan.side)

@@ -1,8 +1,9 @@
 """Intensity windows: CT Hounsfield windows to RGB, DICOM VOI windows, MR min-max.
 
 Every function takes float values in physical units (HU for CT, stored units after the
-modality LUT otherwise) and returns uint8 in [0, 255], computed in float64 and rounded
-half to even (numpy's and Python's rule). Never cast HU to an unsigned type.
+modality LUT otherwise) and returns uint8 in [0, 255], computed in float64 (multiply by 255
+before dividing, so exact halves stay exact) and rounded half to even (numpy's and
+Python's rule). Never cast HU to an unsigned type.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ CT_PRESETS: dict[str, tuple[Window, Window, Window]] = {
 def window_to_uint8(values: np.ndarray, window: Window) -> np.ndarray:
     """Physical values -> uint8 [0, 255]: clip to [low, high], scale, round half to even."""
     v = np.asarray(values, dtype=np.float64)
-    scaled = (np.clip(v, window.low, window.high) - window.low) * (255.0 / (window.high - window.low))
+    scaled = (np.clip(v, window.low, window.high) - window.low) * 255.0 / (window.high - window.low)
     return np.rint(scaled).astype(np.uint8)
 
 
@@ -69,7 +70,7 @@ def minmax_to_uint8(values: np.ndarray, low: float | None = None, high: float | 
     hi = float(v.max()) if high is None else float(high)
     if hi <= lo:
         return np.full(v.shape, 255, dtype=np.uint8)
-    scaled = (np.clip(v, lo, hi) - lo) * (255.0 / (hi - lo))
+    scaled = (np.clip(v, lo, hi) - lo) * 255.0 / (hi - lo)
     return np.rint(scaled).astype(np.uint8)
 
 
