@@ -5,7 +5,8 @@ VERSION = "0.1.0"
 
 # One list, read by the Dockerfile check in tests/test_packaging.py as well.
 INSTALL_REQUIRES = [
-    "apache-beam[gcp]>=2.60,<3",
+    # Pinned to the Dockerfile base image: Dataflow needs launcher and worker on one SDK version.
+    "apache-beam[gcp]==2.77.0",
     "array-record>=0.5,<1",
     "google-cloud-storage>=2.14,<4",
     "numpy>=1.26,<3",

@@ -1,0 +1,42 @@
+"""The Dockerfile installs the package the way setup.py declares it, on a matching Beam SDK."""
+import ast
+import os
+import re
+
+from importlib import metadata
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _setup_requires() -> list[str]:
+    tree = ast.parse(open(os.path.join(ROOT, "setup.py")).read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "INSTALL_REQUIRES":
+            return ast.literal_eval(node.value)
+    raise AssertionError("INSTALL_REQUIRES not found")
+
+
+def test_dockerfile_installs_the_package_and_copies_every_package():
+    text = open(os.path.join(ROOT, "Dockerfile")).read()
+    assert re.search(r"pip install --no-cache-dir \.(\s|$)", text)
+    for pkg in ("transforms", "schemas", "pipelines"):
+        assert f"COPY {pkg} " in text
+    assert "requirements" not in text  # no second dependency list
+
+
+def test_base_image_beam_version_satisfies_setup_range():
+    from packaging.requirements import Requirement
+
+    text = open(os.path.join(ROOT, "Dockerfile")).read()
+    tag = re.search(r"FROM apache/beam_python3\.(\d+)_sdk:(\S+)", text)
+    assert tag, "base image must be apache/beam_python3.X_sdk:VERSION"
+    beam = [Requirement(r) for r in _setup_requires() if r.startswith("apache-beam")][0]
+    assert beam.specifier.contains(tag.group(2))
+    assert tag.group(2) == metadata.version("apache-beam"), "image SDK must match the tested Beam version"
+
+
+def test_install_requires_are_installed_and_satisfied():
+    from packaging.requirements import Requirement
+
+    for req in map(Requirement, _setup_requires()):
+        assert req.specifier.contains(metadata.version(req.name), prereleases=True), req
