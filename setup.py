@@ -30,7 +30,7 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     "test": [
         "datasets>=3,<6",
-        "pydicom-data>=2.4",  # real multi-frame MR, full-size MONOCHROME1 CRs for tests
+        "pydicom-data>=1.0,<2",  # real multi-frame MR, full-size MONOCHROME1 CRs for tests
         "hypothesis>=6.100,<7",
         "imagecodecs>=2024.1",
         "pytest>=8,<10",

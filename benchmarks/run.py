@@ -1,0 +1,134 @@
+"""Throughput of the images pipeline, stage by stage, on one core, against a baseline and the floor.
+
+    python -m benchmarks.run [--n 24] [--pipeline-n 48]
+
+Inputs are generated: 16-bit CXR DICOMs (2048×2500, VOI window) and JPEG photos (1600×1200).
+Prints a Markdown table (images/s on one core; ms per image).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+import pydicom
+from PIL import Image
+
+from pipelines.samples import synthetic_cxr, synthetic_fundus, write_dicom
+from transforms.encode import encode_image
+from transforms.geometry import pad_and_resize
+from transforms.image import ImageOptions, decode_any, finish_rgb
+
+
+def _timeit(fn, items, repeat: int = 2) -> float:
+    """Best-of-`repeat` seconds per item."""
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        for it in items:
+            fn(it)
+        best = min(best, (time.perf_counter() - t) / len(items))
+    return best
+
+
+def plain_loop(data: bytes) -> bytes:
+    """What a straightforward script does: pydicom/PIL, float min-max, np.pad, PIL resize, PNG save."""
+    if data[128:132] == b"DICM":
+        ds = pydicom.dcmread(io.BytesIO(data))
+        a = ds.pixel_array.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1)) + float(getattr(ds, "RescaleIntercept", 0))
+        c, w = float(ds.WindowCenter), float(ds.WindowWidth)
+        a = np.clip((a - (c - w / 2)) / w, 0, 1) * 255
+        rgb = np.stack([a.astype(np.uint8)] * 3, axis=-1)
+    else:
+        rgb = np.array(Image.open(io.BytesIO(data)).convert("RGB"))
+    h, w_ = rgb.shape[:2]
+    s = max(h, w_)
+    padded = np.pad(rgb, (((s - h) // 2, s - h - (s - h) // 2), ((s - w_) // 2, s - w_ - (s - w_) // 2), (0, 0)))
+    img = Image.fromarray(padded).resize((896, 896), Image.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_inputs(folder: str, n: int) -> tuple[list[bytes], list[bytes], list[str]]:
+    dicoms, photos, paths = [], [], []
+    for i in range(n):
+        p = write_dicom(os.path.join(folder, f"cxr{i}.dcm"), synthetic_cxr(2048, 2500, seed=i), window=(1800, 3000),
+                        patient=i)
+        dicoms.append(open(p, "rb").read())
+        paths.append(p)
+        buf = io.BytesIO()
+        Image.fromarray(synthetic_fundus(1600, seed=i)[:1200]).save(buf, format="JPEG", quality=95)
+        q = os.path.join(folder, f"photo{i}.jpg")
+        open(q, "wb").write(buf.getvalue())
+        photos.append(buf.getvalue())
+        paths.append(q)
+    return dicoms, photos, paths
+
+
+def stage_table(dicoms: list[bytes], photos: list[bytes]) -> list[tuple[str, str, float]]:
+    rows = []
+    opts = ImageOptions()
+    for kind, items in (("CXR DICOM 2048×2500 16-bit", dicoms), ("JPEG photo 1600×1200", photos)):
+        rendered = [decode_any(d) for d in items]
+        resized = [pad_and_resize(r.rgb, 896)[0] for r in rendered]
+        rows.append((kind, "decode (bytes → RGB uint8)", _timeit(decode_any, items)))
+        if kind.startswith("CXR"):
+            rows.append((kind, "decode floor: pydicom pixel_array only",
+                         _timeit(lambda d: pydicom.dcmread(io.BytesIO(d)).pixel_array, items)))
+        else:
+            rows.append((kind, "decode floor: Pillow JPEG decode only",
+                         _timeit(lambda d: Image.open(io.BytesIO(d)).load(), items)))
+        rows.append((kind, "pad + resize to 896", _timeit(lambda r: pad_and_resize(r.rgb, 896), rendered)))
+        for level in (1, 3, 6):
+            rows.append((kind, f"encode PNG level {level}", _timeit(lambda im: encode_image(im, "png", png_level=level), resized)))
+        rows.append((kind, "encode JPEG q95 4:4:4", _timeit(lambda im: encode_image(im, "jpeg"), resized)))
+        rows.append((kind, "encode WebP lossless (m0)",
+                     _timeit(lambda im: im.save(io.BytesIO(), format="WEBP", lossless=True, method=0), resized)))
+        rows.append((kind, "per-item path (decode→pad/resize→PNG 6)", _timeit(lambda d: finish_rgb(decode_any(d).rgb, opts), items)))
+        rows.append((kind, "plain per-image loop (baseline)", _timeit(plain_loop, items)))
+        sizes = {lvl: np.mean([len(encode_image(im, "png", png_level=lvl)) for im in resized]) for lvl in (1, 6)}
+        rows.append((kind, f"PNG size kB: level 1 {sizes[1]/1e3:.0f}, level 6 {sizes[6]/1e3:.0f}", float("nan")))
+    return rows
+
+
+def pipeline_rate(paths: list[str], folder: str, extra: list[str]) -> float:
+    from pipelines.cli import run_pipeline
+
+    manifest = os.path.join(folder, "m.jsonl")
+    with open(manifest, "w") as fh:
+        for i, p in enumerate(paths):
+            fh.write(json.dumps({"image": p, "text": f"report {i}"}) + "\n")
+    out = os.path.join(folder, "out-" + "-".join(e.strip("-").replace("=", "_") for e in extra))
+    t = time.perf_counter()
+    s = run_pipeline("images", ["--input", manifest, "--output_dir", out, "--overwrite", *extra])
+    assert s["examples"] == len(paths)
+    return len(paths) / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=12, help="images per kind for the stage table")
+    ap.add_argument("--pipeline-n", type=int, default=24, help="images per kind for whole-pipeline runs")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        dicoms, photos, paths = make_inputs(d, max(args.n, args.pipeline_n))
+        print("| input | stage | images/s (1 core) | ms/image |\n|---|---|---|---|")
+        for kind, stage, sec in stage_table(dicoms[:args.n], photos[:args.n]):
+            if np.isnan(sec):
+                print(f"| {kind} | {stage} | | |")
+            else:
+                print(f"| {kind} | {stage} | {1/sec:.1f} | {sec*1e3:.1f} |")
+        sel = paths[: 2 * args.pipeline_n]
+        one = pipeline_rate(sel, d, [])
+        two = pipeline_rate(sel, d, ["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+        print(f"\nwhole pipeline, {len(sel)} images (half CXR DICOM, half JPEG), DirectRunner in-process: {one:.1f} images/s")
+        print(f"whole pipeline, multi_processing 2 workers: {two:.1f} images/s ({two/one:.2f}× one worker)")
+
+
+if __name__ == "__main__":
+    main()
