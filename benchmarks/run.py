@@ -75,7 +75,7 @@ def stage_table(dicoms: list[bytes], photos: list[bytes]) -> list[tuple[str, str
     opts = ImageOptions()
     for kind, items in (("CXR DICOM 2048×2500 16-bit", dicoms), ("JPEG photo 1600×1200", photos)):
         rendered = [decode_any(d) for d in items]
-        resized = [pad_and_resize(r.rgb, 896)[0] for r in rendered]
+        resized = [pad_and_resize(r.pixels, 896)[0] for r in rendered]
         rows.append((kind, "decode (bytes → RGB uint8)", _timeit(decode_any, items)))
         if kind.startswith("CXR"):
             rows.append((kind, "decode floor: pydicom pixel_array only",
@@ -83,13 +83,13 @@ def stage_table(dicoms: list[bytes], photos: list[bytes]) -> list[tuple[str, str
         else:
             rows.append((kind, "decode floor: Pillow JPEG decode only",
                          _timeit(lambda d: Image.open(io.BytesIO(d)).load(), items)))
-        rows.append((kind, "pad + resize to 896", _timeit(lambda r: pad_and_resize(r.rgb, 896), rendered)))
+        rows.append((kind, "pad + resize to 896", _timeit(lambda r: pad_and_resize(r.pixels, 896), rendered)))
         for level in (1, 3, 6):
             rows.append((kind, f"encode PNG level {level}", _timeit(lambda im: encode_image(im, "png", png_level=level), resized)))
         rows.append((kind, "encode JPEG q95 4:4:4", _timeit(lambda im: encode_image(im, "jpeg"), resized)))
         rows.append((kind, "encode WebP lossless (m0)",
                      _timeit(lambda im: im.save(io.BytesIO(), format="WEBP", lossless=True, method=0), resized)))
-        rows.append((kind, "per-item path (decode→pad/resize→PNG 6)", _timeit(lambda d: finish_rgb(decode_any(d).rgb, opts), items)))
+        rows.append((kind, "per-item path (decode→pad/resize→PNG default level 1)", _timeit(lambda d: finish_rgb(decode_any(d).pixels, opts), items)))
         rows.append((kind, "plain per-image loop (baseline)", _timeit(plain_loop, items)))
         sizes = {lvl: np.mean([len(encode_image(im, "png", png_level=lvl)) for im in resized]) for lvl in (1, 6)}
         rows.append((kind, f"PNG size kB: level 1 {sizes[1]/1e3:.0f}, level 6 {sizes[6]/1e3:.0f}", float("nan")))

@@ -7,7 +7,8 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from transforms.dicom_render import RenderOptions
-from transforms.image import ImageOptions
+from transforms.encode import DEFAULT_JPEG_QUALITY, DEFAULT_PNG_LEVEL
+from transforms.image import DEFAULT_IMAGE_SIZE, ImageOptions
 from transforms.windowing import CT_PRESETS, Window
 
 PIPELINE_VERSION = "0.1.0"
@@ -21,10 +22,10 @@ class Config:
     output_dir: str
     tokenizer: str = ""
     tokenizer_sha256: str = ""  # content hash: the same model from any path gives the same records
-    image_size: int = 896
+    image_size: int = DEFAULT_IMAGE_SIZE
     image_format: str = "png"
-    png_level: int = 6
-    jpeg_quality: int = 95
+    png_level: int = DEFAULT_PNG_LEVEL
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
     ct_preset: str = "medgemma-1.5"
     ct_windows: tuple = ()  # custom ((lo, hi), (lo, hi), (lo, hi)) overriding the preset
     max_pixels: int = 200_000_000

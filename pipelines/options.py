@@ -12,7 +12,8 @@ from pipelines.outputs import existing_outputs, join, remove_outputs, write_byte
 from pipelines.privacy import DEFAULT_SALT
 from pipelines.sinks import FORMAT_DIRS
 from pipelines.sources.files import exists, read_bytes
-from transforms.encode import IMAGE_FORMATS
+from transforms.encode import DEFAULT_JPEG_QUALITY, DEFAULT_PNG_LEVEL, IMAGE_FORMATS
+from transforms.image import DEFAULT_IMAGE_SIZE
 from transforms.errors import ItemError
 from transforms.text import Tokenizer
 from transforms.windowing import CT_PRESETS, Window
@@ -79,10 +80,13 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--input", required=True, help="manifest: .jsonl, .csv or .parquet, local or gs://")
     g.add_argument("--output_dir", required=True, help="output folder, local or gs://")
     g.add_argument("--tokenizer", default="", help="SentencePiece .model (local or gs://); Gemma 3 models also give input_ids")
-    g.add_argument("--image_size", type=_int_in(16, 8192), default=896, help="output side in pixels (default 896)")
+    g.add_argument("--image_size", type=_int_in(16, 8192), default=DEFAULT_IMAGE_SIZE,
+                   help=f"output side in pixels (default {DEFAULT_IMAGE_SIZE})")
     g.add_argument("--image_format", choices=IMAGE_FORMATS, default="png", help="png (lossless, default) or jpeg")
-    g.add_argument("--png_level", type=_int_in(0, 9), default=6, help="PNG zlib level 0-9 (default 6)")
-    g.add_argument("--jpeg_quality", type=_int_in(1, 100), default=95, help="JPEG quality 1-100 (default 95)")
+    g.add_argument("--png_level", type=_int_in(0, 9), default=DEFAULT_PNG_LEVEL,
+                   help=f"PNG zlib level 0-9 (default {DEFAULT_PNG_LEVEL}: fastest lossless; see benchmarks/README.md)")
+    g.add_argument("--jpeg_quality", type=_int_in(1, 100), default=DEFAULT_JPEG_QUALITY,
+                   help=f"JPEG quality 1-100 (default {DEFAULT_JPEG_QUALITY})")
     g.add_argument("--ct_preset", choices=sorted(CT_PRESETS), default="medgemma-1.5", help="CT windows preset (default medgemma-1.5)")
     g.add_argument("--ct_windows", type=_ct_windows, default=(), help="custom CT windows 'lo,hi;lo,hi;lo,hi' in HU (R;G;B), overrides --ct_preset")
     g.add_argument("--max_pixels", type=_int_in(1), default=200_000_000, help="refuse images with more pixels than this (default 2e8)")

@@ -10,6 +10,7 @@ from pipelines.samples import write_dicom
 from transforms.dicom_render import RenderOptions, decode_frame, read_dataset, render_dataset
 from transforms.errors import ItemError
 from transforms.image import decode_any
+from transforms.windowing import voi_linear_to_uint8
 
 
 def _file(name):
@@ -162,3 +163,33 @@ def test_empty_and_unknown_files():
         decode_any(b"")
     with pytest.raises(ItemError, match="unsupported file format"):
         decode_any(b"hello world, this is text" * 10, "notes.txt")
+
+
+@pytest.mark.parametrize("dtype,modality,window", [(np.int16, "CT", None), (np.uint16, "DX", (1800, 3000)),
+                                                   (np.uint16, "MR", None), (np.uint16, "DX", None)])
+def test_lookup_table_path_equals_direct_float_path(tmp_path, dtype, modality, window):
+    """The <=16-bit LUT optimization must give exactly what the float64 formula gives per pixel."""
+    from transforms.windowing import CT_PRESETS, ct_to_rgb, minmax_to_uint8
+
+    rng = np.random.default_rng(7)
+    stored = rng.integers(-2000 if dtype == np.int16 else 0, 4096, (64, 48)).astype(dtype)
+    path = write_dicom(str(tmp_path / "x.dcm"), stored, modality=modality, window=window,
+                       slope=1.5 if modality == "CT" else 1.0, intercept=-1024.0 if modality == "CT" else 0.0)
+    got = decode_any(open(path, "rb").read()).rgb
+    values = stored.astype(np.float64) * (1.5 if modality == "CT" else 1.0) + (-1024.0 if modality == "CT" else 0.0)
+    if modality == "CT":
+        expected = ct_to_rgb(values, CT_PRESETS["medgemma-1.5"])
+    elif window:
+        expected = np.repeat(voi_linear_to_uint8(values, *window)[..., None], 3, axis=2)
+    else:
+        expected = np.repeat(minmax_to_uint8(values)[..., None], 3, axis=2)
+    assert np.array_equal(got, expected)
+
+
+def test_grey_resize_equals_rgb_resize():
+    from transforms.geometry import pad_and_resize
+
+    grey = np.random.default_rng(3).integers(0, 256, (37, 91), dtype=np.uint8)
+    a, _ = pad_and_resize(grey, 896)
+    b, _ = pad_and_resize(np.repeat(grey[..., None], 3, axis=2), 896)
+    assert a.mode == b.mode == "RGB" and a.tobytes() == b.tobytes()

@@ -41,11 +41,20 @@ class RenderOptions:
 
 @dataclass
 class Rendered:
-    """A rendered frame (H, W, 3) uint8, its non-identifying info and raw identifiers."""
+    """A rendered frame, uint8 RGB (H, W, 3) or grey (H, W), its non-identifying info and raw identifiers.
 
-    rgb: np.ndarray
+    Grey stays single-channel until after the resize (3× less work; bilinear is per channel,
+    so replicating afterwards gives the same bytes); `rgb` gives the (H, W, 3) view.
+    """
+
+    pixels: np.ndarray
     info: dict = field(default_factory=dict)
     identifiers: dict = field(default_factory=dict)  # PatientID, StudyInstanceUID: hash before use
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """(H, W, 3) uint8."""
+        return self.pixels if self.pixels.ndim == 3 else np.repeat(self.pixels[..., None], 3, axis=2)
 
 
 def read_dataset(data: bytes) -> Dataset:
@@ -124,8 +133,8 @@ def _color_to_uint8(ds: Dataset, arr: np.ndarray) -> np.ndarray:
     return np.rint(arr.astype(np.float64) * (255.0 / (2**bits - 1))).clip(0, 255).astype(np.uint8)
 
 
-def _voi_to_uint8(ds: Dataset, values: np.ndarray) -> tuple[np.ndarray, str]:
-    """Radiograph display: first VOI LUT or window from the header, else min-max."""
+def _voi_to_uint8(ds: Dataset, values: np.ndarray, value_range) -> tuple[np.ndarray, str]:
+    """Radiograph display: first VOI LUT or window from the header, else min-max over value_range()."""
     if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
         item = ds.VOILUTSequence[0]
         lut_bits = int(item.LUTDescriptor[2])
@@ -140,7 +149,37 @@ def _voi_to_uint8(ds: Dataset, values: np.ndarray) -> tuple[np.ndarray, str]:
             return voi_linear_to_uint8(values, center, width, function), f"window c={center:g} w={width:g}"
         except ValueError:
             pass  # an invalid header window: fall back to min-max, recorded in info
-    return minmax_to_uint8(values), "minmax"
+    return minmax_to_uint8(values, *value_range()), "minmax"
+
+
+class _StoredValues:
+    """The modality-LUT values of a frame, as a lookup table when stored values are <= 16-bit integers.
+
+    Rendering then evaluates the same float64 arithmetic once per representable stored value
+    (at most 65,536) and indexes the table: identical results, far fewer operations.
+    """
+
+    def __init__(self, arr: np.ndarray, ds: Dataset):
+        self._arr = arr
+        if arr.dtype.kind in "ui" and arr.dtype.itemsize <= 2:
+            unsigned = np.uint8 if arr.dtype.itemsize == 1 else np.uint16
+            domain = np.arange(np.iinfo(unsigned).max + 1, dtype=unsigned).view(arr.dtype)
+            self.index: np.ndarray | None = arr.view(unsigned)
+            self.values = apply_modality_lut(domain, ds).astype(np.float64, copy=False)
+        else:
+            self.index = None
+            self.values = apply_modality_lut(arr, ds).astype(np.float64, copy=False)
+
+    def value_range(self) -> tuple[float, float]:
+        """(min, max) of the values actually present in the frame."""
+        if self.index is None:
+            return float(self.values.min()), float(self.values.max())
+        present = self.values[np.bincount(self.index.ravel(), minlength=self.values.shape[0]) > 0]
+        return float(present.min()), float(present.max())
+
+    def take(self, table: np.ndarray) -> np.ndarray:
+        """Per-value results (a table over `values`) -> per-pixel results."""
+        return table if self.index is None else table[self.index]
 
 
 def render_dataset(ds: Dataset, options: RenderOptions = RenderOptions()) -> Rendered:
@@ -165,27 +204,27 @@ def _render(ds: Dataset, options: RenderOptions) -> Rendered:
         "frame": options.frame,
     }
     if arr.ndim == 3 or photometric == "PALETTE COLOR":
-        rgb = _color_to_uint8(ds, arr)
+        pixels = _color_to_uint8(ds, arr)
         info["intensity"] = "color"
     else:
-        values = apply_modality_lut(arr, ds).astype(np.float64, copy=False)
+        stored = _StoredValues(arr, ds)
         if modality == "CT":
-            rgb = ct_to_rgb(values, options.ct_windows)
+            pixels = stored.take(ct_to_rgb(stored.values, options.ct_windows))
             info["intensity"] = "ct_windows " + " ".join(f"[{w.low:g},{w.high:g}]" for w in options.ct_windows)
         else:
             if modality in MINMAX_MODALITIES:
-                grey, how = minmax_to_uint8(values), "minmax"
+                table, how = minmax_to_uint8(stored.values, *stored.value_range()), "minmax"
             else:
-                grey, how = _voi_to_uint8(ds, values)
+                table, how = _voi_to_uint8(ds, stored.values, stored.value_range)
             if photometric == "MONOCHROME1":
-                grey = invert_uint8(grey)
+                table = invert_uint8(table)
                 how += " inverted(MONOCHROME1)"
             info["intensity"] = how
-            rgb = np.repeat(grey[..., None], 3, axis=2)
+            pixels = stored.take(table)
     identifiers = {
         key: str(ds.get(key, "") or "")
         for key in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
     }
     if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
         info["burned_in_annotation"] = True
-    return Rendered(rgb=rgb, info=info, identifiers=identifiers)
+    return Rendered(pixels=pixels, info=info, identifiers=identifiers)

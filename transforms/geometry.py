@@ -41,20 +41,26 @@ def plan_pad_resize(width: int, height: int, out: int) -> PadResize:
     return PadResize(width, height, side, (side - width) // 2, (side - height) // 2, out)
 
 
-def pad_and_resize(rgb: np.ndarray, out: int) -> tuple[Image.Image, PadResize]:
-    """RGB uint8 (H, W, 3) -> (PIL RGB image out×out, plan): centred zero pad, BILINEAR resize."""
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"expected uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
-    height, width = rgb.shape[:2]
+def pad_and_resize(pixels: np.ndarray, out: int) -> tuple[Image.Image, PadResize]:
+    """uint8 RGB (H, W, 3) or grey (H, W) -> (PIL RGB image out×out, plan): centred zero pad, BILINEAR resize.
+
+    Grey is padded and resized as one channel, then replicated: bilinear works per channel,
+    so this equals resizing the replicated RGB image, at a third of the cost.
+    """
+    grey = pixels.ndim == 2
+    if pixels.dtype != np.uint8 or not (grey or (pixels.ndim == 3 and pixels.shape[2] == 3)):
+        raise ValueError(f"expected uint8 (H, W, 3) or (H, W), got {pixels.dtype} {pixels.shape}")
+    height, width = pixels.shape[:2]
     plan = plan_pad_resize(width, height, out)
-    src = Image.fromarray(rgb, "RGB")
+    mode = "L" if grey else "RGB"
+    src = Image.fromarray(np.ascontiguousarray(pixels), mode)
     if width != height:
-        canvas = Image.new("RGB", (plan.side, plan.side), (0, 0, 0))
+        canvas = Image.new(mode, (plan.side, plan.side), 0)
         canvas.paste(src, (plan.left, plan.top))
         src = canvas
     if plan.side != out:
         src = src.resize((out, out), Image.Resampling.BILINEAR)
-    return src, plan
+    return (src.convert("RGB") if grey else src), plan
 
 
 def map_boxes(boxes: np.ndarray, plan: PadResize) -> np.ndarray:

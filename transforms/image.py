@@ -14,11 +14,13 @@ from PIL import Image
 from pydicom.dataset import Dataset
 
 from transforms.dicom_render import RenderOptions, Rendered, read_dataset, render_dataset
-from transforms.encode import encode_image
+from transforms.encode import DEFAULT_JPEG_QUALITY, DEFAULT_PNG_LEVEL, encode_image
 from transforms.errors import ItemError
 from transforms.formats import PHOTO_FORMATS, detect_format
 from transforms.geometry import PadResize, pad_and_resize
 from transforms.photo import decode_photo
+
+DEFAULT_IMAGE_SIZE = 896  # MedGemma / Gemma 3 input side
 
 ImageSource = Union[str, os.PathLike, bytes, Dataset, Image.Image, np.ndarray]
 
@@ -27,10 +29,10 @@ ImageSource = Union[str, os.PathLike, bytes, Dataset, Image.Image, np.ndarray]
 class ImageOptions:
     """Output geometry and encoding (size in pixels, png|jpeg) plus DICOM render options."""
 
-    size: int = 896
+    size: int = DEFAULT_IMAGE_SIZE
     image_format: str = "png"
-    png_level: int = 6
-    jpeg_quality: int = 95
+    png_level: int = DEFAULT_PNG_LEVEL
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
     render: RenderOptions = RenderOptions()
 
 
@@ -52,16 +54,16 @@ def decode_any(data: bytes, name: str = "", options: ImageOptions = ImageOptions
         return render_dataset(read_dataset(data), options.render)
     if fmt in PHOTO_FORMATS:
         rgb, info = decode_photo(data, options.render.max_pixels)
-        return Rendered(rgb=rgb, info=info, identifiers={})
+        return Rendered(pixels=rgb, info=info, identifiers={})
     if not data:
         raise ItemError("decode", "file is empty")
     raise ItemError("decode", f"unsupported file format ({fmt}) for a 2D image")
 
 
-def finish_rgb(rgb: np.ndarray, options: ImageOptions = ImageOptions()) -> tuple[Image.Image, bytes, PadResize]:
-    """RGB uint8 (H, W, 3) -> (PIL image size×size, encoded bytes, plan). Shared by every pipeline."""
+def finish_rgb(pixels: np.ndarray, options: ImageOptions = ImageOptions()) -> tuple[Image.Image, bytes, PadResize]:
+    """uint8 RGB (H, W, 3) or grey (H, W) -> (PIL RGB image size×size, encoded bytes, plan). Shared by every pipeline."""
     try:
-        img, plan = pad_and_resize(rgb, options.size)
+        img, plan = pad_and_resize(pixels, options.size)
     except ValueError as exc:
         raise ItemError("transform", str(exc)) from None
     try:
@@ -74,7 +76,7 @@ def finish_rgb(rgb: np.ndarray, options: ImageOptions = ImageOptions()) -> tuple
 
 def finish_rendered(rendered: Rendered, options: ImageOptions = ImageOptions()) -> FinishedImage:
     """Rendered -> FinishedImage, the pad/resize plan recorded in info."""
-    img, encoded, plan = finish_rgb(rendered.rgb, options)
+    img, encoded, plan = finish_rgb(rendered.pixels, options)
     info = dict(rendered.info)
     info["pad_resize"] = plan.to_dict()
     return FinishedImage(img, encoded, plan, info, rendered.identifiers)
@@ -93,11 +95,11 @@ def load_rendered(source: ImageSource, options: ImageOptions = ImageOptions()) -
     if isinstance(source, Dataset):
         return render_dataset(source, options.render)
     if isinstance(source, Image.Image):
-        return Rendered(rgb=np.asarray(source.convert("RGB")), info={"format": "pil"})
+        return Rendered(pixels=np.asarray(source.convert("RGB")), info={"format": "pil"})
     if isinstance(source, np.ndarray):
         if source.dtype != np.uint8 or source.ndim != 3 or source.shape[2] != 3:
             raise ItemError("decode", f"array input must be uint8 (H, W, 3), got {source.dtype} {source.shape}")
-        return Rendered(rgb=source, info={"format": "array"})
+        return Rendered(pixels=source, info={"format": "array"})
     if isinstance(source, (bytes, bytearray, memoryview)):
         return decode_any(bytes(source), "", options)
     path = os.fspath(source)
