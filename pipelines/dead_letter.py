@@ -40,7 +40,7 @@ class ItemDoFn(beam.DoFn):
         self._examples = Metrics.counter(self.__class__.__name__, "examples")
 
     def ref_of(self, element) -> tuple[str, int]:
-        """(reference, manifest row) naming the element in error lines."""
+        """(reference, manifest row from 1; -1 when not from a manifest) naming the element in error lines."""
         return str(element), -1
 
     def outputs(self, element) -> Iterable[tuple[dict, dict]]:

@@ -43,9 +43,9 @@ def _as_str(value: Any) -> str:
     return str(value)
 
 
-def normalize_row(raw: dict, index: int) -> dict:
-    """One raw row -> normalized dict, or ManifestError naming the row and column."""
-    where = f"row {index + 1}"
+def normalize_row(raw: dict, row: int) -> dict:
+    """One raw row (numbered from 1) -> normalized dict, or ManifestError naming the row and column."""
+    where = f"row {row}"
     image = _maybe_json(raw.get("image"))
     if hasattr(image, "tolist"):
         image = image.tolist()
@@ -76,7 +76,7 @@ def normalize_row(raw: dict, index: int) -> dict:
     if prior and len(images) != 1:
         raise ManifestError(f"{where}: a 'prior' needs exactly one current 'image'")
     return {
-        "row": index,
+        "row": row,
         "id": _as_str(raw.get("id")),
         "images": images,
         "prior": prior,
@@ -118,12 +118,15 @@ def _raw_rows(path: str) -> Iterator[dict]:
 
 
 def read_manifest(path: str) -> Iterator[dict]:
-    """Normalized rows of a manifest, numbered from 0; raises ManifestError on a bad row."""
+    """Normalized rows of a manifest, numbered from 1 (the data row); ManifestError names path and row."""
     try:
-        for index, raw in enumerate(_raw_rows(path)):
-            yield normalize_row(raw, index)
-    except ManifestError as exc:
-        raise ManifestError(f"{path}: {exc}") if not str(exc).startswith(path) else exc
+        for row, raw in enumerate(_raw_rows(path), start=1):
+            try:
+                yield normalize_row(raw, row)
+            except ManifestError as exc:
+                raise ManifestError(f"{path}: {exc}") from None
+    except ManifestError:
+        raise
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path}: cannot read manifest: {exc}") from None
     except Exception as exc:  # pyarrow / Beam errors on unreadable files
@@ -140,7 +143,7 @@ def check_manifest(path: str) -> int:
         count += 1
         if row["id"]:
             if row["id"] in seen:
-                raise ManifestError(f"{path}: row {row['row'] + 1}: id {row['id']!r} repeats row {seen[row['id']] + 1}")
+                raise ManifestError(f"{path}: row {row['row']}: id {row['id']!r} repeats row {seen[row['id']]}")
             seen[row["id"]] = row["row"]
     if count == 0:
         raise ManifestError(f"{path}: manifest has no rows")

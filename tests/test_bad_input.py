@@ -44,19 +44,19 @@ def test_every_bad_row_is_one_error_line_and_good_rows_survive(bad_run):
     summary, errors = bad_run
     assert summary["inputs"] == 9 and summary["reconciled"]
     assert summary["examples"] == 1
-    assert set(errors) == {1, 2, 3, 4, 5, 6, 7, 8}
+    assert set(errors) == {2, 3, 4, 5, 6, 7, 8, 9}
 
 
 def test_error_reasons(bad_run):
     _, e = bad_run
-    assert (e[1]["stage"], "cannot decode image") == ("decode", e[1]["message"][:19])
-    assert e[2]["stage"] == "decode" and "no pixel data" in e[2]["message"]
-    assert e[3]["stage"] == "decode" and "less than expected" in e[3]["message"]
-    assert e[4]["stage"] == "read" and "not found" in e[4]["message"]
-    assert e[5]["stage"] == "text" and "empty text" in e[5]["message"]
-    assert e[6]["stage"] == "transform" and "outside the 40x30 image" in e[6]["message"]
-    assert e[7]["stage"] == "decode" and "unsupported file format" in e[7]["message"]
-    assert e[8]["stage"] == "decode" and "invalid NumberOfFrames value '1A'" in e[8]["message"]
+    assert (e[2]["stage"], "cannot decode image") == ("decode", e[2]["message"][:19])
+    assert e[3]["stage"] == "decode" and "no pixel data" in e[3]["message"]
+    assert e[4]["stage"] == "decode" and "less than expected" in e[4]["message"]
+    assert e[5]["stage"] == "read" and "not found" in e[5]["message"]
+    assert e[6]["stage"] == "text" and "empty text" in e[6]["message"]
+    assert e[7]["stage"] == "transform" and "outside the 40x30 image" in e[7]["message"]
+    assert e[8]["stage"] == "decode" and "unsupported file format" in e[8]["message"]
+    assert e[9]["stage"] == "decode" and "invalid NumberOfFrames value '1A'" in e[9]["message"]
     for line in e.values():
         assert set(line) == {"ref", "row", "stage", "error", "message"}
 

@@ -52,7 +52,7 @@ def test_counts_and_reconciliation(run1):
     for part in ("preview.png", "summary.json", "errors/errors-00000-of-00001.jsonl"):
         assert os.path.exists(os.path.join(str(out), part))
     lines = [json.loads(line) for line in open(os.path.join(str(out), "errors/errors-00000-of-00001.jsonl"))]
-    assert [(e["row"], e["stage"]) for e in lines] == [(11, "decode"), (12, "read")]
+    assert [(e["row"], e["stage"]) for e in lines] == [(12, "decode"), (13, "read")]
     assert lines[0]["ref"].endswith("MR_truncated.dcm") and "less than expected" in lines[0]["message"]
     assert lines[1]["ref"].endswith("does_not_exist.dcm") and "not found" in lines[1]["message"]
 
