@@ -6,10 +6,10 @@ import json
 import logging
 import sys
 
-from pipelines.options import OptionError, add_common_options, config_from_args
+from pipelines.options import OptionError, add_common_options, add_volume_options, config_from_args
 from pipelines.runner import check_beam_args, run
 
-PIPELINES = {"images": "pipelines.images"}
+PIPELINES = {"images": "pipelines.images", "volumes": "pipelines.volumes"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,6 +20,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     images = sub.add_parser("images", help="2D images (CXR, fundus, skin, other) from a manifest")
     add_common_options(images)
+    volumes = sub.add_parser("volumes", help="CT and MR series (DICOM folders/prefixes, instance lists, NIfTI)")
+    add_common_options(volumes)
+    add_volume_options(volumes)
     demo = sub.add_parser("demo", help="generate bundled samples and run the pipelines on them")
     demo.add_argument("--output_dir", default="demo_out", help="where to write samples and outputs (default demo_out)")
     return parser

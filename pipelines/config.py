@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field
 from transforms.dicom_render import RenderOptions
 from transforms.encode import DEFAULT_JPEG_QUALITY, DEFAULT_PNG_LEVEL
 from transforms.image import DEFAULT_IMAGE_SIZE, ImageOptions
+from transforms.slice_selection import DEFAULT_MAX_SLICES
+from transforms.volume import VolumeOptions
 from transforms.windowing import CT_PRESETS, Window
 
 PIPELINE_VERSION = "0.1.0"
@@ -36,6 +38,14 @@ class Config:
     max_text_tokens: int = 1024
     overwrite: bool = False
     preview_count: int = 16
+    # volumes
+    max_slices: int = DEFAULT_MAX_SLICES
+    slice_selection: str = "uniform"
+    mr_normalization: str = "minmax"
+    mr_percentiles: tuple = (0.5, 99.5)
+    min_slices: int = 2
+    granularity: tuple = ("series",)
+    series_filter: str = ""
     salt: str = field(default="", repr=False)
     salt_is_default: bool = False
 
@@ -50,11 +60,18 @@ class Config:
         render = RenderOptions(ct_windows=self.windows(), max_pixels=self.max_pixels)
         return ImageOptions(self.image_size, self.image_format, self.png_level, self.jpeg_quality, render)
 
+    def volume_options(self) -> VolumeOptions:
+        """Options for transforms.volume."""
+        return VolumeOptions(self.image_options(), self.max_slices, self.slice_selection, self.mr_normalization,
+                             tuple(self.mr_percentiles), self.min_slices)
+
     def public(self) -> dict:
         """The configuration as written to summary.json (no salt, no paths' secrets)."""
         d = asdict(self)
         d.pop("salt")
         d["formats"] = list(self.formats)
+        d["granularity"] = list(self.granularity)
+        d["mr_percentiles"] = list(self.mr_percentiles)
         d["ct_windows"] = [[w.low, w.high] for w in self.windows()]
         return d
 

@@ -21,6 +21,19 @@ def _write_preview(samples, output_dir):
     write_bytes(join(output_dir, "preview.png"), contact_sheet(sorted(samples)))
 
 
+def manifest_pipeline(p: beam.Pipeline, name: str, config: Config, prepare: beam.DoFn):
+    """The graph every manifest pipeline shares: rows -> Reshuffle -> prepare (ItemDoFn) -> WriteDataset."""
+    from pipelines.dead_letter import ERRORS, STATS
+    from pipelines.manifest import read_manifest
+
+    rows = (p
+            | "Manifest" >> beam.Create([config.input])
+            | "ReadRows" >> beam.FlatMap(read_manifest)
+            | "Spread" >> beam.Reshuffle())
+    out = rows | "Prepare" >> beam.ParDo(prepare).with_outputs(ERRORS, STATS, main="records")
+    return (rows, out.records, out[STATS], out[ERRORS]) | "Write" >> WriteDataset(name, config)
+
+
 class WriteDataset(beam.PTransform):
     """(inputs, records, stats, errors) -> every output file of DESIGN.md's 'Outputs'."""
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 import apache_beam as beam
 
 from pipelines.config import Config
-from pipelines.dataset_writer import WriteDataset
-from pipelines.dead_letter import ERRORS, STATS, ItemDoFn
-from pipelines.manifest import read_manifest
+from pipelines.dataset_writer import manifest_pipeline
+from pipelines.dead_letter import ItemDoFn
 from pipelines.records import ExampleParts, build_record
 from pipelines.sources.files import read_bytes
 from pipelines.tokenizer import load_tokenizer
@@ -88,9 +87,4 @@ class PrepareImageRow(ItemDoFn):
 
 def build(p: beam.Pipeline, config: Config):
     """The images pipeline graph."""
-    rows = (p
-            | "Manifest" >> beam.Create([config.input])
-            | "ReadRows" >> beam.FlatMap(read_manifest)
-            | "Spread" >> beam.Reshuffle())
-    out = rows | "Prepare" >> beam.ParDo(PrepareImageRow(config)).with_outputs(ERRORS, STATS, main="records")
-    return (rows, out.records, out[STATS], out[ERRORS]) | "Write" >> WriteDataset("images", config)
+    return manifest_pipeline(p, "images", config, PrepareImageRow(config))

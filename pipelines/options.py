@@ -16,6 +16,7 @@ from transforms.encode import DEFAULT_JPEG_QUALITY, DEFAULT_PNG_LEVEL, IMAGE_FOR
 from transforms.image import DEFAULT_IMAGE_SIZE
 from transforms.errors import ItemError
 from transforms.text import Tokenizer
+from transforms.volume import MR_NORMALIZATIONS, SELECTIONS
 from transforms.windowing import CT_PRESETS, Window
 
 _LOG = logging.getLogger(__name__)
@@ -72,6 +73,49 @@ def _ct_windows(text: str) -> tuple:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected 'lo,hi;lo,hi;lo,hi' in HU with hi > lo, got {text!r}") from None
     return tuple(pairs)
+
+
+def _percentiles(text: str) -> tuple:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'low,high' percentiles, got {text!r}") from None
+    if not 0 <= low < high <= 100:
+        raise argparse.ArgumentTypeError(f"need 0 <= low < high <= 100, got {text!r}")
+    return low, high
+
+
+def _granularity(text: str) -> tuple:
+    names = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    if not names or any(n not in ("series", "slice") for n in names):
+        raise argparse.ArgumentTypeError(f"choose series, slice or series,slice; got {text!r}")
+    return names
+
+
+def _regex(text: str) -> str:
+    import re
+
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"not a valid regular expression: {exc}") from None
+    return text
+
+
+def add_volume_options(parser: argparse.ArgumentParser) -> None:
+    """Options of `medprep volumes`."""
+    g = parser.add_argument_group("volume options")
+    g.add_argument("--max_slices", type=_int_in(1, 10000), default=85, help="slices per series example (default 85)")
+    g.add_argument("--slice_selection", choices=SELECTIONS, default="uniform",
+                   help="uniform (reference rule), report (slices named in the text, else uniform) or all")
+    g.add_argument("--mr_normalization", choices=MR_NORMALIZATIONS, default="minmax",
+                   help="MR intensity over the whole series: minmax (reference) or percentile")
+    g.add_argument("--mr_percentiles", type=_percentiles, default=(0.5, 99.5), help="low,high for percentile (default 0.5,99.5)")
+    g.add_argument("--min_slices", type=_int_in(1), default=2, help="fewer usable slices is an error (default 2)")
+    g.add_argument("--granularity", type=_granularity, default=("series",),
+                   help="series (one record per series), slice (one per selected slice) or series,slice")
+    g.add_argument("--series_filter", type=_regex, default="",
+                   help="keep only series whose SeriesDescription matches this regex (case-insensitive)")
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -148,5 +192,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_pixels=args.max_pixels, formats=args.formats, num_shards=args.num_shards,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, max_text_tokens=args.max_text_tokens,
         overwrite=args.overwrite, preview_count=args.preview_count, salt=salt or DEFAULT_SALT,
-        salt_is_default=not salt,
+        salt_is_default=not salt, **{k: getattr(args, k) for k in _VOLUME_KEYS if hasattr(args, k)},
     )
+
+
+_VOLUME_KEYS = ("max_slices", "slice_selection", "mr_normalization", "mr_percentiles", "min_slices",
+                "granularity", "series_filter")

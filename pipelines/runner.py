@@ -1,7 +1,6 @@
 """Run a pipeline graph with the user's Beam options."""
 from __future__ import annotations
 
-import argparse
 import logging
 
 import apache_beam as beam

@@ -189,3 +189,53 @@ def make_images_samples(folder: str) -> str:
         for row in rows:
             fh.write(json.dumps(row) + "\n")
     return manifest
+
+
+PHANTOM_HU = (-1000, -100, 0, 40, 1000)   # air, fat, water, soft tissue, bone
+
+
+def ct_phantom_slice(index: int, rows: int = 40, cols: int = 50) -> np.ndarray:
+    """HU (int16) slice: five vertical bands of PHANTOM_HU; pixel [0, 0] encodes the slice index (-1000 + 10·i)."""
+    hu = np.zeros((rows, cols), np.int16)
+    for band, value in enumerate(PHANTOM_HU):
+        hu[:, band * cols // 5:(band + 1) * cols // 5] = value
+    hu[0, 0] = -1000 + 10 * index
+    return hu
+
+
+def write_series(folder: str, n: int, *, modality: str = "CT", spacing: float = 2.5,
+                 orientation: tuple = (1, 0, 0, 0, 1, 0), origin: tuple = (-100.0, -100.0, 0.0),
+                 shuffle_seed: int | None = 0, skip: tuple = (), duplicate: tuple = (), series: int = 1,
+                 patient: int = 1, values=None, description: str = "AXIAL", extra: dict | None = None) -> list[str]:
+    """Write an n-slice series; slice k (anatomical order, superior first for axial) at origin - k·spacing·normal.
+
+    Files are named in a shuffled order; `skip` leaves slices out (gaps), `duplicate` writes a copy.
+    CT pixels are HU + 1024 stored unsigned with intercept -1024; `values(k)` overrides the slice content.
+    """
+    os.makedirs(folder, exist_ok=True)
+    ori = np.array(orientation, float)
+    normal = np.cross(ori[:3], ori[3:])
+    axis = int(np.argmax(np.abs(normal)))
+    # superior-first for axial (−z), right→left for sagittal (+x), anterior→posterior for coronal (+y)
+    step = normal * np.sign(normal[axis]) * (-1.0 if axis == 2 else 1.0) * spacing
+    order = list(range(n))
+    if shuffle_seed is not None:
+        np.random.default_rng(shuffle_seed).shuffle(order)
+    uid = generate_uid(entropy_srcs=["vol-series", str(series), str(patient), modality])
+    paths = []
+    for name_index, k in enumerate(order):
+        if k in skip:
+            continue
+        content = values(k) if values else ct_phantom_slice(k)
+        pos = np.array(origin) + k * step
+        stored = (content.astype(np.int32) + 1024).astype(np.uint16) if modality == "CT" else content.astype(np.uint16)
+        fields = {"SeriesInstanceUID": uid, "SeriesNumber": series, "InstanceNumber": k + 1,
+                  "ImagePositionPatient": [float(v) for v in pos], "ImageOrientationPatient": list(map(float, ori)),
+                  "SliceThickness": spacing, "PixelSpacing": [0.7, 0.7], "SeriesDescription": description,
+                  "ImageType": ["ORIGINAL", "PRIMARY", "AXIAL"], **(extra or {})}
+        for copy in range(2 if k in duplicate else 1):
+            path = os.path.join(folder, f"s{series}_{name_index:04d}{'_dup' if copy else ''}.dcm")
+            write_dicom(path, stored, modality=modality, patient=patient, study=series,
+                        intercept=-1024.0 if modality == "CT" else 0.0, extra=fields)
+            paths.append(path)
+    return paths

@@ -1,7 +1,6 @@
 """Bad inputs become error lines (stage + reason); bad options/manifests fail before any work."""
 import io
 import json
-import os
 
 import numpy as np
 import pytest

@@ -37,6 +37,7 @@ class RenderOptions:
     ct_windows: tuple[Window, Window, Window] = CT_PRESETS["medgemma-1.5"]
     max_pixels: int = DEFAULT_MAX_PIXELS
     frame: int = 0
+    value_range: tuple[float, float] | None = None  # min-max modalities: a per-volume range instead of per-frame
 
 
 @dataclass
@@ -152,23 +153,54 @@ def _voi_to_uint8(ds: Dataset, values: np.ndarray, value_range) -> tuple[np.ndar
     return minmax_to_uint8(values, *value_range()), "minmax"
 
 
-class _StoredValues:
+def frame_rescale(ds: Dataset, frame: int) -> tuple[float, float] | None:
+    """(slope, intercept) from an Enhanced object's functional groups, or None (top-level LUT applies)."""
+    if "RescaleSlope" in ds or "ModalityLUTSequence" in ds:
+        return None
+    for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+        seq = ds.get(groups)
+        if seq and index < len(seq):
+            pvt = seq[index].get("PixelValueTransformationSequence")
+            if pvt:
+                item = pvt[0]
+                return float(item.get("RescaleSlope", 1.0)), float(item.get("RescaleIntercept", 0.0))
+    return None
+
+
+def _modality_values(stored: np.ndarray, ds: Dataset, frame: int) -> np.ndarray:
+    rescale = frame_rescale(ds, frame)
+    if rescale is None:
+        return apply_modality_lut(stored, ds).astype(np.float64, copy=False)
+    slope, intercept = rescale
+    return stored.astype(np.float64) * slope + intercept
+
+
+class StoredValues:
     """The modality-LUT values of a frame, as a lookup table when stored values are <= 16-bit integers.
 
     Rendering then evaluates the same float64 arithmetic once per representable stored value
     (at most 65,536) and indexes the table: identical results, far fewer operations.
     """
 
-    def __init__(self, arr: np.ndarray, ds: Dataset):
-        self._arr = arr
+    def __init__(self, arr: np.ndarray, ds: Dataset, frame: int = 0):
         if arr.dtype.kind in "ui" and arr.dtype.itemsize <= 2:
             unsigned = np.uint8 if arr.dtype.itemsize == 1 else np.uint16
             domain = np.arange(np.iinfo(unsigned).max + 1, dtype=unsigned).view(arr.dtype)
             self.index: np.ndarray | None = arr.view(unsigned)
-            self.values = apply_modality_lut(domain, ds).astype(np.float64, copy=False)
+            self.values = _modality_values(domain, ds, frame)
         else:
             self.index = None
-            self.values = apply_modality_lut(arr, ds).astype(np.float64, copy=False)
+            self.values = _modality_values(arr, ds, frame)
+
+    def histogram(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted distinct values present in the frame, their pixel counts)."""
+        if self.index is None:
+            return np.unique(self.values, return_counts=True)
+        counts = np.bincount(self.index.ravel(), minlength=self.values.shape[0])
+        present = counts > 0
+        values, counts = self.values[present], counts[present]
+        order = np.argsort(values, kind="stable")
+        return values[order], counts[order]
 
     def value_range(self) -> tuple[float, float]:
         """(min, max) of the values actually present in the frame."""
@@ -207,12 +239,14 @@ def _render(ds: Dataset, options: RenderOptions) -> Rendered:
         pixels = _color_to_uint8(ds, arr)
         info["intensity"] = "color"
     else:
-        stored = _StoredValues(arr, ds)
+        stored = StoredValues(arr, ds, options.frame)
         if modality == "CT":
             pixels = stored.take(ct_to_rgb(stored.values, options.ct_windows))
             info["intensity"] = "ct_windows " + " ".join(f"[{w.low:g},{w.high:g}]" for w in options.ct_windows)
         else:
-            if modality in MINMAX_MODALITIES:
+            if modality in MINMAX_MODALITIES and options.value_range is not None:
+                table, how = minmax_to_uint8(stored.values, *options.value_range), "minmax(volume)"
+            elif modality in MINMAX_MODALITIES:
                 table, how = minmax_to_uint8(stored.values, *stored.value_range()), "minmax"
             else:
                 table, how = _voi_to_uint8(ds, stored.values, stored.value_range)

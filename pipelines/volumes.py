@@ -1,0 +1,154 @@
+"""`medprep volumes`: CT/MR series + report -> one record per series (and/or per selected slice).
+
+A manifest `image` is a folder or gs:// prefix holding one or more series, a list of DICOM
+instances, or a NIfTI file (its `modality` column says CT or MR). Headers are read first
+(no pixels); pixels are decoded only for the slices needed (all slices once for MR's
+per-volume range), one at a time.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import re
+
+import apache_beam as beam
+import pydicom
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines.config import Config
+from pipelines.dataset_writer import manifest_pipeline
+from pipelines.dead_letter import ItemDoFn
+from pipelines.records import PROMPT, ExampleParts, build_record
+from pipelines.sources.files import read_bytes
+from pipelines.tokenizer import load_tokenizer
+from transforms.errors import ItemError, stage
+from transforms.formats import detect_format
+from transforms.series import SliceHeader, group_series, order_series, slice_headers
+from transforms.text import IMAGE
+from transforms.volume import ArrayVolumeSource, DicomSeriesSource, prepare_volume
+
+_LOG = logging.getLogger(__name__)
+
+
+def list_files(ref: str) -> list[str]:
+    """A file ref as itself; a folder or gs:// prefix as every file below it, sorted."""
+    if FileSystems.exists(ref) and not FileSystems.match([ref.rstrip("/") + "/**"])[0].metadata_list:
+        return [ref]
+    matched = FileSystems.match([ref.rstrip("/") + "/**"])[0].metadata_list
+    files = sorted(m.path for m in matched if not m.path.endswith("/"))
+    if not files:
+        raise ItemError("read", f"no files found at {ref}")
+    return files
+
+
+def read_header(path: str) -> pydicom.Dataset | None:
+    """The DICOM header (no pixel data) of a file, or None if it is not a DICOM image."""
+    with FileSystems.open(path, compression_type="uncompressed") as fh:
+        if detect_format(fh.read(1024), path) != "dicom":
+            return None
+        fh.seek(0)
+        ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)  # reads no pixel data
+    return ds if "SeriesInstanceUID" in ds and ("Rows" in ds or "PerFrameFunctionalGroupsSequence" in ds) else None
+
+
+def load_dataset(path: str) -> pydicom.Dataset:
+    """A whole DICOM instance (pixels included)."""
+    data = read_bytes(path)
+    with stage("decode"):
+        return pydicom.dcmread(io.BytesIO(data), force=True)
+
+
+class PrepareVolumeRow(ItemDoFn):
+    """Manifest row -> a record per series (and/or per selected slice), or one error line."""
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = config
+
+    def setup(self):
+        self.tokenizer = load_tokenizer(self.config.tokenizer)
+        self.options = self.config.volume_options()
+        self.filter = re.compile(self.config.series_filter, re.IGNORECASE) if self.config.series_filter else None
+
+    def ref_of(self, row) -> tuple[str, int]:
+        return row["images"][0], row["row"]
+
+    def outputs(self, row):
+        files = [f for ref in row["images"] for f in list_files(ref)]
+        if len(files) == 1 and detect_format(read_bytes(files[0])[:512], files[0]) == "nifti":
+            yield from self._nifti(row, files[0])
+            return
+        headers: list[SliceHeader] = []
+        skipped = 0
+        for path in files:
+            try:
+                ds = read_header(path)
+            except Exception:  # an unreadable file among many: counted, the series goes on
+                ds = None
+            if ds is None:
+                skipped += 1
+                continue
+            headers += slice_headers(ds, path)
+        groups = group_series(headers)
+        if not groups:
+            raise ItemError("read", f"no DICOM image series among {len(files)} file(s)")
+        failures: list[ItemError] = []
+        produced = 0
+        for uid, slices in groups.items():
+            first = slices[0]
+            if self.filter and not self.filter.search(first.description):
+                continue
+            try:
+                with stage("transform"):
+                    ordered = order_series(slices, self.options.min_slices)
+                    qc = dict(ordered.qc(), files_skipped=skipped)
+                    source = DicomSeriesSource(ordered, load_dataset, self.options.image)
+                    finished = prepare_volume(source, self.options, row["text"], first.series_number, qc)
+                outs = list(self._records(row, uid, first.modality, finished, first.patient_id, first.study_uid))
+            except ItemError as exc:
+                failures.append(exc)
+                continue
+            produced += 1
+            yield from outs
+        if not produced:
+            if failures:
+                raise failures[0]
+            raise ItemError("transform", f"no series matched --series_filter {self.config.series_filter!r}")
+        if failures:
+            _LOG.warning("row %s: %d series skipped: %s", row["row"], len(failures), failures[0].message)
+
+    def _nifti(self, row, path):
+        from transforms.nifti import read_nifti
+
+        modality = row["modality"].upper()
+        if modality not in ("CT", "MR"):
+            raise ItemError("transform", "a NIfTI input needs the manifest's modality column set to CT or MR")
+        volume, info = read_nifti(read_bytes(path), path)
+        source = ArrayVolumeSource(volume, modality, info["z_mm"], self.options.image)
+        finished = prepare_volume(source, self.options, row["text"], "", {"format": "nifti", **info, "z_mm": None})
+        yield from self._records(row, path, modality, finished, row["patient_id"], "")
+
+    def _records(self, row, series_key, modality, finished, patient_id, study_uid):
+        if not row["text"].strip():
+            raise ItemError("text", "empty text: a volume example needs its report")
+        base = row["id"] or f"row:{row['row']}:{'|'.join(row['images'])}"
+        common = dict(modality=row["modality"] or modality, prompt=row["prompt"], text=row["text"],
+                      patient_id=row["patient_id"] or patient_id, study_uid=study_uid, label=row["label"])
+        sources = [f.info.pop("file", "") or row["images"][0] for f in finished]
+        if "series" in self.config.granularity:
+            parts = [PROMPT]
+            for f in finished:
+                parts += [IMAGE, f.info["slice_label"]]
+            yield build_record(ExampleParts(example_key=f"{base}#{series_key}", task="series", images=finished,
+                                            sources=sources, user_parts=parts,
+                                            **common), self.config, self.tokenizer)
+        if "slice" in self.config.granularity:
+            for f, src in zip(finished, sources):
+                yield build_record(ExampleParts(example_key=f"{base}#{series_key}#{f.info['slice_index']}",
+                                                task="slice", images=[f], sources=[src], **common),
+                                   self.config, self.tokenizer)
+
+
+def build(p: beam.Pipeline, config: Config):
+    """The volumes pipeline graph."""
+    return manifest_pipeline(p, "volumes", config, PrepareVolumeRow(config))

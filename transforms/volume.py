@@ -1,0 +1,291 @@
+"""CT/MR volumes to model-ready slice images: per-volume intensity, slice selection, the inference API.
+
+CT slices are windowed per slice (HU windows need no volume statistics). MR uses one range
+for the whole acquisition: min-max (the MedGemma reference; a constant volume becomes 255)
+or percentiles, from histograms accumulated one slice at a time (memory: one slice).
+"""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence, Union
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from transforms.dicom_render import Rendered, StoredValues, decode_frame, render_dataset
+from transforms.errors import ItemError, stage
+from transforms.image import FinishedImage, ImageOptions, finish_rendered
+from transforms.series import OrderedSeries, SliceHeader, group_series, order_series, slice_headers
+from transforms.slice_selection import DEFAULT_MAX_SLICES, report_indices, uniform_indices
+from transforms.windowing import ct_to_rgb, minmax_to_uint8
+
+VOLUME_MODALITIES = ("CT", "MR")
+SELECTIONS = ("uniform", "report", "all")
+MR_NORMALIZATIONS = ("minmax", "percentile")
+
+
+@dataclass(frozen=True)
+class VolumeOptions:
+    """Slice selection (uniform|report|all, at most max_slices) and MR normalization (minmax|percentile)."""
+
+    image: ImageOptions = ImageOptions()
+    max_slices: int = DEFAULT_MAX_SLICES
+    selection: str = "uniform"
+    mr_normalization: str = "minmax"
+    mr_percentiles: tuple[float, float] = (0.5, 99.5)
+    min_slices: int = 2
+
+
+class Histogram:
+    """Exact value histogram of a volume, merged slice by slice; min/max/percentiles (numpy 'linear')."""
+
+    def __init__(self):
+        self._values: list[np.ndarray] = []
+        self._counts: list[np.ndarray] = []
+
+    def add(self, values: np.ndarray, counts: np.ndarray) -> None:
+        """Add one slice's (distinct values, counts); merged eagerly to keep memory to the distinct values."""
+        self._values.append(values)
+        self._counts.append(counts)
+        if len(self._values) > 8:
+            self._merge()
+
+    def _merge(self) -> tuple[np.ndarray, np.ndarray]:
+        values = np.concatenate(self._values)
+        counts = np.concatenate(self._counts)
+        uniq, inverse = np.unique(values, return_inverse=True)
+        merged = np.bincount(inverse, weights=counts).astype(np.int64)
+        self._values, self._counts = [uniq], [merged]
+        return uniq, merged
+
+    def percentiles(self, low: float, high: float) -> tuple[float, float]:
+        """The low/high percentiles (0-100) of all values, as np.percentile would give on the full volume."""
+        values, counts = self._merge()
+        cum = np.cumsum(counts)
+        total = int(cum[-1])
+
+        def at(p: float) -> float:
+            pos = p / 100.0 * (total - 1)
+            lo_rank = int(np.floor(pos))
+            frac = pos - lo_rank
+            a = values[np.searchsorted(cum, lo_rank + 1)]
+            b = values[np.searchsorted(cum, min(lo_rank + 2, total))]
+            return float(a + (b - a) * frac)
+
+        return at(low), at(high)
+
+    def range(self) -> tuple[float, float]:
+        """(min, max)."""
+        values, _ = self._merge()
+        return float(values[0]), float(values[-1])
+
+
+class SliceSource:
+    """An ordered volume: n slices, each renderable; what prepare_volume needs from DICOM or NIfTI."""
+
+    modality: str
+    n: int
+
+    def slice_info(self, index: int) -> dict:
+        raise NotImplementedError
+
+    def histogram(self) -> Histogram:
+        raise NotImplementedError
+
+    def render(self, index: int, value_range: tuple[float, float] | None) -> Rendered:
+        raise NotImplementedError
+
+
+class DicomSeriesSource(SliceSource):
+    """Slices of one ordered DICOM series; `load(key)` returns the full dataset of an instance."""
+
+    def __init__(self, ordered: OrderedSeries, load: Callable[[object], Dataset], options: ImageOptions):
+        self.ordered, self._load, self.options = ordered, load, options
+        self.n = len(ordered.slices)
+        self.modality = ordered.slices[0].modality
+        self._cache: tuple[object, Dataset] | None = None   # multi-frame: one object serves many slices
+
+    def _dataset(self, header: SliceHeader) -> Dataset:
+        if self._cache is None or self._cache[0] != header.key:
+            self._cache = (header.key, self._load(header.key))
+        return self._cache[1]
+
+    def slice_info(self, index: int) -> dict:
+        h = self.ordered.slices[index]
+        info = {"instance_number": h.instance_number, "z_mm": self.ordered.z[index], "frame": h.frame}
+        if isinstance(h.key, str):
+            info["file"] = h.key
+        return info
+
+    def histogram(self) -> Histogram:
+        hist = Histogram()
+        for h in self.ordered.slices:
+            ds = self._dataset(h)
+            with stage("decode"):
+                arr = decode_frame(ds, h.frame, self.options.render.max_pixels)
+                hist.add(*StoredValues(arr, ds, h.frame).histogram())
+        return hist
+
+    def render(self, index: int, value_range=None) -> Rendered:
+        h = self.ordered.slices[index]
+        render = replace(self.options.render, frame=h.frame, value_range=value_range)
+        return render_dataset(self._dataset(h), render)
+
+
+class ArrayVolumeSource(SliceSource):
+    """Slices of an in-memory float volume (slices, rows, cols) in physical units (NIfTI)."""
+
+    def __init__(self, volume: np.ndarray, modality: str, z_mm: Sequence[float], options: ImageOptions):
+        self.volume, self.modality, self.z, self.options = volume, modality, list(z_mm), options
+        self.n = volume.shape[0]
+
+    def slice_info(self, index: int) -> dict:
+        return {"instance_number": None, "z_mm": self.z[index]}
+
+    def histogram(self) -> Histogram:
+        hist = Histogram()
+        for k in range(self.n):
+            hist.add(*np.unique(self.volume[k], return_counts=True))
+        return hist
+
+    def render(self, index: int, value_range=None) -> Rendered:
+        values = self.volume[index]
+        if self.modality == "CT":
+            return Rendered(pixels=ct_to_rgb(values, self.options.render.ct_windows), info={"format": "nifti"})
+        lo, hi = value_range if value_range else (values.min(), values.max())
+        return Rendered(pixels=minmax_to_uint8(values, lo, hi), info={"format": "nifti"})
+
+
+def select_indices(source: SliceSource, options: VolumeOptions, report: str = "", series_number: str = "") -> tuple[list[int], str]:
+    """(selected slice indices in order, how they were chosen)."""
+    if options.selection == "all":
+        return list(range(source.n)), "all"
+    if options.selection == "report":
+        numbers = [source.slice_info(i)["instance_number"] for i in range(source.n)]
+        picked = report_indices(report, numbers, series_number)
+        if picked:
+            return picked[: options.max_slices], "report"
+        return uniform_indices(source.n, options.max_slices), "report→uniform (no slice of this series named in the report)"
+    return uniform_indices(source.n, options.max_slices), "uniform"
+
+
+def prepare_volume(source: SliceSource, options: VolumeOptions, report: str = "", series_number: str = "",
+                   volume_info: dict | None = None) -> list[FinishedImage]:
+    """Selected slices of a volume -> finished images, each with slice index/InstanceNumber/z in its info."""
+    if source.modality not in VOLUME_MODALITIES:
+        raise ItemError("transform", f"modality {source.modality or 'unknown'} is not CT or MR")
+    value_range, intensity = None, None
+    if source.modality == "MR":
+        hist = source.histogram()
+        if options.mr_normalization == "percentile":
+            value_range = hist.percentiles(*options.mr_percentiles)
+            intensity = f"percentile {options.mr_percentiles[0]:g}-{options.mr_percentiles[1]:g} of volume"
+        else:
+            value_range = hist.range()
+            intensity = "minmax of volume"
+    indices, how = select_indices(source, options, report, series_number)
+    out = []
+    for n, index in enumerate(indices, start=1):
+        rendered = source.render(index, value_range)
+        finished = finish_rendered(rendered, options.image)
+        finished.info.update(source.slice_info(index))
+        finished.info.update({"slice_index": index, "slice_label": f"SLICE {n}", "selection": how,
+                              "volume_slices": source.n})
+        if value_range is not None:
+            finished.info["intensity"] = intensity
+            finished.info["value_range"] = [round(value_range[0], 6), round(value_range[1], 6)]
+        if volume_info:
+            finished.info["series"] = volume_info
+        out.append(finished)
+    return out
+
+
+def slice_messages(images: Sequence, labels: Sequence[str], prompt: str = "") -> list[dict]:
+    """MedGemma chat content for a volume: prompt, then each slice image followed by its 'SLICE n' text."""
+    content: list[dict] = [{"type": "text", "text": prompt}] if prompt else []
+    for img, label in zip(images, labels):
+        content += [{"type": "image", "image": img}, {"type": "text", "text": label}]
+    return content
+
+
+# ---- inference-time API ------------------------------------------------------------------------
+
+SeriesSource = Union[str, os.PathLike, Sequence[Union[str, os.PathLike, bytes, Dataset]]]
+
+
+@dataclass
+class PreparedSeries:
+    """Model-ready slices of one series and the chat messages for a Hugging Face processor."""
+
+    images: list
+    encoded: list[bytes]
+    image_info: list[dict]
+    messages: list[dict]
+    series: dict = field(default_factory=dict)
+
+
+def _read_header(item) -> tuple[Dataset, object]:
+    if isinstance(item, Dataset):
+        return item, item
+    if isinstance(item, (bytes, bytearray)):
+        return pydicom.dcmread(io.BytesIO(bytes(item)), force=True), bytes(item)
+    return pydicom.dcmread(os.fspath(item), stop_before_pixels=True, force=True), os.fspath(item)
+
+
+def _load_full(key) -> Dataset:
+    if isinstance(key, Dataset):
+        return key
+    if isinstance(key, bytes):
+        return pydicom.dcmread(io.BytesIO(key), force=True)
+    return pydicom.dcmread(key, force=True)
+
+
+def prepare_series(source: SeriesSource, prompt: str = "", report: str = "",
+                   options: VolumeOptions = VolumeOptions(), series_uid: str | None = None) -> PreparedSeries:
+    """A DICOM series (folder, paths, bytes or datasets) or a NIfTI path -> selected slices and messages.
+
+    With several series in the input, `series_uid` picks one; by default the one with most slices.
+    """
+    if isinstance(source, (str, os.PathLike)) and os.path.isfile(source):
+        path = os.fspath(source)
+        if path.lower().endswith((".nii", ".nii.gz")):
+            from transforms.nifti import read_nifti
+
+            with open(path, "rb") as fh:
+                volume, info = read_nifti(fh.read(), path)
+            src = ArrayVolumeSource(volume, "CT" if volume.min() < -500 else "MR", info["z_mm"], options.image)
+            finished = prepare_volume(src, options, report)
+            return _prepared(finished, prompt, {"format": "nifti"})
+        items: list = [path]
+    elif isinstance(source, (str, os.PathLike)):
+        folder = os.fspath(source)
+        items = sorted(os.path.join(root, f) for root, _, files in os.walk(folder) for f in files)
+    else:
+        items = list(source)
+    headers: list[SliceHeader] = []
+    for item in items:
+        with stage("decode"):
+            ds, key = _read_header(item)
+        if "SeriesInstanceUID" in ds:
+            headers += slice_headers(ds, key)
+    groups = group_series(headers)
+    if not groups:
+        raise ItemError("read", "no DICOM series found in the input")
+    uid = series_uid or max(groups, key=lambda u: len(groups[u]))
+    if uid not in groups:
+        raise ItemError("transform", f"series {uid} is not in the input")
+    ordered = order_series(groups[uid], options.min_slices)
+    src = DicomSeriesSource(ordered, _load_full, options.image)
+    qc = ordered.qc()
+    finished = prepare_volume(src, options, report, ordered.slices[0].series_number, qc)
+    return _prepared(finished, prompt, qc)
+
+
+def _prepared(finished: list[FinishedImage], prompt: str, series: dict) -> PreparedSeries:
+    images = [f.image for f in finished]
+    labels = [f.info["slice_label"] for f in finished]
+    return PreparedSeries(images, [f.encoded for f in finished], [f.info for f in finished],
+                          slice_messages(images, labels, prompt), series)
