@@ -9,10 +9,9 @@ import apache_beam as beam
 
 from pipelines.config import Config
 from pipelines.dataset_writer import manifest_pipeline
-from pipelines.dead_letter import ItemDoFn
+from pipelines.row_dofn import ManifestRowDoFn
 from pipelines.records import ExampleParts, build_record
 from pipelines.sources.files import read_bytes
-from pipelines.tokenizer import load_tokenizer
 from transforms.errors import ItemError, stage
 from transforms.geometry import map_boxes, validate_boxes
 from transforms.image import decode_any, finish_rendered
@@ -30,19 +29,12 @@ def row_task(row: dict) -> str:
     return "image_text"
 
 
-class PrepareImageRow(ItemDoFn):
+class PrepareImageRow(ManifestRowDoFn):
     """Manifest row -> one record (or one error line)."""
 
-    def __init__(self, config: Config):
-        super().__init__()
-        self.config = config
-
     def setup(self):
-        self.tokenizer = load_tokenizer(self.config.tokenizer)
+        super().setup()
         self.options = self.config.image_options()
-
-    def ref_of(self, row) -> tuple[str, int]:
-        return row["images"][0], row["row"]
 
     def outputs(self, row):
         refs = ([row["prior"]] if row["prior"] else []) + list(row["images"])  # [prior, current]

@@ -17,10 +17,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines.config import Config
 from pipelines.dataset_writer import manifest_pipeline
-from pipelines.dead_letter import ItemDoFn
+from pipelines.row_dofn import ManifestRowDoFn
 from pipelines.records import PROMPT, ExampleParts, build_record
 from pipelines.sources.files import read_bytes
-from pipelines.tokenizer import load_tokenizer
 from transforms.errors import ItemError, stage
 from transforms.formats import detect_format
 from transforms.series import SliceHeader, group_series, order_series, slice_headers
@@ -58,20 +57,13 @@ def load_dataset(path: str) -> pydicom.Dataset:
         return pydicom.dcmread(io.BytesIO(data), force=True)
 
 
-class PrepareVolumeRow(ItemDoFn):
+class PrepareVolumeRow(ManifestRowDoFn):
     """Manifest row -> a record per series (and/or per selected slice), or one error line."""
 
-    def __init__(self, config: Config):
-        super().__init__()
-        self.config = config
-
     def setup(self):
-        self.tokenizer = load_tokenizer(self.config.tokenizer)
+        super().setup()
         self.options = self.config.volume_options()
         self.filter = re.compile(self.config.series_filter, re.IGNORECASE) if self.config.series_filter else None
-
-    def ref_of(self, row) -> tuple[str, int]:
-        return row["images"][0], row["row"]
 
     def outputs(self, row):
         files = [f for ref in row["images"] for f in list_files(ref)]

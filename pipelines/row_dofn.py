@@ -1,0 +1,20 @@
+"""Base DoFn for manifest rows: the config, the tokenizer opened once per worker, row-based error refs."""
+from __future__ import annotations
+
+from pipelines.config import Config
+from pipelines.dead_letter import ItemDoFn
+from pipelines.tokenizer import load_tokenizer
+
+
+class ManifestRowDoFn(ItemDoFn):
+    """Subclasses implement `outputs(row)`; `self.tokenizer` is ready in `outputs`."""
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = config
+
+    def setup(self):
+        self.tokenizer = load_tokenizer(self.config.tokenizer)
+
+    def ref_of(self, row) -> tuple[str, int]:
+        return row["images"][0], row["row"]
