@@ -5,6 +5,7 @@ import argparse
 import hashlib
 import logging
 import os
+import re
 
 from pipelines.config import Config
 from pipelines.manifest import ManifestError, check_manifest
@@ -92,13 +93,13 @@ def _granularity(text: str) -> tuple:
     return names
 
 
-def _regex(text: str) -> str:
-    import re
+def _series_filter(text: str) -> str:
+    from transforms.series_filter import parse_filter
 
     try:
-        re.compile(text)
-    except re.error as exc:
-        raise argparse.ArgumentTypeError(f"not a valid regular expression: {exc}") from None
+        parse_filter(text)
+    except (ValueError, re.error) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 
@@ -114,8 +115,9 @@ def add_volume_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--min_slices", type=_int_in(1), default=2, help="fewer usable slices is an error (default 2)")
     g.add_argument("--granularity", type=_granularity, default=("series",),
                    help="series (one record per series), slice (one per selected slice) or series,slice")
-    g.add_argument("--series_filter", type=_regex, default="",
-                   help="keep only series whose SeriesDescription matches this regex (case-insensitive)")
+    g.add_argument("--series_filter", type=_series_filter, default="",
+                   help="keep series meeting all conditions, e.g. 'SeriesDescription~axial,SliceThickness<=2.5,"
+                        "ImageType!~LOCALIZER' (attributes: SeriesDescription, ImageType, SliceThickness, Modality, SeriesNumber)")
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:

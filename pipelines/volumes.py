@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import logging
-import re
 
 import apache_beam as beam
 import pydicom
@@ -22,7 +21,8 @@ from pipelines.records import PROMPT, ExampleParts, build_record
 from pipelines.sources.files import read_bytes
 from transforms.errors import ItemError, stage
 from transforms.formats import detect_format
-from transforms.series import SliceHeader, group_series, order_series, slice_headers
+from transforms.series import SliceHeader, group_series, order_series, series_attributes, slice_headers
+from transforms.series_filter import matches, parse_filter
 from transforms.text import IMAGE
 from transforms.volume import ArrayVolumeSource, DicomSeriesSource, prepare_volume
 
@@ -63,7 +63,7 @@ class PrepareVolumeRow(ManifestRowDoFn):
     def setup(self):
         super().setup()
         self.options = self.config.volume_options()
-        self.filter = re.compile(self.config.series_filter, re.IGNORECASE) if self.config.series_filter else None
+        self.filter = parse_filter(self.config.series_filter)
 
     def outputs(self, row):
         files = [f for ref in row["images"] for f in list_files(ref)]
@@ -88,7 +88,7 @@ class PrepareVolumeRow(ManifestRowDoFn):
         produced = 0
         for uid, slices in groups.items():
             first = slices[0]
-            if self.filter and not self.filter.search(first.description):
+            if not matches(self.filter, series_attributes(first)):
                 continue
             try:
                 with stage("transform"):

@@ -31,6 +31,8 @@ class SliceHeader:
     localizer: bool
     modality: str
     description: str
+    image_type: str = ""
+    thickness: float | None = None
     patient_id: str = field(default="", repr=False)   # raw identifiers: hashed before any output
     study_uid: str = field(default="", repr=False)
 
@@ -41,6 +43,11 @@ def _floats(value, n: int) -> tuple | None:
     except (TypeError, ValueError):
         return None
     return out if len(out) == n and all(np.isfinite(out)) else None
+
+
+def _float_or_none(value) -> float | None:
+    one = _floats([value], 1)
+    return one[0] if one else None
 
 
 def _int_or_none(value) -> int | None:
@@ -61,7 +68,8 @@ def slice_headers(ds: Dataset, key: object) -> list[SliceHeader]:
                   series_number=str(ds.get("SeriesNumber", "") or ""),
                   rows=_int_or_none(ds.get("Rows")) or 0, columns=_int_or_none(ds.get("Columns")) or 0,
                   localizer="LOCALIZER" in image_type, modality=str(ds.get("Modality", "") or "").upper(),
-                  description=str(ds.get("SeriesDescription", "") or ""),
+                  description=str(ds.get("SeriesDescription", "") or ""), image_type="\\".join(image_type),
+                  thickness=_float_or_none(ds.get("SliceThickness")),
                   patient_id=str(ds.get("PatientID", "") or ""), study_uid=str(ds.get("StudyInstanceUID", "") or ""))
     frames = _int_or_none(ds.get("NumberOfFrames")) or 1
     instance = _int_or_none(ds.get("InstanceNumber"))
@@ -81,6 +89,12 @@ def slice_headers(ds: Dataset, key: object) -> list[SliceHeader]:
         out.append(SliceHeader(key, i, instance_number=number if number is not None else i + 1,
                                position=pos, orientation=ori, **common))
     return out
+
+
+def series_attributes(header: SliceHeader) -> dict:
+    """The attributes series filters test (transforms.series_filter.ATTRIBUTES)."""
+    return {"SeriesDescription": header.description, "ImageType": header.image_type,
+            "SliceThickness": header.thickness, "Modality": header.modality, "SeriesNumber": header.series_number}
 
 
 def group_series(headers: list[SliceHeader]) -> dict[str, list[SliceHeader]]:
