@@ -4,25 +4,34 @@ from __future__ import annotations
 import json
 import os
 
-from pipelines.samples import make_images_samples
+from pipelines.samples import make_images_samples, make_volume_samples
 from pipelines.tokenizer_training import train_demo_tokenizer
+
+_COMMON = ["--val_fraction", "0.2", "--test_fraction", "0.2", "--split_salt", "demo-salt", "--overwrite"]
+
+
+def _report(name: str, out: str, summary: dict) -> None:
+    print(f"{name}: {summary['inputs']} inputs -> {summary['examples']} examples, {summary['images']} images, "
+          f"{summary['errors']} errors {summary['errors_by_stage']}; reconciled={summary['reconciled']}")
+    print(f"  outputs in {out}: arrayrecord/ parquet/ errors/ summary.json preview.png; tasks {json.dumps(summary['by_task'])}")
 
 
 def main(output_dir: str) -> int:
-    """Write samples to OUT/samples, a tokenizer to OUT/samples/demo.model, outputs to OUT/images."""
+    """Samples and a demo tokenizer into OUT/samples; pipeline outputs into OUT/images and OUT/volumes."""
     from pipelines.cli import run_pipeline
 
     samples = os.path.join(output_dir, "samples")
-    manifest = make_images_samples(samples)
     tokenizer = os.path.join(samples, "demo.model")
+    images_manifest = make_images_samples(samples)
+    volumes_manifest = make_volume_samples(samples)
     with open(tokenizer, "wb") as fh:
         fh.write(train_demo_tokenizer())
-    out = os.path.join(output_dir, "images")
-    summary = run_pipeline("images", ["--input", manifest, "--output_dir", out, "--tokenizer", tokenizer,
-                                      "--val_fraction", "0.2", "--test_fraction", "0.2",
-                                      "--split_salt", "demo-salt", "--overwrite"])
-    print(f"images: {summary['inputs']} inputs -> {summary['examples']} examples, "
-          f"{summary['errors']} errors ({summary['errors_by_stage']}); reconciled={summary['reconciled']}")
-    print(f"outputs in {out}: arrayrecord/ parquet/ errors/ summary.json preview.png")
-    print(json.dumps(summary["by_task"]))
-    return 0 if summary["reconciled"] else 1
+    ok = True
+    for name, manifest, extra in (("images", images_manifest, []),
+                                  ("volumes", volumes_manifest, ["--slice_selection", "uniform", "--max_slices", "16"])):
+        out = os.path.join(output_dir, name)
+        summary = run_pipeline(name, ["--input", manifest, "--output_dir", out, "--tokenizer", tokenizer,
+                                      *_COMMON, *extra])
+        _report(name, out, summary)
+        ok = ok and summary["reconciled"]
+    return 0 if ok else 1

@@ -239,3 +239,52 @@ def write_series(folder: str, n: int, *, modality: str = "CT", spacing: float = 
                         intercept=-1024.0 if modality == "CT" else 0.0, extra=fields)
             paths.append(path)
     return paths
+
+
+def ct_body_slice(k: int, n: int, size: int = 128) -> np.ndarray:
+    """A torso-like HU slice: air outside, fat rim, soft tissue, a bony spine, lungs, a lesion mid-volume."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    c = size / 2
+    hu = np.full((size, size), -1000, np.int16)
+    r = ((x - c) / (0.45 * size)) ** 2 + ((y - c) / (0.35 * size)) ** 2
+    hu[r < 1.0] = -100
+    hu[r < 0.8] = 40
+    for side in (-1, 1):
+        lung = ((x - c - side * 0.2 * size) / (0.13 * size)) ** 2 + ((y - c + 0.03 * size) / (0.18 * size)) ** 2 < 1
+        hu[lung] = -850
+    hu[(x - c) ** 2 + (y - 0.78 * size) ** 2 < (0.07 * size) ** 2] = 1000
+    if abs(k - n // 2) <= 2:
+        hu[(x - c - 0.2 * size) ** 2 + (y - c) ** 2 < (0.05 * size) ** 2] = 80
+    return hu
+
+
+def make_volume_samples(folder: str) -> str:
+    """Write a CT and an MR series (shuffled file order) and a NIfTI CT, plus volumes.jsonl; returns its path."""
+    import SimpleITK as sitk
+
+    os.makedirs(folder, exist_ok=True)
+    n = 60
+    write_series(os.path.join(folder, "ct_p6"), n, series=1, patient=6, values=lambda k: ct_body_slice(k, n),
+                 description="AX CHEST 2.5mm")
+    y, x = np.mgrid[0:96, 0:96]
+    head = lambda k: (np.clip(1 - ((x - 48) / 40.0) ** 2 - ((y - 48) / 44.0) ** 2, 0, 1)  # noqa: E731
+                      * (800 + 30 * k)).astype(np.int16)
+    write_series(os.path.join(folder, "mr_p7"), 24, series=2, patient=7, modality="MR", values=head,
+                 description="AX T2", spacing=5.0)
+    vol = np.stack([ct_body_slice(k, 30, 96) for k in range(30)])
+    img = sitk.GetImageFromArray(vol)
+    img.SetSpacing((0.8, 0.8, 3.0))
+    sitk.WriteImage(img, os.path.join(folder, "ct_p8.nii.gz"))
+    rows = [
+        {"id": "ct-6", "image": os.path.join(folder, "ct_p6"), "patient_id": "p6",
+         "prompt": "Write the findings of this chest CT.",
+         "text": "Findings: 2 cm soft-tissue nodule in the right lung on series 1, image 31. No effusion."},
+        {"id": "mr-7", "image": os.path.join(folder, "mr_p7"), "patient_id": "p7",
+         "text": "Brain MR: no focal signal abnormality."},
+        {"id": "nii-8", "image": os.path.join(folder, "ct_p8.nii.gz"), "modality": "CT", "patient_id": "p8",
+         "text": "Chest CT (NIfTI): right lung nodule mid-volume."},
+    ]
+    manifest = os.path.join(folder, "volumes.jsonl")
+    with open(manifest, "w", encoding="utf-8") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in rows))
+    return manifest

@@ -388,3 +388,14 @@ def test_memory_stays_bounded_to_a_few_slices(tmp_path, modality):
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 12 * 2**20, f"peak {peak / 2**20:.1f} MiB"   # measured 5.5 (CT) / 4.2 (MR)
+
+
+def test_nifti_api_needs_modality_and_matches_pipeline(volume_run):
+    d, out, _, _ = volume_run
+    with pytest.raises(ItemError, match="modality"):
+        prepare_series(str(d / "vol.nii.gz"))
+    from transforms.image import ImageOptions
+
+    p = prepare_series(str(d / "vol.nii.gz"), modality="CT", options=VolumeOptions(image=ImageOptions(), max_slices=10))
+    rec = [r for r in read_records(str(out / "parquet")) if r["source"][0].endswith("vol.nii.gz")][0]
+    assert rec["images"] == p.encoded and len(p.encoded) == 5

@@ -244,10 +244,12 @@ def _load_full(key) -> Dataset:
 
 
 def prepare_series(source: SeriesSource, prompt: str = "", report: str = "",
-                   options: VolumeOptions = VolumeOptions(), series_uid: str | None = None) -> PreparedSeries:
+                   options: VolumeOptions = VolumeOptions(), series_uid: str | None = None,
+                   modality: str = "") -> PreparedSeries:
     """A DICOM series (folder, paths, bytes or datasets) or a NIfTI path -> selected slices and messages.
 
     With several series in the input, `series_uid` picks one; by default the one with most slices.
+    A NIfTI carries no modality: pass modality="CT" or "MR".
     """
     if isinstance(source, (str, os.PathLike)) and os.path.isfile(source):
         path = os.fspath(source)
@@ -256,7 +258,9 @@ def prepare_series(source: SeriesSource, prompt: str = "", report: str = "",
 
             with open(path, "rb") as fh:
                 volume, info = read_nifti(fh.read(), path)
-            src = ArrayVolumeSource(volume, "CT" if volume.min() < -500 else "MR", info["z_mm"], options.image)
+            if modality.upper() not in VOLUME_MODALITIES:
+                raise ItemError("transform", "a NIfTI input needs modality='CT' or 'MR'")
+            src = ArrayVolumeSource(volume, modality.upper(), info["z_mm"], options.image)
             finished = prepare_volume(src, options, report)
             return _prepared(finished, prompt, {"format": "nifti"})
         items: list = [path]
