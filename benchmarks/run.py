@@ -110,12 +110,78 @@ def pipeline_rate(paths: list[str], folder: str, extra: list[str]) -> float:
     return len(paths) / (time.perf_counter() - t)
 
 
+def plain_ct_slice(path: str) -> bytes:
+    """A straightforward per-slice CT script: pydicom, float HU, three np.clip windows, stack, resize, PNG."""
+    ds = pydicom.dcmread(path)
+    hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    chans = [np.round((np.clip(hu, lo, hi) - lo) / (hi - lo) * 255).astype(np.uint8)
+             for lo, hi in ((-1024, 1024), (-135, 215), (0, 80))]
+    img = Image.fromarray(np.stack(chans, axis=-1)).resize((896, 896), Image.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def volume_table(folder: str, n_slices: int) -> tuple[list[tuple[str, str, float]], str]:
+    """CT 512×512 slices: per-slice stages, the plain loop, the floors. Returns rows and the series folder."""
+    from pipelines.samples import ct_body_slice, write_series
+    from transforms.dicom_render import render_dataset
+    from transforms.image import finish_rendered
+
+    series = os.path.join(folder, "ct")
+    rng = np.random.default_rng(0)
+
+    def noisy(k: int) -> np.ndarray:  # real CT has quantum noise; a flat phantom would flatter PNG
+        return (ct_body_slice(k, n_slices, 512) + rng.normal(0, 10, (512, 512))).astype(np.int16)
+
+    paths = write_series(series, n_slices, values=noisy, shuffle_seed=None)
+    datasets = [pydicom.dcmread(p) for p in paths]
+    opts = ImageOptions()
+    rendered = [render_dataset(ds) for ds in datasets]
+    resized = [pad_and_resize(r.pixels, 896)[0] for r in rendered]
+    kind = "CT slice 512×512 int16"
+    rows = [
+        (kind, "decode floor: read + pixel_array", _timeit(lambda p: pydicom.dcmread(p).pixel_array, paths)),
+        (kind, "read + decode + 3 HU windows (LUT)", _timeit(lambda p: render_dataset(pydicom.dcmread(p)), paths)),
+        (kind, "resize 512 → 896", _timeit(lambda r: pad_and_resize(r.pixels, 896), rendered)),
+        (kind, "encode PNG level 1 (floor)", _timeit(lambda im: encode_image(im, "png", png_level=1), resized)),
+        (kind, "**per-slice path** (read → window → resize → PNG 1)",
+         _timeit(lambda p: finish_rendered(render_dataset(pydicom.dcmread(p)), opts), paths)),
+        (kind, "plain per-slice loop (baseline, PNG default level)", _timeit(plain_ct_slice, paths)),
+    ]
+    return rows, series
+
+
+def volume_pipeline_rate(series: str, folder: str, n_rows: int, extra: list[str]) -> float:
+    from pipelines.cli import run_pipeline
+
+    manifest = os.path.join(folder, "v.jsonl")
+    with open(manifest, "w") as fh:
+        for i in range(n_rows):
+            fh.write(json.dumps({"id": f"s{i}", "image": series, "text": f"report {i}", "patient_id": f"p{i}"}) + "\n")
+    out = os.path.join(folder, "vout-" + "-".join(e.strip("-").replace("=", "_") for e in extra))
+    t = time.perf_counter()
+    s = run_pipeline("volumes", ["--input", manifest, "--output_dir", out, "--overwrite", "--max_slices", "85", *extra])
+    return s["images"] / (time.perf_counter() - t)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=12, help="images per kind for the stage table")
     ap.add_argument("--pipeline-n", type=int, default=24, help="images per kind for whole-pipeline runs")
+    ap.add_argument("--slices", type=int, default=40, help="slices in the CT series for the volume table")
+    ap.add_argument("--only", choices=("images", "volumes"), default=None, help="run one part only")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
+        if args.only != "images":
+            rows, series = volume_table(d, args.slices)
+            print("| input | stage | slices/s (1 core) | ms/slice |\n|---|---|---|---|")
+            for kind, stage, sec in rows:
+                print(f"| {kind} | {stage} | {1/sec:.1f} | {sec*1e3:.1f} |")
+            rate = volume_pipeline_rate(series, d, 4, [])
+            print(f"\nwhole volumes pipeline, 4 series × {args.slices} slices, in-process: {rate:.1f} slices/s\n")
+        if args.only == "volumes":
+            return
         dicoms, photos, paths = make_inputs(d, max(args.n, args.pipeline_n))
         print("| input | stage | images/s (1 core) | ms/image |\n|---|---|---|---|")
         for kind, stage, sec in stage_table(dicoms[:args.n], photos[:args.n]):
