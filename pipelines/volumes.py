@@ -18,7 +18,7 @@ from pipelines.config import Config
 from pipelines.dataset_writer import manifest_pipeline
 from pipelines.row_dofn import ManifestRowDoFn
 from pipelines.records import PROMPT, ExampleParts, build_record
-from pipelines.sources.files import read_bytes
+from pipelines.sources.files import read_bytes, read_head
 from transforms.errors import ItemError, stage
 from transforms.formats import detect_format
 from transforms.series import SliceHeader, group_series, order_series, series_attributes, slice_headers
@@ -67,7 +67,7 @@ class PrepareVolumeRow(ManifestRowDoFn):
 
     def outputs(self, row):
         files = [f for ref in row["images"] for f in list_files(ref)]
-        if len(files) == 1 and detect_format(read_bytes(files[0])[:512], files[0]) == "nifti":
+        if len(files) == 1 and detect_format(read_head(files[0]), files[0]) in ("nifti", "nrrd", "mha"):
             yield from self._nifti(row, files[0])
             return
         headers: list[SliceHeader] = []
@@ -114,10 +114,10 @@ class PrepareVolumeRow(ManifestRowDoFn):
 
         modality = row["modality"].upper()
         if modality not in ("CT", "MR"):
-            raise ItemError("transform", "a NIfTI input needs the manifest's modality column set to CT or MR")
+            raise ItemError("transform", "a NIfTI/NRRD/MHA volume needs the manifest's modality column set to CT or MR")
         volume, info = read_nifti(read_bytes(path), path)
         source = ArrayVolumeSource(volume, modality, info["z_mm"], self.options.image)
-        finished = prepare_volume(source, self.options, row["text"], "", {"format": "nifti", **info, "z_mm": None})
+        finished = prepare_volume(source, self.options, row["text"], "", {**info, "z_mm": None})
         yield from self._records(row, path, modality, finished, row["patient_id"], "")
 
     def _records(self, row, series_key, modality, finished, patient_id, study_uid):

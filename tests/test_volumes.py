@@ -247,7 +247,11 @@ def test_nifti_is_reoriented_superior_first(tmp_path):
     data, info = read_nifti(open(path, "rb").read(), path)
     assert data[:, 0, 0].tolist() == [-700.0, -800.0, -900.0, -1000.0]   # superior (highest z) first
     assert info["z_mm"] == [6.0, 4.0, 2.0, 0.0]
-    with pytest.raises(ItemError, match="cannot read NIfTI"):
+    for ext in (".nrrd", ".mha"):
+        sitk.WriteImage(img, str(tmp_path / f"v{ext}"))
+        same, other = read_nifti(open(tmp_path / f"v{ext}", "rb").read(), f"v{ext}")
+        assert np.array_equal(same, data) and other["z_mm"] == info["z_mm"] and other["format"] == ext[1:]
+    with pytest.raises(ItemError, match="cannot read .nii.gz volume"):
         read_nifti(b"\x1f\x8b" + b"garbage" * 40, "broken.nii.gz")
 
 
@@ -294,7 +298,7 @@ def test_volume_pipeline_counts_and_errors(volume_run):
     assert "not CT or MR" in errors[3]["message"]
     assert errors[4]["stage"] == "read" and "no DICOM image series" in errors[4]["message"]
     assert "modality column" in errors[6]["message"]
-    assert errors[7]["stage"] == "decode" and "NIfTI" in errors[7]["message"]
+    assert errors[7]["stage"] == "decode" and "cannot read .nii.gz volume" in errors[7]["message"]
     assert errors[8]["stage"] == "text"
 
 

@@ -35,6 +35,10 @@ def detect_format(data: bytes, name: str = "") -> str:
     lower = name.lower()
     if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00"):
         return "nifti"
+    if head.startswith(b"NRRD"):
+        return "nrrd"
+    if lower.endswith(".mha") and b"ObjectType" in head[:200]:
+        return "mha"
     for magic, fmt in _MAGIC:
         if head.startswith(magic):
             if fmt == "webp" and head[8:12] != b"WEBP":

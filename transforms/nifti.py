@@ -1,4 +1,5 @@
-"""NIfTI (.nii, .nii.gz) volumes through SimpleITK, reoriented so slices are axial, superior→inferior.
+"""Volumes through SimpleITK (NIfTI .nii/.nii.gz, NRRD .nrrd, MetaImage .mha), reoriented so slices
+are axial, superior→inferior.
 
 Values are the file's scaled values (scl_slope/scl_inter applied: HU for CT). Each slice is
 (rows = anterior→posterior, columns = patient right→left), the radiological display convention.
@@ -13,11 +14,27 @@ import numpy as np
 from transforms.errors import ItemError
 
 
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
+
+
+def volume_suffix(data: bytes, name: str) -> str:
+    """The SimpleITK file suffix for these bytes: from the name, else from the content."""
+    lower = name.lower()
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
+        if lower.endswith(suffix):
+            return suffix
+    if data[:4] == b"NRRD":
+        return ".nrrd"
+    if data[:2] == b"\x1f\x8b":
+        return ".nii.gz"
+    return ".mha" if b"ObjectType" in data[:200] else ".nii"
+
+
 def read_nifti(data: bytes, name: str = "volume.nii.gz") -> tuple[np.ndarray, dict]:
-    """NIfTI bytes -> (float64 (slices, rows, cols) superior→inferior, info with spacing and z in mm)."""
+    """Volume bytes (NIfTI, NRRD, MHA) -> (float64 (slices, rows, cols) superior→inferior, info in mm)."""
     import SimpleITK as sitk
 
-    suffix = ".nii.gz" if name.lower().endswith(".gz") or data[:2] == b"\x1f\x8b" else ".nii"
+    suffix = volume_suffix(data, name)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "volume" + suffix)
         with open(path, "wb") as fh:
@@ -27,17 +44,17 @@ def read_nifti(data: bytes, name: str = "volume.nii.gz") -> tuple[np.ndarray, di
         except RuntimeError as exc:
             # SimpleITK names our temp file; report the user's name so error lines are reproducible
             reason = str(exc).strip().splitlines()[-1].replace(path, os.path.basename(name))[:300]
-            raise ItemError("decode", f"cannot read NIfTI: {reason}") from None
+            raise ItemError("decode", f"cannot read {suffix} volume (NIfTI/NRRD/MHA): {reason}") from None
     if image.GetDimension() == 4 and image.GetSize()[3] == 1:
         image = image[:, :, :, 0]
     if image.GetDimension() != 3:
-        raise ItemError("decode", f"NIfTI must be a 3D volume, got {image.GetDimension()}D {image.GetSize()}")
+        raise ItemError("decode", f"volume must be 3D, got {image.GetDimension()}D {image.GetSize()}")
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise ItemError("decode", "NIfTI with vector pixels is not supported")
+        raise ItemError("decode", "volumes with vector pixels are not supported")
     image = sitk.DICOMOrient(image, "LPS")      # index x→Left, y→Posterior, z→Superior
     volume = sitk.GetArrayViewFromImage(image).astype(np.float64)[::-1]   # (z, y, x), z now S→I
     sx, sy, sz = image.GetSpacing()
     top = image.GetOrigin()[2] + sz * (volume.shape[0] - 1)
-    info = {"format": "nifti", "spacing_mm": [round(sz, 6), round(sy, 6), round(sx, 6)],
+    info = {"format": suffix.lstrip(".").replace(".gz", ""), "spacing_mm": [round(sz, 6), round(sy, 6), round(sx, 6)],
             "z_mm": [round(top - k * sz, 6) for k in range(volume.shape[0])]}
     return volume, info

@@ -154,9 +154,9 @@ class ArrayVolumeSource(SliceSource):
     def render(self, index: int, value_range=None) -> Rendered:
         values = self.volume[index]
         if self.modality == "CT":
-            return Rendered(pixels=ct_to_rgb(values, self.options.render.ct_windows), info={"format": "nifti"})
+            return Rendered(pixels=ct_to_rgb(values, self.options.render.ct_windows), info={"format": "volume"})
         lo, hi = value_range if value_range else (values.min(), values.max())
-        return Rendered(pixels=minmax_to_uint8(values, lo, hi), info={"format": "nifti"})
+        return Rendered(pixels=minmax_to_uint8(values, lo, hi), info={"format": "volume"})
 
 
 def select_indices(source: SliceSource, options: VolumeOptions, report: str = "", series_number: str = "") -> tuple[list[int], str]:
@@ -253,7 +253,7 @@ def prepare_series(source: SeriesSource, prompt: str = "", report: str = "",
     """
     if isinstance(source, (str, os.PathLike)) and os.path.isfile(source):
         path = os.fspath(source)
-        if path.lower().endswith((".nii", ".nii.gz")):
+        if path.lower().endswith((".nii", ".nii.gz", ".nrrd", ".mha")):
             from transforms.nifti import read_nifti
 
             with open(path, "rb") as fh:
@@ -262,7 +262,7 @@ def prepare_series(source: SeriesSource, prompt: str = "", report: str = "",
                 raise ItemError("transform", "a NIfTI input needs modality='CT' or 'MR'")
             src = ArrayVolumeSource(volume, modality.upper(), info["z_mm"], options.image)
             finished = prepare_volume(src, options, report)
-            return _prepared(finished, prompt, {"format": "nifti"})
+            return _prepared(finished, prompt, {"format": info["format"]})
         items: list = [path]
     elif isinstance(source, (str, os.PathLike)):
         folder = os.fspath(source)

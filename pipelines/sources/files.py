@@ -18,6 +18,15 @@ def read_bytes(ref: str) -> bytes:
         raise ItemError("read", f"cannot read {ref}: {reason}") from None
 
 
+def read_head(ref: str, size: int = 512) -> bytes:
+    """The first `size` bytes of a file (format sniffing without reading it all)."""
+    try:
+        with FileSystems.open(ref, compression_type="uncompressed") as fh:
+            return fh.read(size)
+    except Exception as exc:
+        raise ItemError("read", f"cannot read {ref}: {exc}") from None
+
+
 def exists(ref: str) -> bool:
     """True if the file exists."""
     return FileSystems.exists(ref)
