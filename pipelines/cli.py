@@ -37,9 +37,17 @@ def run_pipeline(name: str, argv: list[str]) -> dict:
     check_beam_args(beam_args)
     config = config_from_args(args)
     module = importlib.import_module(PIPELINES[name])
-    run(module.build, config, beam_args)
-    from pipelines.outputs import join
+    from pipelines.outputs import commit_outputs, join
     from apache_beam.io.filesystems import FileSystems
+
+    try:
+        run(module.build, config, beam_args)
+    except BaseException:
+        logging.getLogger(__name__).error(
+            "the run failed; %s keeps its previous outputs (partial files are in %s)", config.output_dir,
+            config.staging_dir)
+        raise
+    commit_outputs(config.staging_dir, config.output_dir)
 
     with FileSystems.open(join(config.output_dir, "summary.json")) as fh:
         return json.loads(fh.read())

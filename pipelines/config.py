@@ -48,6 +48,12 @@ class Config:
     series_filter: str = ""
     salt: str = field(default="", repr=False)
     salt_is_default: bool = False
+    staging_dir: str = ""   # where workers write; committed into output_dir when the run succeeds
+
+    @property
+    def write_dir(self) -> str:
+        """The folder the pipeline writes into (the staging folder, else output_dir)."""
+        return self.staging_dir or self.output_dir
 
     def windows(self) -> tuple[Window, Window, Window]:
         """The three CT windows (R, G, B) in HU."""
@@ -69,6 +75,7 @@ class Config:
         """The configuration as written to summary.json (no salt, no paths' secrets)."""
         d = asdict(self)
         d.pop("salt")
+        d.pop("staging_dir")
         d["formats"] = list(self.formats)
         d["granularity"] = list(self.granularity)
         d["mr_percentiles"] = list(self.mr_percentiles)

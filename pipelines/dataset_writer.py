@@ -13,7 +13,7 @@ from transforms.encode import file_extension
 
 def _write_summary(_, pipeline, config, inputs, stats, errors, files, error_files):
     summary = build_summary(pipeline, config, inputs, stats, errors, files + error_files)
-    write_bytes(join(config.output_dir, "summary.json"), summary_json(summary))
+    write_bytes(join(config.write_dir, "summary.json"), summary_json(summary))
     return summary
 
 
@@ -44,15 +44,15 @@ class WriteDataset(beam.PTransform):
     def expand(self, pcolls):
         inputs, records, stats, errors = pcolls
         cfg = self.config
-        files = records | "Shards" >> WriteShards(cfg.output_dir, cfg.formats, cfg.num_shards,
+        files = records | "Shards" >> WriteShards(cfg.write_dir, cfg.formats, cfg.num_shards,
                                                   file_extension(cfg.image_format))
-        error_file = errors | "Errors" >> WriteErrors(cfg.output_dir)
+        error_file = errors | "Errors" >> WriteErrors(cfg.write_dir)
         n_inputs = inputs | "CountInputs" >> beam.combiners.Count.Globally()
         total = stats | "SumStats" >> beam.CombineGlobally(sum_counts)
         (records
          | "PreviewSample" >> beam.Map(lambda r: (r["example_id"], r["images"][0], caption_of(r)))
          | "PreviewPick" >> beam.combiners.Top.Smallest(cfg.preview_count)
-         | "PreviewWrite" >> beam.Map(_write_preview, cfg.output_dir))
+         | "PreviewWrite" >> beam.Map(_write_preview, cfg.write_dir))
         return (
             inputs.pipeline
             | "SummaryTrigger" >> beam.Create([None])

@@ -9,7 +9,7 @@ import re
 
 from pipelines.config import Config
 from pipelines.manifest import ManifestError, check_manifest
-from pipelines.outputs import existing_outputs, join, remove_outputs, write_bytes
+from pipelines.outputs import existing_outputs, join, new_staging_dir, write_bytes
 from pipelines.privacy import DEFAULT_SALT
 from pipelines.sinks import FORMAT_DIRS
 from pipelines.sources.files import exists, read_bytes
@@ -159,8 +159,6 @@ def _check_output_dir(path: str, overwrite: bool) -> None:
             os.remove(probe)
         except OSError as exc:
             raise OptionError("--output_dir", f"cannot write to {path}: {exc.strerror or exc}") from None
-    if present:
-        remove_outputs(path)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -194,7 +192,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_pixels=args.max_pixels, formats=args.formats, num_shards=args.num_shards,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, max_text_tokens=args.max_text_tokens,
         overwrite=args.overwrite, preview_count=args.preview_count, salt=salt or DEFAULT_SALT,
-        salt_is_default=not salt, **{k: getattr(args, k) for k in _VOLUME_KEYS if hasattr(args, k)},
+        salt_is_default=not salt, staging_dir=new_staging_dir(args.output_dir),
+        **{k: getattr(args, k) for k in _VOLUME_KEYS if hasattr(args, k)},
     )
 
 

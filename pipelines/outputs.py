@@ -52,16 +52,43 @@ def write_via_local(path: str, write_fn) -> int:
         return size
 
 
+def new_staging_dir(output_dir: str) -> str:
+    """A fresh hidden folder inside output_dir for one run's files."""
+    import uuid
+
+    return join(output_dir, f".staging-{uuid.uuid4().hex[:12]}")
+
+
+def _move_tree(src: str, dst: str) -> None:
+    if "://" not in src:
+        os.replace(src, dst)
+        return
+    matched = FileSystems.match([src.rstrip("/") + "/**"])[0].metadata_list
+    sources = [m.path for m in matched]
+    FileSystems.rename(sources, [dst.rstrip("/") + m[len(src.rstrip("/")):] for m in sources])
+
+
+def commit_outputs(staging: str, output_dir: str) -> None:
+    """Replace output_dir's outputs with staging's: the old summary.json goes first (the old dataset
+    stops looking complete), the new summary.json comes last (the new one is complete only then)."""
+    old = existing_outputs(output_dir)
+    if "summary.json" in old:
+        FileSystems.delete([join(output_dir, "summary.json")])
+    for part in OUTPUT_PARTS:
+        if part in old and part != "summary.json":
+            path = join(output_dir, part)
+            shutil.rmtree(path) if "://" not in path and os.path.isdir(path) else FileSystems.delete([path])
+    for part in OUTPUT_PARTS[::-1]:  # summary.json is moved last
+        src = join(staging, part)
+        if part != "summary.json" and FileSystems.exists(src):
+            _move_tree(src, join(output_dir, part))
+    _move_tree(join(staging, "summary.json"), join(output_dir, "summary.json"))
+    if "://" not in staging:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def existing_outputs(output_dir: str) -> list[str]:
     """The medprep outputs already present in output_dir."""
     return [p for p in OUTPUT_PARTS if FileSystems.exists(join(output_dir, p))]
 
 
-def remove_outputs(output_dir: str) -> None:
-    """Delete previous medprep outputs in output_dir (for --overwrite)."""
-    for part in existing_outputs(output_dir):
-        path = join(output_dir, part)
-        if "://" not in path and os.path.isdir(path):
-            shutil.rmtree(path)
-        else:
-            FileSystems.delete([path])
