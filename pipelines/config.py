@@ -48,6 +48,9 @@ class Config:
     series_filter: str = ""
     salt: str = field(default="", repr=False)
     salt_is_default: bool = False
+    scrub_text: bool = False
+    allow_burned_in: bool = False
+    item_timeout: float = 600.0
     staging_dir: str = ""   # where workers write; committed into output_dir when the run succeeds
 
     @property
@@ -86,7 +89,8 @@ class Config:
     def config_hash(self) -> str:
         """SHA-256 over the options that change record content (not input/output paths)."""
         d = self.public()
-        for key in ("input", "output_dir", "tokenizer", "overwrite", "preview_count", "formats", "num_shards"):
+        for key in ("input", "output_dir", "tokenizer", "overwrite", "preview_count", "formats", "num_shards",
+                    "item_timeout"):
             d.pop(key, None)
         d["pipeline_version"] = PIPELINE_VERSION
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode("utf-8")).hexdigest()

@@ -4,7 +4,9 @@ Error lines are dicts {ref, row, stage, error, message}; `error` is the exceptio
 """
 from __future__ import annotations
 
+import ctypes
 import logging
+import threading
 import traceback
 from typing import Iterable, Iterator
 
@@ -25,6 +27,37 @@ def error_line(ref: str, row: int, stage: str, exc: BaseException) -> dict:
     return {"ref": ref, "row": row, "stage": stage, "error": type(exc).__name__, "message": str(exc)}
 
 
+class ItemTimeout(Exception):
+    """Raised inside an item's thread when it overruns its time limit."""
+
+
+def run_with_limit(fn, timeout: float | None):
+    """fn() in a daemon thread, waited on for at most `timeout` s; ItemError('timeout') past it.
+
+    A Python-level overrun is stopped by an asynchronous exception; a hang inside C code cannot be
+    interrupted and is abandoned (the thread is a daemon), so the pipeline still goes on.
+    """
+    if not timeout:
+        return fn()
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: B036 -- handed back to the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="medprep-item", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(ItemTimeout))
+        raise ItemError("timeout", f"input took longer than the {timeout:g} s limit (--item_timeout); abandoned")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 class ItemDoFn(beam.DoFn):
     """Base DoFn: subclasses implement `outputs(element)` -> iterable of (record, stats).
 
@@ -34,6 +67,7 @@ class ItemDoFn(beam.DoFn):
     """
 
     default_stage = "record"
+    timeout: float | None = None   # seconds per item (None: no limit)
 
     def __init__(self):
         self._errors = Metrics.counter(self.__class__.__name__, "errors")
@@ -48,7 +82,7 @@ class ItemDoFn(beam.DoFn):
 
     def process(self, element) -> Iterator:
         try:
-            produced = list(self.outputs(element))
+            produced = run_with_limit(lambda: list(self.outputs(element)), self.timeout)
         except Exception as exc:  # every failure of one item becomes an error line
             ref, row = self.ref_of(element)
             line = error_line(ref, row, self.default_stage, exc)

@@ -72,6 +72,8 @@ class PrepareImageRow(ManifestRowDoFn):
             boxes=boxes,
             box_labels=row["box_labels"],
             label=row["label"],
+            identifiers={k: v for f in finished for k, v in f.identifiers.items() if v},
+            burned_in=any(f.info.get("burned_in_annotation") for f in finished),
         )
         with stage("text"):
             yield build_record(parts, self.config, self.tokenizer)

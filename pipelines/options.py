@@ -144,6 +144,11 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max_text_tokens", type=_int_in(1), default=1024, help="truncate prompt and text to this many tokens (default 1024)")
     g.add_argument("--overwrite", action="store_true", help="replace outputs already in --output_dir")
     g.add_argument("--preview_count", type=_int_in(0, 256), default=16, help="examples in preview.png (default 16)")
+    g.add_argument("--scrub_text", action="store_true",
+                   help="replace obvious identifiers in prompt/text (header names and ids, dates, MRN-like numbers)")
+    g.add_argument("--allow_burned_in", action="store_true",
+                   help="keep DICOMs that declare BurnedInAnnotation=YES (skipped by default: identifiers may be in the pixels)")
+    g.add_argument("--item_timeout", type=_int_in(1), default=600, help="seconds one input may take (default 600)")
 
 
 def _check_output_dir(path: str, overwrite: bool) -> None:
@@ -192,7 +197,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_pixels=args.max_pixels, formats=args.formats, num_shards=args.num_shards,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, max_text_tokens=args.max_text_tokens,
         overwrite=args.overwrite, preview_count=args.preview_count, salt=salt or DEFAULT_SALT,
-        salt_is_default=not salt, staging_dir=new_staging_dir(args.output_dir),
+        salt_is_default=not salt, staging_dir=new_staging_dir(args.output_dir), scrub_text=args.scrub_text,
+        allow_burned_in=args.allow_burned_in, item_timeout=float(args.item_timeout),
         **{k: getattr(args, k) for k in _VOLUME_KEYS if hasattr(args, k)},
     )
 

@@ -13,6 +13,7 @@ from pipelines.split import assign_split
 from schemas.fields import validate_record
 from transforms.errors import ItemError
 from transforms.image import FinishedImage
+from transforms.scrub import scrub_text
 from transforms.text import IMAGE, Part, Tokenizer
 
 
@@ -34,6 +35,8 @@ class ExampleParts:
     label: str = ""
     # The user turn in order: IMAGE markers, strings, and the token "PROMPT" where the prompt goes.
     user_parts: Sequence[object] = field(default_factory=list)
+    identifiers: dict = field(default_factory=dict)   # raw header identifiers (scrubbing only)
+    burned_in: bool = False                           # a source declares BurnedInAnnotation=YES
 
 
 PROMPT = object()  # placeholder in user_parts for the (truncated) prompt ids
@@ -44,8 +47,31 @@ def default_user_parts(n_images: int) -> list:
     return [IMAGE] * n_images + [PROMPT]
 
 
+_ID_KEYS = ("PatientID", "AccessionNumber", "OtherPatientIDs", "PatientBirthDate", "InstitutionName")
+_NAME_KEYS = ("PatientName", "ReferringPhysicianName", "OperatorsName")
+
+
+def apply_privacy(parts: ExampleParts, config: Config) -> dict:
+    """Refuse burned-in annotation (unless allowed); scrub prompt/text when asked. Returns scrub counts."""
+    if parts.burned_in and not config.allow_burned_in:
+        raise ItemError("privacy", "DICOM declares BurnedInAnnotation=YES (identifiers may be in the pixels); "
+                                   "skipped — pass --allow_burned_in to keep it")
+    if not config.scrub_text:
+        return {}
+    ids = [parts.identifiers.get(k, "") for k in _ID_KEYS] + [parts.patient_id]
+    names = [parts.identifiers.get(k, "") for k in _NAME_KEYS]
+    totals: dict = {}
+    for attr in ("prompt", "text"):
+        clean, counts = scrub_text(getattr(parts, attr), ids, names)
+        setattr(parts, attr, clean)
+        for kind, n in counts.items():
+            totals[f"scrubbed/{kind}"] = totals.get(f"scrubbed/{kind}", 0) + n
+    return totals
+
+
 def build_record(parts: ExampleParts, config: Config, tokenizer: Tokenizer | None) -> tuple[dict, dict]:
-    """ExampleParts -> (record dict, stats counts). Raises ItemError('text'|'record')."""
+    """ExampleParts -> (record dict, stats counts). Raises ItemError('privacy'|'text'|'record')."""
+    scrubbed = apply_privacy(parts, config)
     salt = config.salt
     patient_key = keyed_hash(salt, "patient", parts.patient_id or "example:" + parts.example_key)
     prompt_ids: list[int] = []
@@ -100,5 +126,6 @@ def build_record(parts: ExampleParts, config: Config, tokenizer: Tokenizer | Non
         f"by_modality/{parts.modality}": 1,
         "truncated/prompt": int(truncated_prompt),
         "truncated/text": int(truncated_text),
+        **scrubbed,
     }
     return record, stats

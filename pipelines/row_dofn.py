@@ -12,6 +12,7 @@ class ManifestRowDoFn(ItemDoFn):
     def __init__(self, config: Config):
         super().__init__()
         self.config = config
+        self.timeout = config.item_timeout
 
     def setup(self):
         self.tokenizer = load_tokenizer(self.config.tokenizer)

@@ -96,7 +96,8 @@ class PrepareVolumeRow(ManifestRowDoFn):
                     qc = dict(ordered.qc(), files_skipped=skipped)
                     source = DicomSeriesSource(ordered, load_dataset, self.options.image)
                     finished = prepare_volume(source, self.options, row["text"], first.series_number, qc)
-                outs = list(self._records(row, uid, first.modality, finished, first.patient_id, first.study_uid))
+                outs = list(self._records(row, uid, first.modality, finished, first.patient_id, first.study_uid,
+                                          dict(first.identifiers), any(s.burned_in for s in slices)))
             except ItemError as exc:
                 failures.append(exc)
                 continue
@@ -120,12 +121,14 @@ class PrepareVolumeRow(ManifestRowDoFn):
         finished = prepare_volume(source, self.options, row["text"], "", {**info, "z_mm": None})
         yield from self._records(row, path, modality, finished, row["patient_id"], "")
 
-    def _records(self, row, series_key, modality, finished, patient_id, study_uid):
+    def _records(self, row, series_key, modality, finished, patient_id, study_uid, identifiers=None,
+                 burned_in=False):
         if not row["text"].strip():
             raise ItemError("text", "empty text: a volume example needs its report")
         base = row["id"] or f"row:{row['row']}:{'|'.join(row['images'])}"
         common = dict(modality=row["modality"] or modality, prompt=row["prompt"], text=row["text"],
-                      patient_id=row["patient_id"] or patient_id, study_uid=study_uid, label=row["label"])
+                      patient_id=row["patient_id"] or patient_id, study_uid=study_uid, label=row["label"],
+                      identifiers=identifiers or {}, burned_in=burned_in)
         sources = [f.info.pop("file", "") or row["images"][0] for f in finished]
         if "series" in self.config.granularity:
             parts = [PROMPT]

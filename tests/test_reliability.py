@@ -75,3 +75,56 @@ def test_unwritable_output_dir_fails_before_work(manifest, tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     assert main(["images", "--input", manifest, "--output_dir", str(tmp_path / "afile" / "out")]) == 2
     assert "--output_dir" in capsys.readouterr().err
+
+
+def test_slow_item_times_out_and_the_rest_survive(manifest, tmp_path, monkeypatch):
+    import time
+
+    import pipelines.images as images
+
+    real = images.decode_any
+
+    def slow_on_row_3(data, name, options):
+        if name.endswith("i3.png"):
+            deadline = time.time() + 30
+            while time.time() < deadline:   # a Python-level hang: interrupted by the limit
+                pass
+        return real(data, name, options)
+
+    monkeypatch.setattr(images, "decode_any", slow_on_row_3)
+    t = time.time()
+    s = run_pipeline("images", ["--input", manifest, "--output_dir", str(tmp_path / "o"), "--item_timeout", "2"])
+    assert time.time() - t < 25
+    assert (s["examples"], s["errors"], s["reconciled"]) == (11, 1, True)
+    assert s["errors_by_stage"] == {"timeout": 1}
+
+
+def test_fault_injection_random_raises_and_garbage_sources_still_reconcile(manifest, tmp_path, monkeypatch):
+    """A worker raising on random items, and sources turned to garbage: every input is accounted for."""
+    import random
+
+    import pipelines.images as images
+
+    rows = [json.loads(line) for line in open(manifest)]
+    for r in rows[8:]:                       # the last 4 sources return garbage
+        open(r["image"], "wb").write(os.urandom(2000))
+    rng = random.Random(7)
+    doomed = set(rng.sample(range(8), 3))    # 3 of the first 8 raise an unexpected exception
+    real = images.PrepareImageRow.outputs
+
+    def flaky(self, row):
+        if row["row"] - 1 in doomed:
+            raise RuntimeError("injected worker fault")
+        return real(self, row)
+
+    monkeypatch.setattr(images.PrepareImageRow, "outputs", flaky)
+    out = str(tmp_path / "o")
+    s = run_pipeline("images", ["--input", manifest, "--output_dir", out])
+    assert (s["inputs"], s["examples"], s["errors"], s["reconciled"]) == (12, 5, 7, True)
+    lines = [json.loads(x) for x in open(os.path.join(out, "errors", "errors-00000-of-00001.jsonl"))]
+    assert sorted(e["row"] for e in lines if e["error"] == "RuntimeError") == sorted(d + 1 for d in doomed)
+    assert sorted(e["row"] for e in lines if e["stage"] == "decode") == [9, 10, 11, 12]
+    from pipelines.verify import verify
+
+    problems, facts = verify(out)
+    assert problems == [] and facts["examples"] == 5

@@ -58,6 +58,16 @@ class Rendered:
         return self.pixels if self.pixels.ndim == 3 else np.repeat(self.pixels[..., None], 3, axis=2)
 
 
+IDENTIFIER_KEYWORDS = ("PatientID", "PatientName", "PatientBirthDate", "AccessionNumber", "OtherPatientIDs",
+                       "InstitutionName", "ReferringPhysicianName", "OperatorsName", "StudyInstanceUID",
+                       "SeriesInstanceUID", "SOPInstanceUID")
+
+
+def header_identifiers(ds: Dataset) -> dict:
+    """Raw identifier values of a header (for keys and scrubbing; never written out)."""
+    return {key: str(ds.get(key, "") or "") for key in IDENTIFIER_KEYWORDS}
+
+
 def read_dataset(data: bytes) -> Dataset:
     """Parse DICOM bytes (with or without preamble/meta) into a pydicom Dataset."""
     try:
@@ -255,10 +265,7 @@ def _render(ds: Dataset, options: RenderOptions) -> Rendered:
                 how += " inverted(MONOCHROME1)"
             info["intensity"] = how
             pixels = stored.take(table)
-    identifiers = {
-        key: str(ds.get(key, "") or "")
-        for key in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
-    }
+    identifiers = header_identifiers(ds)
     if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
         info["burned_in_annotation"] = True
     return Rendered(pixels=pixels, info=info, identifiers=identifiers)

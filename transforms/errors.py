@@ -1,6 +1,6 @@
 """The one exception type per-item code raises: it names the pipeline stage that failed."""
 
-STAGES = ("manifest", "read", "decode", "transform", "encode", "text", "record")
+STAGES = ("manifest", "read", "decode", "transform", "encode", "text", "record", "privacy", "timeout")
 
 
 class ItemError(Exception):

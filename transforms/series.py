@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydicom.dataset import Dataset
 
+from transforms.dicom_render import header_identifiers
 from transforms.errors import ItemError
 
 
@@ -35,6 +36,8 @@ class SliceHeader:
     thickness: float | None = None
     patient_id: str = field(default="", repr=False)   # raw identifiers: hashed before any output
     study_uid: str = field(default="", repr=False)
+    identifiers: tuple = field(default=(), repr=False)   # (keyword, value) pairs for scrubbing
+    burned_in: bool = False
 
 
 def _floats(value, n: int) -> tuple | None:
@@ -70,7 +73,9 @@ def slice_headers(ds: Dataset, key: object) -> list[SliceHeader]:
                   localizer="LOCALIZER" in image_type, modality=str(ds.get("Modality", "") or "").upper(),
                   description=str(ds.get("SeriesDescription", "") or ""), image_type="\\".join(image_type),
                   thickness=_float_or_none(ds.get("SliceThickness")),
-                  patient_id=str(ds.get("PatientID", "") or ""), study_uid=str(ds.get("StudyInstanceUID", "") or ""))
+                  patient_id=str(ds.get("PatientID", "") or ""), study_uid=str(ds.get("StudyInstanceUID", "") or ""),
+                  identifiers=tuple(header_identifiers(ds).items()),
+                  burned_in=str(ds.get("BurnedInAnnotation", "")).upper() == "YES")
     frames = _int_or_none(ds.get("NumberOfFrames")) or 1
     instance = _int_or_none(ds.get("InstanceNumber"))
     if frames == 1 or "PerFrameFunctionalGroupsSequence" not in ds:

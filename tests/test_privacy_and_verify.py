@@ -1,0 +1,116 @@
+"""Privacy (burned-in annotation, report scrubbing, identifier scan) and `medprep verify` catching damage."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from pipelines.cli import main, run_pipeline
+from pipelines.samples import fake_identity, write_dicom, write_series
+from pipelines.verify import verify
+from transforms.scrub import scrub_text
+
+
+def test_scrub_text_replaces_identifiers_dates_and_ids():
+    text = ("Jane Doe (MRN: AB12345) seen on 2021-03-04 and 4 March 2021; accession # 99-1234. "
+            "Compared with 03/05/2020. Call 5551234567. Image 45 of series 3 is unchanged.")
+    clean, counts = scrub_text(text, identifiers=["AB12345"], names=["DOE^JANE"])
+    assert clean == ("[NAME] [NAME] (MRN: [ID]) seen on [DATE] and [DATE]; [ID]. "
+                     "Compared with [DATE]. Call [ID]. Image 45 of series 3 is unchanged.")
+    assert counts == {"name": 2, "id": 3, "date": 3}
+    assert scrub_text("", ["x"]) == ("", {"name": 0, "id": 0, "date": 0})
+
+
+@pytest.fixture()
+def phi_inputs(tmp_path):
+    ident = fake_identity(1)
+    ok = write_dicom(str(tmp_path / "ok.dcm"), np.full((16, 16), 500, np.uint16), patient=1, window=(500, 1000))
+    burned = write_dicom(str(tmp_path / "burned.dcm"), np.full((16, 16), 500, np.uint16), patient=1,
+                         extra={"BurnedInAnnotation": "YES"})
+    rows = [
+        {"id": "leaky", "image": ok, "text": f"Patient {ident['PatientName'].replace('^', ' ')} MRN {ident['PatientID']}, "
+                                             f"DOB 1970-01-01: clear lungs."},
+        {"id": "burned", "image": burned, "text": "burned-in text"},
+    ]
+    m = tmp_path / "m.jsonl"
+    m.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(m), ident
+
+
+def test_burned_in_is_skipped_by_default_and_verify_flags_leaky_reports(phi_inputs, tmp_path):
+    manifest, ident = phi_inputs
+    out = str(tmp_path / "o")
+    s = run_pipeline("images", ["--input", manifest, "--output_dir", out])
+    assert s["errors_by_stage"] == {"privacy": 1} and s["examples"] == 1
+    problems, facts = verify(out)
+    assert any("PatientID of" in p for p in problems), problems   # ok.dcm and burned.dcm share one identity
+    assert any("PatientName" in p for p in problems) and facts["phi_hits"] >= 2
+    assert main(["verify", out]) == 1
+
+
+def test_scrub_text_makes_the_output_verify(phi_inputs, tmp_path):
+    manifest, ident = phi_inputs
+    out = str(tmp_path / "o")
+    s = run_pipeline("images", ["--input", manifest, "--output_dir", out, "--scrub_text", "--allow_burned_in"])
+    assert s["examples"] == 2 and s["scrubbed"] == {"date": 1, "id": 1, "name": 2}
+    problems, _ = verify(out)
+    assert problems == []
+    from schemas import read_records
+
+    texts = sorted(r["text"] for r in read_records(os.path.join(out, "parquet")))
+    assert texts[0] == "Patient [NAME] [NAME] MRN [ID], DOB [DATE]: clear lungs."
+
+
+def test_volume_series_with_burned_in_is_a_privacy_error(tmp_path):
+    write_series(str(tmp_path / "s"), 4, extra={"BurnedInAnnotation": "YES"})
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": str(tmp_path / "s"), "text": "ct"}) + "\n")
+    s = run_pipeline("volumes", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o")])
+    assert s["errors_by_stage"] == {"privacy": 1}
+
+
+@pytest.fixture()
+def good_output(tmp_path):
+    from pipelines.samples import make_images_samples
+
+    manifest = make_images_samples(str(tmp_path / "samples"))
+    out = str(tmp_path / "out")
+    run_pipeline("images", ["--input", manifest, "--output_dir", out, "--num_shards", "2"])
+    assert verify(out)[0] == []
+    return out
+
+
+def test_verify_catches_a_missing_shard(good_output):
+    os.remove(os.path.join(good_output, "parquet", "train-00001-of-00002.parquet"))
+    assert any("missing shard parquet/train-00001" in p for p in verify(good_output)[0])
+
+
+def test_verify_catches_a_truncated_shard(good_output):
+    path = os.path.join(good_output, "parquet", "train-00000-of-00002.parquet")
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+    assert any("cannot read" in p for p in verify(good_output)[0])
+
+
+def test_verify_catches_a_summary_that_does_not_reconcile(good_output):
+    path = os.path.join(good_output, "summary.json")
+    s = json.load(open(path))
+    s["inputs"] += 1
+    json.dump(s, open(path, "w"))
+    assert any("does not reconcile" in p for p in verify(good_output)[0])
+
+
+def test_verify_catches_lost_error_lines_and_an_incomplete_run(good_output):
+    path = os.path.join(good_output, "errors", "errors-00000-of-00001.jsonl")
+    first = open(path).readline()
+    open(path, "w").write(first)
+    assert any("errors/ holds 1 lines" in p for p in verify(good_output)[0])
+    os.remove(os.path.join(good_output, "summary.json"))
+    assert verify(good_output)[0] == [f"no summary.json in {good_output}: the run did not complete"]
+
+
+def test_verify_catches_formats_that_disagree(good_output, tmp_path):
+    shutil.copy(os.path.join(good_output, "arrayrecord", "train-00000-of-00002.array_record"),
+                os.path.join(good_output, "arrayrecord", "train-00001-of-00002.array_record"))
+    problems = verify(good_output)[0]
+    assert any("duplicate example_id" in p for p in problems)
