@@ -35,9 +35,11 @@ def _maybe_json(value: Any) -> Any:
     return value
 
 
-def _as_str(value: Any) -> str:
+def _as_str(value: Any, where: str = "", column: str = "") -> str:
     if _is_missing(value):
         return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ManifestError(f"{where}: column '{column}' must be text, got {type(value).__name__}")
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
@@ -46,6 +48,8 @@ def _as_str(value: Any) -> str:
 def normalize_row(raw: dict, row: int) -> dict:
     """One raw row (numbered from 1) -> normalized dict, or ManifestError naming the row and column."""
     where = f"row {row}"
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{where}: a row must be an object/mapping")
     image = _maybe_json(raw.get("image"))
     if hasattr(image, "tolist"):
         image = image.tolist()
@@ -58,36 +62,30 @@ def normalize_row(raw: dict, row: int) -> dict:
     if hasattr(boxes, "tolist"):
         boxes = boxes.tolist()
     boxes = [] if _is_missing(boxes) else boxes
+    bad_boxes = ManifestError(f"{where}: column 'boxes' must be a list of [x0, y0, x1, y1]")
+    if not isinstance(boxes, list) or not all(
+            isinstance(b, list) and len(b) == 4 and not any(isinstance(c, bool) for c in b) for b in boxes):
+        raise bad_boxes
     try:
         boxes = [[float(c) for c in box] for box in boxes]
     except (TypeError, ValueError):
-        raise ManifestError(f"{where}: column 'boxes' must be a list of [x0, y0, x1, y1]") from None
-    if any(len(b) != 4 for b in boxes):
-        raise ManifestError(f"{where}: column 'boxes' must be a list of [x0, y0, x1, y1]")
+        raise bad_boxes from None
     labels = _maybe_json(raw.get("box_labels"))
     if hasattr(labels, "tolist"):
         labels = labels.tolist()
     labels = [] if _is_missing(labels) else labels
     if isinstance(labels, str):
         labels = [labels]
+    if not isinstance(labels, list):
+        raise ManifestError(f"{where}: column 'box_labels' must be a list of labels")
+    labels = [_as_str(label, where, "box_labels") for label in labels]
     if boxes and len(labels) != len(boxes):
         raise ManifestError(f"{where}: {len(boxes)} boxes but {len(labels)} box_labels")
-    prior = _as_str(raw.get("prior"))
+    prior = _as_str(raw.get("prior"), where, "prior")
     if prior and len(images) != 1:
         raise ManifestError(f"{where}: a 'prior' needs exactly one current 'image'")
-    return {
-        "row": row,
-        "id": _as_str(raw.get("id")),
-        "images": images,
-        "prior": prior,
-        "text": _as_str(raw.get("text")),
-        "prompt": _as_str(raw.get("prompt")),
-        "boxes": boxes,
-        "box_labels": [str(x) for x in labels],
-        "label": _as_str(raw.get("label")),
-        "patient_id": _as_str(raw.get("patient_id")),
-        "modality": _as_str(raw.get("modality")),
-    }
+    text = {c: _as_str(raw.get(c), where, c) for c in ("id", "text", "prompt", "label", "patient_id", "modality")}
+    return {"row": row, "images": images, "prior": prior, "boxes": boxes, "box_labels": labels, **text}
 
 
 def _raw_rows(path: str) -> Iterator[dict]:

@@ -114,11 +114,20 @@ def _signed64(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
+def _message(wire: int, value) -> memoryview:
+    """A nested message's bytes; ValueError if the field is not length-delimited."""
+    if wire != 2:
+        raise ValueError(f"expected a length-delimited field, got wire type {wire}")
+    return value
+
+
 def _decode_feature(buf: memoryview):
     """Feature bytes -> ('bytes'|'float'|'int64', list of values)."""
-    for number, _, value in _fields(buf):
+    for number, wire, value in _fields(buf):
+        if number in (1, 2, 3):
+            value = _message(wire, value)
         if number == 1:
-            return "bytes", [bytes(v) for n, _, v in _fields(value) if n == 1]
+            return "bytes", [bytes(_message(w, v)) for n, w, v in _fields(value) if n == 1]
         if number == 2:
             floats: list[float] = []
             for n, wire, v in _fields(value):
@@ -144,18 +153,18 @@ def _decode_feature(buf: memoryview):
 def decode_example(data: bytes) -> dict:
     """Serialized tf.train.Example -> record dict (missing fields get empty values)."""
     raw: dict[str, list] = {}
-    for n, _, features in _fields(memoryview(data)):
+    for n, wire, features in _fields(memoryview(data)):
         if n != 1:
             continue
-        for m, _, entry in _fields(features):
+        for m, w, entry in _fields(_message(wire, features)):
             if m != 1:
                 continue
             key, value = "", memoryview(b"")
-            for k, _, v in _fields(entry):
+            for k, kw, v in _fields(_message(w, entry)):
                 if k == 1:
-                    key = bytes(v).decode("utf-8")
+                    key = bytes(_message(kw, v)).decode("utf-8")
                 elif k == 2:
-                    value = v
+                    value = _message(kw, v)
             raw[key] = _decode_feature(value)[1]
     record: dict = {}
     for name, f in FIELD_BY_NAME.items():

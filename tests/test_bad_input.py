@@ -143,3 +143,22 @@ def test_existing_output_refused_without_overwrite(tmp_path, capsys):
     code, err = _cli(["images", "--input", m, "--output_dir", str(tmp_path / "o")], capsys)
     assert code == 2 and "--overwrite" in err
     assert main(["images", "--input", m, "--output_dir", str(tmp_path / "o"), "--overwrite"]) == 0
+
+
+def test_manifest_column_types_found_by_fuzzing(tmp_path, capsys):
+    """Regressions from tests/test_fuzz.py: wrong-typed columns are ManifestErrors naming row and column."""
+    from pipelines.manifest import ManifestError, normalize_row
+
+    for raw, message in [({"image": "a", "box_labels": False}, "row 1: column 'box_labels'"),
+                         ({"image": "a", "text": ["x"]}, "row 1: column 'text' must be text"),
+                         ({"image": "a", "boxes": [[1, 2, True, 4]], "box_labels": ["x"]}, "row 1: column 'boxes'"),
+                         ({"image": "a", "boxes": 5}, "row 1: column 'boxes'")]:
+        with pytest.raises(ManifestError, match=message.replace("[", r"\[")):
+            normalize_row(raw, 1)
+
+
+def test_example_decoder_rejects_wrong_wire_types():
+    from schemas.example_codec import decode_example
+
+    with pytest.raises(ValueError, match="wire type"):
+        decode_example(b"\x08\x00")
