@@ -43,8 +43,10 @@ def build_summary(pipeline: str, config: Config, inputs: int, stats: dict, error
         else:
             flat[key] = value
     by_stage: dict = {}
+    by_class: dict = {}
     for line in errors:
         by_stage[line["stage"]] = by_stage.get(line["stage"], 0) + 1
+        by_class[line["error"]] = by_class.get(line["error"], 0) + 1
     inputs_ok = flat.get("inputs_ok", 0)
     return {
         "pipeline": pipeline,
@@ -54,6 +56,7 @@ def build_summary(pipeline: str, config: Config, inputs: int, stats: dict, error
         "images": flat.get("images", 0),
         "errors": len(errors),
         "errors_by_stage": dict(sorted(by_stage.items())),
+        "errors_by_class": dict(sorted(by_class.items())),
         "reconciled": inputs == inputs_ok + len(errors),
         **{k: dict(sorted(v.items())) for k, v in grouped.items()},
         "files": sorted(files, key=lambda f: f["path"]),

@@ -121,6 +121,7 @@ def test_fault_injection_random_raises_and_garbage_sources_still_reconcile(manif
     out = str(tmp_path / "o")
     s = run_pipeline("images", ["--input", manifest, "--output_dir", out])
     assert (s["inputs"], s["examples"], s["errors"], s["reconciled"]) == (12, 5, 7, True)
+    assert s["errors_by_class"] == {"ItemError": 4, "RuntimeError": 3}
     lines = [json.loads(x) for x in open(os.path.join(out, "errors", "errors-00000-of-00001.jsonl"))]
     assert sorted(e["row"] for e in lines if e["error"] == "RuntimeError") == sorted(d + 1 for d in doomed)
     assert sorted(e["row"] for e in lines if e["stage"] == "decode") == [9, 10, 11, 12]
