@@ -1,3 +1,4 @@
+import os
 import warnings
 
 import numpy as np
@@ -192,3 +193,25 @@ def test_grey_resize_equals_rgb_resize():
     a, _ = pad_and_resize(grey, 896)
     b, _ = pad_and_resize(np.repeat(grey[..., None], 3, axis=2), 896)
     assert a.mode == b.mode == "RGB" and a.tobytes() == b.tobytes()
+
+
+def test_decoder_that_aborts_the_process_is_isolated():
+    """Found by atheris: corrupt JPEG 2000 that openjpeg rejects and GDCM answers with abort()."""
+    data = open(os.path.join(os.path.dirname(__file__), "data", "j2k_gdcm_abort.dcm"), "rb").read()
+    with pytest.raises(ItemError, match="gdcm decoder crashed") as e:
+        decode_any(data, "x.dcm")
+    assert e.value.stage == "decode" and "pylibjpeg" in e.value.message
+    # the isolated decoder is replaced: the next GDCM-only file still decodes
+    ref = decode_any(_bytes("MR_small.dcm")).rgb
+    assert np.array_equal(decode_any(_bytes("MR_small_jpeg_ls_lossless.dcm")).rgb, ref)
+
+
+def test_multiframe_decodes_only_the_requested_frame(monkeypatch):
+    import transforms.pixel_decode as pd
+
+    calls = []
+    real = pd.pixel_array
+    monkeypatch.setattr(pd, "pixel_array", lambda ds, **kw: calls.append(kw.get("index")) or real(ds, **kw))
+    ds = read_dataset(_bytes("emri_small.dcm"))
+    assert np.array_equal(decode_frame(ds, 5), pydicom.dcmread(_file("emri_small.dcm")).pixel_array[5])
+    assert calls == [5]

@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
 
 from transforms.errors import ItemError, stage
+from transforms.pixel_decode import decode_pixels
 from transforms.windowing import (
     CT_PRESETS,
     Window,
@@ -114,17 +115,15 @@ def decode_frame(ds: Dataset, frame: int = 0, max_pixels: int = DEFAULT_MAX_PIXE
     if not 0 <= frame < frames:
         raise ItemError("decode", f"frame {frame} requested, DICOM has {frames} frame(s)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            arr = ds.pixel_array
+        arr = decode_pixels(ds, frame if frames > 1 else None)
+    except ItemError:
+        raise
     except Exception as exc:
         raise ItemError(
             "decode",
             f"cannot decode pixel data ({_transfer_syntax_name(ds)}): {type(exc).__name__}: {exc}",
         ) from None
     samples = int_tag(ds, "SamplesPerPixel", 1)
-    if frames > 1:
-        arr = arr[frame]
     if samples == 1 and arr.ndim != 2 or samples == 3 and arr.ndim != 3:
         raise ItemError("decode", f"unexpected pixel array shape {arr.shape} for {samples} sample(s)/pixel")
     return arr
