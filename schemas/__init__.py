@@ -3,9 +3,10 @@ from schemas.arrow import arrow_schema, hf_features, to_table
 from schemas.example_codec import decode_example, encode_example
 from schemas.fields import FIELD_NAMES, FIELDS, validate_record
 from schemas.model_input import to_model_input
-from schemas.readers import ArrayRecordSource, grain_source, read_records
+from schemas.readers import ArrayRecordSource, arrayrecord_files, grain_source, hf_dataset, read_records
 
 __all__ = [
     "FIELDS", "FIELD_NAMES", "validate_record", "encode_example", "decode_example", "arrow_schema",
-    "hf_features", "to_table", "read_records", "ArrayRecordSource", "grain_source", "to_model_input",
+    "hf_features", "to_table", "read_records", "ArrayRecordSource", "grain_source", "arrayrecord_files",
+    "hf_dataset", "to_model_input",
 ]

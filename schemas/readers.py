@@ -14,21 +14,22 @@ ARRAYRECORD_SUFFIX = ".array_record"
 PARQUET_SUFFIX = ".parquet"
 
 
-def _shard_files(path: str, split: str | None = None) -> list[str]:
-    """Shard files under `path` (a file, a format folder, or an output folder), sorted."""
+def _shard_files(path: str, split: str | None = None,
+                 suffixes: tuple = (ARRAYRECORD_SUFFIX, PARQUET_SUFFIX)) -> list[str]:
+    """Shard files with one of `suffixes` under `path` (a file, a format folder, or an output folder), sorted."""
     if os.path.isfile(path):
         return [path]
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no such file or folder: {path}")
     for sub in ("", "arrayrecord", "parquet"):
         folder = os.path.join(path, sub)
-        files = sorted(glob.glob(os.path.join(folder, "*" + ARRAYRECORD_SUFFIX)) +
-                       glob.glob(os.path.join(folder, "*" + PARQUET_SUFFIX)))
+        files = sorted(f for suffix in suffixes for f in glob.glob(os.path.join(folder, "*" + suffix)))
         if split is not None:
             files = [f for f in files if os.path.basename(f).startswith(split + "-")]
         if files:
             return files
-    raise FileNotFoundError(f"no .array_record or .parquet shards under {path}")
+    raise FileNotFoundError(f"no {' or '.join(suffixes)} shards under {path}"
+                            + (f" for split {split!r}" if split else ""))
 
 
 def _read_arrayrecord(path: str) -> Iterator[dict]:
@@ -66,7 +67,7 @@ class ArrayRecordSource:
 
     def __init__(self, paths: str | Sequence[str], split: str | None = None):
         files = [paths] if isinstance(paths, str) else list(paths)
-        self._files = [f for p in files for f in _shard_files(p, split) if f.endswith(ARRAYRECORD_SUFFIX)]
+        self._files = [f for p in files for f in _shard_files(p, split, (ARRAYRECORD_SUFFIX,))]
         if not self._files:
             raise FileNotFoundError(f"no ArrayRecord shards in {paths}")
         from array_record.python.array_record_module import ArrayRecordReader
@@ -115,3 +116,16 @@ class ArrayRecordSource:
 def grain_source(path: str, split: str | None = None) -> ArrayRecordSource:
     """A Grain-compatible random-access source of record dicts over ArrayRecord shards."""
     return ArrayRecordSource(path, split)
+
+
+def arrayrecord_files(path: str, split: str | None = None) -> list[str]:
+    """The ArrayRecord shard paths under an output folder (for grain.python.ArrayRecordDataSource)."""
+    return _shard_files(path, split, (ARRAYRECORD_SUFFIX,))
+
+
+def hf_dataset(path: str, split: str = "train"):
+    """The Parquet shards of one split as a Hugging Face `datasets.Dataset` (images decode to PIL)."""
+    import datasets
+
+    files = _shard_files(path, split, (PARQUET_SUFFIX,))
+    return datasets.load_dataset("parquet", data_files={split: files}, split=split)

@@ -1,0 +1,53 @@
+"""PyTorch datasets over medprep shards (imports torch; schemas itself does not).
+
+    from schemas.torch_data import RecordDataset, ShardIterableDataset
+    ds = RecordDataset("OUT/arrayrecord", split="train", transform=my_fn)     # map-style, random access
+    it = ShardIterableDataset("OUT/parquet", split="train")                    # streaming, worker-sharded
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2, collate_fn=list)
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.utils.data as tud
+
+from schemas.readers import ArrayRecordSource, _read_arrayrecord, _read_parquet, _shard_files
+
+Transform = Callable[[dict], object]
+
+
+class RecordDataset(tud.Dataset):
+    """Map-style dataset over ArrayRecord shards: [i] -> transform(record dict)."""
+
+    def __init__(self, path: str, split: str | None = None, transform: Transform | None = None):
+        self.source = ArrayRecordSource(path, split)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int):
+        record = self.source[index]
+        return self.transform(record) if self.transform else record
+
+
+class ShardIterableDataset(tud.IterableDataset):
+    """Streams records from ArrayRecord or Parquet shards; each DataLoader worker reads its own shards
+    (or, with fewer shards than workers, every n-th record), so no record is read twice."""
+
+    def __init__(self, path: str, split: str | None = None, transform: Transform | None = None):
+        self.files = _shard_files(path, split)
+        self.transform = transform
+
+    def __iter__(self):
+        info = tud.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        by_file = len(self.files) >= workers
+        files = self.files[worker::workers] if by_file else self.files
+        n = 0
+        for f in files:
+            reader = _read_arrayrecord if f.endswith(".array_record") else _read_parquet
+            for record in reader(f):
+                if by_file or n % workers == worker:
+                    yield self.transform(record) if self.transform else record
+                n += 1
