@@ -24,6 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     add_common_options(volumes)
     add_volume_options(volumes)
     sub.add_parser("verify", help="check an output folder (counts, shards, records, splits, identifiers)", add_help=False)
+    sub.add_parser("inspect", help="write OUT/report.html: counts, sample grids, histograms, errors", add_help=False)
     demo = sub.add_parser("demo", help="generate bundled samples and run the pipelines on them")
     demo.add_argument("--output_dir", default="demo_out", help="where to write samples and outputs (default demo_out)")
     return parser
@@ -58,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] == "verify":
-            from pipelines.verify import main as verify_main
+        if argv and argv[0] in ("verify", "inspect"):
+            import importlib
 
-            return verify_main(argv[1:])
+            return importlib.import_module(f"pipelines.{argv[0]}").main(argv[1:])
         if argv and argv[0] == "demo":
             from pipelines.demo import main as demo_main
 

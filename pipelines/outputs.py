@@ -8,7 +8,7 @@ import tempfile
 
 from apache_beam.io.filesystems import FileSystems
 
-OUTPUT_PARTS = ("arrayrecord", "parquet", "errors", "summary.json", "preview.png")
+OUTPUT_PARTS = ("arrayrecord", "parquet", "errors", "summary.json", "preview.png", "report.html")
 
 
 def join(base: str, *parts: str) -> str:

@@ -21,6 +21,7 @@ from transforms.windowing import (
     CT_PRESETS,
     Window,
     ct_to_rgb,
+    describe_windows,
     invert_uint8,
     minmax_to_uint8,
     voi_linear_to_uint8,
@@ -251,7 +252,7 @@ def _render(ds: Dataset, options: RenderOptions) -> Rendered:
         stored = StoredValues(arr, ds, options.frame)
         if modality == "CT":
             pixels = stored.take(ct_to_rgb(stored.values, options.ct_windows))
-            info["intensity"] = "ct_windows " + " ".join(f"[{w.low:g},{w.high:g}]" for w in options.ct_windows)
+            info["intensity"] = describe_windows(options.ct_windows)
         else:
             if modality in MINMAX_MODALITIES and options.value_range is not None:
                 table, how = minmax_to_uint8(stored.values, *options.value_range), "minmax(volume)"

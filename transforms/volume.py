@@ -20,7 +20,7 @@ from transforms.errors import ItemError, stage
 from transforms.image import FinishedImage, ImageOptions, finish_rendered
 from transforms.series import OrderedSeries, SliceHeader, group_series, order_series, slice_headers
 from transforms.slice_selection import DEFAULT_MAX_SLICES, report_indices, uniform_indices
-from transforms.windowing import ct_to_rgb, minmax_to_uint8
+from transforms.windowing import ct_to_rgb, describe_windows, minmax_to_uint8
 
 VOLUME_MODALITIES = ("CT", "MR")
 SELECTIONS = ("uniform", "report", "all")
@@ -154,7 +154,8 @@ class ArrayVolumeSource(SliceSource):
     def render(self, index: int, value_range=None) -> Rendered:
         values = self.volume[index]
         if self.modality == "CT":
-            return Rendered(pixels=ct_to_rgb(values, self.options.render.ct_windows), info={"format": "volume"})
+            windows = self.options.render.ct_windows
+            return Rendered(pixels=ct_to_rgb(values, windows), info={"format": "volume", "intensity": describe_windows(windows)})
         lo, hi = value_range if value_range else (values.min(), values.max())
         return Rendered(pixels=minmax_to_uint8(values, lo, hi), info={"format": "volume"})
 

@@ -43,6 +43,11 @@ CT_PRESETS: dict[str, tuple[Window, Window, Window]] = {
 }
 
 
+def describe_windows(windows: Sequence[Window]) -> str:
+    """'ct_windows [lo,hi] [lo,hi] [lo,hi]', as recorded in image_info['intensity']."""
+    return "ct_windows " + " ".join(f"[{w.low:g},{w.high:g}]" for w in windows)
+
+
 def window_to_uint8(values: np.ndarray, window: Window) -> np.ndarray:
     """Physical values -> uint8 [0, 255]: clip to [low, high], scale, round half to even."""
     v = np.asarray(values, dtype=np.float64)

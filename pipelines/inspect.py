@@ -1,0 +1,228 @@
+"""`medprep inspect OUT`: a self-contained HTML report (report.html) and the contact sheet (preview.png).
+
+Counts per split/task/modality, sample grids (CT windows shown per channel, volumes as slice
+strips, localization boxes drawn), token-length histograms, errors grouped by reason, and the
+run's configuration. Works on local folders; gs:// outputs are copied to a temporary folder first.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections import Counter, defaultdict
+
+from PIL import Image, ImageDraw
+
+from pipelines.outputs import write_bytes
+from pipelines.preview import caption_of, contact_sheet
+from schemas.readers import _read_arrayrecord, _read_parquet, _shard_files
+
+SAMPLES_PER_GROUP = 4
+THUMB = 192
+SLICE_THUMB = 96
+
+
+def _data_uri(img: Image.Image) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _thumb(data: bytes, size: int) -> Image.Image:
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    img.thumbnail((size, size), Image.Resampling.BILINEAR)
+    return img
+
+
+def _img_tag(img: Image.Image, alt: str, cls: str = "") -> str:
+    return f'<img class="{cls}" alt="{html.escape(alt)}" src="{_data_uri(img)}" width="{img.width}" height="{img.height}">'
+
+
+def _sample_html(rec: dict) -> str:
+    infos = [json.loads(i) for i in rec["image_info"]]
+    parts = []
+    if rec["task"] == "series" or len(rec["images"]) > 2:
+        step = max(1, len(rec["images"]) // 8)
+        for data, info in list(zip(rec["images"], infos))[::step][:8]:
+            label = html.escape(str(info.get("slice_label", "")))
+            parts.append(f'<figure class="slice">{_img_tag(_thumb(data, SLICE_THUMB), label)}'
+                         f'<figcaption>{label}</figcaption></figure>')
+    else:
+        for data in rec["images"]:
+            img = _thumb(data, THUMB)
+            if rec["boxes"]:
+                draw = ImageDraw.Draw(img)
+                for (x0, y0, x1, y1), label in zip(rec["boxes"], rec["box_labels"]):
+                    box = [x0 * img.width, y0 * img.height, x1 * img.width, y1 * img.height]
+                    draw.rectangle(box, outline=(255, 40, 40), width=2)
+                    draw.text((box[0] + 2, max(0, box[1] - 11)), label, fill=(255, 40, 40))
+            parts.append(_img_tag(img, rec["task"]))
+    if rec["modality"] == "CT":
+        windows = re.findall(r"\[[^\]]+\]", infos[0].get("intensity", "")) or ["R", "G", "B"]
+        channels = _thumb(rec["images"][len(rec["images"]) // 2], SLICE_THUMB).split()
+        parts.append('<div class="chan">' + "".join(
+            f'<figure>{_img_tag(ch, "channel")}<figcaption>{html.escape(w)} HU</figcaption></figure>'
+            for ch, w in zip(channels, windows)) + "</div>")
+    text = rec["text"] if len(rec["text"]) < 400 else rec["text"][:400] + "…"
+    tokens = f'{len(rec["prompt_ids"])} prompt / {len(rec["text_ids"])} text / {len(rec["input_ids"])} chat tokens'
+    return (f'<div class="sample"><div class="imgs">{"".join(parts)}</div>'
+            f'<p class="meta">{html.escape(rec["split"])} · {len(rec["images"])} image(s) · {tokens}</p>'
+            f'<p class="prompt">{html.escape(rec["prompt"])}</p><p class="text">{html.escape(text)}</p></div>')
+
+
+def _histogram_svg(values: list[int], title: str, bins: int = 20) -> str:
+    if not values:
+        return f"<p>{html.escape(title)}: no data</p>"
+    lo, hi = min(values), max(values)
+    width = max(1, -(-(hi - lo + 1) // bins))
+    counts = Counter((v - lo) // width for v in values)
+    n = max(counts) + 1
+    top = max(counts.values())
+    bars = "".join(
+        f'<rect x="{i * 400 / n:.1f}" y="{100 - 100 * counts.get(i, 0) / top:.1f}" width="{400 / n - 1:.1f}" '
+        f'height="{100 * counts.get(i, 0) / top:.1f}"><title>{lo + i * width}–{lo + (i + 1) * width - 1}: '
+        f'{counts.get(i, 0)}</title></rect>' for i in range(n))
+    return (f'<figure class="hist"><svg viewBox="0 0 400 100" width="400" height="100">{bars}</svg>'
+            f'<figcaption>{html.escape(title)}: n={len(values)}, min {lo}, median {sorted(values)[len(values) // 2]}, '
+            f'max {hi}</figcaption></figure>')
+
+
+def _error_groups(errors: list[dict]) -> list[tuple[tuple, int, list[str]]]:
+    groups: dict = defaultdict(list)
+    for e in errors:
+        reason = re.sub(r"(/|gs://)[^\s:;,)]+", "<path>", e["message"])[:160]
+        groups[(e["stage"], e["error"], reason)].append(e["ref"])
+    return sorted(((k, len(v), v[:3]) for k, v in groups.items()), key=lambda t: -t[1])
+
+
+def _table(rows: dict, name: str) -> str:
+    body = "".join(f'<tr data-{name}="{html.escape(str(k))}"><td>{html.escape(str(k))}</td><td class="n">{v}</td></tr>'
+                   for k, v in sorted(rows.items()))
+    return f'<table class="counts"><tr><th>{name}</th><th>examples</th></tr>{body}</table>'
+
+
+def build_report(folder: str) -> tuple[str, bytes]:
+    """(report HTML, contact-sheet PNG) for a local output folder."""
+    summary = json.load(open(os.path.join(folder, "summary.json"), encoding="utf-8"))
+    errors = []
+    for f in summary["files"]:
+        if "lines" in f and os.path.isfile(os.path.join(folder, f["path"])):
+            errors += [json.loads(line) for line in open(os.path.join(folder, f["path"]), encoding="utf-8")]
+    try:
+        shards = _shard_files(folder, None, (".parquet",))
+    except FileNotFoundError:
+        shards = _shard_files(folder, None, (".array_record",))
+    groups: dict = defaultdict(list)
+    lengths = defaultdict(list)
+    sheet = []
+    for shard in shards:
+        for rec in (_read_parquet(shard) if shard.endswith(".parquet") else _read_arrayrecord(shard)):
+            lengths["text tokens"].append(len(rec["text_ids"]))
+            lengths["prompt tokens"].append(len(rec["prompt_ids"]))
+            lengths["chat sequence tokens"].append(len(rec["input_ids"]))
+            lengths["images per example"].append(len(rec["images"]))
+            lengths["text characters"].append(len(rec["text"]))
+            key = (rec["task"], rec["modality"])
+            if len(groups[key]) < SAMPLES_PER_GROUP:
+                groups[key].append(rec)
+            if len(sheet) < 16:
+                sheet.append((rec["example_id"], rec["images"][0], caption_of(rec)))
+    sheet_png = contact_sheet(sorted(sheet))
+    status = "reconciled" if summary["reconciled"] else "NOT reconciled"
+    counts = "".join(f'<tr><td>{k}</td><td class="n" id="count-{k}">{summary[k]}</td></tr>'
+                     for k in ("inputs", "inputs_with_examples", "examples", "images", "errors"))
+    samples = "".join(f'<section class="group"><h3>{html.escape(t)} · {html.escape(m)}</h3>'
+                      + "".join(_sample_html(r) for r in recs) + "</section>"
+                      for (t, m), recs in sorted(groups.items()))
+    hists = "".join(_histogram_svg(v, k) for k, v in lengths.items() if any(v))
+    error_rows = "".join(
+        f'<tr><td>{html.escape(s)}</td><td>{html.escape(c)}</td><td>{html.escape(r)}</td><td class="n">{n}</td>'
+        f'<td>{"<br>".join(html.escape(x) for x in refs)}</td></tr>' for (s, c, r), n, refs in _error_groups(errors))
+    config = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(json.dumps(v))}</td></tr>"
+                     for k, v in sorted(summary["config"].items()))
+    versions = ", ".join(f"{k} {v}" for k, v in sorted(summary.get("versions", {}).items()))
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>medprep report — {html.escape(summary['pipeline'])}</title>
+<style>
+body{{font:14px system-ui,sans-serif;margin:24px;color:#222}} h1{{margin:0 0 4px}} table{{border-collapse:collapse;margin:8px 16px 16px 0;display:inline-table;vertical-align:top}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}} td.n{{text-align:right}} .ok{{color:#070}} .bad{{color:#b00}}
+.sample{{display:inline-block;vertical-align:top;width:420px;margin:0 12px 16px 0}} .imgs img{{margin:0 2px 2px 0;background:#000}}
+figure.slice{{display:inline-block;margin:0 3px 3px 0}} figure.slice figcaption{{font-size:10px}} .chan figure{{display:inline-block;margin:0 4px 0 0}} .chan figcaption{{font-size:11px}}
+.meta{{color:#666;font-size:12px;margin:2px 0}} .prompt{{font-style:italic;margin:2px 0}} .text{{margin:2px 0;white-space:pre-wrap}}
+.hist{{display:inline-block;margin:0 16px 16px 0}} .hist rect{{fill:#4a7}} svg{{background:#f6f6f6}}
+</style></head>
+<body data-pipeline="{html.escape(summary['pipeline'])}">
+<h1>medprep {html.escape(summary['pipeline'])}</h1>
+<p>{html.escape(summary['config'].get('output_dir', ''))} · <span class="{'ok' if summary['reconciled'] else 'bad'}" id="status">{status}</span>
+· config {summary['config_hash'][:12]}</p>
+<h2>Counts</h2>
+<table class="counts"><tr><th>what</th><th>count</th></tr>{counts}</table>
+{_table(summary['by_split'], 'split')}{_table(summary['by_task'], 'task')}{_table(summary['by_modality'], 'modality')}
+<h2>Samples</h2>{samples or '<p>no examples</p>'}
+<h2>Lengths</h2>{hists}
+<h2>Errors ({len(errors)})</h2>
+<table id="errors"><tr><th>stage</th><th>error</th><th>reason</th><th>count</th><th>examples</th></tr>{error_rows}</table>
+<h2>Contact sheet</h2><img id="contact-sheet" alt="contact sheet" src="data:image/png;base64,{base64.b64encode(sheet_png).decode('ascii')}">
+<h2>Configuration</h2><table>{config}</table>
+<p class="meta">{html.escape(versions)}</p>
+<script>
+window.addEventListener("load", () => {{
+  const imgs = Array.from(document.images);
+  document.body.dataset.imagesTotal = imgs.length;
+  document.body.dataset.imagesOk = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+}});
+</script>
+</body></html>
+"""
+    return page, sheet_png
+
+
+def inspect(output_dir: str) -> str:
+    """Write report.html (and preview.png when missing) into output_dir; returns the report's path."""
+    remote = "://" in output_dir
+    folder = _download(output_dir) if remote else output_dir
+    try:
+        page, sheet = build_report(folder)
+    finally:
+        if remote:
+            shutil.rmtree(folder, ignore_errors=True)
+    from pipelines.outputs import join
+
+    write_bytes(join(output_dir, "report.html"), page.encode("utf-8"))
+    if remote or not os.path.exists(os.path.join(output_dir, "preview.png")):
+        write_bytes(join(output_dir, "preview.png"), sheet)
+    return join(output_dir, "report.html")
+
+
+def _download(output_dir: str) -> str:
+    from apache_beam.io.filesystems import FileSystems
+
+    local = tempfile.mkdtemp(prefix="medprep-inspect-")
+    base = output_dir.rstrip("/")
+    for m in FileSystems.match([base + "/**"])[0].metadata_list:
+        rel = m.path[len(base) + 1:]
+        if rel.startswith(".staging"):
+            continue
+        os.makedirs(os.path.dirname(os.path.join(local, rel)) or local, exist_ok=True)
+        with FileSystems.open(m.path, compression_type="uncompressed") as src, open(os.path.join(local, rel), "wb") as dst:
+            shutil.copyfileobj(src, dst, 8 << 20)
+    return local
+
+
+def main(argv: list[str]) -> int:
+    """CLI entry."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="medprep inspect", description="write OUT/report.html (and the contact sheet)")
+    ap.add_argument("output_dir", help="a medprep output folder (local or gs://)")
+    args = ap.parse_args(argv)
+    if not os.path.exists(os.path.join(args.output_dir, "summary.json")) and "://" not in args.output_dir:
+        print(f"medprep: error: {args.output_dir}: no summary.json (not a finished medprep output)")
+        return 2
+    print(inspect(args.output_dir))
+    return 0
