@@ -30,6 +30,7 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     "test": [
         "datasets>=3,<6",
+        "gcp-storage-emulator>=2024.0",  # local GCS for gs:// tests
         "grain>=0.2.10,<0.3",   # Grain loader tests
         "torch==2.13.0",        # PyTorch loader tests (CPU wheel)
         "pydicom-data>=1.0,<2",  # real multi-frame MR, full-size MONOCHROME1 CRs for tests

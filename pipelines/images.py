@@ -10,6 +10,7 @@ import apache_beam as beam
 from pipelines.config import Config
 from pipelines.dataset_writer import manifest_pipeline
 from pipelines.row_dofn import ManifestRowDoFn
+from pipelines.manifest import resolve_ref
 from pipelines.records import ExampleParts, build_record
 from pipelines.sources.files import read_bytes
 from transforms.errors import ItemError, stage
@@ -40,7 +41,7 @@ class PrepareImageRow(ManifestRowDoFn):
         refs = ([row["prior"]] if row["prior"] else []) + list(row["images"])  # [prior, current]
         finished = []
         for ref in refs:
-            data = read_bytes(ref)
+            data = read_bytes(resolve_ref(ref, self.config.input), ref)
             with stage("decode"):
                 rendered = decode_any(data, ref, self.options)
             with stage("transform"):

@@ -13,12 +13,11 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections import Counter, defaultdict
 
 from PIL import Image, ImageDraw
 
-from pipelines.outputs import write_bytes
+from pipelines.outputs import localize, write_bytes
 from pipelines.preview import caption_of, contact_sheet
 from schemas.readers import _read_arrayrecord, _read_parquet, _shard_files
 
@@ -185,7 +184,7 @@ window.addEventListener("load", () => {{
 def inspect(output_dir: str) -> str:
     """Write report.html (and preview.png when missing) into output_dir; returns the report's path."""
     remote = "://" in output_dir
-    folder = _download(output_dir) if remote else output_dir
+    folder = localize(output_dir) if remote else output_dir
     try:
         page, sheet = build_report(folder)
     finally:
@@ -197,21 +196,6 @@ def inspect(output_dir: str) -> str:
     if remote or not os.path.exists(os.path.join(output_dir, "preview.png")):
         write_bytes(join(output_dir, "preview.png"), sheet)
     return join(output_dir, "report.html")
-
-
-def _download(output_dir: str) -> str:
-    from apache_beam.io.filesystems import FileSystems
-
-    local = tempfile.mkdtemp(prefix="medprep-inspect-")
-    base = output_dir.rstrip("/")
-    for m in FileSystems.match([base + "/**"])[0].metadata_list:
-        rel = m.path[len(base) + 1:]
-        if rel.startswith(".staging"):
-            continue
-        os.makedirs(os.path.dirname(os.path.join(local, rel)) or local, exist_ok=True)
-        with FileSystems.open(m.path, compression_type="uncompressed") as src, open(os.path.join(local, rel), "wb") as dst:
-            shutil.copyfileobj(src, dst, 8 << 20)
-    return local
 
 
 def main(argv: list[str]) -> int:

@@ -9,6 +9,8 @@ import csv
 import io
 import json
 import math
+import os
+import posixpath
 from typing import Any, Iterator
 
 from apache_beam.io.filesystems import FileSystems
@@ -86,6 +88,19 @@ def normalize_row(raw: dict, row: int) -> dict:
         raise ManifestError(f"{where}: a 'prior' needs exactly one current 'image'")
     text = {c: _as_str(raw.get(c), where, c) for c in ("id", "text", "prompt", "label", "patient_id", "modality")}
     return {"row": row, "images": images, "prior": prior, "boxes": boxes, "box_labels": labels, **text}
+
+
+def resolve_ref(ref: str, manifest: str) -> str:
+    """A reference as read: absolute paths and URIs as they are, relative ones against the manifest's folder.
+
+    Records keep the reference as written, so a manifest with relative references gives the
+    same records wherever it and its images live (local disk, gs://).
+    """
+    if "://" in ref or os.path.isabs(ref):
+        return ref
+    if "://" in manifest:
+        return posixpath.join(posixpath.dirname(manifest), ref)
+    return os.path.join(os.path.dirname(os.path.abspath(manifest)), ref)
 
 
 def _raw_rows(path: str) -> Iterator[dict]:

@@ -59,13 +59,33 @@ def new_staging_dir(output_dir: str) -> str:
     return join(output_dir, f".staging-{uuid.uuid4().hex[:12]}")
 
 
+def present(path: str) -> bool:
+    """A file or folder exists; on object stores a folder is present when objects are under its prefix."""
+    if FileSystems.exists(path):
+        return True
+    return "://" in path and bool(FileSystems.match([path.rstrip("/") + "/**"])[0].metadata_list)
+
+
 def _move_tree(src: str, dst: str) -> None:
+    """Move a file or a folder; on object stores a file is an object, a folder every object under a prefix."""
     if "://" not in src:
         os.replace(src, dst)
+        return
+    if FileSystems.exists(src):
+        FileSystems.rename([src], [dst])
         return
     matched = FileSystems.match([src.rstrip("/") + "/**"])[0].metadata_list
     sources = [m.path for m in matched]
     FileSystems.rename(sources, [dst.rstrip("/") + m[len(src.rstrip("/")):] for m in sources])
+
+
+def _delete_tree(path: str) -> None:
+    if "://" not in path:
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    elif FileSystems.exists(path):
+        FileSystems.delete([path])
+    else:
+        FileSystems.delete([m.path for m in FileSystems.match([path.rstrip("/") + "/**"])[0].metadata_list])
 
 
 def commit_outputs(staging: str, output_dir: str) -> None:
@@ -76,19 +96,33 @@ def commit_outputs(staging: str, output_dir: str) -> None:
         FileSystems.delete([join(output_dir, "summary.json")])
     for part in OUTPUT_PARTS:
         if part in old and part != "summary.json":
-            path = join(output_dir, part)
-            shutil.rmtree(path) if "://" not in path and os.path.isdir(path) else FileSystems.delete([path])
+            _delete_tree(join(output_dir, part))
     for part in OUTPUT_PARTS[::-1]:  # summary.json is moved last
         src = join(staging, part)
-        if part != "summary.json" and FileSystems.exists(src):
+        if part != "summary.json" and present(src):
             _move_tree(src, join(output_dir, part))
     _move_tree(join(staging, "summary.json"), join(output_dir, "summary.json"))
     if "://" not in staging:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def localize(output_dir: str) -> str:
+    """Copy a gs:// output folder (not its staging folders) to a new local temp folder; returns it."""
+    base = output_dir.rstrip("/")
+    local = tempfile.mkdtemp(prefix="medprep-")
+    for m in FileSystems.match([base + "/**"])[0].metadata_list:
+        rel = m.path[len(base) + 1:]
+        if not rel or rel.startswith(".staging"):
+            continue
+        target = os.path.join(local, rel)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with FileSystems.open(m.path, compression_type="uncompressed") as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst, 8 << 20)
+    return local
+
+
 def existing_outputs(output_dir: str) -> list[str]:
     """The medprep outputs already present in output_dir."""
-    return [p for p in OUTPUT_PARTS if FileSystems.exists(join(output_dir, p))]
+    return [p for p in OUTPUT_PARTS if present(join(output_dir, p))]
 
 

@@ -25,15 +25,19 @@ PHI_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber
 MIN_PHI_LENGTH = 4   # shorter values ("1", "M") would match everywhere
 
 
-def _source_identifiers(paths: set[str]) -> dict[str, str]:
-    """value -> 'Keyword in path' for every identifier in the headers of the DICOM sources."""
+def _source_identifiers(refs: set[str], manifest: str) -> dict[str, str]:
+    """value -> 'Keyword in file' for every identifier in the headers of the DICOM sources (local or gs://)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipelines.manifest import resolve_ref
+
     found: dict[str, str] = {}
-    for path in sorted(paths):
-        if not os.path.isfile(path):
-            continue
+    for ref in sorted(refs):
+        path = resolve_ref(ref, manifest) if manifest else ref
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-        except Exception:
+            with FileSystems.open(path, compression_type="uncompressed") as fh:
+                ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
+        except Exception:  # missing, a folder, or not DICOM: nothing to scan
             continue
         for keyword in PHI_KEYWORDS:
             value = ds.get(keyword)
@@ -50,7 +54,17 @@ def _source_identifiers(paths: set[str]) -> dict[str, str]:
 
 
 def verify(output_dir: str, phi_scan: bool = True) -> tuple[list[str], dict]:
-    """(problems, facts) for an output folder; no problems means it verifies."""
+    """(problems, facts) for an output folder (local or gs://); no problems means it verifies."""
+    if "://" in output_dir:
+        import shutil
+
+        from pipelines.outputs import localize
+
+        folder = localize(output_dir)
+        try:
+            return verify(folder, phi_scan)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
     problems: list[str] = []
     summary_path = join(output_dir, "summary.json")
     if not os.path.isfile(summary_path):
@@ -119,7 +133,7 @@ def verify(output_dir: str, phi_scan: bool = True) -> tuple[list[str], dict]:
     if phi_scan:
         sources = {s for recs in by_format.values() for r in recs.values() for s in r["source"]}
         sources |= {e["ref"] for e in error_lines}
-        identifiers = _source_identifiers(sources)
+        identifiers = _source_identifiers(sources, summary["config"].get("input", ""))
         for where, text in texts:
             for value, what in identifiers.items():
                 if value in text:

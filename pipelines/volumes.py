@@ -17,6 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines.config import Config
 from pipelines.dataset_writer import manifest_pipeline
 from pipelines.row_dofn import ManifestRowDoFn
+from pipelines.manifest import resolve_ref
 from pipelines.records import PROMPT, ExampleParts, build_record
 from pipelines.sources.files import read_bytes, read_head
 from transforms.errors import ItemError, stage
@@ -66,7 +67,7 @@ class PrepareVolumeRow(ManifestRowDoFn):
         self.filter = parse_filter(self.config.series_filter)
 
     def outputs(self, row):
-        files = [f for ref in row["images"] for f in list_files(ref)]
+        files = [f for ref in row["images"] for f in list_files(resolve_ref(ref, self.config.input))]
         if len(files) == 1 and detect_format(read_head(files[0]), files[0]) in ("nifti", "nrrd", "mha"):
             yield from self._nifti(row, files[0])
             return

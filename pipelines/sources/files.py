@@ -3,19 +3,29 @@ from __future__ import annotations
 
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines.sources.gcs import use_emulator_if_configured
 from transforms.errors import ItemError
 
+use_emulator_if_configured()  # on import, so every worker process gets it
 
-def read_bytes(ref: str) -> bytes:
-    """Whole file at a local path or gs:// URI; a missing/unreadable file is ItemError('read')."""
+
+def _not_found(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}"
+    return isinstance(exc, FileNotFoundError) or any(s in text for s in ("No such file", "Not found", "NotFound", " 404 "))
+
+
+def read_bytes(ref: str, name: str = "") -> bytes:
+    """Whole file at a local path or gs:// URI; a missing/unreadable file is ItemError('read').
+
+    Messages name the file as `name` (the reference as the user wrote it) when given, so error
+    lines do not depend on where the data was read from.
+    """
     try:
         with FileSystems.open(ref, compression_type="uncompressed") as fh:
             return fh.read()
     except Exception as exc:  # Beam wraps OSError in BeamIOError
-        reason = str(exc)
-        if isinstance(exc, FileNotFoundError) or "No such file" in reason or "Not found" in reason:
-            reason = "file not found"
-        raise ItemError("read", f"cannot read {ref}: {reason}") from None
+        reason = "file not found" if _not_found(exc) else str(exc)
+        raise ItemError("read", f"cannot read {name or ref}: {reason}") from None
 
 
 def read_head(ref: str, size: int = 512) -> bytes:
