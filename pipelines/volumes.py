@@ -19,6 +19,7 @@ from pipelines.dataset_writer import manifest_pipeline
 from pipelines.row_dofn import ManifestRowDoFn
 from pipelines.manifest import resolve_ref
 from pipelines.records import PROMPT, ExampleParts, build_record
+from pipelines.sources.dicomweb import DicomWebRef, client_for, parse_ref
 from pipelines.sources.files import read_bytes, read_head
 from transforms.errors import ItemError, stage
 from transforms.formats import detect_format
@@ -67,15 +68,28 @@ class PrepareVolumeRow(ManifestRowDoFn):
         self.filter = parse_filter(self.config.series_filter)
 
     def outputs(self, row):
-        files = [f for ref in row["images"] for f in list_files(resolve_ref(ref, self.config.input))]
-        if len(files) == 1 and detect_format(read_head(files[0]), files[0]) in ("nifti", "nrrd", "mha"):
-            yield from self._nifti(row, files[0])
-            return
+        refs = [resolve_ref(ref, self.config.input) for ref in row["images"]]
+        web = [parse_ref(r) for r in refs]
         headers: list[SliceHeader] = []
         skipped = 0
-        for path in files:
+        files: list[str] = []
+        for ref, w in zip(refs, web):
+            if w is not None and not w.instance:   # DICOMweb study/series: one metadata request, no pixels
+                for item in client_for(w.base).metadata(w):
+                    ds = pydicom.Dataset.from_json(item)
+                    key = DicomWebRef(w.base, w.study, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)).url()
+                    headers += slice_headers(ds, key)
+                    files.append(key)
+            else:
+                files += list_files(ref) if w is None else [ref]
+        local = [f for f in files if parse_ref(f) is None]
+        if len(local) == 1 and not headers and detect_format(read_head(local[0]), local[0]) in ("nifti", "nrrd", "mha"):
+            yield from self._nifti(row, local[0])
+            return
+        for path in (f for f in files if parse_ref(f) is None or f in refs):
             try:
-                ds = read_header(path)
+                ds = read_header(path) if parse_ref(path) is None else pydicom.dcmread(
+                    io.BytesIO(read_bytes(path)), stop_before_pixels=True, force=True)
             except Exception:  # an unreadable file among many: counted, the series goes on
                 ds = None
             if ds is None:

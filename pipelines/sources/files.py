@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines.sources.dicomweb import client_for, parse_ref
 from pipelines.sources.gcs import use_emulator_if_configured
 from transforms.errors import ItemError
 
@@ -20,6 +21,11 @@ def read_bytes(ref: str, name: str = "") -> bytes:
     Messages name the file as `name` (the reference as the user wrote it) when given, so error
     lines do not depend on where the data was read from.
     """
+    web = parse_ref(ref)
+    if web is not None:
+        if not web.instance:
+            raise ItemError("read", f"{name or ref} is a DICOMweb study/series, not an instance")
+        return client_for(web.base).retrieve_instance(web)
     try:
         with FileSystems.open(ref, compression_type="uncompressed") as fh:
             return fh.read()

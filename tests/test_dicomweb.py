@@ -1,0 +1,175 @@
+"""DICOMweb against a real Orthanc with its DICOMweb plugin (Debian packages), started by the tests."""
+import json
+import os
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from pipelines.cli import run_pipeline
+from pipelines.samples import make_images_samples, write_series
+from pipelines.sources.dicomweb import DicomWebRef, client_for, parse_ref
+from schemas import read_records
+
+import orthanc  # tests/orthanc.py
+
+pytestmark = pytest.mark.skipif(not orthanc.available() and os.environ.get("MEDPREP_REQUIRE_ORTHANC") != "1",
+                                reason="Orthanc + DICOMweb plugin not installed (apt-get install orthanc orthanc-dicomweb)")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = orthanc.OrthancServer(str(tmp_path_factory.mktemp("orthanc")))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def loaded(server, tmp_path_factory):
+    """2D samples and a CT series uploaded; manifests for local and DICOMweb references."""
+    d = tmp_path_factory.mktemp("dw")
+    manifest = make_images_samples(str(d / "samples"))
+    series = write_series(str(d / "ct"), 20, series=5, patient=9)
+    local_rows, web_rows, uploaded = [], [], {}
+    for row in (json.loads(line) for line in open(manifest)):
+        if not row["image"].endswith(".dcm") or "does_not_exist" in row["image"] or "truncated" in row["image"]:
+            continue
+        # Orthanc keeps the first of two files sharing a SOPInstanceUID (MR_small and its JPEG 2000 copy)
+        sop = str(pydicom.dcmread(row["image"], stop_before_pixels=True).SOPInstanceUID)
+        if uploaded.setdefault(sop, row["image"]) != row["image"]:
+            continue
+        refs = {}
+        for key in ("image", "prior"):
+            if row.get(key):
+                ds = pydicom.dcmread(row[key], stop_before_pixels=True)
+                server.upload(row[key])
+                refs[key] = (f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+                             f"/instances/{ds.SOPInstanceUID}")
+        local_rows.append(row)
+        web_rows.append({**row, **refs})
+    for p in series:
+        server.upload(p)
+    ds = pydicom.dcmread(series[0], stop_before_pixels=True)
+    series_url = f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+    (d / "local.jsonl").write_text("".join(json.dumps(r) + "\n" for r in local_rows))
+    (d / "web.jsonl").write_text("".join(json.dumps(r) + "\n" for r in web_rows))
+    (d / "vol_local.jsonl").write_text(json.dumps({"id": "ct", "image": str(d / "ct"), "text": "CT"}) + "\n")
+    (d / "vol_web.jsonl").write_text(json.dumps({"id": "ct", "image": series_url, "text": "CT"}) + "\n")
+    return d, series_url
+
+
+def _by_id(out):
+    return {r["example_id"]: r for r in read_records(os.path.join(out, "arrayrecord"))}
+
+
+def _same_but_source(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        ra, rb = dict(a[k]), dict(b[k])
+        for r in (ra, rb):
+            r.pop("source")
+            r["image_info"] = [{x: v for x, v in json.loads(i).items() if x != "source"} for i in r["image_info"]]
+        assert ra == rb
+
+
+def test_parse_refs():
+    r = parse_ref("https://h/v1/projects/p/locations/l/datasets/d/dicomStores/s/dicomWeb/studies/1.2/series/3.4")
+    assert (r.base, r.study, r.series, r.instance) == (
+        "https://h/v1/projects/p/locations/l/datasets/d/dicomStores/s/dicomWeb", "1.2", "3.4", None)
+    assert parse_ref("/local/path.dcm") is None and parse_ref("gs://b/x.dcm") is None
+
+
+def test_images_from_dicomweb_equal_local(loaded, tmp_path):
+    d, _ = loaded
+    s_local = run_pipeline("images", ["--input", str(d / "local.jsonl"), "--output_dir", str(tmp_path / "l")])
+    s_web = run_pipeline("images", ["--input", str(d / "web.jsonl"), "--output_dir", str(tmp_path / "w")])
+    assert s_web["examples"] == s_local["examples"] == 7 and s_web["errors"] == 0
+    _same_but_source(_by_id(str(tmp_path / "l")), _by_id(str(tmp_path / "w")))
+
+
+def test_volume_from_dicomweb_series_equal_local(loaded, tmp_path):
+    d, series_url = loaded
+    run_pipeline("volumes", ["--input", str(d / "vol_local.jsonl"), "--output_dir", str(tmp_path / "l"), "--max_slices", "6"])
+    run_pipeline("volumes", ["--input", str(d / "vol_web.jsonl"), "--output_dir", str(tmp_path / "w"), "--max_slices", "6"])
+    web = _by_id(str(tmp_path / "w"))
+    _same_but_source(_by_id(str(tmp_path / "l")), web)
+    assert all(s.startswith(series_url + "/instances/") for r in web.values() for s in r["source"])
+
+
+def test_qido_search_finds_exactly_the_series(loaded, server):
+    client = client_for(server.dicomweb)
+    series = client.search("series", {"Modality": "CT", "SeriesNumber": "5"})
+    assert len(series) == 1
+    ref = parse_ref(loaded[1])
+    assert len(client.search_instances(ref)) == 20
+
+
+def test_transient_503s_are_retried(loaded, server, tmp_path, monkeypatch):
+    d, _ = loaded
+    proxy = orthanc.FaultProxy(server.url, fail_first=4)   # fewer than the 6 attempts
+    monkeypatch.setenv("MEDPREP_DICOMWEB_BASE_DELAY", "0.05")
+    try:
+        text = (d / "web.jsonl").read_text().replace(server.url, proxy.url)
+        (tmp_path / "m.jsonl").write_text(text)
+        s = run_pipeline("images", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o")])
+    finally:
+        proxy.stop()
+    assert (s["examples"], s["errors"]) == (7, 0) and proxy.failed == 4
+
+
+def test_a_server_that_keeps_failing_becomes_error_lines(loaded, server, tmp_path, monkeypatch):
+    d, _ = loaded
+    proxy = orthanc.FaultProxy(server.url, fail_all=True)
+    monkeypatch.setenv("MEDPREP_DICOMWEB_BASE_DELAY", "0.01")
+    monkeypatch.setenv("MEDPREP_DICOMWEB_ATTEMPTS", "3")
+    try:
+        (tmp_path / "m.jsonl").write_text((d / "web.jsonl").read_text().replace(server.url, proxy.url))
+        s = run_pipeline("images", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o")])
+    finally:
+        proxy.stop()
+    assert (s["examples"], s["errors"], s["reconciled"]) == (0, 7, True)
+    lines = [json.loads(x) for x in open(tmp_path / "o" / "errors" / "errors-00000-of-00001.jsonl")]
+    assert all(e["stage"] == "read" and "failed after 3 attempts (HTTP 503)" in e["message"] for e in lines)
+
+
+def test_missing_instance_and_stopped_server(loaded, tmp_path):
+    d, series_url = loaded
+    (tmp_path / "gone.jsonl").write_text(json.dumps({"image": series_url + "/instances/1.2.3.999", "text": "x"}) + "\n")
+    s = run_pipeline("images", ["--input", str(tmp_path / "gone.jsonl"), "--output_dir", str(tmp_path / "o1")])
+    assert s["errors_by_stage"] == {"read": 1}
+    dead = orthanc.free_port()
+    (tmp_path / "dead.jsonl").write_text(
+        (d / "web.jsonl").read_text().replace(series_url.split("/dicom-web")[0], f"http://127.0.0.1:{dead}"))
+    os.environ["MEDPREP_DICOMWEB_BASE_DELAY"] = "0.01"
+    os.environ["MEDPREP_DICOMWEB_ATTEMPTS"] = "2"
+    try:
+        s = run_pipeline("images", ["--input", str(tmp_path / "dead.jsonl"), "--output_dir", str(tmp_path / "o2")])
+    finally:
+        del os.environ["MEDPREP_DICOMWEB_BASE_DELAY"], os.environ["MEDPREP_DICOMWEB_ATTEMPTS"]
+    assert s["errors"] == s["inputs"] == 7 and s["reconciled"]
+
+
+def test_basic_auth(tmp_path, monkeypatch):
+    secured = orthanc.OrthancServer(str(tmp_path), users={"alice": "s3cret"})
+    try:
+        path = get_testdata_file("CT_small.dcm")
+        secured.upload(path)
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ref = DicomWebRef(secured.dicomweb, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
+        (tmp_path / "m.jsonl").write_text(json.dumps({"image": ref.url(), "text": "ct"}) + "\n")
+        s = run_pipeline("images", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o1")])
+        assert s["errors"] == 1   # no credentials: HTTP 401
+        monkeypatch.setenv("MEDPREP_DICOMWEB_USER", "alice")
+        monkeypatch.setenv("MEDPREP_DICOMWEB_PASSWORD", "s3cret")
+        import pipelines.sources.dicomweb as dw
+
+        dw._clients.clear()
+        s = run_pipeline("images", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o2")])
+        assert (s["examples"], s["errors"]) == (1, 0)
+        got = next(iter(_by_id(str(tmp_path / "o2")).values()))["images"][0]
+        from transforms.image import prepare_image
+
+        assert got == prepare_image(path).encoded[0] and np.any(got)
+    finally:
+        secured.stop()
