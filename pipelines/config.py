@@ -51,6 +51,9 @@ class Config:
     scrub_text: bool = False
     allow_burned_in: bool = False
     item_timeout: float = 600.0
+    dicomweb_url: str = ""   # discovery: a DICOMweb service to search instead of a manifest
+    query: str = ""          # QIDO filters for discovery
+    reports: str = ""        # report texts joined by StudyInstanceUID / AccessionNumber
     staging_dir: str = ""   # where workers write; committed into output_dir when the run succeeds
 
     @property
@@ -90,7 +93,7 @@ class Config:
         """SHA-256 over the options that change record content (not input/output paths)."""
         d = self.public()
         for key in ("input", "output_dir", "tokenizer", "overwrite", "preview_count", "formats", "num_shards",
-                    "item_timeout"):
+                    "item_timeout", "dicomweb_url", "query", "reports"):
             d.pop(key, None)
         d["pipeline_version"] = PIPELINE_VERSION
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode("utf-8")).hexdigest()

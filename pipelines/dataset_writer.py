@@ -21,15 +21,17 @@ def _write_preview(samples, output_dir):
     write_bytes(join(output_dir, "preview.png"), contact_sheet(sorted(samples)))
 
 
-def manifest_pipeline(p: beam.Pipeline, name: str, config: Config, prepare: beam.DoFn):
-    """The graph every manifest pipeline shares: rows -> Reshuffle -> prepare (ItemDoFn) -> WriteDataset."""
+def manifest_pipeline(p: beam.Pipeline, name: str, config: Config, prepare: beam.DoFn, per_series: bool = False):
+    """The graph every pipeline shares: rows (manifest or discovery) -> Reshuffle -> prepare -> WriteDataset."""
     from pipelines.dead_letter import ERRORS, STATS
+    from pipelines.discovery import DiscoverRows, is_folder_input
     from pipelines.manifest import read_manifest
 
-    rows = (p
-            | "Manifest" >> beam.Create([config.input])
-            | "ReadRows" >> beam.FlatMap(read_manifest)
-            | "Spread" >> beam.Reshuffle())
+    if config.dicomweb_url or is_folder_input(config.input):
+        rows = p | "Discover" >> DiscoverRows(config, per_series)
+    else:
+        rows = p | "Manifest" >> beam.Create([config.input]) | "ReadRows" >> beam.FlatMap(read_manifest)
+    rows = rows | "Spread" >> beam.Reshuffle()
     out = rows | "Prepare" >> beam.ParDo(prepare).with_outputs(ERRORS, STATS, main="records")
     return (rows, out.records, out[STATS], out[ERRORS]) | "Write" >> WriteDataset(name, config)
 

@@ -123,7 +123,13 @@ def add_volume_options(parser: argparse.ArgumentParser) -> None:
 def add_common_options(parser: argparse.ArgumentParser) -> None:
     """Options every pipeline takes (DESIGN.md 'CLI')."""
     g = parser.add_argument_group("medprep options")
-    g.add_argument("--input", required=True, help="manifest: .jsonl, .csv or .parquet, local or gs://")
+    g.add_argument("--input", default="", help="manifest (.jsonl, .csv, .parquet), or a folder / gs:// prefix "
+                                                "(ending in /) to discover DICOM files in; local or gs://")
+    g.add_argument("--dicomweb_url", default="", help="discover on this DICOMweb service instead of --input "
+                                                      "(…/dicomWeb or …/dicom-web)")
+    g.add_argument("--query", default="", help="QIDO filters for discovery, e.g. 'Modality=CT&StudyDate=20200101-20201231'")
+    g.add_argument("--reports", default="", help="report texts for discovered data: CSV/JSONL/Parquet with "
+                                                 "study_uid and/or accession_number, text, optional prompt")
     g.add_argument("--output_dir", required=True, help="output folder, local or gs://")
     g.add_argument("--tokenizer", default="", help="SentencePiece .model (local or gs://); Gemma 3 models also give input_ids")
     g.add_argument("--image_size", type=_int_in(16, 8192), default=DEFAULT_IMAGE_SIZE,
@@ -170,12 +176,32 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """Validate the parsed options against the world (files, manifest) and build the Config."""
     if args.val_fraction + args.test_fraction >= 1.0:
         raise OptionError("--val_fraction/--test_fraction", "together they must leave some patients for train (< 1)")
-    if not exists(args.input):
+    from pipelines.discovery import is_folder_input, parse_query, read_reports
+
+    if bool(args.input) == bool(args.dicomweb_url):
+        raise OptionError("--input/--dicomweb_url", "give exactly one: a manifest or folder (--input), or a DICOMweb service")
+    if args.dicomweb_url:
+        if not args.dicomweb_url.startswith(("http://", "https://")):
+            raise OptionError("--dicomweb_url", f"expected an http(s):// URL, got {args.dicomweb_url!r}")
+    elif is_folder_input(args.input):
+        if not exists(args.input.rstrip("/")) and "://" not in args.input:
+            raise OptionError("--input", f"folder not found: {args.input}")
+    elif not exists(args.input):
         raise OptionError("--input", f"manifest not found: {args.input}")
+    else:
+        try:
+            check_manifest(args.input)
+        except ManifestError as exc:
+            raise OptionError("--input", str(exc)) from None
     try:
-        check_manifest(args.input)
-    except ManifestError as exc:
-        raise OptionError("--input", str(exc)) from None
+        parse_query(args.query)
+    except ValueError as exc:
+        raise OptionError("--query", str(exc)) from None
+    if args.reports:
+        try:
+            read_reports(args.reports)
+        except Exception as exc:
+            raise OptionError("--reports", f"cannot read {args.reports}: {exc}") from None
     tokenizer_sha = ""
     if args.tokenizer:
         try:
@@ -199,6 +225,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         overwrite=args.overwrite, preview_count=args.preview_count, salt=salt or DEFAULT_SALT,
         salt_is_default=not salt, staging_dir=new_staging_dir(args.output_dir), scrub_text=args.scrub_text,
         allow_burned_in=args.allow_burned_in, item_timeout=float(args.item_timeout),
+        dicomweb_url=args.dicomweb_url.rstrip("/"), query=args.query, reports=args.reports,
         **{k: getattr(args, k) for k in _VOLUME_KEYS if hasattr(args, k)},
     )
 

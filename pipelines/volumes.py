@@ -161,4 +161,4 @@ class PrepareVolumeRow(ManifestRowDoFn):
 
 def build(p: beam.Pipeline, config: Config):
     """The volumes pipeline graph."""
-    return manifest_pipeline(p, "volumes", config, PrepareVolumeRow(config))
+    return manifest_pipeline(p, "volumes", config, PrepareVolumeRow(config), per_series=True)

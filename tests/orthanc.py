@@ -74,8 +74,9 @@ class OrthancServer:
 class FaultProxy:
     """Forwards GETs to `target`; answers 503 to the first `fail_first` requests, or to all when fail_all."""
 
-    def __init__(self, target: str, fail_first: int = 0, fail_all: bool = False):
-        self.target, self.fail_first, self.fail_all = target, fail_first, fail_all
+    def __init__(self, target: str, fail_first: int = 0, fail_all: bool = False, missing: str = ""):
+        """missing: answer 404 to paths containing this (a resource that disappeared after being listed)."""
+        self.target, self.fail_first, self.fail_all, self.missing = target, fail_first, fail_all, missing
         self.requests = 0
         self.failed = 0
         lock = threading.Lock()
@@ -91,6 +92,11 @@ class FaultProxy:
                     fail = proxy.fail_all or proxy.requests <= proxy.fail_first
                     if fail:
                         proxy.failed += 1
+                if proxy.missing and proxy.missing in self.path:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if fail:
                     self.send_response(503)
                     self.send_header("Content-Length", "0")

@@ -173,3 +173,71 @@ def test_basic_auth(tmp_path, monkeypatch):
         assert got == prepare_image(path).encoded[0] and np.any(got)
     finally:
         secured.stop()
+
+
+def _study_of(path):
+    return str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+
+
+def test_discovery_of_series_with_reports_joined(loaded, server, tmp_path):
+    d, series_url = loaded
+    ct_study = series_url.split("/studies/")[1].split("/")[0]
+    (tmp_path / "reports.csv").write_text(f"study_uid,text\n{ct_study},Discovered CT: no acute findings.\n")
+    s = run_pipeline("volumes", ["--dicomweb_url", server.dicomweb, "--query", "Modality=CT", "--reports",
+                                 str(tmp_path / "reports.csv"), "--output_dir", str(tmp_path / "o"), "--max_slices", "4"])
+    # two CT series on the server: the 20-slice phantom and CT_small (a single slice: an error line)
+    assert (s["inputs"], s["examples"], s["errors"], s["reconciled"]) == (2, 1, 1, True)
+    rec = next(iter(_by_id(str(tmp_path / "o")).values()))
+    assert rec["text"] == "Discovered CT: no acute findings." and len(rec["images"]) == 4
+    assert all(src.startswith(series_url) for src in rec["source"])
+
+
+def test_discovery_of_instances_by_accession(loaded, server, tmp_path):
+    d, _ = loaded
+    current = str(d / "samples" / "cxr_p1_current.dcm")
+    acc = str(pydicom.dcmread(current, stop_before_pixels=True).AccessionNumber)
+    (tmp_path / "reports.jsonl").write_text(json.dumps({"accession_number": acc, "text": "Nodule."}) + "\n")
+    s = run_pipeline("images", ["--dicomweb_url", server.dicomweb, "--query", "Modality=DX", "--reports",
+                                str(tmp_path / "reports.jsonl"), "--output_dir", str(tmp_path / "o")])
+    # the DX current and prior instances (the generator gives both of patient 1's studies one accession)
+    assert (s["inputs"], s["examples"], s["errors"]) == (2, 2, 0)
+    assert {r["text"] for r in _by_id(str(tmp_path / "o")).values()} == {"Nodule."}
+
+
+def test_discovery_in_a_folder(tmp_path):
+    write_series(str(tmp_path / "in" / "a"), 6, series=1, patient=3)
+    write_series(str(tmp_path / "in" / "b"), 5, series=2, patient=4, modality="MR",
+                 values=lambda k: np.full((8, 8), k, np.int16))
+    (tmp_path / "in" / "notes.txt").write_text("not dicom")
+    study = _study_of(str(next((tmp_path / "in" / "a").iterdir())))
+    (tmp_path / "r.csv").write_text(f"study_uid,text\n{study},CT report\n")
+    s = run_pipeline("volumes", ["--input", str(tmp_path / "in") + "/", "--reports", str(tmp_path / "r.csv"),
+                                 "--output_dir", str(tmp_path / "o")])
+    assert (s["inputs"], s["examples"], s["errors_by_stage"]) == (2, 1, {"text": 1})   # MR has no report
+    assert s["by_modality"] == {"CT": 1}
+
+
+def test_a_series_that_disappears_after_discovery(loaded, server, tmp_path):
+    d, series_url = loaded
+    gone = series_url.split("/series/")[1]
+    proxy = orthanc.FaultProxy(server.url, missing=f"/series/{gone}/")
+    try:
+        s = run_pipeline("volumes", ["--dicomweb_url", proxy.url + "/dicom-web", "--query", "Modality=CT",
+                                     "--output_dir", str(tmp_path / "o")])
+    finally:
+        proxy.stop()
+    assert (s["inputs"], s["examples"], s["errors"], s["reconciled"]) == (2, 0, 2, True)
+    lines = [json.loads(x) for x in open(tmp_path / "o" / "errors" / "errors-00000-of-00001.jsonl")]
+    assert any("not found on the DICOMweb server" in e["message"] for e in lines)
+
+
+def test_discovery_options_fail_at_startup(tmp_path, capsys):
+    from pipelines.cli import main
+
+    assert main(["volumes", "--output_dir", str(tmp_path / "o")]) == 2
+    assert "--input/--dicomweb_url" in capsys.readouterr().err
+    assert main(["volumes", "--dicomweb_url", "ftp://x", "--output_dir", str(tmp_path / "o")]) == 2
+    assert "--dicomweb_url" in capsys.readouterr().err
+    assert main(["volumes", "--dicomweb_url", "http://127.0.0.1:1/dicom-web", "--query", "Modality",
+                 "--output_dir", str(tmp_path / "o")]) == 2
+    assert "--query" in capsys.readouterr().err
