@@ -72,6 +72,7 @@ class ItemDoFn(beam.DoFn):
     def __init__(self):
         self._errors = Metrics.counter(self.__class__.__name__, "errors")
         self._examples = Metrics.counter(self.__class__.__name__, "examples")
+        self._retried = Metrics.counter(self.__class__.__name__, "dicomweb_retries")
 
     def ref_of(self, element) -> tuple[str, int]:
         """(reference, manifest row from 1; -1 when not from a manifest) naming the element in error lines."""
@@ -81,9 +82,13 @@ class ItemDoFn(beam.DoFn):
         raise NotImplementedError
 
     def process(self, element) -> Iterator:
+        from pipelines.sources.dicomweb import retries_so_far
+
+        before = retries_so_far()
         try:
             produced = run_with_limit(lambda: list(self.outputs(element)), self.timeout)
         except Exception as exc:  # every failure of one item becomes an error line
+            self._retried.inc(retries_so_far() - before)
             ref, row = self.ref_of(element)
             line = error_line(ref, row, self.default_stage, exc)
             if not isinstance(exc, ItemError):
@@ -97,6 +102,7 @@ class ItemDoFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(ERRORS, error_line(ref, row, self.default_stage,
                                                               ItemError(self.default_stage, "input produced no example")))
             return
+        self._retried.inc(retries_so_far() - before)   # Beam metrics live in this (the bundle's) thread
         total: dict = {"inputs_ok": 1}
         for record, stats in produced:
             for key, value in stats.items():

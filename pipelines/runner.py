@@ -41,4 +41,15 @@ def run(build, config, beam_args: list[str]):
     build(pipeline, config)
     result = pipeline.run()
     result.wait_until_finish()
+    _log_counters(result)
     return result
+
+
+def _log_counters(result) -> None:
+    """Log the run's Beam counters (examples, errors, DICOMweb retries) at INFO."""
+    try:
+        counters = result.metrics().query()["counters"]
+    except Exception:  # some runners report no metrics
+        return
+    for c in counters:
+        _LOG.info("%s/%s = %s", c.key.metric.namespace, c.key.metric.name, c.committed or c.attempted)

@@ -116,6 +116,9 @@ def test_transient_503s_are_retried(loaded, server, tmp_path, monkeypatch):
     finally:
         proxy.stop()
     assert (s["examples"], s["errors"]) == (7, 0) and proxy.failed == 4
+    from pipelines.sources.dicomweb import retries_so_far
+
+    assert retries_so_far() >= 4   # counted (and exported as the Beam counter PrepareImageRow/dicomweb_retries)
 
 
 def test_a_server_that_keeps_failing_becomes_error_lines(loaded, server, tmp_path, monkeypatch):

@@ -84,6 +84,14 @@ def _session(base: str) -> requests.Session:
     return session
 
 
+_retried = [0]   # requests retried in this process (all servers), read by the DoFns for Beam metrics
+
+
+def retries_so_far() -> int:
+    """Requests retried so far in this process (throttling and transient failures)."""
+    return _retried[0]
+
+
 class DicomWebClient:
     """One server's client: a pooled session, at most `concurrency` requests in flight, retries."""
 
@@ -109,6 +117,7 @@ class DicomWebClient:
             except (requests.ConnectionError, requests.Timeout) as exc:
                 last = type(exc).__name__
             self.retries += 1
+            _retried[0] += 1
             if attempt + 1 < self.policy.attempts:
                 time.sleep(random.uniform(0, min(self.policy.max_delay, self.policy.base_delay * 2 ** attempt)))
         raise ItemError("read", f"DICOMweb request failed after {self.policy.attempts} attempts ({last}): {url}")
