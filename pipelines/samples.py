@@ -288,3 +288,38 @@ def make_volume_samples(folder: str) -> str:
     with open(manifest, "w", encoding="utf-8") as fh:
         fh.write("".join(json.dumps(r) + "\n" for r in rows))
     return manifest
+
+
+def synthetic_slide_rgb(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """An H&E-like level-0 RGB image: white glass, pink tissue islands with purple nuclei, a blue pen stroke,
+    a black scanner border on the right."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.full((height, width, 3), 243, np.uint8)
+    for cx, cy, rx, ry in ((0.3, 0.45, 0.18, 0.3), (0.65, 0.55, 0.14, 0.22)):
+        island = ((x - cx * width) / (rx * width)) ** 2 + ((y - cy * height) / (ry * height)) ** 2 < 1
+        img[island] = (222, 150, 190)
+        nuclei = island & (rng.random((height, width)) < 0.02)
+        img[nuclei] = (110, 60, 150)
+    img[int(0.1 * height):int(0.1 * height) + max(2, height // 60), int(0.5 * width):int(0.85 * width)] = (30, 60, 200)
+    img[:, int(0.95 * width):] = 0
+    return img
+
+
+def write_svs(path: str, rgb: np.ndarray, mpp: float | None = 0.25, levels: int = 3, tile: int = 256) -> str:
+    """An Aperio-style tiled JPEG TIFF pyramid (each level 4x smaller, one IFD per level) that OpenSlide
+    reads as `aperio` with openslide.mpp-x = mpp; mpp=None writes a generic tiled TIFF with no resolution."""
+    import tifffile
+    from PIL import Image
+
+    description = f"Aperio Image Library v12.0.0 medprep synthetic|AppMag = 40|MPP = {mpp}" if mpp else None
+    with tifffile.TiffWriter(path, bigtiff=False) as tif:
+        level = rgb
+        for i in range(levels):
+            tif.write(level, tile=(tile, tile), compression="jpeg", photometric="rgb", metadata=None,
+                      description=description if i == 0 else None)
+            h, w = level.shape[:2]
+            if min(h, w) // 4 < tile // 4:
+                break
+            level = np.asarray(Image.fromarray(level).resize((w // 4, h // 4), Image.Resampling.BILINEAR))
+    return path

@@ -1,0 +1,109 @@
+"""Whole-slide images to model-ready patches: resolution, tissue, grid, sampling, and the inference API.
+
+Defaults are the MedGemma 1.5 pathology reference (DESIGN.md): 10x (1.0 µm/px), 896×896 patches
+with stride 896, tissue at ~1.25x (8 µm/px) by mean grey in [1, 204], up to 125 patches per
+slide sampled with a seed; the prompt comes first, then the patches.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from transforms.errors import ItemError
+from transforms.image import FinishedImage, ImageOptions, finish_rendered
+from transforms.dicom_render import Rendered
+from transforms.patches import Patch, grid, sample_patches, select_patches
+from transforms.tissue import otsu_saturation_mask
+from transforms.wsi_level import LevelChoice, choose_level
+
+TISSUE_METHODS = ("mean_grey", "otsu")
+
+
+@dataclass(frozen=True)
+class SlideOptions:
+    """Target resolution (µm/px), patch geometry (target pixels), tissue rule, sampling."""
+
+    image: ImageOptions = ImageOptions()
+    target_mpp: float = 1.0
+    patch_size: int = 896
+    stride: int = 896
+    tissue: str = "mean_grey"
+    min_tissue: float = 0.5
+    max_patches: int = 125
+    seed: int = 0
+    thumb_mpp: float = 8.0
+    assume_mpp: float | None = None
+
+
+@dataclass
+class SlidePlan:
+    """What to read: the level, the chosen patches (level-0 boxes), and the thumbnail/mask for previews."""
+
+    choice: LevelChoice
+    patches: list[Patch]
+    candidates: int
+    thumbnail: np.ndarray
+    thumb_downsample: float
+    mask: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+
+def plan_slide(reader, options: SlideOptions = SlideOptions()) -> SlidePlan:
+    """Level for the target mpp, tissue on the thumbnail, grid, filter, seeded sample (tile-row order)."""
+    if reader.mpps[0] is None:
+        raise ItemError("transform", "the slide declares no resolution (µm/px); pass --assume_mpp to process it")
+    choice = choose_level(reader.mpps, options.target_mpp)
+    thumb, downsample = reader.thumbnail(options.thumb_mpp)
+    mask = otsu_saturation_mask(thumb) if options.tissue == "otsu" else None
+    w0, h0 = reader.dimensions[0]
+    boxes = grid(w0, h0, options.patch_size, options.stride, reader.mpps[0], options.target_mpp)
+    kept = select_patches(boxes, thumb, downsample, options.tissue, mask, options.min_tissue)
+    if not kept:
+        raise ItemError("transform", f"no tissue found ({len(boxes)} grid cells checked, rule {options.tissue})")
+    chosen = sample_patches(kept, options.max_patches, options.seed)
+    info = {"level": choice.level, "level_mpp": choice.level_mpp, "target_mpp": options.target_mpp,
+            "resize": round(choice.scale, 6), "grid_cells": int(len(boxes)), "tissue_cells": len(kept),
+            "sampled": len(chosen), "tissue_rule": options.tissue, "mpp_source": reader.mpp_source}
+    return SlidePlan(choice, chosen, len(kept), thumb, downsample, mask, info)
+
+
+def read_patch(reader, plan: SlidePlan, patch: Patch, options: SlideOptions = SlideOptions()) -> FinishedImage:
+    """One patch: read at the chosen level, resized to patch_size at the target mpp, then finished."""
+    level = plan.choice.level
+    side = max(1, int(round(patch.size0 / reader.downsamples[level])))
+    rgb = reader.read(level, patch.x, patch.y, side, side)
+    if side != options.patch_size:
+        rgb = np.asarray(Image.fromarray(rgb).resize((options.patch_size, options.patch_size),
+                                                     Image.Resampling.BILINEAR))
+    finished = finish_rendered(Rendered(pixels=rgb, info={"format": "slide"}), options.image)
+    finished.info.update({"x": patch.x, "y": patch.y, "level": level, "mpp": options.target_mpp,
+                          "tissue": patch.tissue, "read_side": side})
+    return finished
+
+
+@dataclass
+class PreparedSlide:
+    """Model-ready patches of one slide and the chat messages (prompt first, then the patches)."""
+
+    images: list
+    encoded: list[bytes]
+    image_info: list[dict]
+    messages: list[dict]
+    plan: SlidePlan
+
+
+def prepare_slide(path: str, prompt: str = "", options: SlideOptions = SlideOptions()) -> PreparedSlide:
+    """A slide file -> the same patches and messages the slides pipeline writes."""
+    from transforms.slide_reader import OpenSlideReader
+
+    reader = OpenSlideReader(path, options.assume_mpp)
+    try:
+        plan = plan_slide(reader, options)
+        finished = [read_patch(reader, plan, p, options) for p in plan.patches]
+    finally:
+        reader.close()
+    images = [f.image for f in finished]
+    messages = ([{"type": "text", "text": prompt}] if prompt else []) + [{"type": "image", "image": i} for i in images]
+    return PreparedSlide(images, [f.encoded for f in finished], [f.info for f in finished], messages, plan)
