@@ -6,10 +6,11 @@ import json
 import logging
 import sys
 
-from pipelines.options import OptionError, add_common_options, add_volume_options, config_from_args
+from pipelines.options import (OptionError, add_common_options, add_slide_options, add_volume_options,
+                               config_from_args)
 from pipelines.runner import check_beam_args, run
 
-PIPELINES = {"images": "pipelines.images", "volumes": "pipelines.volumes"}
+PIPELINES = {"images": "pipelines.images", "volumes": "pipelines.volumes", "slides": "pipelines.slides"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,6 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     volumes = sub.add_parser("volumes", help="CT and MR series (DICOM folders/prefixes, instance lists, NIfTI)")
     add_common_options(volumes)
     add_volume_options(volumes)
+    slides = sub.add_parser("slides", help="whole-slide images (SVS, NDPI, MRXS, tiled TIFF…) from a manifest")
+    add_common_options(slides)
+    add_slide_options(slides)
     sub.add_parser("verify", help="check an output folder (counts, shards, records, splits, identifiers)", add_help=False)
     sub.add_parser("inspect", help="write OUT/report.html: counts, sample grids, histograms, errors", add_help=False)
     demo = sub.add_parser("demo", help="generate bundled samples and run the pipelines on them")

@@ -51,6 +51,16 @@ class Config:
     scrub_text: bool = False
     allow_burned_in: bool = False
     item_timeout: float = 600.0
+    # slides
+    target_mpp: float = 1.0
+    patch_size: int = 896
+    stride: int = 896
+    tissue: str = "mean_grey"
+    min_tissue: float = 0.5
+    max_patches: int = 125
+    patches_per_example: int = 125
+    seed: int = 0
+    assume_mpp: float = 0.0
     dicomweb_url: str = ""   # discovery: a DICOMweb service to search instead of a manifest
     query: str = ""          # QIDO filters for discovery
     reports: str = ""        # report texts joined by StudyInstanceUID / AccessionNumber
@@ -76,6 +86,14 @@ class Config:
         """Options for transforms.volume."""
         return VolumeOptions(self.image_options(), self.max_slices, self.slice_selection, self.mr_normalization,
                              tuple(self.mr_percentiles), self.min_slices)
+
+    def slide_options(self, mpp_override: float | None = None):
+        """Options for transforms.slide (a manifest row's mpp overrides --assume_mpp for that slide)."""
+        from transforms.slide import SlideOptions
+
+        return SlideOptions(self.image_options(), self.target_mpp, self.patch_size, self.stride, self.tissue,
+                            self.min_tissue, self.max_patches, self.seed, assume_mpp=self.assume_mpp or None,
+                            override_mpp=mpp_override)
 
     def public(self) -> dict:
         """The configuration as written to summary.json (no salt, no paths' secrets)."""

@@ -68,6 +68,7 @@ class ItemDoFn(beam.DoFn):
 
     default_stage = "record"
     timeout: float | None = None   # seconds per item (None: no limit)
+    final = True                   # False for a fan-out stage: inputs are counted done by a later stage
 
     def __init__(self):
         self._errors = Metrics.counter(self.__class__.__name__, "errors")
@@ -103,6 +104,9 @@ class ItemDoFn(beam.DoFn):
                                                               ItemError(self.default_stage, "input produced no example")))
             return
         self._retried.inc(retries_so_far() - before)   # Beam metrics live in this (the bundle's) thread
+        if not self.final:
+            yield from (out for out, _ in produced)
+            return
         total: dict = {"inputs_ok": 1}
         for record, stats in produced:
             for key, value in stats.items():

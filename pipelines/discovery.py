@@ -51,7 +51,7 @@ def _json_value(item: dict, tag: str) -> str:
 def _row(n: int, ref: str, study: str, accession: str, reports: dict) -> dict:
     report = reports.get(f"study:{study}") or reports.get(f"acc:{accession}") or {"text": "", "prompt": ""}
     return {"row": n, "id": "", "images": [ref], "prior": "", "text": report["text"], "prompt": report["prompt"],
-            "boxes": [], "box_labels": [], "label": "", "patient_id": "", "modality": ""}
+            "boxes": [], "box_labels": [], "label": "", "patient_id": "", "modality": "", "mpp": None}
 
 
 def dicomweb_rows(config: Config, level: str):

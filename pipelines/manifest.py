@@ -16,7 +16,7 @@ from typing import Any, Iterator
 from apache_beam.io.filesystems import FileSystems
 
 KNOWN_COLUMNS = frozenset(
-    {"image", "text", "prompt", "prior", "boxes", "box_labels", "label", "patient_id", "id", "modality"}
+    {"image", "text", "prompt", "prior", "boxes", "box_labels", "label", "patient_id", "id", "modality", "mpp"}
 )
 
 
@@ -87,7 +87,20 @@ def normalize_row(raw: dict, row: int) -> dict:
     if prior and len(images) != 1:
         raise ManifestError(f"{where}: a 'prior' needs exactly one current 'image'")
     text = {c: _as_str(raw.get(c), where, c) for c in ("id", "text", "prompt", "label", "patient_id", "modality")}
-    return {"row": row, "images": images, "prior": prior, "boxes": boxes, "box_labels": labels, **text}
+    mpp = raw.get("mpp")
+    if _is_missing(mpp):
+        mpp = None
+    else:
+        bad_mpp = ManifestError(f"{where}: column 'mpp' must be a resolution in µm/px > 0")
+        if isinstance(mpp, bool):
+            raise bad_mpp
+        try:
+            mpp = float(mpp)
+        except (TypeError, ValueError):
+            raise bad_mpp from None
+        if not mpp > 0:
+            raise bad_mpp
+    return {"row": row, "images": images, "prior": prior, "boxes": boxes, "box_labels": labels, "mpp": mpp, **text}
 
 
 def resolve_ref(ref: str, manifest: str) -> str:

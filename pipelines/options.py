@@ -120,6 +120,43 @@ def add_volume_options(parser: argparse.ArgumentParser) -> None:
                         "ImageType!~LOCALIZER' (attributes: SeriesDescription, ImageType, SliceThickness, Modality, SeriesNumber)")
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _slide_granularity(text: str) -> tuple:
+    names = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    if not names or any(n not in ("slide", "patch") for n in names):
+        raise argparse.ArgumentTypeError(f"choose slide, patch or slide,patch; got {text!r}")
+    return names
+
+
+def add_slide_options(parser: argparse.ArgumentParser) -> None:
+    """Options of `medprep slides` (defaults: the MedGemma 1.5 pathology reference)."""
+    from transforms.slide import TISSUE_METHODS
+
+    g = parser.add_argument_group("slide options")
+    g.add_argument("--target_mpp", type=_positive_float, default=1.0, help="patch resolution in µm/px (default 1.0, ~10x)")
+    g.add_argument("--patch_size", type=_int_in(16, 8192), default=896, help="patch side in pixels at --target_mpp (default 896)")
+    g.add_argument("--stride", type=_int_in(1, 8192), default=896, help="grid step in pixels at --target_mpp (default 896)")
+    g.add_argument("--tissue", choices=TISSUE_METHODS, default="mean_grey",
+                   help="mean_grey (reference: mean grey in [1, 204] at ~1.25x) or otsu (saturation, pen marks removed)")
+    g.add_argument("--min_tissue", type=_fraction, default=0.5, help="otsu: minimum tissue fraction of a patch (default 0.5)")
+    g.add_argument("--max_patches", type=_int_in(1), default=125, help="patches sampled per slide, seeded (default 125)")
+    g.add_argument("--patches_per_example", type=_int_in(1), default=125, help="patches in one slide-level record (default 125)")
+    g.add_argument("--seed", type=_int_in(0), default=0, help="sampling seed (default 0)")
+    g.add_argument("--assume_mpp", type=_positive_float, default=0.0,
+                   help="resolution to use for slides that declare none (otherwise they are errors)")
+    g.add_argument("--granularity", type=_slide_granularity, default=("slide",),
+                   help="slide (up to --patches_per_example patches per record), patch (one per record), or slide,patch")
+
+
 def add_common_options(parser: argparse.ArgumentParser) -> None:
     """Options every pipeline takes (DESIGN.md 'CLI')."""
     g = parser.add_argument_group("medprep options")
@@ -231,4 +268,5 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 _VOLUME_KEYS = ("max_slices", "slice_selection", "mr_normalization", "mr_percentiles", "min_slices",
-                "granularity", "series_filter")
+                "granularity", "series_filter", "target_mpp", "patch_size", "stride", "tissue", "min_tissue",
+                "max_patches", "patches_per_example", "seed", "assume_mpp")

@@ -34,7 +34,8 @@ class SlideOptions:
     max_patches: int = 125
     seed: int = 0
     thumb_mpp: float = 8.0
-    assume_mpp: float | None = None
+    assume_mpp: float | None = None     # used when the slide declares no resolution
+    override_mpp: float | None = None   # replaces the slide's resolution (a manifest row's `mpp`)
 
 
 @dataclass
@@ -69,9 +70,8 @@ def plan_slide(reader, options: SlideOptions = SlideOptions()) -> SlidePlan:
     return SlidePlan(choice, chosen, len(kept), thumb, downsample, mask, info)
 
 
-def read_patch(reader, plan: SlidePlan, patch: Patch, options: SlideOptions = SlideOptions()) -> FinishedImage:
-    """One patch: read at the chosen level, resized to patch_size at the target mpp, then finished."""
-    level = plan.choice.level
+def read_patch(reader, level: int, patch: Patch, options: SlideOptions = SlideOptions()) -> FinishedImage:
+    """One patch: read at `level` (the plan's), resized to patch_size at the target mpp, then finished."""
     side = max(1, int(round(patch.size0 / reader.downsamples[level])))
     rgb = reader.read(level, patch.x, patch.y, side, side)
     if side != options.patch_size:
@@ -98,10 +98,10 @@ def prepare_slide(path: str, prompt: str = "", options: SlideOptions = SlideOpti
     """A slide file -> the same patches and messages the slides pipeline writes."""
     from transforms.slide_reader import OpenSlideReader
 
-    reader = OpenSlideReader(path, options.assume_mpp)
+    reader = OpenSlideReader(path, options.assume_mpp, options.override_mpp)
     try:
         plan = plan_slide(reader, options)
-        finished = [read_patch(reader, plan, p, options) for p in plan.patches]
+        finished = [read_patch(reader, plan.choice.level, p, options) for p in plan.patches]
     finally:
         reader.close()
     images = [f.image for f in finished]

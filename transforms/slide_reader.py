@@ -17,7 +17,7 @@ _UNIT_UM = {"centimeter": 1e4, "inch": 25400.0}
 class OpenSlideReader:
     """One open slide; not shared across processes (open per worker, close when done)."""
 
-    def __init__(self, path: str, assume_mpp: float | None = None):
+    def __init__(self, path: str, assume_mpp: float | None = None, override_mpp: float | None = None):
         import openslide
 
         try:
@@ -34,8 +34,11 @@ class OpenSlideReader:
                 mpp0 = _UNIT_UM[props["tiff.ResolutionUnit"]] / float(props["tiff.XResolution"])
         except (TypeError, ValueError, ZeroDivisionError):
             mpp0 = None
-        self.mpp_source = "metadata" if mpp0 else ("assumed" if assume_mpp else "none")
-        mpp0 = mpp0 or assume_mpp
+        if override_mpp:
+            mpp0, self.mpp_source = override_mpp, "manifest"
+        else:
+            self.mpp_source = "metadata" if mpp0 else ("assumed" if assume_mpp else "none")
+            mpp0 = mpp0 or assume_mpp
         self.dimensions = [tuple(d) for d in self._slide.level_dimensions]
         self.downsamples = [float(d) for d in self._slide.level_downsamples]
         self.mpps = [mpp0 * d if mpp0 else None for d in self.downsamples]

@@ -1,6 +1,10 @@
 """Local paths and gs:// URIs through Beam's FileSystems."""
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.sources.dicomweb import client_for, parse_ref
@@ -32,6 +36,35 @@ def read_bytes(ref: str, name: str = "") -> bytes:
     except Exception as exc:  # Beam wraps OSError in BeamIOError
         reason = "file not found" if _not_found(exc) else str(exc)
         raise ItemError("read", f"cannot read {name or ref}: {reason}") from None
+
+
+class LocalFile:
+    """A local path for readers that need one (OpenSlide); remote files are copied to a temp file."""
+
+    def __init__(self, path: str, temporary: bool):
+        self.path, self._temporary = path, temporary
+
+    def cleanup(self) -> None:
+        """Delete the temporary copy, if any."""
+        if self._temporary and os.path.exists(self.path):
+            os.remove(self.path)
+
+
+def localize_file(ref: str) -> LocalFile:
+    """The file as a local path (gs:// copied in 8 MiB chunks; OpenSlide cannot do ranged reads on GCS)."""
+    if "://" not in ref:
+        if not os.path.exists(ref):
+            raise ItemError("read", f"cannot read {ref}: file not found")
+        return LocalFile(ref, False)
+    suffix = os.path.splitext(ref)[1]
+    fd, local = tempfile.mkstemp(prefix="medprep-slide-", suffix=suffix)
+    try:
+        with FileSystems.open(ref, compression_type="uncompressed") as src, os.fdopen(fd, "wb") as dst:
+            shutil.copyfileobj(src, dst, 8 << 20)
+    except Exception as exc:
+        os.remove(local)
+        raise ItemError("read", f"cannot read {ref}: {'file not found' if _not_found(exc) else exc}") from None
+    return LocalFile(local, True)
 
 
 def read_head(ref: str, size: int = 512) -> bytes:

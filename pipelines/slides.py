@@ -1,0 +1,185 @@
+"""`medprep slides`: whole-slide images -> slide-level (up to K patches) and/or patch-level records.
+
+Plan once per slide (level for --target_mpp, tissue on a ~1.25x thumbnail, grid, seeded sample),
+then fan the patch coordinates out in batches behind a Reshuffle, so one huge slide spreads over
+workers; each worker keeps its slides open (a small cache) and reads only its patches — never a
+whole level, no patch twice. Records are assembled per slide after a GroupByKey, which is also
+where an input is counted done. A patch that cannot be read is counted and logged; a slide with
+no readable patch is one error line.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+import apache_beam as beam
+
+from pipelines.config import Config
+from pipelines.dataset_writer import WriteDataset
+from pipelines.dead_letter import ERRORS, STATS, ItemDoFn
+from pipelines.manifest import read_manifest, resolve_ref
+from pipelines.records import PROMPT, ExampleParts, build_record
+from pipelines.row_dofn import ManifestRowDoFn
+from pipelines.sources.files import localize_file
+from transforms.errors import ItemError, stage
+from transforms.slide import SlidePlan, plan_slide, read_patch
+from transforms.slide_reader import OpenSlideReader
+from transforms.text import IMAGE
+
+BATCH = 8
+_LOG = logging.getLogger(__name__)
+
+
+class _Readers:
+    """A few open slides per worker (OpenSlide handles are not shared across processes)."""
+
+    def __init__(self, size: int = 2):
+        self.size, self._open = size, OrderedDict()
+
+    def get(self, path: str, assume, override) -> OpenSlideReader:
+        key = (path, assume, override)   # the same file with another resolution is another reader
+        if key in self._open:
+            self._open.move_to_end(key)
+            return self._open[key][1]
+        local = localize_file(path)
+        reader = OpenSlideReader(local.path, assume, override)
+        self._open[key] = (local, reader)
+        while len(self._open) > self.size:
+            _, (old_local, old) = self._open.popitem(last=False)
+            old.close()
+            old_local.cleanup()
+        return reader
+
+    def close(self) -> None:
+        while self._open:
+            _, (local, reader) = self._open.popitem()
+            reader.close()
+            local.cleanup()
+
+
+class PlanSlides(ManifestRowDoFn):
+    """Manifest row -> batches of patch coordinates (or one error line)."""
+
+    final = False
+
+    def setup(self):
+        super().setup()
+        self.readers = _Readers()
+
+    def teardown(self):
+        self.readers.close()
+
+    def outputs(self, row):
+        path = resolve_ref(row["images"][0], self.config.input)
+        options = self.config.slide_options(row.get("mpp"))
+        with stage("decode"):
+            reader = self.readers.get(path, options.assume_mpp, options.override_mpp)
+        plan: SlidePlan = plan_slide(reader, options)
+        patches = [(i, p) for i, p in enumerate(plan.patches)]
+        batches = [patches[i:i + BATCH] for i in range(0, len(patches), BATCH)]
+        for batch in batches:
+            yield ((row["row"], row, plan.info, len(patches), batch), {})
+
+
+class ReadPatches(beam.DoFn):
+    """A batch of one slide's patches -> (slide row, (index, FinishedImage or failure))."""
+
+    def __init__(self, config: Config):
+        self.config = config
+
+    def setup(self):
+        self.readers = _Readers()
+
+    def teardown(self):
+        self.readers.close()
+
+    def process(self, element):
+        row_number, row, info, total, batch = element
+        path = resolve_ref(row["images"][0], self.config.input)
+        options = self.config.slide_options(row.get("mpp"))
+        key = row_number
+        try:
+            reader = self.readers.get(path, options.assume_mpp, options.override_mpp)
+        except Exception as exc:  # the slide vanished or broke between planning and reading
+            for index, patch in batch:
+                yield key, (row, info, total, index, None, f"{type(exc).__name__}: {exc}")
+            return
+        for index, patch in batch:
+            try:
+                yield key, (row, info, total, index, read_patch(reader, info["level"], patch, options), "")
+            except Exception as exc:  # one bad patch: the others go on
+                yield key, (row, info, total, index, None, f"patch at ({patch.x}, {patch.y}): {exc}")
+
+
+class AssembleSlide(ItemDoFn):
+    """(slide row, patch results) -> slide-level and/or patch-level records; counts the input done."""
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = config
+        self.timeout = config.item_timeout
+
+    def setup(self):
+        from pipelines.tokenizer import load_tokenizer
+
+        self.tokenizer = load_tokenizer(self.config.tokenizer)
+
+    def ref_of(self, element):
+        _, results = element
+        row = next(iter(results))[0]
+        return row["images"][0], row["row"]
+
+    def outputs(self, element):
+        _, results = element
+        results = sorted(results, key=lambda r: r[3])
+        row, info = results[0][0], results[0][1]
+        good = [(i, f) for _, _, _, i, f, _ in results if f is not None]
+        failed = [why for *_, f, why in results if f is None]
+        if not good:
+            raise ItemError("decode", f"no patch of the slide could be read ({len(failed)} tried): {failed[0]}")
+        if failed:
+            _LOG.warning("row %s: %d patch(es) unreadable, e.g. %s", row["row"], len(failed), failed[0])
+        if not row["text"].strip():
+            raise ItemError("text", "empty text: a slide example needs its text")
+        base = row["id"] or f"row:{row['row']}:{row['images'][0]}"
+        common = dict(modality=row["modality"] or "SM", prompt=row["prompt"], text=row["text"],
+                      patient_id=row["patient_id"], label=row["label"])
+        for index, f in good:
+            f.info["slide"] = info
+        k = self.config.patches_per_example
+        if "slide" in self.config.granularity:
+            for start in range(0, len(good), k):
+                chunk = [f for _, f in good[start:start + k]]
+                yield self._with_failures(build_record(ExampleParts(
+                    example_key=f"{base}#slide{start // k}", task="slide", images=chunk,
+                    sources=[row["images"][0]] * len(chunk), user_parts=[PROMPT] + [IMAGE] * len(chunk), **common),
+                    self.config, self.tokenizer), len(failed) if start == 0 else 0)
+        if "patch" in self.config.granularity:
+            for index, f in good:
+                yield self._with_failures(build_record(ExampleParts(
+                    example_key=f"{base}#patch{index}", task="patch", images=[f], sources=[row["images"][0]],
+                    user_parts=[PROMPT, IMAGE], **common), self.config, self.tokenizer), 0)
+
+    @staticmethod
+    def _with_failures(built, failures: int):
+        record, stats = built
+        if failures:
+            stats = dict(stats, **{"patches/unreadable": failures})
+        return record, stats
+
+
+def build(p: beam.Pipeline, config: Config):
+    """The slides pipeline graph."""
+    rows = (p
+            | "Manifest" >> beam.Create([config.input])
+            | "ReadRows" >> beam.FlatMap(read_manifest)
+            | "Spread" >> beam.Reshuffle())
+    planned = rows | "Plan" >> beam.ParDo(PlanSlides(config)).with_outputs(ERRORS, STATS, main="batches")
+    assembled = (planned.batches
+                 | "SpreadBatches" >> beam.Reshuffle()
+                 | "ReadPatches" >> beam.ParDo(ReadPatches(config))
+                 | "BySlide" >> beam.GroupByKey()
+                 | "Materialize" >> beam.MapTuple(lambda key, results: (key, list(results)))
+                 | "Assemble" >> beam.ParDo(AssembleSlide(config)).with_outputs(ERRORS, STATS, main="records"))
+    errors = (planned[ERRORS], assembled[ERRORS]) | "AllErrors" >> beam.Flatten()
+    return (rows, assembled.records, assembled[STATS], errors) | "Write" >> WriteDataset("slides", config)
