@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 
-from pipelines.samples import make_images_samples, make_volume_samples
+from pipelines.samples import make_images_samples, make_slide_samples, make_volume_samples
 from pipelines.tokenizer_training import train_demo_tokenizer
 
 _COMMON = ["--val_fraction", "0.2", "--test_fraction", "0.2", "--split_salt", "demo-salt", "--overwrite"]
@@ -17,18 +17,20 @@ def _report(name: str, out: str, summary: dict) -> None:
 
 
 def main(output_dir: str) -> int:
-    """Samples and a demo tokenizer into OUT/samples; pipeline outputs into OUT/images and OUT/volumes."""
+    """Samples and a demo tokenizer into OUT/samples; pipeline outputs into OUT/images, OUT/volumes, OUT/slides."""
     from pipelines.cli import run_pipeline
 
     samples = os.path.join(output_dir, "samples")
     tokenizer = os.path.join(samples, "demo.model")
     images_manifest = make_images_samples(samples)
     volumes_manifest = make_volume_samples(samples)
+    slides_manifest = make_slide_samples(samples)
     with open(tokenizer, "wb") as fh:
         fh.write(train_demo_tokenizer())
     ok = True
     for name, manifest, extra in (("images", images_manifest, []),
-                                  ("volumes", volumes_manifest, ["--slice_selection", "uniform", "--max_slices", "16"])):
+                                  ("volumes", volumes_manifest, ["--slice_selection", "uniform", "--max_slices", "16"]),
+                                  ("slides", slides_manifest, ["--max_patches", "8", "--granularity", "slide,patch"])):
         out = os.path.join(output_dir, name)
         summary = run_pipeline(name, ["--input", manifest, "--output_dir", out, "--tokenizer", tokenizer,
                                       *_COMMON, *extra])

@@ -323,3 +323,19 @@ def write_svs(path: str, rgb: np.ndarray, mpp: float | None = 0.25, levels: int 
                 break
             level = np.asarray(Image.fromarray(level).resize((w // 4, h // 4), Image.Resampling.BILINEAR))
     return path
+
+
+def make_slide_samples(folder: str) -> str:
+    """Write two synthetic SVS slides (one with no resolution, given by the manifest) and slides.jsonl."""
+    os.makedirs(folder, exist_ok=True)
+    a = write_svs(os.path.join(folder, "slide_p10.svs"), synthetic_slide_rgb(12288, 9216, seed=10), mpp=0.25)
+    b = write_svs(os.path.join(folder, "slide_p11_nompp.tif"), synthetic_slide_rgb(6144, 4608, seed=11), mpp=None)
+    rows = [
+        {"id": "wsi-10", "image": a, "patient_id": "p10", "prompt": "Describe the histopathology of these patches.",
+         "text": "Invasive ductal carcinoma, grade 2; no lymphovascular invasion seen."},
+        {"id": "wsi-11", "image": b, "patient_id": "p11", "mpp": 0.5, "text": "Benign breast tissue."},
+    ]
+    manifest = os.path.join(folder, "slides.jsonl")
+    with open(manifest, "w", encoding="utf-8") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in rows))
+    return manifest

@@ -88,3 +88,12 @@ def test_truncated_unsupported_and_empty_slides(tmp_path, svs):
     blank = write_svs(str(tmp_path / "blank.svs"), np.full((2048, 2048, 3), 245, np.uint8), mpp=0.25)
     with pytest.raises(ItemError, match="no tissue found"):
         prepare_slide(blank, options=_opts())
+
+
+def test_out_of_slide_area_is_white_glass(svs):
+    reader = OpenSlideReader(svs)
+    try:
+        edge = reader.read(1, W - 448, H - 448, 224, 224)   # half outside the slide
+    finally:
+        reader.close()
+    assert (edge[-10:, -10:] == 255).all() and edge.dtype == np.uint8
