@@ -42,10 +42,52 @@ def _img_tag(img: Image.Image, alt: str, cls: str = "") -> str:
     return f'<img class="{cls}" alt="{html.escape(alt)}" src="{_data_uri(img)}" width="{img.width}" height="{img.height}">'
 
 
-def _sample_html(rec: dict) -> str:
+def slide_map(rec: dict, infos: list[dict], manifest: str, side: int = 320) -> Image.Image | None:
+    """The slide's thumbnail with its tissue mask tinted green and the record's patches outlined in red,
+    or None when the source slide cannot be opened now."""
+    import numpy as np
+
+    from pipelines.manifest import resolve_ref
+    from pipelines.sources.files import localize_file
+    from transforms.slide_reader import OpenSlideReader
+    from transforms.tissue import otsu_saturation_mask
+
+    slide = infos[0].get("slide", {})
+    try:
+        local = localize_file(resolve_ref(rec["source"][0], manifest))
+        reader = OpenSlideReader(local.path, assume_mpp=1.0)
+        try:
+            thumb, downsample = reader.thumbnail(8.0)
+        finally:
+            reader.close()
+            local.cleanup()
+    except Exception:
+        return None
+    rgb = thumb.astype(np.float32)
+    if slide.get("tissue_rule") == "otsu":
+        mask = otsu_saturation_mask(thumb)
+    else:
+        g = thumb @ np.array([0.299, 0.587, 0.114])
+        mask = (g >= 1) & (g <= 204)
+    rgb[mask] = rgb[mask] * 0.6 + np.array([0, 160, 0]) * 0.4
+    img = Image.fromarray(rgb.astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for info in infos:
+        x0, y0, side0 = info["x"] / downsample, info["y"] / downsample, info["size0"] / downsample
+        draw.rectangle([x0, y0, x0 + side0, y0 + side0], outline=(230, 20, 20), width=2)
+    img.thumbnail((side, side), Image.Resampling.BILINEAR)
+    return img
+
+
+def _sample_html(rec: dict, manifest: str = "") -> str:
     infos = [json.loads(i) for i in rec["image_info"]]
     parts = []
-    if rec["task"] == "series" or len(rec["images"]) > 2:
+    if rec["task"] == "slide":
+        overview = slide_map(rec, infos, manifest)
+        if overview is not None:
+            parts.append(f'<figure class="slidemap">{_img_tag(overview, "slide map")}'
+                         f'<figcaption>tissue (green) and the {len(infos)} patches (red)</figcaption></figure>')
+    if rec["task"] in ("series", "slide") or len(rec["images"]) > 2:
         step = max(1, len(rec["images"]) // 8)
         for data, info in list(zip(rec["images"], infos))[::step][:8]:
             label = html.escape(str(info.get("slice_label", "")))
@@ -136,7 +178,7 @@ def build_report(folder: str) -> tuple[str, bytes]:
     counts = "".join(f'<tr><td>{k}</td><td class="n" id="count-{k}">{summary[k]}</td></tr>'
                      for k in ("inputs", "inputs_with_examples", "examples", "images", "errors"))
     samples = "".join(f'<section class="group"><h3>{html.escape(t)} · {html.escape(m)}</h3>'
-                      + "".join(_sample_html(r) for r in recs) + "</section>"
+                      + "".join(_sample_html(r, summary["config"].get("input", "")) for r in recs) + "</section>"
                       for (t, m), recs in sorted(groups.items()))
     hists = "".join(_histogram_svg(v, k) for k, v in lengths.items() if any(v))
     error_rows = "".join(
@@ -151,7 +193,7 @@ def build_report(folder: str) -> tuple[str, bytes]:
 body{{font:14px system-ui,sans-serif;margin:24px;color:#222}} h1{{margin:0 0 4px}} table{{border-collapse:collapse;margin:8px 16px 16px 0;display:inline-table;vertical-align:top}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}} td.n{{text-align:right}} .ok{{color:#070}} .bad{{color:#b00}}
 .sample{{display:inline-block;vertical-align:top;width:420px;margin:0 12px 16px 0}} .imgs img{{margin:0 2px 2px 0;background:#000}}
-figure.slice{{display:inline-block;margin:0 3px 3px 0}} figure.slice figcaption{{font-size:10px}} .chan figure{{display:inline-block;margin:0 4px 0 0}} .chan figcaption{{font-size:11px}}
+figure.slice,figure.slidemap{{display:inline-block;margin:0 3px 3px 0}} figure.slice figcaption{{font-size:10px}} .chan figure{{display:inline-block;margin:0 4px 0 0}} .chan figcaption{{font-size:11px}}
 .meta{{color:#666;font-size:12px;margin:2px 0}} .prompt{{font-style:italic;margin:2px 0}} .text{{margin:2px 0;white-space:pre-wrap}}
 .hist{{display:inline-block;margin:0 16px 16px 0}} .hist rect{{fill:#4a7}} svg{{background:#f6f6f6}}
 </style></head>

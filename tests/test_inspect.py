@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from pipelines.cli import main, run_pipeline
-from pipelines.samples import make_images_samples, make_volume_samples
+from pipelines.samples import make_images_samples, make_slide_samples, make_volume_samples
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 REQUIRED = os.environ.get("MEDPREP_REQUIRE_CHROMIUM") == "1"
@@ -29,16 +29,18 @@ def _browser_dom(path: str, profile: str) -> str:
 def outputs(tmp_path_factory, demo_model_path):
     d = tmp_path_factory.mktemp("inspect")
     outs = {}
-    for name, make in (("images", make_images_samples), ("volumes", make_volume_samples)):
+    extra = {"volumes": ["--max_slices", "8"], "slides": ["--max_patches", "6", "--granularity", "slide,patch"],
+             "images": []}
+    for name, make in (("images", make_images_samples), ("volumes", make_volume_samples),
+                       ("slides", make_slide_samples)):
         manifest = make(str(d / "samples"))
         outs[name] = str(d / name)
         run_pipeline(name, ["--input", manifest, "--output_dir", outs[name], "--tokenizer", demo_model_path,
-                            "--max_slices", "8"] if name == "volumes" else
-                     ["--input", manifest, "--output_dir", outs[name], "--tokenizer", demo_model_path])
+                            *extra[name]])
     return d, outs
 
 
-@pytest.mark.parametrize("name", ["images", "volumes"])
+@pytest.mark.parametrize("name", ["images", "volumes", "slides"])
 def test_report_loads_in_chromium_with_all_images_and_matching_counts(outputs, name):
     d, outs = outputs
     out = outs[name]
@@ -65,6 +67,8 @@ def test_report_content_per_pipeline(outputs):
     assert "cannot read" in images and "&lt;path&gt;" in images             # errors grouped, paths folded
     volumes = open(os.path.join(outs["volumes"], "report.html")).read()
     assert volumes.count('class="slice"') >= 8 and "SLICE 8" in volumes
+    slides = open(os.path.join(outs["slides"], "report.html")).read()
+    assert slides.count('class="slidemap"') == 2 and "tissue (green) and the" in slides   # one map per slide record
 
 
 def test_inspect_refuses_a_folder_without_summary(tmp_path, capsys):

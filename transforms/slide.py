@@ -78,8 +78,8 @@ def read_patch(reader, level: int, patch: Patch, options: SlideOptions = SlideOp
         rgb = np.asarray(Image.fromarray(rgb).resize((options.patch_size, options.patch_size),
                                                      Image.Resampling.BILINEAR))
     finished = finish_rendered(Rendered(pixels=rgb, info={"format": "slide"}), options.image)
-    finished.info.update({"x": patch.x, "y": patch.y, "level": level, "mpp": options.target_mpp,
-                          "tissue": patch.tissue, "read_side": side})
+    finished.info.update({"x": patch.x, "y": patch.y, "size0": round(patch.size0, 3), "level": level,
+                          "mpp": options.target_mpp, "tissue": patch.tissue, "read_side": side})
     return finished
 
 
