@@ -25,6 +25,9 @@ INSTALL_REQUIRES = [
     "python-gdcm>=3.0.24,<4",
     "sentencepiece>=0.2,<0.3",
     "SimpleITK>=2.3,<3",
+    # DICOM WSI. wsidicom >= 0.30 needs cachetools >= 7.1.3, which apache-beam[gcp] forbids (< 7);
+    # 0.29.0 is the newest release that installs beside Beam without a conflict.
+    "wsidicom==0.29.0",
 ]
 
 EXTRAS_REQUIRE = {

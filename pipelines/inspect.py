@@ -49,13 +49,13 @@ def slide_map(rec: dict, infos: list[dict], manifest: str, side: int = 320) -> I
 
     from pipelines.manifest import resolve_ref
     from pipelines.sources.files import localize_file
-    from transforms.slide_reader import OpenSlideReader
+    from transforms.slide_reader import open_slide
     from transforms.tissue import otsu_saturation_mask
 
     slide = infos[0].get("slide", {})
     try:
         local = localize_file(resolve_ref(rec["source"][0], manifest))
-        reader = OpenSlideReader(local.path, assume_mpp=1.0)
+        reader = open_slide(local.path, assume_mpp=1.0)
         try:
             thumb, downsample = reader.thumbnail(8.0)
         finally:

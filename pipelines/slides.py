@@ -23,7 +23,7 @@ from pipelines.row_dofn import ManifestRowDoFn
 from pipelines.sources.files import localize_file
 from transforms.errors import ItemError, stage
 from transforms.slide import SlidePlan, plan_slide, read_patch
-from transforms.slide_reader import OpenSlideReader
+from transforms.slide_reader import OpenSlideReader, open_slide
 from transforms.text import IMAGE
 
 BATCH = 8
@@ -42,7 +42,7 @@ class _Readers:
             self._open.move_to_end(key)
             return self._open[key][1]
         local = localize_file(path)
-        reader = OpenSlideReader(local.path, assume, override)
+        reader = open_slide(local.path, assume, override)
         self._open[key] = (local, reader)
         while len(self._open) > self.size:
             _, (old_local, old) = self._open.popitem(last=False)

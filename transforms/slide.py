@@ -6,6 +6,7 @@ slide sampled with a seed; the prompt comes first, then the patches.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -96,9 +97,11 @@ class PreparedSlide:
 
 def prepare_slide(path: str, prompt: str = "", options: SlideOptions = SlideOptions()) -> PreparedSlide:
     """A slide file -> the same patches and messages the slides pipeline writes."""
-    from transforms.slide_reader import OpenSlideReader
+    from transforms.slide_reader import open_slide
 
-    reader = OpenSlideReader(path, options.assume_mpp, options.override_mpp)
+    if not os.path.exists(path):
+        raise ItemError("read", f"cannot read {path}: file not found")
+    reader = open_slide(path, options.assume_mpp, options.override_mpp)
     try:
         plan = plan_slide(reader, options)
         finished = [read_patch(reader, plan.choice.level, p, options) for p in plan.patches]

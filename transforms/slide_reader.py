@@ -14,6 +14,28 @@ from transforms.errors import ItemError
 _UNIT_UM = {"centimeter": 1e4, "inch": 25400.0}
 
 
+def level_thumbnail(reader, target_mpp: float, max_side: int = 4096, strip: int = 1024) -> tuple[np.ndarray, float]:
+    """(RGB thumbnail at about target_mpp µm/px, its downsample from level 0), the same for every reader:
+    the coarsest level at least that fine, read in strips of `strip` rows (memory bounded), BILINEAR-resized."""
+    w0, h0 = reader.dimensions[0]
+    factor = (target_mpp / reader.mpps[0]) if reader.mpps[0] else max(w0, h0) / 1024.0
+    factor = max(factor, max(w0, h0) / max_side, 1.0)
+    width, height = max(1, int(round(w0 / factor))), max(1, int(round(h0 / factor)))
+    usable = [i for i, d in enumerate(reader.downsamples) if d <= factor] or [0]
+    level = max(usable, key=lambda i: reader.downsamples[i])
+    lw, lh = reader.dimensions[level]
+    ds = reader.downsamples[level]
+    out = np.empty((height, width, 3), np.uint8)
+    for top in range(0, lh, strip):
+        rows = min(strip, lh - top)
+        y0, y1 = int(round(top * height / lh)), int(round((top + rows) * height / lh))
+        if y1 <= y0:
+            continue
+        band = reader.read(level, 0, int(round(top * ds)), lw, rows)
+        out[y0:y1] = np.asarray(Image.fromarray(band).resize((width, y1 - y0), Image.Resampling.BILINEAR))
+    return out, w0 / width
+
+
 class OpenSlideReader:
     """One open slide; not shared across processes (open per worker, close when done)."""
 
@@ -57,14 +79,75 @@ class OpenSlideReader:
         return np.asarray(Image.alpha_composite(white, region).convert("RGB"))
 
     def thumbnail(self, target_mpp: float, max_side: int = 4096) -> tuple[np.ndarray, float]:
-        """(RGB thumbnail at about target_mpp, its downsample from level 0)."""
-        w0, h0 = self.dimensions[0]
-        factor = (target_mpp / self.mpps[0]) if self.mpps[0] else max(w0, h0) / 1024.0
-        factor = max(factor, max(w0, h0) / max_side, 1.0)
-        size = (max(1, int(round(w0 / factor))), max(1, int(round(h0 / factor))))
-        thumb = self._slide.get_thumbnail(size).convert("RGB")
-        return np.asarray(thumb), w0 / thumb.width
+        """(RGB thumbnail at about target_mpp, its downsample from level 0); see level_thumbnail."""
+        return level_thumbnail(self, target_mpp, max_side)
 
     def close(self) -> None:
         """Release the OpenSlide handle."""
         self._slide.close()
+
+
+class DicomWsiReader:
+    """A DICOM WSI (a folder of VL Whole Slide Microscopy instances) through wsidicom.
+
+    Levels are the pyramid levels present (missing ones are simply absent); resolution comes
+    from each level's PixelSpacing. Regions are addressed in level-0 pixels, as with OpenSlide.
+    """
+
+    def __init__(self, folder: str, assume_mpp: float | None = None, override_mpp: float | None = None):
+        import wsidicom
+
+        try:
+            self._wsi = wsidicom.WsiDicom.open(folder)
+        except Exception as exc:  # wsidicom raises its own errors for incomplete or foreign files
+            raise ItemError("decode", f"not a DICOM WSI wsidicom can open: {type(exc).__name__}: {exc}") from None
+        self.vendor = "dicom"
+        levels = sorted(self._wsi.levels, key=lambda lv: lv.level)
+        self._levels = [lv.level for lv in levels]
+        self.dimensions = [(lv.size.width, lv.size.height) for lv in levels]
+        w0 = self.dimensions[0][0]
+        self.downsamples = [w0 / w for w, _ in self.dimensions]
+        spacing = [getattr(lv, "mpp", None) for lv in levels]
+        mpp0 = spacing[0].width if spacing[0] is not None else None
+        if override_mpp:
+            mpp0, self.mpp_source = override_mpp, "manifest"
+        else:
+            self.mpp_source = "metadata" if mpp0 else ("assumed" if assume_mpp else "none")
+            mpp0 = mpp0 or assume_mpp
+        self.mpps = [mpp0 * d if mpp0 else None for d in self.downsamples]
+
+    def read(self, level: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
+        """RGB uint8 (height, width, 3) at `level` (index into the present levels), top-left at level-0 (x0, y0)."""
+        ds = self.downsamples[level]
+        lw, lh = self.dimensions[level]
+        x, y = int(round(x0 / ds)), int(round(y0 / ds))
+        w, h = min(width, lw - x), min(height, lh - y)
+        canvas = np.full((height, width, 3), 255, np.uint8)
+        if w > 0 and h > 0:
+            try:
+                region = self._wsi.read_region((x, y), self._levels[level], (w, h)).convert("RGB")
+            except Exception as exc:
+                raise ItemError("decode", f"cannot read region at ({x0}, {y0}) level {level}: {exc}") from None
+            canvas[:h, :w] = np.asarray(region)
+        return canvas
+
+    def thumbnail(self, target_mpp: float, max_side: int = 4096) -> tuple[np.ndarray, float]:
+        """(RGB thumbnail at about target_mpp, its downsample from level 0); see level_thumbnail."""
+        return level_thumbnail(self, target_mpp, max_side)
+
+    def close(self) -> None:
+        """Release the files."""
+        self._wsi.close()
+
+
+def open_slide(path: str, assume_mpp: float | None = None, override_mpp: float | None = None):
+    """A reader for a slide file (OpenSlide) or a DICOM WSI folder (wsidicom)."""
+    import os
+
+    if os.path.isdir(path):
+        return DicomWsiReader(path, assume_mpp, override_mpp)
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+    if head[128:132] == b"DICM":
+        return DicomWsiReader(os.path.dirname(path) or ".", assume_mpp, override_mpp)
+    return OpenSlideReader(path, assume_mpp, override_mpp)

@@ -1,0 +1,84 @@
+"""DICOM WSI (made from a generated SVS by Debian's OrthancWSIDicomizer) read through wsidicom."""
+import json
+import os
+import shutil
+import subprocess
+
+import pydicom
+import pytest
+
+from pipelines.cli import run_pipeline
+from pipelines.samples import synthetic_slide_rgb, write_series, write_svs
+from schemas import read_records
+from transforms.errors import ItemError
+from transforms.image import ImageOptions
+from transforms.slide import SlideOptions, prepare_slide
+
+DICOMIZER = shutil.which("OrthancWSIDicomizer")
+pytestmark = pytest.mark.skipif(not DICOMIZER and os.environ.get("MEDPREP_REQUIRE_ORTHANC") != "1",
+                                reason="OrthancWSIDicomizer not installed (apt-get install orthanc-wsi)")
+SIDE = 4096   # square: the dicomizer derives one pixel spacing from the imaged size
+OPTS = SlideOptions(image=ImageOptions(size=112), patch_size=112, stride=112, max_patches=12)
+
+
+def dicomize(svs: str, folder: str, mpp: float) -> str:
+    """SVS -> DICOM WSI folder; ImageType set (wsidicom needs it), imaged size matching the MPP."""
+    sample = json.loads(subprocess.run([DICOMIZER, "--sample-dataset"], capture_output=True, text=True).stdout)
+    sample["ImageType"] = "ORIGINAL\\PRIMARY\\VOLUME\\NONE"
+    os.makedirs(folder, exist_ok=True)
+    dataset = os.path.join(folder, "..", os.path.basename(folder) + ".json")
+    with open(dataset, "w") as fh:
+        json.dump(sample, fh)
+    size_mm = f"{SIDE * mpp / 1000:.6f}"
+    subprocess.run([DICOMIZER, svs, f"--folder={folder}", f"--dataset={dataset}", f"--imaged-width={size_mm}",
+                    f"--imaged-height={size_mm}"], check=True, capture_output=True, timeout=300)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dwsi")
+    svs = write_svs(str(d / "s.svs"), synthetic_slide_rgb(SIDE, SIDE, seed=4), mpp=0.25)
+    return svs, dicomize(svs, str(d / "dicom"), 0.25)
+
+
+def _key(p):
+    return [(i["x"], i["y"], i["level"], i["read_side"]) for i in p.image_info]
+
+
+def test_dicom_wsi_patches_equal_the_svs(pair):
+    svs, folder = pair
+    a, b = prepare_slide(svs, options=OPTS), prepare_slide(folder, options=OPTS)
+    assert b.plan.info["mpp_source"] == "metadata" and b.plan.info["level"] == 1 and b.plan.info["resize"] == 1.0
+    assert _key(a) == _key(b) and a.encoded == b.encoded and len(a.encoded) == 12
+
+
+def test_missing_pyramid_level_uses_the_levels_present(pair, tmp_path):
+    _, folder = pair
+    broken = str(tmp_path / "broken")
+    shutil.copytree(folder, broken)
+    for name in os.listdir(broken):
+        if int(pydicom.dcmread(os.path.join(broken, name), stop_before_pixels=True).TotalPixelMatrixColumns) == SIDE // 4:
+            os.remove(os.path.join(broken, name))
+    p = prepare_slide(broken, options=OPTS)
+    assert p.plan.info["level"] == 0 and p.plan.info["resize"] == 0.25 and len(p.encoded) == 12
+
+
+def test_slides_pipeline_reads_dicom_wsi_like_the_svs(pair, tmp_path):
+    svs, folder = pair
+    rows = [{"id": "svs", "image": svs, "text": "t", "patient_id": "p"},
+            {"id": "dcm", "image": folder, "text": "t", "patient_id": "p"},
+            {"id": "ct", "image": str(tmp_path / "ct"), "text": "not a slide"}]
+    write_series(str(tmp_path / "ct"), 3)
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    s = run_pipeline("slides", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o"),
+                                "--patch_size", "112", "--stride", "112", "--image_size", "112", "--max_patches", "12"])
+    assert (s["examples"], s["errors"]) == (2, 1)
+    recs = {r["source"][0]: r for r in read_records(str(tmp_path / "o" / "arrayrecord"))}
+    assert recs[svs]["images"] == recs[folder]["images"]
+
+
+def test_non_wsi_dicom_folder_is_a_clear_error(tmp_path):
+    write_series(str(tmp_path / "ct"), 3)
+    with pytest.raises(ItemError, match="DICOM WSI"):
+        prepare_slide(str(tmp_path / "ct"), options=OPTS)
