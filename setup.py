@@ -28,6 +28,7 @@ INSTALL_REQUIRES = [
     # DICOM WSI. wsidicom >= 0.30 needs cachetools >= 7.1.3, which apache-beam[gcp] forbids (< 7);
     # 0.29.0 is the newest release that installs beside Beam without a conflict.
     "wsidicom==0.29.0",
+    "dicomweb-client>=0.59,<1",   # DICOM WSI over DICOMweb (wsidicom's web client)
 ]
 
 EXTRAS_REQUIRE = {

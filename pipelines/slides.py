@@ -20,10 +20,11 @@ from pipelines.dead_letter import ERRORS, STATS, ItemDoFn
 from pipelines.manifest import read_manifest, resolve_ref
 from pipelines.records import PROMPT, ExampleParts, build_record
 from pipelines.row_dofn import ManifestRowDoFn
-from pipelines.sources.files import localize_file
+from pipelines.sources.dicomweb import parse_ref, wsi_web_client
+from pipelines.sources.files import LocalFile, localize_file
 from transforms.errors import ItemError, stage
 from transforms.slide import SlidePlan, plan_slide, read_patch
-from transforms.slide_reader import OpenSlideReader, open_slide
+from transforms.slide_reader import OpenSlideReader, open_slide, open_web_wsi
 from transforms.text import IMAGE
 
 BATCH = 8
@@ -41,8 +42,13 @@ class _Readers:
         if key in self._open:
             self._open.move_to_end(key)
             return self._open[key][1]
-        local = localize_file(path)
-        reader = open_slide(local.path, assume, override)
+        web = parse_ref(path)
+        if web is not None:   # a DICOM WSI series on a DICOMweb server: frames fetched as read
+            local = LocalFile(path, False)
+            reader = open_web_wsi(path, wsi_web_client(web.base), assume, override)
+        else:
+            local = localize_file(path)
+            reader = open_slide(local.path, assume, override)
         self._open[key] = (local, reader)
         while len(self._open) > self.size:
             _, (old_local, old) = self._open.popitem(last=False)

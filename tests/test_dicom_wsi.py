@@ -82,3 +82,28 @@ def test_non_wsi_dicom_folder_is_a_clear_error(tmp_path):
     write_series(str(tmp_path / "ct"), 3)
     with pytest.raises(ItemError, match="DICOM WSI"):
         prepare_slide(str(tmp_path / "ct"), options=OPTS)
+
+
+def test_dicom_wsi_from_dicomweb_series(pair, tmp_path):
+    import orthanc  # tests/orthanc.py
+
+    if not orthanc.available():
+        pytest.skip("Orthanc not installed")
+    svs, folder = pair
+    (tmp_path / "orthanc").mkdir()
+    server = orthanc.OrthancServer(str(tmp_path / "orthanc"))
+    try:
+        files = sorted(os.path.join(folder, f) for f in os.listdir(folder))
+        for f in files:
+            server.upload(f)
+        ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+        url = f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        assert prepare_slide(url, options=OPTS).encoded == prepare_slide(folder, options=OPTS).encoded
+        (tmp_path / "m.jsonl").write_text(json.dumps({"id": "web", "image": url, "text": "t"}) + "\n")
+        s = run_pipeline("slides", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o"),
+                                    "--patch_size", "112", "--stride", "112", "--image_size", "112", "--max_patches", "12"])
+        assert (s["examples"], s["errors"]) == (1, 0)
+        rec = next(read_records(str(tmp_path / "o" / "arrayrecord")))
+        assert rec["images"] == prepare_slide(folder, options=OPTS).encoded
+    finally:
+        server.stop()

@@ -99,7 +99,7 @@ def prepare_slide(path: str, prompt: str = "", options: SlideOptions = SlideOpti
     """A slide file -> the same patches and messages the slides pipeline writes."""
     from transforms.slide_reader import open_slide
 
-    if not os.path.exists(path):
+    if "://" not in path and not os.path.exists(path):
         raise ItemError("read", f"cannot read {path}: file not found")
     reader = open_slide(path, options.assume_mpp, options.override_mpp)
     try:

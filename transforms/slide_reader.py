@@ -6,6 +6,8 @@ clearly). Transparent or out-of-slide areas are composited on white (glass).
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from PIL import Image
 
@@ -94,11 +96,13 @@ class DicomWsiReader:
     from each level's PixelSpacing. Regions are addressed in level-0 pixels, as with OpenSlide.
     """
 
-    def __init__(self, folder: str, assume_mpp: float | None = None, override_mpp: float | None = None):
+    def __init__(self, folder: str = "", assume_mpp: float | None = None, override_mpp: float | None = None,
+                 wsi=None):
+        """`folder`: local DICOM files; or `wsi`: an already opened wsidicom.WsiDicom (e.g. over DICOMweb)."""
         import wsidicom
 
         try:
-            self._wsi = wsidicom.WsiDicom.open(folder)
+            self._wsi = wsi if wsi is not None else wsidicom.WsiDicom.open(folder)
         except Exception as exc:  # wsidicom raises its own errors for incomplete or foreign files
             raise ItemError("decode", f"not a DICOM WSI wsidicom can open: {type(exc).__name__}: {exc}") from None
         self.vendor = "dicom"
@@ -140,10 +144,35 @@ class DicomWsiReader:
         self._wsi.close()
 
 
+_WEB_SERIES = re.compile(r"^(https?://.+?)/studies/([^/]+)/series/([^/]+)/?$")
+
+
+def open_web_wsi(url: str, client=None, assume_mpp: float | None = None, override_mpp: float | None = None):
+    """A DICOM WSI series on a DICOMweb server; `client` a wsidicom.WsiDicomWebClient (default: unauthenticated)."""
+    import warnings
+
+    import wsidicom
+
+    m = _WEB_SERIES.match(url)
+    if not m:
+        raise ItemError("read", f"not a DICOMweb series URL: {url}")
+    base, study, series = m.groups()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            client = client or wsidicom.WsiDicomWebClient.create_client(base)
+            wsi = wsidicom.WsiDicom.open_web(client, study, series)
+    except Exception as exc:
+        raise ItemError("read", f"cannot open the DICOM WSI at {url}: {type(exc).__name__}: {exc}") from None
+    return DicomWsiReader(assume_mpp=assume_mpp, override_mpp=override_mpp, wsi=wsi)
+
+
 def open_slide(path: str, assume_mpp: float | None = None, override_mpp: float | None = None):
-    """A reader for a slide file (OpenSlide) or a DICOM WSI folder (wsidicom)."""
+    """A reader for a slide file (OpenSlide), a DICOM WSI folder, or a DICOMweb WSI series URL (wsidicom)."""
     import os
 
+    if _WEB_SERIES.match(path):
+        return open_web_wsi(path, None, assume_mpp, override_mpp)
     if os.path.isdir(path):
         return DicomWsiReader(path, assume_mpp, override_mpp)
     with open(path, "rb") as fh:

@@ -166,6 +166,18 @@ def _first_part(response: requests.Response) -> bytes:
     return body[header_end + 4:end]
 
 
+def wsi_web_client(base: str):
+    """A wsidicom web client over this server with our authenticated session (for DICOM WSI series)."""
+    import warnings
+
+    from dicomweb_client.api import DICOMwebClient
+    from wsidicom import WsiDicomWebClient
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return WsiDicomWebClient(DICOMwebClient(url=base, session=_session(base)))
+
+
 _clients: dict = {}
 _clients_lock = threading.Lock()
 
