@@ -107,3 +107,21 @@ def test_dicom_wsi_from_dicomweb_series(pair, tmp_path):
         assert rec["images"] == prepare_slide(folder, options=OPTS).encoded
     finally:
         server.stop()
+
+
+def test_tiled_full_and_tiled_sparse_read_the_same(pair, tmp_path):
+    """Orthanc-WSI writes per-frame tile positions and no DimensionOrganizationType, which is read as
+    TILED_SPARSE; a copy declaring TILED_FULL (positions implied by frame order) must give the same patches."""
+    from wsidicom.instance.dataset import TileType, WsiDataset
+
+    _, sparse = pair
+    full = str(tmp_path / "full")
+    os.makedirs(full)
+    for name in sorted(os.listdir(sparse)):
+        ds = pydicom.dcmread(os.path.join(sparse, name))
+        assert WsiDataset(ds).tile_type == TileType.SPARSE
+        ds.DimensionOrganizationType = "TILED_FULL"
+        del ds.PerFrameFunctionalGroupsSequence
+        assert WsiDataset(ds).tile_type == TileType.FULL
+        ds.save_as(os.path.join(full, name))
+    assert prepare_slide(full, options=OPTS).encoded == prepare_slide(sparse, options=OPTS).encoded
