@@ -16,7 +16,7 @@ import apache_beam as beam
 
 from pipelines.config import Config
 from pipelines.dataset_writer import WriteDataset
-from pipelines.dead_letter import ERRORS, STATS, ItemDoFn
+from pipelines.dead_letter import ERRORS, STATS
 from pipelines.manifest import read_manifest, resolve_ref
 from pipelines.records import PROMPT, ExampleParts, build_record
 from pipelines.row_dofn import ManifestRowDoFn
@@ -117,18 +117,8 @@ class ReadPatches(beam.DoFn):
                 yield key, (row, info, total, index, None, f"patch at ({patch.x}, {patch.y}): {exc}")
 
 
-class AssembleSlide(ItemDoFn):
+class AssembleSlide(ManifestRowDoFn):
     """(slide row, patch results) -> slide-level and/or patch-level records; counts the input done."""
-
-    def __init__(self, config: Config):
-        super().__init__()
-        self.config = config
-        self.timeout = config.item_timeout
-
-    def setup(self):
-        from pipelines.tokenizer import load_tokenizer
-
-        self.tokenizer = load_tokenizer(self.config.tokenizer)
 
     def ref_of(self, element):
         _, results = element

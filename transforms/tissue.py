@@ -59,30 +59,24 @@ def otsu_saturation_mask(rgb: np.ndarray, blur: float = 1.0, close: int = 3, rem
     return mask
 
 
-def cell_fractions(mask: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """Fraction of True pixels of `mask` inside each box (N, 4) x0,y0,x1,y1 in mask pixels (clipped)."""
-    integral = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    h, w = mask.shape
+def _box_means(values: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Mean of a 2D array inside each box (N, 4) x0,y0,x1,y1 in its pixels (clipped; integral image)."""
+    integral = np.pad(values.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    h, w = values.shape
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     x0 = np.clip(np.floor(b[:, 0]), 0, w).astype(int)
     y0 = np.clip(np.floor(b[:, 1]), 0, h).astype(int)
     x1 = np.clip(np.ceil(b[:, 2]), 0, w).astype(int)
     y1 = np.clip(np.ceil(b[:, 3]), 0, h).astype(int)
     area = np.maximum((x1 - x0) * (y1 - y0), 1)
-    inside = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
-    return inside / area
+    return (integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]) / area
+
+
+def cell_fractions(mask: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Fraction (0-1) of True pixels of `mask` inside each box (N, 4) x0,y0,x1,y1 in mask pixels."""
+    return _box_means(mask.astype(np.int64), boxes)
 
 
 def cell_mean_grey(rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """Mean grey (0-255) of the thumbnail inside each box (N, 4) in thumbnail pixels."""
-    g = grey(rgb.astype(np.float64))
-    integral = np.pad(g.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    h, w = g.shape
-    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    x0 = np.clip(np.floor(b[:, 0]), 0, w).astype(int)
-    y0 = np.clip(np.floor(b[:, 1]), 0, h).astype(int)
-    x1 = np.clip(np.ceil(b[:, 2]), 0, w).astype(int)
-    y1 = np.clip(np.ceil(b[:, 3]), 0, h).astype(int)
-    area = np.maximum((x1 - x0) * (y1 - y0), 1)
-    total = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
-    return total / area
+    return _box_means(grey(rgb.astype(np.float64)), boxes)
