@@ -10,10 +10,12 @@ from transforms.dicom_render import RenderOptions
 from transforms.encode import DEFAULT_JPEG_QUALITY, DEFAULT_PNG_LEVEL
 from transforms.image import DEFAULT_IMAGE_SIZE, ImageOptions
 from transforms.slice_selection import DEFAULT_MAX_SLICES
+from transforms.slide import SlideOptions
 from transforms.volume import VolumeOptions
 from transforms.windowing import CT_PRESETS, Window
 
 PIPELINE_VERSION = "0.1.0"
+_SLIDE = SlideOptions()
 
 
 @dataclass(frozen=True)
@@ -51,15 +53,15 @@ class Config:
     scrub_text: bool = False
     allow_burned_in: bool = False
     item_timeout: float = 600.0
-    # slides
-    target_mpp: float = 1.0
-    patch_size: int = 896
-    stride: int = 896
-    tissue: str = "mean_grey"
-    min_tissue: float = 0.5
-    max_patches: int = 125
-    patches_per_example: int = 125
-    seed: int = 0
+    # slides (defaults: transforms.slide.SlideOptions, the MedGemma reference)
+    target_mpp: float = _SLIDE.target_mpp
+    patch_size: int = _SLIDE.patch_size
+    stride: int = _SLIDE.stride
+    tissue: str = _SLIDE.tissue
+    min_tissue: float = _SLIDE.min_tissue
+    max_patches: int = _SLIDE.max_patches
+    patches_per_example: int = _SLIDE.max_patches
+    seed: int = _SLIDE.seed
     assume_mpp: float = 0.0
     dicomweb_url: str = ""   # discovery: a DICOMweb service to search instead of a manifest
     query: str = ""          # QIDO filters for discovery
@@ -87,10 +89,8 @@ class Config:
         return VolumeOptions(self.image_options(), self.max_slices, self.slice_selection, self.mr_normalization,
                              tuple(self.mr_percentiles), self.min_slices)
 
-    def slide_options(self, mpp_override: float | None = None):
-        """Options for transforms.slide (a manifest row's mpp overrides --assume_mpp for that slide)."""
-        from transforms.slide import SlideOptions
-
+    def slide_options(self, mpp_override: float | None = None) -> SlideOptions:
+        """Options for transforms.slide (a manifest row's mpp overrides the slide's own resolution)."""
         return SlideOptions(self.image_options(), self.target_mpp, self.patch_size, self.stride, self.tissue,
                             self.min_tissue, self.max_patches, self.seed, assume_mpp=self.assume_mpp or None,
                             override_mpp=mpp_override)

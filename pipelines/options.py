@@ -139,18 +139,25 @@ def _slide_granularity(text: str) -> tuple:
 
 def add_slide_options(parser: argparse.ArgumentParser) -> None:
     """Options of `medprep slides` (defaults: the MedGemma 1.5 pathology reference)."""
-    from transforms.slide import TISSUE_METHODS
+    from transforms.slide import TISSUE_METHODS, SlideOptions
 
+    d = SlideOptions()
     g = parser.add_argument_group("slide options")
-    g.add_argument("--target_mpp", type=_positive_float, default=1.0, help="patch resolution in µm/px (default 1.0, ~10x)")
-    g.add_argument("--patch_size", type=_int_in(16, 8192), default=896, help="patch side in pixels at --target_mpp (default 896)")
-    g.add_argument("--stride", type=_int_in(1, 8192), default=896, help="grid step in pixels at --target_mpp (default 896)")
-    g.add_argument("--tissue", choices=TISSUE_METHODS, default="mean_grey",
+    g.add_argument("--target_mpp", type=_positive_float, default=d.target_mpp,
+                   help=f"patch resolution in µm/px (default {d.target_mpp:g}, ~10x)")
+    g.add_argument("--patch_size", type=_int_in(16, 8192), default=d.patch_size,
+                   help=f"patch side in pixels at --target_mpp (default {d.patch_size})")
+    g.add_argument("--stride", type=_int_in(1, 8192), default=d.stride,
+                   help=f"grid step in pixels at --target_mpp (default {d.stride})")
+    g.add_argument("--tissue", choices=TISSUE_METHODS, default=d.tissue,
                    help="mean_grey (reference: mean grey in [1, 204] at ~1.25x) or otsu (saturation, pen marks removed)")
-    g.add_argument("--min_tissue", type=_fraction, default=0.5, help="otsu: minimum tissue fraction of a patch (default 0.5)")
-    g.add_argument("--max_patches", type=_int_in(1), default=125, help="patches sampled per slide, seeded (default 125)")
-    g.add_argument("--patches_per_example", type=_int_in(1), default=125, help="patches in one slide-level record (default 125)")
-    g.add_argument("--seed", type=_int_in(0), default=0, help="sampling seed (default 0)")
+    g.add_argument("--min_tissue", type=_fraction, default=d.min_tissue,
+                   help=f"otsu: minimum tissue fraction of a patch (default {d.min_tissue:g})")
+    g.add_argument("--max_patches", type=_int_in(1), default=d.max_patches,
+                   help=f"patches sampled per slide, seeded (default {d.max_patches})")
+    g.add_argument("--patches_per_example", type=_int_in(1), default=d.max_patches,
+                   help=f"patches in one slide-level record (default {d.max_patches})")
+    g.add_argument("--seed", type=_int_in(0), default=d.seed, help=f"sampling seed (default {d.seed})")
     g.add_argument("--assume_mpp", type=_positive_float, default=0.0,
                    help="resolution to use for slides that declare none (otherwise they are errors)")
     g.add_argument("--granularity", type=_slide_granularity, default=("slide",),
