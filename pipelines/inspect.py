@@ -53,15 +53,17 @@ def slide_map(rec: dict, infos: list[dict], manifest: str, side: int = 320) -> I
     from transforms.tissue import otsu_saturation_mask
 
     slide = infos[0].get("slide", {})
+    ref = resolve_ref(rec["source"][0], manifest)
     try:
-        local = localize_file(resolve_ref(rec["source"][0], manifest))
-        reader = open_slide(local.path, assume_mpp=1.0)
+        local = None if ref.startswith(("http://", "https://")) else localize_file(ref)
+        reader = open_slide(local.path if local else ref, assume_mpp=1.0)   # DICOMweb series open directly
         try:
             thumb, downsample = reader.thumbnail(8.0)
         finally:
             reader.close()
-            local.cleanup()
-    except Exception:
+            if local:
+                local.cleanup()
+    except Exception:  # the source is gone or unreachable: the report shows the patches without the map
         return None
     rgb = thumb.astype(np.float32)
     if slide.get("tissue_rule") == "otsu":

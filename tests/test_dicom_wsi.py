@@ -125,3 +125,28 @@ def test_tiled_full_and_tiled_sparse_read_the_same(pair, tmp_path):
         assert WsiDataset(ds).tile_type == TileType.FULL
         ds.save_as(os.path.join(full, name))
     assert prepare_slide(full, options=OPTS).encoded == prepare_slide(sparse, options=OPTS).encoded
+
+
+def test_inspect_draws_the_map_of_a_dicomweb_slide(pair, tmp_path):
+    import orthanc  # tests/orthanc.py
+
+    from pipelines.cli import main
+
+    if not orthanc.available():
+        pytest.skip("Orthanc not installed")
+    _, folder = pair
+    (tmp_path / "orthanc").mkdir()
+    server = orthanc.OrthancServer(str(tmp_path / "orthanc"))
+    try:
+        files = sorted(os.path.join(folder, f) for f in os.listdir(folder))
+        for f in files:
+            server.upload(f)
+        ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+        url = f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        (tmp_path / "m.jsonl").write_text(json.dumps({"image": url, "text": "t"}) + "\n")
+        run_pipeline("slides", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o"),
+                                "--patch_size", "112", "--stride", "112", "--image_size", "112", "--max_patches", "4"])
+        assert main(["inspect", str(tmp_path / "o")]) == 0
+        assert open(tmp_path / "o" / "report.html").read().count('class="slidemap"') == 1
+    finally:
+        server.stop()
