@@ -10,6 +10,7 @@ no readable patch is one error line.
 from __future__ import annotations
 
 import logging
+import os
 from collections import OrderedDict
 
 import apache_beam as beam
@@ -21,6 +22,9 @@ from pipelines.manifest import read_manifest, resolve_ref
 from pipelines.records import PROMPT, ExampleParts, build_record
 from pipelines.row_dofn import ManifestRowDoFn
 from pipelines.sources.dicomweb import parse_ref, wsi_web_client
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines.outputs import localize
 from pipelines.sources.files import LocalFile, localize_file
 from transforms.errors import ItemError, stage
 from transforms.slide import SlidePlan, plan_slide, read_patch
@@ -46,6 +50,12 @@ class _Readers:
         if web is not None:   # a DICOM WSI series on a DICOMweb server: frames fetched as read
             local = LocalFile(path, False)
             reader = open_web_wsi(path, wsi_web_client(web.base), assume, override)
+        elif "://" in path and not FileSystems.exists(path):   # an object-store prefix: a DICOM WSI folder
+            local = LocalFile(localize(path), True)
+            if not os.listdir(local.path):
+                local.cleanup()
+                raise ItemError("read", f"cannot read {path}: file not found")
+            reader = open_slide(local.path, assume, override)
         else:
             local = localize_file(path)
             reader = open_slide(local.path, assume, override)

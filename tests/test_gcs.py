@@ -154,3 +154,42 @@ def test_gcs_rerun_refused_then_overwritten(gcs, relative_samples, capsys):
     assert main(args + ["--overwrite"]) == 0
     names = sorted(b.name for b in gcs.list_blobs(prefix="out4/"))
     assert not [n for n in names if "of-00002" in n or ".staging" in n]
+
+
+def test_slides_from_gcs_file_and_dicom_wsi_prefix(gcs, tmp_path):
+    """An SVS object and a DICOM WSI folder under a gs:// prefix give the same patches as local files."""
+    from pipelines.cli import run_pipeline
+    from pipelines.samples import synthetic_slide_rgb, write_svs
+    from schemas import read_records
+
+    svs = write_svs(str(tmp_path / "s.svs"), synthetic_slide_rgb(4096, 4096, seed=4), mpp=0.25)
+    folders = {"svs": svs}
+    if shutil.which("OrthancWSIDicomizer"):
+        from test_dicom_wsi import dicomize
+
+        folders["dicom"] = dicomize(svs, str(tmp_path / "dicom"), 0.25)
+    _upload_folder(gcs, str(tmp_path), "wsi")
+    opts = ["--patch_size", "112", "--stride", "112", "--image_size", "112", "--max_patches", "6"]
+    images = {}
+    for name, local in folders.items():
+        rel = os.path.relpath(local, str(tmp_path))
+        for where, ref in (("local", local), ("gcs", f"gs://{BUCKET}/wsi/{rel}" + ("/" if name == "dicom" else ""))):
+            m = tmp_path / f"m-{name}-{where}.jsonl"
+            m.write_text(json.dumps({"id": name, "image": ref, "text": "t"}) + "\n")
+            out = str(tmp_path / f"o-{name}-{where}")
+            s = run_pipeline("slides", ["--input", str(m), "--output_dir", out, *opts])
+            assert (s["examples"], s["errors"]) == (1, 0), (name, where)
+            images[(name, where)] = next(read_records(os.path.join(out, "arrayrecord")))["images"]
+    for name in folders:
+        assert images[(name, "gcs")] == images[(name, "local")]
+    if "dicom" in folders:
+        assert images[("dicom", "gcs")] == images[("svs", "local")]
+
+
+def test_missing_gcs_slide_is_a_read_error(gcs, tmp_path):
+    from pipelines.cli import run_pipeline
+
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": f"gs://{BUCKET}/nowhere/slide.svs", "text": "t"}) + "\n")
+    s = run_pipeline("slides", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o")])
+    lines = [json.loads(x) for x in open(tmp_path / "o" / "errors" / "errors-00000-of-00001.jsonl")]
+    assert s["errors_by_stage"] == {"read": 1} and "file not found" in lines[0]["message"]

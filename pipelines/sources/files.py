@@ -45,8 +45,10 @@ class LocalFile:
         self.path, self._temporary = path, temporary
 
     def cleanup(self) -> None:
-        """Delete the temporary copy, if any."""
-        if self._temporary and os.path.exists(self.path):
+        """Delete the temporary copy (a file or a folder), if any."""
+        if self._temporary and os.path.isdir(self.path):
+            shutil.rmtree(self.path, ignore_errors=True)
+        elif self._temporary and os.path.exists(self.path):
             os.remove(self.path)
 
 
