@@ -1,4 +1,5 @@
 """DICOM WSI (made from a generated SVS by Debian's OrthancWSIDicomizer) read through wsidicom."""
+import contextlib
 import json
 import os
 import shutil
@@ -40,6 +41,25 @@ def pair(tmp_path_factory):
     d = tmp_path_factory.mktemp("dwsi")
     svs = write_svs(str(d / "s.svs"), synthetic_slide_rgb(SIDE, SIDE, seed=4), mpp=0.25)
     return svs, dicomize(svs, str(d / "dicom"), 0.25)
+
+
+@contextlib.contextmanager
+def served(folder: str, tmp_path):
+    """A real Orthanc holding the DICOM WSI in `folder`; yields the series' DICOMweb URL."""
+    import orthanc  # tests/orthanc.py
+
+    if not orthanc.available():
+        pytest.skip("Orthanc not installed")
+    (tmp_path / "orthanc").mkdir()
+    server = orthanc.OrthancServer(str(tmp_path / "orthanc"))
+    try:
+        files = sorted(os.path.join(folder, f) for f in os.listdir(folder))
+        for f in files:
+            server.upload(f)
+        ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+        yield f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+    finally:
+        server.stop()
 
 
 def _key(p):
@@ -85,19 +105,8 @@ def test_non_wsi_dicom_folder_is_a_clear_error(tmp_path):
 
 
 def test_dicom_wsi_from_dicomweb_series(pair, tmp_path):
-    import orthanc  # tests/orthanc.py
-
-    if not orthanc.available():
-        pytest.skip("Orthanc not installed")
     svs, folder = pair
-    (tmp_path / "orthanc").mkdir()
-    server = orthanc.OrthancServer(str(tmp_path / "orthanc"))
-    try:
-        files = sorted(os.path.join(folder, f) for f in os.listdir(folder))
-        for f in files:
-            server.upload(f)
-        ds = pydicom.dcmread(files[0], stop_before_pixels=True)
-        url = f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+    with served(folder, tmp_path) as url:
         assert prepare_slide(url, options=OPTS).encoded == prepare_slide(folder, options=OPTS).encoded
         (tmp_path / "m.jsonl").write_text(json.dumps({"id": "web", "image": url, "text": "t"}) + "\n")
         s = run_pipeline("slides", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o"),
@@ -105,8 +114,6 @@ def test_dicom_wsi_from_dicomweb_series(pair, tmp_path):
         assert (s["examples"], s["errors"]) == (1, 0)
         rec = next(read_records(str(tmp_path / "o" / "arrayrecord")))
         assert rec["images"] == prepare_slide(folder, options=OPTS).encoded
-    finally:
-        server.stop()
 
 
 def test_tiled_full_and_tiled_sparse_read_the_same(pair, tmp_path):
@@ -128,25 +135,12 @@ def test_tiled_full_and_tiled_sparse_read_the_same(pair, tmp_path):
 
 
 def test_inspect_draws_the_map_of_a_dicomweb_slide(pair, tmp_path):
-    import orthanc  # tests/orthanc.py
-
     from pipelines.cli import main
 
-    if not orthanc.available():
-        pytest.skip("Orthanc not installed")
     _, folder = pair
-    (tmp_path / "orthanc").mkdir()
-    server = orthanc.OrthancServer(str(tmp_path / "orthanc"))
-    try:
-        files = sorted(os.path.join(folder, f) for f in os.listdir(folder))
-        for f in files:
-            server.upload(f)
-        ds = pydicom.dcmread(files[0], stop_before_pixels=True)
-        url = f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+    with served(folder, tmp_path) as url:
         (tmp_path / "m.jsonl").write_text(json.dumps({"image": url, "text": "t"}) + "\n")
         run_pipeline("slides", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o"),
                                 "--patch_size", "112", "--stride", "112", "--image_size", "112", "--max_patches", "4"])
         assert main(["inspect", str(tmp_path / "o")]) == 0
         assert open(tmp_path / "o" / "report.html").read().count('class="slidemap"') == 1
-    finally:
-        server.stop()
