@@ -1,12 +1,15 @@
 """The common tail of every pipeline: shards, errors, summary.json and preview.png."""
 from __future__ import annotations
 
+from typing import Tuple
+
 import apache_beam as beam
 
 from pipelines.config import Config
 from pipelines.outputs import join, write_bytes
 from pipelines.preview import caption_of, contact_sheet
-from pipelines.sinks import WriteErrors, WriteShards
+from pipelines.sinks import WriteErrors, WriteShards, image_bytes_estimate, plan_shards, serialize
+from pipelines.split import split_fractions
 from pipelines.summary import build_summary, sum_counts, summary_json
 from transforms.encode import file_extension
 
@@ -21,7 +24,8 @@ def _write_preview(samples, output_dir):
     write_bytes(join(output_dir, "preview.png"), contact_sheet(sorted(samples)))
 
 
-def manifest_pipeline(p: beam.Pipeline, name: str, config: Config, prepare: beam.DoFn, per_series: bool = False):
+def manifest_pipeline(p: beam.Pipeline, name: str, config: Config, prepare: beam.DoFn, per_series: bool = False,
+                      images_per_input: int = 1):
     """The graph every pipeline shares: rows (manifest or discovery) -> Reshuffle -> prepare -> WriteDataset."""
     from pipelines.dead_letter import ERRORS, STATS
     from pipelines.discovery import DiscoverRows, is_folder_input
@@ -31,25 +35,33 @@ def manifest_pipeline(p: beam.Pipeline, name: str, config: Config, prepare: beam
         rows = p | "Discover" >> DiscoverRows(config, per_series)
     else:
         rows = p | "Manifest" >> beam.Create([config.input]) | "ReadRows" >> beam.FlatMap(read_manifest)
-    rows = rows | "Spread" >> beam.Reshuffle()
-    out = rows | "Prepare" >> beam.ParDo(prepare).with_outputs(ERRORS, STATS, main="records")
-    return (rows, out.records, out[STATS], out[ERRORS]) | "Write" >> WriteDataset(name, config)
+    out = (rows
+           | "Spread" >> beam.Reshuffle()
+           | "Prepare" >> beam.ParDo(prepare).with_outputs(ERRORS, STATS, main="records"))
+    # Inputs are counted before the Reshuffle, so the shard plan exists before records do.
+    return (rows, out.records, out[STATS], out[ERRORS]) | "Write" >> WriteDataset(name, config, images_per_input)
 
 
 class WriteDataset(beam.PTransform):
     """(inputs, records, stats, errors) -> every output file of DESIGN.md's 'Outputs'."""
 
-    def __init__(self, pipeline_name: str, config: Config):
+    def __init__(self, pipeline_name: str, config: Config, images_per_input: int = 1):
         super().__init__()
         self.pipeline_name, self.config = pipeline_name, config
+        self.images_per_input = images_per_input
 
     def expand(self, pcolls):
         inputs, records, stats, errors = pcolls
         cfg = self.config
-        files = records | "Shards" >> WriteShards(cfg.write_dir, cfg.formats, cfg.num_shards,
-                                                  file_extension(cfg.image_format))
-        error_file = errors | "Errors" >> WriteErrors(cfg.write_dir)
+        # Records are serialized once, where they are made: shuffles then move one bytes object
+        # per example (cheap to code) instead of a dict of lists, on any runner.
+        examples = records | "Serialize" >> beam.Map(serialize).with_output_types(Tuple[str, str, bytes])
         n_inputs = inputs | "CountInputs" >> beam.combiners.Count.Globally()
+        per_input = self.images_per_input * image_bytes_estimate(cfg.image_size, cfg.image_format)
+        fractions = split_fractions(cfg.val_fraction, cfg.test_fraction)
+        plan = n_inputs | "PlanShards" >> beam.Map(plan_shards, cfg.num_shards, fractions, per_input)
+        files = (examples, plan) | "Shards" >> WriteShards(cfg.write_dir, cfg.formats, file_extension(cfg.image_format))
+        error_file = errors | "Errors" >> WriteErrors(cfg.write_dir)
         total = stats | "SumStats" >> beam.CombineGlobally(sum_counts)
         (records
          | "PreviewSample" >> beam.Map(lambda r: (r["example_id"], r["images"][0], caption_of(r)))

@@ -8,28 +8,34 @@ from __future__ import annotations
 import io
 import json
 import math
+from typing import Tuple
 
 import apache_beam as beam
 import pyarrow.parquet as pq
 
 from pipelines.outputs import join, shard_name, write_bytes, write_via_local
 from schemas.arrow import to_table
-from schemas.example_codec import encode_example
+from schemas.example_codec import decode_example, encode_example
 
 TARGET_SHARD_BYTES = 256 << 20
 PARQUET_ROWS_PER_GROUP = 32
 FORMAT_DIRS = {"arrayrecord": ("arrayrecord", ".array_record"), "parquet": ("parquet", ".parquet")}
 
 
-def record_nbytes(record: dict) -> int:
-    """Approximate stored size of a record: its image bytes plus 1 KiB."""
-    return sum(len(b) for b in record["images"]) + 1024
+def image_bytes_estimate(image_size: int, image_format: str) -> int:
+    """Typical encoded size of one output image (PNG level 1 ~25 % of raw RGB, JPEG q95 ~8 %)."""
+    return int(image_size * image_size * 3 * (0.08 if image_format == "jpeg" else 0.25))
 
 
-def num_shards_for(count: int, nbytes: int, requested: int) -> int:
-    """Shards for one split: the requested number (0 = by size, 256 MiB each), never more than examples."""
-    n = requested if requested > 0 else math.ceil(nbytes / TARGET_SHARD_BYTES)
-    return max(1, min(n, count))
+def plan_shards(n_inputs: int, requested: int, fractions: dict[str, float], bytes_per_input: int) -> dict[str, int]:
+    """Shards per split, known before any record exists: the requested number (0 = about
+    256 MiB each, from the input count), never more than the split's expected inputs."""
+    plan = {}
+    for split, fraction in fractions.items():
+        expected = max(1, math.ceil(n_inputs * fraction))
+        n = requested if requested > 0 else math.ceil(expected * bytes_per_input / TARGET_SHARD_BYTES)
+        plan[split] = max(1, min(n, expected))
+    return plan
 
 
 def shard_of(example_id: str, n: int) -> int:
@@ -37,32 +43,32 @@ def shard_of(example_id: str, n: int) -> int:
     return int(example_id[:16], 16) % n
 
 
-def _sum_pairs(pairs):
-    count = nbytes = 0
-    for c, b in pairs:
-        count += c
-        nbytes += b
-    return count, nbytes
+def serialize(record: dict) -> tuple[str, str, bytes]:
+    """record -> (split, example_id, tf.train.Example bytes): what moves between stages and workers."""
+    return record["split"], record["example_id"], encode_example(record)
 
 
-def _write_arrayrecord(path: str, records: list[dict]) -> int:
+def _write_arrayrecord(path: str, examples: list[bytes]) -> int:
     from array_record.python.array_record_module import ArrayRecordWriter
 
     def write(local: str) -> None:
-        writer = ArrayRecordWriter(local, "group_size:1")
+        # Images are PNG/JPEG already: a second compression pass costs CPU for ~0.1 % of bytes.
+        writer = ArrayRecordWriter(local, "group_size:1,uncompressed")
         try:
-            for r in records:
-                writer.write(encode_example(r))
+            for data in examples:
+                writer.write(data)
         finally:
             writer.close()
 
     return write_via_local(path, write)
 
 
-def _write_parquet(path: str, records: list[dict], extension: str) -> int:
+def _write_parquet(path: str, examples: list[bytes], extension: str) -> int:
     buf = io.BytesIO()
-    table = to_table(records, extension)
-    pq.write_table(table, buf, row_group_size=PARQUET_ROWS_PER_GROUP, compression="zstd")
+    table = to_table([decode_example(data) for data in examples], extension)
+    compression = {name: "zstd" for name in table.column_names}
+    compression["images"] = "none"   # already-compressed image bytes
+    pq.write_table(table, buf, row_group_size=PARQUET_ROWS_PER_GROUP, compression=compression)
     data = buf.getvalue()
     write_bytes(path, data)
     return len(data)
@@ -74,46 +80,60 @@ class _WriteShard(beam.DoFn):
 
     def process(self, element):
         (split, index, count), values = element
-        records = sorted((r for r in values if r is not None), key=lambda r: r["example_id"])
+        examples = [data for _, data in sorted(values)]
         for fmt in self.formats:
             folder, suffix = FORMAT_DIRS[fmt]
             path = join(self.output_dir, folder, shard_name(split, index, count, suffix))
             if fmt == "arrayrecord":
-                size = _write_arrayrecord(path, records)
+                size = _write_arrayrecord(path, examples)
             else:
-                size = _write_parquet(path, records, self.extension)
+                size = _write_parquet(path, examples, self.extension)
             yield {"format": fmt, "split": split, "shard": index, "of": count,
                    "path": join(folder, shard_name(split, index, count, suffix)),
-                   "records": len(records), "bytes": size}
+                   "records": len(examples), "bytes": size}
+
+
+def _assign_shard(example: tuple[str, str, bytes], plan: dict) -> tuple:
+    split, example_id, data = example
+    n = plan.get(split, 1)
+    return (split, shard_of(example_id, n), n), (example_id, data)
+
+
+def _empty_shards(split_plan, written, output_dir, formats, extension):
+    """Write the shards of a split that received no example (so every split has all N files)."""
+    split, n = split_plan
+    done = {(f["split"], f["shard"]) for f in written}
+    for index in range(n):
+        if (split, index) not in done:
+            yield from _WriteShard(output_dir, formats, extension).process(((split, index, n), []))
 
 
 class WriteShards(beam.PTransform):
-    """records -> shard files in every format; outputs one dict per file written."""
+    """(examples, plan) -> shard files in every format; one dict per file written.
 
-    def __init__(self, output_dir: str, formats: tuple, num_shards: int, extension: str):
+    examples: (split, example_id, Example bytes); plan: a one-element PCollection
+    {split: shard count}, computed from the inputs, so shard keys are assigned where
+    records are made and no stage waits for every record before the shuffle.
+    """
+
+    def __init__(self, output_dir: str, formats: tuple, extension: str):
         super().__init__()
-        self.output_dir, self.formats, self.num_shards, self.extension = output_dir, formats, num_shards, extension
+        self.output_dir, self.formats, self.extension = output_dir, formats, extension
 
-    def expand(self, records):
-        requested = self.num_shards
-        plan = (
-            records
-            | "SizeBySplit" >> beam.Map(lambda r: (r["split"], (1, record_nbytes(r))))
-            | "SumBySplit" >> beam.CombinePerKey(_sum_pairs)
-            | "PlanShards" >> beam.MapTuple(lambda split, cb: (split, num_shards_for(cb[0], cb[1], requested)))
-        )
-        assigned = records | "AssignShard" >> beam.Map(
-            lambda r, p: ((r["split"], shard_of(r["example_id"], p[r["split"]]), p[r["split"]]), r),
-            beam.pvalue.AsDict(plan),
-        )
-        every_shard = plan | "EveryShard" >> beam.FlatMapTuple(
-            lambda split, n: [((split, i, n), None) for i in range(n)])
-        return (
-            (assigned, every_shard)
-            | "Both" >> beam.Flatten()
+    def expand(self, pcolls):
+        examples, plan = pcolls
+        written = (
+            examples
+            | "AssignShard" >> beam.Map(_assign_shard, beam.pvalue.AsSingleton(plan))
+            .with_output_types(Tuple[Tuple[str, int, int], Tuple[str, bytes]])
             | "GroupShards" >> beam.GroupByKey()
             | "WriteShard" >> beam.ParDo(_WriteShard(self.output_dir, self.formats, self.extension))
         )
+        empty = (plan
+                 | "Splits" >> beam.FlatMap(lambda p: sorted(p.items()))
+                 | "EmptyShards" >> beam.FlatMap(_empty_shards, beam.pvalue.AsList(written), self.output_dir,
+                                                 self.formats, self.extension))
+        return (written, empty) | "AllShards" >> beam.Flatten()
 
 
 def _write_errors(lines: list[dict], output_dir: str) -> dict:

@@ -14,3 +14,9 @@ def assign_split(patient_key: str, val_fraction: float, test_fraction: float) ->
     if u < test_fraction + val_fraction:
         return "val"
     return "train"
+
+
+def split_fractions(val_fraction: float, test_fraction: float) -> dict[str, float]:
+    """The expected share of patients in each split that can receive examples."""
+    fractions = {"train": 1.0 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
+    return {split: f for split, f in fractions.items() if f > 0}

@@ -161,4 +161,5 @@ class PrepareVolumeRow(ManifestRowDoFn):
 
 def build(p: beam.Pipeline, config: Config):
     """The volumes pipeline graph."""
-    return manifest_pipeline(p, "volumes", config, PrepareVolumeRow(config), per_series=True)
+    return manifest_pipeline(p, "volumes", config, PrepareVolumeRow(config), per_series=True,
+                             images_per_input=config.max_slices * len(config.granularity))
