@@ -8,6 +8,7 @@ import sys
 
 from pipelines.options import (OptionError, add_common_options, add_slide_options, add_volume_options,
                                config_from_args)
+from pipelines.metrics import format_latency
 from pipelines.runner import check_beam_args, run
 
 PIPELINES = {"images": "pipelines.images", "volumes": "pipelines.volumes", "slides": "pipelines.slides"}
@@ -36,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def run_pipeline(name: str, argv: list[str]) -> dict:
     """Parse pipeline options, validate, run; returns summary.json's content."""
+    return run_pipeline_with_result(name, argv)[0]
+
+
+def run_pipeline_with_result(name: str, argv: list[str]):
+    """run_pipeline, also returning Beam's PipelineResult (its metrics: pipelines.metrics)."""
     import importlib
 
     parser = _parser()
@@ -47,7 +53,7 @@ def run_pipeline(name: str, argv: list[str]) -> dict:
     from apache_beam.io.filesystems import FileSystems
 
     try:
-        run(module.build, config, beam_args)
+        result = run(module.build, config, beam_args)
     except BaseException:
         logging.getLogger(__name__).error(
             "the run failed; %s keeps its previous outputs (partial files are in %s)", config.output_dir,
@@ -56,7 +62,7 @@ def run_pipeline(name: str, argv: list[str]) -> dict:
     commit_outputs(config.staging_dir, config.output_dir)
 
     with FileSystems.open(join(config.output_dir, "summary.json")) as fh:
-        return json.loads(fh.read())
+        return json.loads(fh.read()), result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             args = _parser().parse_args(argv)
             return demo_main(args.output_dir)
         if argv and argv[0] in PIPELINES:
-            summary = run_pipeline(argv[0], argv[1:])
+            summary, result = run_pipeline_with_result(argv[0], argv[1:])
+            print(format_latency(result), file=sys.stderr)
             print(json.dumps({k: summary[k] for k in ("inputs", "examples", "images", "errors", "reconciled")}))
             return 0 if summary["reconciled"] else 1
         _parser().parse_args(argv)  # prints usage / help

@@ -67,6 +67,8 @@ class Config:
     query: str = ""          # QIDO filters for discovery
     reports: str = ""        # report texts joined by StudyInstanceUID / AccessionNumber
     staging_dir: str = ""   # where workers write; committed into output_dir when the run succeeds
+    progress_file: str = ""  # local runs: workers mark finished inputs here for the launcher's progress bar
+    expected_inputs: int = 0  # manifest rows, known at start-up (0: discovery, not known)
 
     @property
     def write_dir(self) -> str:
@@ -100,6 +102,7 @@ class Config:
         d = asdict(self)
         d.pop("salt")
         d.pop("staging_dir")
+        d.pop("progress_file")
         d["formats"] = list(self.formats)
         d["granularity"] = list(self.granularity)
         d["mr_percentiles"] = list(self.mr_percentiles)
@@ -111,7 +114,7 @@ class Config:
         """SHA-256 over the options that change record content (not input/output paths)."""
         d = self.public()
         for key in ("input", "output_dir", "tokenizer", "overwrite", "preview_count", "formats", "num_shards",
-                    "item_timeout", "dicomweb_url", "query", "reports"):
+                    "item_timeout", "dicomweb_url", "query", "reports", "expected_inputs"):
             d.pop(key, None)
         d["pipeline_version"] = PIPELINE_VERSION
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode("utf-8")).hexdigest()

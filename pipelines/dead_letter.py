@@ -7,13 +7,14 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
+import time
 import traceback
 from typing import Iterable, Iterator
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
-
-from transforms.errors import ItemError
+from pipelines.metrics import PipelineMetrics
+from pipelines.progress import WorkerProgress, mark_done
+from transforms.errors import ItemError, timed_stages
 
 ERRORS = "errors"
 STATS = "stats"
@@ -64,16 +65,19 @@ class ItemDoFn(beam.DoFn):
     The main output gets the records, tagged output STATS the summed stats plus one
     `inputs_ok` per input, tagged output ERRORS one error line per failed input. Outputs
     are buffered per item so a failure part-way loses nothing and duplicates nothing.
+    Every input is timed (per stage) into Beam metrics and reported to the progress display.
     """
 
     default_stage = "record"
     timeout: float | None = None   # seconds per item (None: no limit)
     final = True                   # False for a fan-out stage: inputs are counted done by a later stage
+    progress_file = ""             # local runs: where finished inputs are marked for the launcher's bar
 
     def __init__(self):
-        self._errors = Metrics.counter(self.__class__.__name__, "errors")
-        self._examples = Metrics.counter(self.__class__.__name__, "examples")
-        self._retried = Metrics.counter(self.__class__.__name__, "dicomweb_retries")
+        self.metrics = PipelineMetrics()
+
+    def setup(self):
+        self._progress = WorkerProgress(type(self).__name__)
 
     def ref_of(self, element) -> tuple[str, int]:
         """(reference, manifest row from 1; -1 when not from a manifest) naming the element in error lines."""
@@ -82,28 +86,49 @@ class ItemDoFn(beam.DoFn):
     def outputs(self, element) -> Iterable[tuple[dict, dict]]:
         raise NotImplementedError
 
+    def _finished(self, ok: bool) -> None:
+        self.metrics.inc("inputs")
+        self.metrics.inc("inputs_failed", not ok)
+        if not hasattr(self, "_progress"):   # a subclass's setup() that did not call ours
+            self._progress = WorkerProgress(type(self).__name__)
+        self._progress.add(ok)
+        if self.progress_file:
+            mark_done(self.progress_file, ok)
+
+    def _timed_outputs(self, element) -> tuple[list, dict]:
+        with timed_stages() as times:
+            start = time.perf_counter()
+            try:
+                return list(self.outputs(element)), times
+            finally:
+                times["item"] = time.perf_counter() - start
+
     def process(self, element) -> Iterator:
         from pipelines.sources.dicomweb import retries_so_far
 
         before = retries_so_far()
+        times: dict = {}
         try:
-            produced = run_with_limit(lambda: list(self.outputs(element)), self.timeout)
+            produced, times = run_with_limit(lambda: self._timed_outputs(element), self.timeout)
         except Exception as exc:  # every failure of one item becomes an error line
-            self._retried.inc(retries_so_far() - before)
+            self.metrics.inc("dicomweb_retries", retries_so_far() - before)
             ref, row = self.ref_of(element)
             line = error_line(ref, row, self.default_stage, exc)
             if not isinstance(exc, ItemError):
                 _LOG.warning("unexpected %s on %s:\n%s", type(exc).__name__, ref, traceback.format_exc())
-            self._errors.inc()
+            self.metrics.inc(f"errors_{line['stage']}")
+            self._finished(False)
             yield beam.pvalue.TaggedOutput(ERRORS, line)
             return
+        self.metrics.inc("dicomweb_retries", retries_so_far() - before)   # metrics live in the bundle's thread
+        self.metrics.stage_times(times)
         if not produced:
             ref, row = self.ref_of(element)
-            self._errors.inc()
+            self.metrics.inc(f"errors_{self.default_stage}")
+            self._finished(False)
             yield beam.pvalue.TaggedOutput(ERRORS, error_line(ref, row, self.default_stage,
                                                               ItemError(self.default_stage, "input produced no example")))
             return
-        self._retried.inc(retries_so_far() - before)   # Beam metrics live in this (the bundle's) thread
         if not self.final:
             yield from (out for out, _ in produced)
             return
@@ -111,6 +136,7 @@ class ItemDoFn(beam.DoFn):
         for record, stats in produced:
             for key, value in stats.items():
                 total[key] = total.get(key, 0) + value
-            self._examples.inc()
+            self.metrics.example(record)
             yield record
+        self._finished(True)
         yield beam.pvalue.TaggedOutput(STATS, total)

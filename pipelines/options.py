@@ -222,6 +222,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         raise OptionError("--val_fraction/--test_fraction", "together they must leave some patients for train (< 1)")
     from pipelines.discovery import is_folder_input, parse_query, read_reports
 
+    expected_inputs = 0
     if bool(args.input) == bool(args.dicomweb_url):
         raise OptionError("--input/--dicomweb_url", "give exactly one: a manifest or folder (--input), or a DICOMweb service")
     if args.dicomweb_url:
@@ -234,7 +235,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         raise OptionError("--input", f"manifest not found: {args.input}")
     else:
         try:
-            check_manifest(args.input)
+            expected_inputs = check_manifest(args.input)
         except ManifestError as exc:
             raise OptionError("--input", str(exc)) from None
     try:
@@ -270,6 +271,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         salt_is_default=not salt, staging_dir=new_staging_dir(args.output_dir), scrub_text=args.scrub_text,
         allow_burned_in=args.allow_burned_in, item_timeout=float(args.item_timeout),
         dicomweb_url=args.dicomweb_url.rstrip("/"), query=args.query, reports=args.reports,
+        expected_inputs=expected_inputs,
         **{k: getattr(args, k) for k in _VOLUME_KEYS if hasattr(args, k)},
     )
 

@@ -13,8 +13,10 @@ class ManifestRowDoFn(ItemDoFn):
         super().__init__()
         self.config = config
         self.timeout = config.item_timeout
+        self.progress_file = config.progress_file
 
     def setup(self):
+        super().setup()
         self.tokenizer = load_tokenizer(self.config.tokenizer)
 
     def ref_of(self, row) -> tuple[str, int]:

@@ -1,10 +1,17 @@
 """Run a pipeline graph with the user's Beam options."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+import os
+import tempfile
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipelines.metrics import query_metrics
+from pipelines.progress import ProgressBar
 
 _LOG = logging.getLogger(__name__)
 
@@ -35,21 +42,29 @@ def make_runner(options: PipelineOptions):
 
 
 def run(build, config, beam_args: list[str]):
-    """Build the graph with `build(pipeline, config)`, run it, wait, return the result."""
+    """Build the graph with `build(pipeline, config)`, run it, wait, return the result.
+
+    Local runs (the DirectRunner, in-process or multi_processing) show a progress bar on stderr.
+    """
     options = PipelineOptions(beam_args)
-    pipeline = beam.Pipeline(runner=make_runner(options), options=options)
-    build(pipeline, config)
-    result = pipeline.run()
-    result.wait_until_finish()
-    _log_counters(result)
+    runner = make_runner(options)
+    local = not isinstance(runner, str)
+    with tempfile.TemporaryDirectory(prefix="medprep-progress-") as folder:
+        if local:
+            config = dataclasses.replace(config, progress_file=os.path.join(folder, "done"))
+        pipeline = beam.Pipeline(runner=runner, options=options)
+        build(pipeline, config)
+        with ProgressBar(config.progress_file, config.expected_inputs) if local else contextlib.nullcontext():
+            result = pipeline.run()
+            result.wait_until_finish()
+    log_metrics(result)
     return result
 
 
-def _log_counters(result) -> None:
-    """Log the run's Beam counters (examples, errors, DICOMweb retries) at INFO."""
-    try:
-        counters = result.metrics().query()["counters"]
-    except Exception:  # some runners report no metrics
-        return
-    for c in counters:
-        _LOG.info("%s/%s = %s", c.key.metric.namespace, c.key.metric.name, c.committed or c.attempted)
+def log_metrics(result) -> None:
+    """Log the run's medprep counters and latency distributions at INFO."""
+    counters, distributions = query_metrics(result)
+    for (step, name), value in sorted(counters.items()):
+        _LOG.info("%s %s = %s", step, name, value)
+    for (step, name), (count, total, _, high) in sorted(distributions.items()):
+        _LOG.info("%s %s: n=%d mean=%.1f max=%d", step, name, count, total / count, high)

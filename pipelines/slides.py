@@ -19,6 +19,7 @@ from pipelines.config import Config
 from pipelines.dataset_writer import WriteDataset
 from pipelines.dead_letter import ERRORS, STATS
 from pipelines.manifest import read_manifest, resolve_ref
+from pipelines.metrics import PipelineMetrics
 from pipelines.records import PROMPT, ExampleParts, build_record
 from pipelines.row_dofn import ManifestRowDoFn
 from pipelines.sources.dicomweb import parse_ref, wsi_web_client
@@ -26,7 +27,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines.outputs import localize
 from pipelines.sources.files import LocalFile, localize_file
-from transforms.errors import ItemError, stage
+from transforms.errors import ItemError, stage, timed_stages
 from transforms.slide import SlidePlan, plan_slide, read_patch
 from transforms.slide_reader import OpenSlideReader, open_slide, open_web_wsi
 from transforms.text import IMAGE
@@ -102,6 +103,7 @@ class ReadPatches(beam.DoFn):
 
     def __init__(self, config: Config):
         self.config = config
+        self.metrics = PipelineMetrics()
 
     def setup(self):
         self.readers = _Readers()
@@ -122,9 +124,15 @@ class ReadPatches(beam.DoFn):
             return
         for index, patch in batch:
             try:
-                yield key, (row, info, total, index, read_patch(reader, info["level"], patch, options), "")
+                with timed_stages() as times:
+                    finished = read_patch(reader, info["level"], patch, options)
             except Exception as exc:  # one bad patch: the others go on
+                self.metrics.inc("patches_unreadable")
                 yield key, (row, info, total, index, None, f"patch at ({patch.x}, {patch.y}): {exc}")
+                continue
+            self.metrics.inc("patches_read")
+            self.metrics.stage_times({f"patch_{name}": sec for name, sec in times.items()})
+            yield key, (row, info, total, index, finished, "")
 
 
 class AssembleSlide(ManifestRowDoFn):
@@ -176,11 +184,8 @@ class AssembleSlide(ManifestRowDoFn):
 
 def build(p: beam.Pipeline, config: Config):
     """The slides pipeline graph."""
-    rows = (p
-            | "Manifest" >> beam.Create([config.input])
-            | "ReadRows" >> beam.FlatMap(read_manifest)
-            | "Spread" >> beam.Reshuffle())
-    planned = rows | "Plan" >> beam.ParDo(PlanSlides(config)).with_outputs(ERRORS, STATS, main="batches")
+    rows = p | "Manifest" >> beam.Create([config.input]) | "ReadRows" >> beam.FlatMap(read_manifest)
+    planned = rows | "Spread" >> beam.Reshuffle() | "Plan" >> beam.ParDo(PlanSlides(config)).with_outputs(ERRORS, STATS, main="batches")
     assembled = (planned.batches
                  | "SpreadBatches" >> beam.Reshuffle()
                  | "ReadPatches" >> beam.ParDo(ReadPatches(config))
@@ -188,4 +193,5 @@ def build(p: beam.Pipeline, config: Config):
                  | "Materialize" >> beam.MapTuple(lambda key, results: (key, list(results)))
                  | "Assemble" >> beam.ParDo(AssembleSlide(config)).with_outputs(ERRORS, STATS, main="records"))
     errors = (planned[ERRORS], assembled[ERRORS]) | "AllErrors" >> beam.Flatten()
-    return (rows, assembled.records, assembled[STATS], errors) | "Write" >> WriteDataset("slides", config)
+    return (rows, assembled.records, assembled[STATS], errors) | "Write" >> WriteDataset(
+        "slides", config, images_per_input=config.max_patches * len(config.granularity))

@@ -1,4 +1,11 @@
-"""The one exception type per-item code raises: it names the pipeline stage that failed."""
+"""The one exception type per-item code raises: it names the pipeline stage that failed.
+
+`stage(name)` also times its block: inside `timed_stages()`, seconds per stage accumulate
+in the dict it yields (the pipelines turn them into per-stage latency metrics).
+"""
+import threading
+import time
+from contextlib import contextmanager
 
 STAGES = ("manifest", "read", "decode", "transform", "encode", "text", "record", "privacy", "timeout")
 
@@ -17,8 +24,26 @@ class ItemError(Exception):
         return (ItemError, (self.stage, self.message))
 
 
+_TIMES = threading.local()
+
+
+@contextmanager
+def timed_stages():
+    """Collect {stage: seconds} for `stage` blocks run in this thread inside the `with`.
+
+    Times are exclusive: a stage nested in another counts only for the inner one.
+    """
+    outer = getattr(_TIMES, "current", None)
+    times: dict[str, float] = {}
+    _TIMES.current = times
+    try:
+        yield times
+    finally:
+        _TIMES.current = outer
+
+
 class stage:
-    """Context manager: any non-ItemError exception inside becomes ItemError(name, …)."""
+    """Context manager: any non-ItemError exception inside becomes ItemError(name, …); timed."""
 
     def __init__(self, name: str):
         if name not in STAGES:
@@ -26,9 +51,20 @@ class stage:
         self.name = name
 
     def __enter__(self):
+        stack = _TIMES.__dict__.setdefault("stack", [])
+        self._start, self._children = time.perf_counter(), 0.0
+        stack.append(self)
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        elapsed = time.perf_counter() - self._start
+        stack = _TIMES.stack
+        stack.pop()
+        if stack:
+            stack[-1]._children += elapsed
+        times = getattr(_TIMES, "current", None)
+        if times is not None:
+            times[self.name] = times.get(self.name, 0.0) + elapsed - self._children
         if exc is None or isinstance(exc, ItemError) or not isinstance(exc, Exception):
             return False
         raise ItemError(self.name, f"{type(exc).__name__}: {exc}") from exc

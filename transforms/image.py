@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 
 from transforms.dicom_render import RenderOptions, Rendered, read_dataset, render_dataset
 from transforms.encode import DEFAULT_JPEG_QUALITY, DEFAULT_PNG_LEVEL, encode_image
-from transforms.errors import ItemError
+from transforms.errors import ItemError, stage
 from transforms.formats import PHOTO_FORMATS, detect_format
 from transforms.geometry import PadResize, pad_and_resize
 from transforms.photo import decode_photo
@@ -62,15 +62,17 @@ def decode_any(data: bytes, name: str = "", options: ImageOptions = ImageOptions
 
 def finish_rgb(pixels: np.ndarray, options: ImageOptions = ImageOptions()) -> tuple[Image.Image, bytes, PadResize]:
     """uint8 RGB (H, W, 3) or grey (H, W) -> (PIL RGB image size×size, encoded bytes, plan). Shared by every pipeline."""
-    try:
-        img, plan = pad_and_resize(pixels, options.size)
-    except ValueError as exc:
-        raise ItemError("transform", str(exc)) from None
-    try:
-        encoded = encode_image(img, options.image_format, png_level=options.png_level,
-                               jpeg_quality=options.jpeg_quality)
-    except (OSError, ValueError) as exc:
-        raise ItemError("encode", f"cannot encode {options.image_format}: {exc}") from None
+    with stage("transform"):
+        try:
+            img, plan = pad_and_resize(pixels, options.size)
+        except ValueError as exc:
+            raise ItemError("transform", str(exc)) from None
+    with stage("encode"):
+        try:
+            encoded = encode_image(img, options.image_format, png_level=options.png_level,
+                                   jpeg_quality=options.jpeg_quality)
+        except (OSError, ValueError) as exc:
+            raise ItemError("encode", f"cannot encode {options.image_format}: {exc}") from None
     return img, encoded, plan
 
 

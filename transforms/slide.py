@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from transforms.errors import ItemError
+from transforms.errors import ItemError, stage
 from transforms.image import FinishedImage, ImageOptions, finish_rendered
 from transforms.dicom_render import Rendered
 from transforms.patches import Patch, grid, sample_patches, select_patches
@@ -74,10 +74,12 @@ def plan_slide(reader, options: SlideOptions = SlideOptions()) -> SlidePlan:
 def read_patch(reader, level: int, patch: Patch, options: SlideOptions = SlideOptions()) -> FinishedImage:
     """One patch: read at `level` (the plan's), resized to patch_size at the target mpp, then finished."""
     side = max(1, int(round(patch.size0 / reader.downsamples[level])))
-    rgb = reader.read(level, patch.x, patch.y, side, side)
+    with stage("read"):
+        rgb = reader.read(level, patch.x, patch.y, side, side)
     if side != options.patch_size:
-        rgb = np.asarray(Image.fromarray(rgb).resize((options.patch_size, options.patch_size),
-                                                     Image.Resampling.BILINEAR))
+        with stage("transform"):
+            rgb = np.asarray(Image.fromarray(rgb).resize((options.patch_size, options.patch_size),
+                                                         Image.Resampling.BILINEAR))
     finished = finish_rendered(Rendered(pixels=rgb, info={"format": "slide"}), options.image)
     finished.info.update({"x": patch.x, "y": patch.y, "size0": round(patch.size0, 3), "level": level,
                           "mpp": options.target_mpp, "tissue": patch.tissue, "read_side": side})

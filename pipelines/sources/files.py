@@ -9,7 +9,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines.sources.dicomweb import client_for, parse_ref
 from pipelines.sources.gcs import use_emulator_if_configured
-from transforms.errors import ItemError
+from transforms.errors import ItemError, stage
 
 use_emulator_if_configured()  # on import, so every worker process gets it
 
@@ -25,17 +25,18 @@ def read_bytes(ref: str, name: str = "") -> bytes:
     Messages name the file as `name` (the reference as the user wrote it) when given, so error
     lines do not depend on where the data was read from.
     """
-    web = parse_ref(ref)
-    if web is not None:
-        if not web.instance:
-            raise ItemError("read", f"{name or ref} is a DICOMweb study/series, not an instance")
-        return client_for(web.base).retrieve_instance(web)
-    try:
-        with FileSystems.open(ref, compression_type="uncompressed") as fh:
-            return fh.read()
-    except Exception as exc:  # Beam wraps OSError in BeamIOError
-        reason = "file not found" if _not_found(exc) else str(exc)
-        raise ItemError("read", f"cannot read {name or ref}: {reason}") from None
+    with stage("read"):
+        web = parse_ref(ref)
+        if web is not None:
+            if not web.instance:
+                raise ItemError("read", f"{name or ref} is a DICOMweb study/series, not an instance")
+            return client_for(web.base).retrieve_instance(web)
+        try:
+            with FileSystems.open(ref, compression_type="uncompressed") as fh:
+                return fh.read()
+        except Exception as exc:  # Beam wraps OSError in BeamIOError
+            reason = "file not found" if _not_found(exc) else str(exc)
+            raise ItemError("read", f"cannot read {name or ref}: {reason}") from None
 
 
 class LocalFile:
