@@ -125,7 +125,7 @@ class ReadPatches(beam.DoFn):
         for index, patch in batch:
             try:
                 with timed_stages() as times:
-                    finished = read_patch(reader, info["level"], patch, options)
+                    finished = read_patch(reader, info["level"], patch, options).without_pixels()
             except Exception as exc:  # one bad patch: the others go on
                 self.metrics.inc("patches_unreadable")
                 yield key, (row, info, total, index, None, f"patch at ({patch.x}, {patch.y}): {exc}")

@@ -6,7 +6,7 @@ inference time, so both produce byte-identical encoded images.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence, Union
 
 import numpy as np
@@ -45,6 +45,10 @@ class FinishedImage:
     plan: PadResize
     info: dict = field(default_factory=dict)
     identifiers: dict = field(default_factory=dict)
+
+    def without_pixels(self) -> "FinishedImage":
+        """The same image without its decoded pixels (image=None): what records need, 1/6 the memory."""
+        return replace(self, image=None)
 
 
 def decode_any(data: bytes, name: str = "", options: ImageOptions = ImageOptions()) -> Rendered:
