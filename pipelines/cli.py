@@ -40,8 +40,13 @@ def run_pipeline(name: str, argv: list[str]) -> dict:
     return run_pipeline_with_result(name, argv)[0]
 
 
-def run_pipeline_with_result(name: str, argv: list[str]):
-    """run_pipeline, also returning Beam's PipelineResult (its metrics: pipelines.metrics)."""
+def run_pipeline_with_result(name: str, argv: list[str], wait: bool = True):
+    """run_pipeline, also returning Beam's PipelineResult (its metrics: pipelines.metrics).
+
+    wait=False (flex-template launchers, which must exit once the job is submitted): the job
+    commits its own outputs as its last step, and the summary returned is None.
+    """
+    import dataclasses
     import importlib
 
     parser = _parser()
@@ -52,6 +57,9 @@ def run_pipeline_with_result(name: str, argv: list[str]):
     from pipelines.outputs import commit_outputs, join
     from apache_beam.io.filesystems import FileSystems
 
+    if not wait:
+        config = dataclasses.replace(config, commit_in_pipeline=True)
+        return None, run(module.build, config, beam_args, wait=False)
     try:
         result = run(module.build, config, beam_args)
     except BaseException:

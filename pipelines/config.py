@@ -69,6 +69,7 @@ class Config:
     staging_dir: str = ""   # where workers write; committed into output_dir when the run succeeds
     progress_file: str = ""  # local runs: workers mark finished inputs here for the launcher's progress bar
     expected_inputs: int = 0  # manifest rows, known at start-up (0: discovery, not known)
+    commit_in_pipeline: bool = False  # the job commits staging into output_dir itself (launchers that exit)
 
     @property
     def write_dir(self) -> str:
@@ -114,7 +115,8 @@ class Config:
         """SHA-256 over the options that change record content (not input/output paths)."""
         d = self.public()
         for key in ("input", "output_dir", "tokenizer", "overwrite", "preview_count", "formats", "num_shards",
-                    "item_timeout", "dicomweb_url", "query", "reports", "expected_inputs"):
+                    "item_timeout", "dicomweb_url", "query", "reports", "expected_inputs",
+                    "commit_in_pipeline"):
             d.pop(key, None)
         d["pipeline_version"] = PIPELINE_VERSION
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode("utf-8")).hexdigest()

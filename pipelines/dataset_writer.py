@@ -6,7 +6,7 @@ from typing import Tuple
 import apache_beam as beam
 
 from pipelines.config import Config
-from pipelines.outputs import join, write_bytes
+from pipelines.outputs import commit_outputs, join, write_bytes
 from pipelines.preview import caption_of, contact_sheet
 from pipelines.sinks import WriteErrors, WriteShards, image_bytes_estimate, plan_shards, serialize
 from pipelines.split import split_fractions
@@ -67,7 +67,7 @@ class WriteDataset(beam.PTransform):
          | "PreviewSample" >> beam.Map(lambda r: (r["example_id"], r["images"][0], caption_of(r)))
          | "PreviewPick" >> beam.combiners.Top.Smallest(cfg.preview_count)
          | "PreviewWrite" >> beam.Map(_write_preview, cfg.write_dir))
-        return (
+        summary = (
             inputs.pipeline
             | "SummaryTrigger" >> beam.Create([None])
             | "Summary" >> beam.Map(
@@ -75,3 +75,6 @@ class WriteDataset(beam.PTransform):
                 beam.pvalue.AsSingleton(n_inputs), beam.pvalue.AsSingleton(total),
                 beam.pvalue.AsList(errors), beam.pvalue.AsList(files), beam.pvalue.AsList(error_file))
         )
+        if cfg.commit_in_pipeline:   # the launcher does not wait (flex templates): the job commits itself
+            summary | "Commit" >> beam.Map(lambda _, c: commit_outputs(c.staging_dir, c.output_dir), cfg)
+        return summary

@@ -41,8 +41,8 @@ def make_runner(options: PipelineOptions):
     return name
 
 
-def run(build, config, beam_args: list[str]):
-    """Build the graph with `build(pipeline, config)`, run it, wait, return the result.
+def run(build, config, beam_args: list[str], wait: bool = True):
+    """Build the graph with `build(pipeline, config)`, run it, wait (unless told not to), return the result.
 
     Local runs (the DirectRunner, in-process or multi_processing) show a progress bar on stderr.
     """
@@ -56,6 +56,9 @@ def run(build, config, beam_args: list[str]):
         build(pipeline, config)
         with ProgressBar(config.progress_file, config.expected_inputs) if local else contextlib.nullcontext():
             result = pipeline.run()
+            if not wait and not local:
+                _LOG.warning("submitted; not waiting for the job (it commits its outputs when it succeeds)")
+                return result
             result.wait_until_finish()
     log_metrics(result)
     return result

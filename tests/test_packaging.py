@@ -40,3 +40,24 @@ def test_install_requires_are_installed_and_satisfied():
 
     for req in map(Requirement, _setup_requires()):
         assert req.specifier.contains(metadata.version(req.name), prereleases=True), req
+
+
+def test_dockerfile_smoke_import_runs_here_and_covers_every_native_reader():
+    """The image's build-time import check names every native reader and works in this environment."""
+    import subprocess
+    import sys
+
+    text = open(os.path.join(ROOT, "Dockerfile")).read()
+    check = re.search(r'python -c "(.*?)"', text, re.S).group(1).replace("\\\n", "")
+    for module in ("openslide", "gdcm", "openjpeg", "SimpleITK", "array_record", "wsidicom", "pipelines.slides"):
+        assert module in check, module
+    proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_flex_stage_launches_the_module_that_exists():
+    text = open(os.path.join(ROOT, "Dockerfile")).read()
+    path = re.search(r"ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/opt/medprep/(\S+)", text).group(1)
+    assert os.path.isfile(os.path.join(ROOT, path))
+    assert "COPY --from=template_launcher /opt/google/dataflow/python_template_launcher" in text
+    assert text.count('ENTRYPOINT ["/opt/apache/beam/boot"]') == 2   # workers start the SDK harness

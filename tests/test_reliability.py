@@ -129,3 +129,54 @@ def test_fault_injection_random_raises_and_garbage_sources_still_reconcile(manif
 
     problems, facts = verify(out)
     assert problems == [] and facts["examples"] == 5
+
+
+def test_commit_is_safe_to_repeat_after_a_crash_part_way(tmp_path, monkeypatch):
+    """A commit interrupted after moving some files, then run again, ends with exactly the new outputs."""
+    import pipelines.outputs as outputs
+
+    out, staging = tmp_path / "out", tmp_path / "out" / ".staging-x"
+    old = {"arrayrecord/train-00000-of-00002.array_record": b"old0", "arrayrecord/train-00001-of-00002.array_record": b"old1",
+           "errors/errors-00000-of-00001.jsonl": b"olderr", "report.html": b"oldreport", "summary.json": b"{}"}
+    new = {"arrayrecord/train-00000-of-00001.array_record": b"new0", "errors/errors-00000-of-00001.jsonl": b"newerr",
+           "preview.png": b"png"}
+    summary = json.dumps({"files": [{"path": p} for p in new if p != "preview.png"]}).encode()
+    for base, files in ((out, old), (staging, {**new, "summary.json": summary})):
+        for rel, data in files.items():
+            (base / rel).parent.mkdir(parents=True, exist_ok=True)
+            (base / rel).write_bytes(data)
+    real_move, moved = outputs._move_file, []
+
+    def crashing_move(src, dst):
+        if len(moved) == 2:
+            raise OSError("worker lost")
+        moved.append(dst)
+        real_move(src, dst)
+
+    monkeypatch.setattr(outputs, "_move_file", crashing_move)
+    with pytest.raises(OSError):
+        outputs.commit_outputs(str(staging), str(out))
+    assert not (out / "summary.json").exists()          # a half-committed folder never looks complete
+    monkeypatch.setattr(outputs, "_move_file", real_move)
+    outputs.commit_outputs(str(staging), str(out))       # the retry
+    outputs.commit_outputs(str(staging), str(out))       # and once more: nothing left to do
+    got = {os.path.relpath(os.path.join(d, f), out): open(os.path.join(d, f), "rb").read()
+           for d, _, fs in os.walk(out) for f in fs}
+    assert got == {**new, "summary.json": summary}
+    assert not staging.exists()
+
+
+def test_job_commits_its_own_outputs_when_the_launcher_does_not_wait(manifest, tmp_path):
+    """The flex-template path: run without waiting; the pipeline's last step commits staging."""
+    from pipelines.cli import run_pipeline_with_result
+    from pipelines.flex_main import main as flex_main
+
+    out = tmp_path / "o"
+    summary, _ = run_pipeline_with_result("images", ["--input", manifest, "--output_dir", str(out)], wait=False)
+    assert summary is None
+    data = json.load(open(out / "summary.json"))
+    assert data["reconciled"] and data["examples"] > 0
+    assert not [n for n in os.listdir(out) if n.startswith(".staging")]
+    assert flex_main(["--pipeline=images", f"--input={manifest}", f"--output_dir={out}", "--overwrite"]) == 0
+    assert json.load(open(out / "summary.json"))["examples"] == data["examples"]
+    assert flex_main(["--pipeline=images", f"--input={manifest}", f"--output_dir={out}"]) == 2   # exists, no --overwrite
