@@ -9,6 +9,7 @@ INSTALL_REQUIRES = [
     "apache-beam[gcp]==2.77.0",
     "array-record>=0.5,<1",
     "google-cloud-storage>=2.14,<4",
+    "isal>=1.6,<2",   # ISA-L deflate for the fast PNG encoder (transforms/png.py)
     "numpy>=1.26,<3",
     "openslide-bin>=4,<5",
     "openslide-python>=1.3,<2",

@@ -84,30 +84,65 @@ def stage_table(dicoms: list[bytes], photos: list[bytes]) -> list[tuple[str, str
             rows.append((kind, "decode floor: Pillow JPEG decode only",
                          _timeit(lambda d: Image.open(io.BytesIO(d)).load(), items)))
         rows.append((kind, "pad + resize to 896", _timeit(lambda r: pad_and_resize(r.pixels, 896), rendered)))
-        for level in (1, 3, 6):
-            rows.append((kind, f"encode PNG level {level}", _timeit(lambda im: encode_image(im, "png", png_level=level), resized)))
-        rows.append((kind, "encode JPEG q95 4:4:4", _timeit(lambda im: encode_image(im, "jpeg"), resized)))
-        rows.append((kind, "encode WebP lossless (m0)",
-                     _timeit(lambda im: im.save(io.BytesIO(), format="WEBP", lossless=True, method=0), resized)))
-        rows.append((kind, "per-item path (decode→pad/resize→PNG default level 1)", _timeit(lambda d: finish_rgb(decode_any(d).pixels, opts), items)))
+        rows += encoder_rows(kind, resized)
+        rows.append((kind, "**per-item path** (decode → pad/resize → PNG level 1)",
+                     _timeit(lambda d: finish_rgb(decode_any(d).pixels, opts), items)))
         rows.append((kind, "plain per-image loop (baseline)", _timeit(plain_loop, items)))
-        sizes = {lvl: np.mean([len(encode_image(im, "png", png_level=lvl)) for im in resized]) for lvl in (1, 6)}
-        rows.append((kind, f"PNG size kB: level 1 {sizes[1]/1e3:.0f}, level 6 {sizes[6]/1e3:.0f}", float("nan")))
     return rows
 
 
-def pipeline_rate(paths: list[str], folder: str, extra: list[str]) -> float:
-    from pipelines.cli import run_pipeline
+def encoder_rows(kind: str, images: list) -> list[tuple[str, str, float]]:
+    """Every encoder choice on the same 896×896 images, with mean sizes."""
+    def pillow_png(im, level):
+        buf = io.BytesIO()
+        im.save(buf, format="PNG", compress_level=level)
+        return buf.getvalue()
 
-    manifest = os.path.join(folder, "m.jsonl")
+    choices = [
+        ("encode PNG level 1 (default: Sub filter + ISA-L)", lambda im: encode_image(im, "png", png_level=1)),
+        ("encode PNG level 0 (Sub filter + ISA-L)", lambda im: encode_image(im, "png", png_level=0)),
+        ("encode PNG, Pillow level 1 (the previous default)", lambda im: pillow_png(im, 1)),
+        ("encode PNG, Pillow level 6 (zlib default)", lambda im: pillow_png(im, 6)),
+        ("encode JPEG q95 4:4:4 (lossy)", lambda im: encode_image(im, "jpeg")),
+        ("encode WebP lossless (method 0)",
+         lambda im: (lambda b: (im.save(b, format="WEBP", lossless=True, method=0), b.getvalue())[1])(io.BytesIO())),
+    ]
+    rows = []
+    for label, fn in choices:
+        size = np.mean([len(fn(im)) for im in images]) / 1e3
+        rows.append((kind, f"{label}, {size:.0f} kB", _timeit(fn, images)))
+    return rows
+
+
+MP = ["--direct_running_mode=multi_processing"]
+
+
+def whole_runs(pipeline: str, manifest: str, folder: str, unit: str, modes: list[tuple[str, list[str]]],
+               extra: list[str] = ()) -> list[tuple]:
+    """Whole `medprep` runs in fresh processes: (label, units/s, seconds, peak MiB runner, peak MiB worker)."""
+    from benchmarks.measure import run_measured
+
+    rows = []
+    for label, mode in modes:
+        out = os.path.join(folder, f"out-{pipeline}-{len(rows)}")
+        counts, m = run_measured(pipeline, "--input", manifest, "--output_dir", out, "--overwrite", *extra, *mode)
+        n = counts[unit]
+        rows.append((f"{pipeline}: {n} {unit}, {label}", n / m["seconds"], m["seconds"], m["self_kb"] / 1024,
+                     m["children_kb"] / 1024))
+    return rows
+
+
+def image_manifest(paths: list[str], folder: str, n: int) -> str:
+    """n rows over the generated files (cycled), each its own example."""
+    manifest = os.path.join(folder, f"m{n}.jsonl")
     with open(manifest, "w") as fh:
-        for i, p in enumerate(paths):
-            fh.write(json.dumps({"image": p, "text": f"report {i}"}) + "\n")
-    out = os.path.join(folder, "out-" + "-".join(e.strip("-").replace("=", "_") for e in extra))
-    t = time.perf_counter()
-    s = run_pipeline("images", ["--input", manifest, "--output_dir", out, "--overwrite", *extra])
-    assert s["examples"] == len(paths)
-    return len(paths) / (time.perf_counter() - t)
+        for i in range(n):
+            fh.write(json.dumps({"id": f"r{i}", "image": paths[i % len(paths)], "text": f"report {i}"}) + "\n")
+    return manifest
+
+
+SCALING_MODES = [("in-process", []), ("multi_processing, 1 worker", MP + ["--direct_num_workers=1"]),
+                 ("multi_processing, 2 workers", MP + ["--direct_num_workers=2"])]
 
 
 def plain_ct_slice(path: str) -> bytes:
@@ -144,25 +179,12 @@ def volume_table(folder: str, n_slices: int) -> tuple[list[tuple[str, str, float
         (kind, "decode floor: read + pixel_array", _timeit(lambda p: pydicom.dcmread(p).pixel_array, paths)),
         (kind, "read + decode + 3 HU windows (LUT)", _timeit(lambda p: render_dataset(pydicom.dcmread(p)), paths)),
         (kind, "resize 512 → 896", _timeit(lambda r: pad_and_resize(r.pixels, 896), rendered)),
-        (kind, "encode PNG level 1 (floor)", _timeit(lambda im: encode_image(im, "png", png_level=1), resized)),
+        *encoder_rows(kind, resized),
         (kind, "**per-slice path** (read → window → resize → PNG 1)",
          _timeit(lambda p: finish_rendered(render_dataset(pydicom.dcmread(p)), opts), paths)),
         (kind, "plain per-slice loop (baseline, PNG default level)", _timeit(plain_ct_slice, paths)),
     ]
     return rows, series
-
-
-def volume_pipeline_rate(series: str, folder: str, n_rows: int, extra: list[str]) -> float:
-    from pipelines.cli import run_pipeline
-
-    manifest = os.path.join(folder, "v.jsonl")
-    with open(manifest, "w") as fh:
-        for i in range(n_rows):
-            fh.write(json.dumps({"id": f"s{i}", "image": series, "text": f"report {i}", "patient_id": f"p{i}"}) + "\n")
-    out = os.path.join(folder, "vout-" + "-".join(e.strip("-").replace("=", "_") for e in extra))
-    t = time.perf_counter()
-    s = run_pipeline("volumes", ["--input", manifest, "--output_dir", out, "--overwrite", "--max_slices", "85", *extra])
-    return s["images"] / (time.perf_counter() - t)
 
 
 def slide_table(folder: str) -> list[tuple[str, str, float]]:
@@ -196,8 +218,9 @@ def slide_table(folder: str) -> list[tuple[str, str, float]]:
     rows = [
         (kind, "plan (thumbnail, tissue, grid, sample) per slide", _timeit(lambda _: plan_slide(reader, options), [0], 1)),
         (kind, "read_region only (OpenSlide decode)", _timeit(lambda p: slide.read_region((p.x, p.y), 0, (1792, 1792)), patches)),
-        (kind, "floor: JPEG decode of the source tiles + PNG-1 encode of the patch",
+        (kind, "floor: one JPEG decode of the source area + resize + PNG-1 encode",
          _timeit(lambda j: encode_image(Image.open(io.BytesIO(j)).convert("RGB").resize((896, 896), Image.BILINEAR), "png", png_level=1), jpeg_tiles)),
+        *encoder_rows(kind, [read_patch(reader, plan.choice.level, p, options).image for p in patches[:8]]),
         (kind, "**per-patch path** (read → resize → PNG 1)", _timeit(lambda p: read_patch(reader, plan.choice.level, p, options), patches)),
         (kind, "plain read_region loop (baseline, PNG default level)", _timeit(plain, patches)),
     ]
@@ -206,42 +229,52 @@ def slide_table(folder: str) -> list[tuple[str, str, float]]:
     return rows
 
 
+def print_rows(header: str, rows) -> None:
+    print(f"| input | stage | {header} (1 core) | ms/item |\n|---|---|---|---|")
+    for kind, stage, sec in rows:
+        print(f"| {kind} | {stage} | {1 / sec:.1f} | {sec * 1e3:.1f} |")
+    print()
+
+
+def print_runs(rows) -> None:
+    print("| whole run | items/s | seconds | peak RSS runner (MiB) | peak RSS largest worker (MiB) |\n|---|---|---|---|---|")
+    for label, rate, sec, runner, worker in rows:
+        print(f"| {label} | {rate:.1f} | {sec:.1f} | {runner:.0f} | {worker:.0f} |" if worker else
+              f"| {label} | {rate:.1f} | {sec:.1f} | {runner:.0f} | (in the runner) |")
+    print()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=12, help="images per kind for the stage table")
-    ap.add_argument("--pipeline-n", type=int, default=24, help="images per kind for whole-pipeline runs")
+    ap.add_argument("--pipeline-n", type=int, default=400, help="manifest rows for whole-pipeline runs")
     ap.add_argument("--slices", type=int, default=40, help="slices in the CT series for the volume table")
     ap.add_argument("--only", choices=("images", "volumes", "slides"), default=None, help="run one part only")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         if args.only in (None, "slides"):
-            print("| input | stage | patches/s (1 core) | ms/patch |\n|---|---|---|---|")
-            for kind, stage, sec in slide_table(d):
-                print(f"| {kind} | {stage} | {1/sec:.1f} | {sec*1e3:.1f} |")
-            print()
-            if args.only == "slides":
-                return
-        if args.only != "images":
+            print_rows("patches/s", slide_table(d))
+            from pipelines.samples import synthetic_slide_rgb, write_svs
+
+            slides = [write_svs(os.path.join(d, f"s{i}.svs"), synthetic_slide_rgb(16384, 12288, seed=i), mpp=0.25)
+                      for i in range(4)]
+            manifest = os.path.join(d, "slides.jsonl")
+            with open(manifest, "w") as fh:
+                for i, p in enumerate(slides):
+                    fh.write(json.dumps({"id": f"s{i}", "image": p, "text": "tissue", "patient_id": f"p{i}"}) + "\n")
+            print_runs(whole_runs("slides", manifest, d, "images", SCALING_MODES, ["--target_mpp", "0.5"]))
+        if args.only in (None, "volumes"):
             rows, series = volume_table(d, args.slices)
-            print("| input | stage | slices/s (1 core) | ms/slice |\n|---|---|---|---|")
-            for kind, stage, sec in rows:
-                print(f"| {kind} | {stage} | {1/sec:.1f} | {sec*1e3:.1f} |")
-            rate = volume_pipeline_rate(series, d, 4, [])
-            print(f"\nwhole volumes pipeline, 4 series × {args.slices} slices, in-process: {rate:.1f} slices/s\n")
-        if args.only == "volumes":
-            return
-        dicoms, photos, paths = make_inputs(d, max(args.n, args.pipeline_n))
-        print("| input | stage | images/s (1 core) | ms/image |\n|---|---|---|---|")
-        for kind, stage, sec in stage_table(dicoms[:args.n], photos[:args.n]):
-            if np.isnan(sec):
-                print(f"| {kind} | {stage} | | |")
-            else:
-                print(f"| {kind} | {stage} | {1/sec:.1f} | {sec*1e3:.1f} |")
-        sel = paths[: 2 * args.pipeline_n]
-        one = pipeline_rate(sel, d, [])
-        two = pipeline_rate(sel, d, ["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
-        print(f"\nwhole pipeline, {len(sel)} images (half CXR DICOM, half JPEG), DirectRunner in-process: {one:.1f} images/s")
-        print(f"whole pipeline, multi_processing 2 workers: {two:.1f} images/s ({two/one:.2f}× one worker)")
+            print_rows("slices/s", rows)
+            manifest = os.path.join(d, "v.jsonl")
+            with open(manifest, "w") as fh:
+                for i in range(8):
+                    fh.write(json.dumps({"id": f"s{i}", "image": series, "text": f"r{i}", "patient_id": f"p{i}"}) + "\n")
+            print_runs(whole_runs("volumes", manifest, d, "images", SCALING_MODES, ["--max_slices", "40"]))
+        if args.only in (None, "images"):
+            dicoms, photos, paths = make_inputs(d, args.n)
+            print_rows("images/s", stage_table(dicoms, photos))
+            print_runs(whole_runs("images", image_manifest(paths, d, args.pipeline_n), d, "images", SCALING_MODES))
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ class OpenSlideReader:
             region = self._slide.read_region((int(x0), int(y0)), level, (int(width), int(height)))
         except openslide.OpenSlideError as exc:
             raise ItemError("decode", f"cannot read region at ({x0}, {y0}) level {level}: {exc}") from None
-        if region.getextrema()[3][0] == 255:   # fully opaque (inside the slide): nothing to composite
+        if region.getchannel("A").getextrema()[0] == 255:   # fully opaque (inside the slide): no compositing
             return np.asarray(region.convert("RGB"))
         white = Image.new("RGBA", region.size, (255, 255, 255, 255))
         return np.asarray(Image.alpha_composite(white, region).convert("RGB"))
