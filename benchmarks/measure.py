@@ -1,20 +1,60 @@
-"""Run `medprep …` in a fresh process and measure it: wall time of the run and peak memory."""
+"""Run `medprep …` in a fresh process and measure it: wall time of the run and peak memory.
+
+Peak memory is VmHWM (the high-water mark of the process's own memory, reset by exec) of the
+process that runs the CLI and, polled every 0.1 s, of every process below it (Beam's
+multi_processing workers). getrusage's ru_maxrss is not used: Linux carries it across fork and
+exec, so a child of a large process would report its parent's peak.
+"""
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
 
-# Runs the CLI, then prints its exit code, the run's seconds and the peak RSS of itself and of
-# its worker processes (multi_processing), in KiB.
 _WRAPPER = """
-import json, resource, sys, time
+import json, os, sys, threading, time
+
+def hwm_kb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+def descendants(root):
+    parent = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as fh:
+                    parent[int(name)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {p for p, pp in parent.items() if pp in frontier} - found
+        found |= frontier
+    return found
+
+peak = {"workers_kb": 0}
+done = threading.Event()
+
+def poll():
+    me = os.getpid()
+    while not done.wait(0.1):
+        for pid in descendants(me):
+            peak["workers_kb"] = max(peak["workers_kb"], hwm_kb(pid))
+
+threading.Thread(target=poll, daemon=True).start()
 from pipelines.cli import main
 start = time.perf_counter()
 rc = main(sys.argv[1:])
-print(json.dumps({"rc": rc, "seconds": time.perf_counter() - start,
-                  "self_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                  "children_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
+seconds = time.perf_counter() - start
+done.set()
+print(json.dumps({"rc": rc, "seconds": seconds, "self_kb": hwm_kb(os.getpid()), "children_kb": peak["workers_kb"]}))
 """
 
 

@@ -187,7 +187,7 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ct_windows", type=_ct_windows, default=(), help="custom CT windows 'lo,hi;lo,hi;lo,hi' in HU (R;G;B), overrides --ct_preset")
     g.add_argument("--max_pixels", type=_int_in(1), default=200_000_000, help="refuse images with more pixels than this (default 2e8)")
     g.add_argument("--formats", type=_formats, default=("arrayrecord", "parquet"), help="output formats: arrayrecord,parquet (default both)")
-    g.add_argument("--num_shards", type=_int_in(0), default=0, help="shards per split (0 = automatic, ~256 MiB each)")
+    g.add_argument("--num_shards", type=_int_in(0), default=0, help="shards per split (0 = automatic, ~128 MiB each, estimated from the input count)")
     g.add_argument("--val_fraction", type=_fraction, default=0.0, help="fraction of patients in val (default 0)")
     g.add_argument("--test_fraction", type=_fraction, default=0.0, help="fraction of patients in test (default 0)")
     g.add_argument("--split_salt", default=None, help="secret for patient/study keys and splits (default: $MEDPREP_SALT)")

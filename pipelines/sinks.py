@@ -5,7 +5,6 @@ inside a shard, so the same inputs and options give byte-identical files on any 
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 from typing import Tuple
@@ -14,10 +13,10 @@ import apache_beam as beam
 import pyarrow.parquet as pq
 
 from pipelines.outputs import join, shard_name, write_bytes, write_via_local
-from schemas.arrow import to_table
+from schemas.arrow import arrow_schema, to_table
 from schemas.example_codec import decode_example, encode_example
 
-TARGET_SHARD_BYTES = 256 << 20
+TARGET_SHARD_BYTES = 128 << 20
 PARQUET_ROWS_PER_GROUP = 32
 FORMAT_DIRS = {"arrayrecord": ("arrayrecord", ".array_record"), "parquet": ("parquet", ".parquet")}
 
@@ -29,7 +28,7 @@ def image_bytes_estimate(image_size: int, image_format: str) -> int:
 
 def plan_shards(n_inputs: int, requested: int, fractions: dict[str, float], bytes_per_input: int) -> dict[str, int]:
     """Shards per split, known before any record exists: the requested number (0 = about
-    256 MiB each, from the input count), never more than the split's expected inputs."""
+    128 MiB each, from the input count), never more than the split's expected inputs."""
     plan = {}
     for split, fraction in fractions.items():
         expected = max(1, math.ceil(n_inputs * fraction))
@@ -64,14 +63,18 @@ def _write_arrayrecord(path: str, examples: list[bytes]) -> int:
 
 
 def _write_parquet(path: str, examples: list[bytes], extension: str) -> int:
-    buf = io.BytesIO()
-    table = to_table([decode_example(data) for data in examples], extension)
-    compression = {name: "zstd" for name in table.column_names}
+    """One row group of PARQUET_ROWS_PER_GROUP examples at a time, so a shard is never held twice."""
+    schema = arrow_schema()
+    compression = {name: "zstd" for name in schema.names}
     compression["images"] = "none"   # already-compressed image bytes
-    pq.write_table(table, buf, row_group_size=PARQUET_ROWS_PER_GROUP, compression=compression)
-    data = buf.getvalue()
-    write_bytes(path, data)
-    return len(data)
+
+    def write(local: str) -> None:
+        with pq.ParquetWriter(local, schema, compression=compression) as writer:
+            for start in range(0, len(examples), PARQUET_ROWS_PER_GROUP):
+                group = [decode_example(data) for data in examples[start:start + PARQUET_ROWS_PER_GROUP]]
+                writer.write_table(to_table(group, extension), row_group_size=PARQUET_ROWS_PER_GROUP)
+
+    return write_via_local(path, write)
 
 
 class _WriteShard(beam.DoFn):

@@ -10,13 +10,13 @@ def test_image_bytes_estimate():
 
 def test_plan_by_size_from_input_count():
     per = 602112                                   # one 896² PNG per input
-    per_shard = TARGET_SHARD_BYTES // per          # 445 inputs fill 256 MiB
-    assert per_shard == 445
-    assert plan_shards(445, 0, {"train": 1.0}, per) == {"train": 1}
-    assert plan_shards(446, 0, {"train": 1.0}, per) == {"train": 2}
-    assert plan_shards(377_000, 0, {"train": 1.0}, per) == {"train": 846}
-    # a volume input carries 85 slices: ~51 MB, so 6 inputs per shard
-    assert plan_shards(100, 0, {"train": 1.0}, 85 * per) == {"train": 20}
+    per_shard = TARGET_SHARD_BYTES // per          # 222 inputs fill 128 MiB
+    assert per_shard == 222
+    assert plan_shards(222, 0, {"train": 1.0}, per) == {"train": 1}
+    assert plan_shards(223, 0, {"train": 1.0}, per) == {"train": 2}
+    assert plan_shards(377_000, 0, {"train": 1.0}, per) == {"train": 1692}
+    # a volume input carries 85 slices: ~51 MB, so 2.6 inputs per shard
+    assert plan_shards(100, 0, {"train": 1.0}, 85 * per) == {"train": 39}
 
 
 def test_plan_per_split_and_requested():
