@@ -24,17 +24,21 @@ def _write_preview(samples, output_dir):
     write_bytes(join(output_dir, "preview.png"), contact_sheet(sorted(samples)))
 
 
-def manifest_pipeline(p: beam.Pipeline, name: str, config: Config, prepare: beam.DoFn, per_series: bool = False,
-                      images_per_input: int = 1):
-    """The graph every pipeline shares: rows (manifest or discovery) -> Reshuffle -> prepare -> WriteDataset."""
-    from pipelines.dead_letter import ERRORS, STATS
+def input_rows(p: beam.Pipeline, config: Config, per_series: bool = False, discover: bool = True):
+    """The inputs as manifest-row dicts: from the manifest, or discovered (DICOMweb search, folder listing)."""
     from pipelines.discovery import DiscoverRows, is_folder_input
     from pipelines.manifest import read_manifest
 
-    if config.dicomweb_url or is_folder_input(config.input):
-        rows = p | "Discover" >> DiscoverRows(config, per_series)
-    else:
-        rows = p | "Manifest" >> beam.Create([config.input]) | "ReadRows" >> beam.FlatMap(read_manifest)
+    if discover and (config.dicomweb_url or is_folder_input(config.input)):
+        return p | "Discover" >> DiscoverRows(config, per_series)
+    return p | "Manifest" >> beam.Create([config.input]) | "ReadRows" >> beam.FlatMap(read_manifest)
+
+
+def manifest_pipeline(p: beam.Pipeline, name: str, config: Config, prepare: beam.DoFn, images_per_input: int = 1):
+    """The one-step graph: rows (manifest or discovery) -> Reshuffle -> prepare -> WriteDataset."""
+    from pipelines.dead_letter import ERRORS, STATS
+
+    rows = input_rows(p, config)
     out = (rows
            | "Spread" >> beam.Reshuffle()
            | "Prepare" >> beam.ParDo(prepare).with_outputs(ERRORS, STATS, main="records"))

@@ -4,8 +4,8 @@ Plan once per slide (level for --target_mpp, tissue on a ~1.25x thumbnail, grid,
 then fan the patch coordinates out in batches behind a Reshuffle, so one huge slide spreads over
 workers; each worker keeps its slides open (a small cache) and reads only its patches — never a
 whole level, no patch twice. Records are assembled per slide after a GroupByKey, which is also
-where an input is counted done. A patch that cannot be read is counted and logged; a slide with
-no readable patch is one error line.
+where an input is counted done (the graph is pipelines.fan_out's). A patch that cannot be read
+is counted and logged; a slide with no readable patch is one error line.
 """
 from __future__ import annotations
 
@@ -16,10 +16,8 @@ from collections import OrderedDict
 import apache_beam as beam
 
 from pipelines.config import Config
-from pipelines.dataset_writer import WriteDataset
-from pipelines.dead_letter import ERRORS, STATS
-from pipelines.manifest import read_manifest, resolve_ref
-from pipelines.metrics import PipelineMetrics
+from pipelines.fan_out import WorkDoFn, batches, failure_of, fan_out_pipeline, input_key
+from pipelines.manifest import resolve_ref
 from pipelines.records import PROMPT, ExampleParts, build_record
 from pipelines.row_dofn import ManifestRowDoFn
 from pipelines.sources.dicomweb import parse_ref, wsi_web_client
@@ -27,12 +25,11 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines.outputs import localize
 from pipelines.sources.files import LocalFile, localize_file
-from transforms.errors import ItemError, stage, timed_stages
+from transforms.errors import ItemError, stage
 from transforms.slide import SlidePlan, plan_slide, read_patch
 from transforms.slide_reader import OpenSlideReader, open_slide, open_web_wsi
 from transforms.text import IMAGE
 
-BATCH = 8
 _LOG = logging.getLogger(__name__)
 
 
@@ -93,17 +90,14 @@ class PlanSlides(ManifestRowDoFn):
             reader = self.readers.get(path, options.assume_mpp, options.override_mpp)
         plan: SlidePlan = plan_slide(reader, options)
         patches = [(i, p) for i, p in enumerate(plan.patches)]
-        batches = [patches[i:i + BATCH] for i in range(0, len(patches), BATCH)]
-        for batch in batches:
-            yield ((row["row"], row, plan.info, len(patches), batch), {})
+        for batch in batches(patches):
+            yield ((input_key(row), row, plan.info, len(patches), batch), {})
 
 
-class ReadPatches(beam.DoFn):
-    """A batch of one slide's patches -> (slide row, (index, FinishedImage or failure))."""
+class ReadPatches(WorkDoFn):
+    """A batch of one slide's patches -> (input key, (row, info, total, index, FinishedImage or None, failure))."""
 
-    def __init__(self, config: Config):
-        self.config = config
-        self.metrics = PipelineMetrics()
+    unit = "patch"
 
     def setup(self):
         self.readers = _Readers()
@@ -112,27 +106,21 @@ class ReadPatches(beam.DoFn):
         self.readers.close()
 
     def process(self, element):
-        row_number, row, info, total, batch = element
+        key, row, info, total, batch = element
         path = resolve_ref(row["images"][0], self.config.input)
         options = self.config.slide_options(row.get("mpp"))
-        key = row_number
         try:
             reader = self.readers.get(path, options.assume_mpp, options.override_mpp)
         except Exception as exc:  # the slide vanished or broke between planning and reading
             for index, patch in batch:
-                yield key, (row, info, total, index, None, f"{type(exc).__name__}: {exc}")
+                yield key, (row, info, total, index, None, failure_of(exc))
             return
         for index, patch in batch:
-            try:
-                with timed_stages() as times:
-                    finished = read_patch(reader, info["level"], patch, options).without_pixels()
-            except Exception as exc:  # one bad patch: the others go on
-                self.metrics.inc("patches_unreadable")
-                yield key, (row, info, total, index, None, f"patch at ({patch.x}, {patch.y}): {exc}")
-                continue
-            self.metrics.inc("patches_read")
-            self.metrics.stage_times({f"patch_{name}": sec for name, sec in times.items()})
-            yield key, (row, info, total, index, finished, "")
+            finished, failure = self.run_unit(
+                lambda: read_patch(reader, info["level"], patch, options).without_pixels())
+            if failure:
+                failure = (failure[0], f"patch at ({patch.x}, {patch.y}): {failure[1]}")
+            yield key, (row, info, total, index, finished, failure)
 
 
 class AssembleSlide(ManifestRowDoFn):
@@ -148,7 +136,7 @@ class AssembleSlide(ManifestRowDoFn):
         results = sorted(results, key=lambda r: r[3])
         row, info = results[0][0], results[0][1]
         good = [(i, f) for _, _, _, i, f, _ in results if f is not None]
-        failed = [why for *_, f, why in results if f is None]
+        failed = [why[1] for *_, f, why in results if f is None]
         if not good:
             raise ItemError("decode", f"no patch of the slide could be read ({len(failed)} tried): {failed[0]}")
         if failed:
@@ -184,14 +172,6 @@ class AssembleSlide(ManifestRowDoFn):
 
 def build(p: beam.Pipeline, config: Config):
     """The slides pipeline graph."""
-    rows = p | "Manifest" >> beam.Create([config.input]) | "ReadRows" >> beam.FlatMap(read_manifest)
-    planned = rows | "Spread" >> beam.Reshuffle() | "Plan" >> beam.ParDo(PlanSlides(config)).with_outputs(ERRORS, STATS, main="batches")
-    assembled = (planned.batches
-                 | "SpreadBatches" >> beam.Reshuffle()
-                 | "ReadPatches" >> beam.ParDo(ReadPatches(config))
-                 | "BySlide" >> beam.GroupByKey()
-                 | "Materialize" >> beam.MapTuple(lambda key, results: (key, list(results)))
-                 | "Assemble" >> beam.ParDo(AssembleSlide(config)).with_outputs(ERRORS, STATS, main="records"))
-    errors = (planned[ERRORS], assembled[ERRORS]) | "AllErrors" >> beam.Flatten()
-    return (rows, assembled.records, assembled[STATS], errors) | "Write" >> WriteDataset(
-        "slides", config, images_per_input=config.max_patches * len(config.granularity))
+    return fan_out_pipeline(p, "slides", config, PlanSlides(config), ReadPatches(config), AssembleSlide(config),
+                            "ReadPatches", images_per_input=config.max_patches * len(config.granularity),
+                            discover=False)

@@ -3,19 +3,22 @@
 A manifest `image` is a folder or gs:// prefix holding one or more series, a list of DICOM
 instances, or a NIfTI file (its `modality` column says CT or MR). Headers are read first
 (no pixels); pixels are decoded only for the slices needed (all slices once for MR's
-per-volume range), one at a time.
+per-volume range), one at a time. Each series is planned once (order, QC, MR range, selection),
+then its selected slices are rendered in batches spread over workers behind a Reshuffle and
+assembled per input (pipelines.fan_out), so one long series does not sit on one worker.
 """
 from __future__ import annotations
 
 import io
 import logging
+from dataclasses import dataclass, field
 
 import apache_beam as beam
 import pydicom
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.config import Config
-from pipelines.dataset_writer import manifest_pipeline
+from pipelines.fan_out import WorkDoFn, batches, fan_out_pipeline, input_key
 from pipelines.row_dofn import ManifestRowDoFn
 from pipelines.manifest import resolve_ref
 from pipelines.records import PROMPT, ExampleParts, build_record
@@ -26,7 +29,8 @@ from transforms.formats import detect_format
 from transforms.series import SliceHeader, group_series, order_series, series_attributes, slice_headers
 from transforms.series_filter import matches, parse_filter
 from transforms.text import IMAGE
-from transforms.volume import ArrayVolumeSource, DicomSeriesSource, prepare_volume
+from transforms.volume import (ArrayVolumeSource, DicomSeriesSource, SliceSubset, VolumePlan, finish_slice,
+                               plan_volume, prepare_volume)
 
 _LOG = logging.getLogger(__name__)
 
@@ -59,8 +63,25 @@ def load_dataset(path: str) -> pydicom.Dataset:
         return pydicom.dcmread(io.BytesIO(data), force=True)
 
 
-class PrepareVolumeRow(ManifestRowDoFn):
-    """Manifest row -> a record per series (and/or per selected slice), or one error line."""
+@dataclass(frozen=True)
+class SeriesMeta:
+    """What assembling one series' records needs, carried with each of its batches."""
+
+    key: str                   # SeriesInstanceUID (DICOM) or the file (NIfTI)
+    modality: str
+    patient_id: str
+    study_uid: str
+    identifiers: tuple = ()
+    burned_in: bool = False
+    plan: VolumePlan | None = None
+    info: dict = field(default_factory=dict)   # image_info['series']: ordering and QC findings
+
+
+class PlanVolumes(ManifestRowDoFn):
+    """Manifest row -> per series: its plan (order, QC, MR range, selection) and the selected slices in
+    batches of 8 (NIfTI volumes are rendered here, from memory); or one error line."""
+
+    final = False
 
     def setup(self):
         super().setup()
@@ -68,6 +89,7 @@ class PrepareVolumeRow(ManifestRowDoFn):
         self.filter = parse_filter(self.config.series_filter)
 
     def outputs(self, row):
+        key = input_key(row)
         refs = [resolve_ref(ref, self.config.input) for ref in row["images"]]
         web = [parse_ref(r) for r in refs]
         headers: list[SliceHeader] = []
@@ -77,14 +99,14 @@ class PrepareVolumeRow(ManifestRowDoFn):
             if w is not None and not w.instance:   # DICOMweb study/series: one metadata request, no pixels
                 for item in client_for(w.base).metadata(w):
                     ds = pydicom.Dataset.from_json(item)
-                    key = DicomWebRef(w.base, w.study, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)).url()
-                    headers += slice_headers(ds, key)
-                    files.append(key)
+                    url = DicomWebRef(w.base, w.study, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)).url()
+                    headers += slice_headers(ds, url)
+                    files.append(url)
             else:
                 files += list_files(ref) if w is None else [ref]
         local = [f for f in files if parse_ref(f) is None]
         if len(local) == 1 and not headers and detect_format(read_head(local[0]), local[0]) in ("nifti", "nrrd", "mha"):
-            yield from self._nifti(row, local[0])
+            yield self._nifti(key, row, local[0]), {}
             return
         for path in (f for f in files if parse_ref(f) is None or f in refs):
             try:
@@ -100,7 +122,7 @@ class PrepareVolumeRow(ManifestRowDoFn):
         if not groups:
             raise ItemError("read", f"no DICOM image series among {len(files)} file(s)")
         failures: list[ItemError] = []
-        produced = 0
+        planned = 0
         for uid, slices in groups.items():
             first = slices[0]
             if not matches(self.filter, series_attributes(first)):
@@ -108,24 +130,27 @@ class PrepareVolumeRow(ManifestRowDoFn):
             try:
                 with stage("transform"):
                     ordered = order_series(slices, self.options.min_slices)
-                    qc = dict(ordered.qc(), files_skipped=skipped)
                     source = DicomSeriesSource(ordered, load_dataset, self.options.image)
-                    finished = prepare_volume(source, self.options, row["text"], first.series_number, qc)
-                outs = list(self._records(row, uid, first.modality, finished, first.patient_id, first.study_uid,
-                                          dict(first.identifiers), any(s.burned_in for s in slices)))
+                    plan = plan_volume(source, self.options, row["text"], first.series_number)
             except ItemError as exc:
                 failures.append(exc)
                 continue
-            produced += 1
-            yield from outs
-        if not produced:
+            planned += 1
+            meta = SeriesMeta(uid, first.modality, first.patient_id, first.study_uid,
+                              tuple(first.identifiers), any(s.burned_in for s in slices), plan,
+                              dict(ordered.qc(), files_skipped=skipped))
+            for numbers in batches(list(range(1, len(plan.indices) + 1))):
+                subset = SliceSubset.of(ordered, [plan.indices[n - 1] for n in numbers])
+                yield (key, row, meta, subset, numbers), {}
+        if not planned:
             if failures:
                 raise failures[0]
             raise ItemError("transform", f"no series matched --series_filter {self.config.series_filter!r}")
         if failures:
             _LOG.warning("row %s: %d series skipped: %s", row["row"], len(failures), failures[0].message)
 
-    def _nifti(self, row, path):
+    def _nifti(self, key, row, path):
+        """A NIfTI/NRRD/MHA volume, rendered here (it is one array in memory): one batch of finished slices."""
         from transforms.nifti import read_nifti
 
         modality = row["modality"].upper()
@@ -134,32 +159,93 @@ class PrepareVolumeRow(ManifestRowDoFn):
         volume, info = read_nifti(read_bytes(path), path)
         source = ArrayVolumeSource(volume, modality, info["z_mm"], self.options.image)
         finished = prepare_volume(source, self.options, row["text"], "", {**info, "z_mm": None})
-        yield from self._records(row, path, modality, finished, row["patient_id"], "")
+        meta = SeriesMeta(path, modality, row["patient_id"], "")
+        return key, row, meta, None, [(n, f.without_pixels()) for n, f in enumerate(finished, start=1)]
 
-    def _records(self, row, series_key, modality, finished, patient_id, study_uid, identifiers=None,
-                 burned_in=False):
+
+class RenderSlices(WorkDoFn):
+    """A batch of one series' selected slices -> (input key, (row, meta, n, FinishedImage or None, failure))."""
+
+    unit = "slice"
+
+    def setup(self):
+        self.options = self.config.volume_options()
+
+    def process(self, element):
+        key, row, meta, subset, numbers = element
+        if subset is None:   # rendered at planning (NIfTI)
+            for n, finished in numbers:
+                yield key, (row, meta, n, finished, None)
+            return
+        source = DicomSeriesSource(subset, load_dataset, self.options.image)
+        for n in numbers:
+            finished, failure = self.run_unit(
+                lambda: finish_slice(source, self.options, meta.plan, n, meta.info).without_pixels())
+            yield key, (row, meta, n, finished, failure)
+
+
+class AssembleVolume(ManifestRowDoFn):
+    """(input key, every rendered slice of its series) -> a record per series and/or per slice.
+
+    A series with a slice that failed is skipped (logged) and the others are kept; an input with
+    no complete series is one error line.
+    """
+
+    def ref_of(self, element):
+        _, results = element
+        row = results[0][0]
+        return row["images"][0], row["row"]
+
+    def outputs(self, element):
+        _, results = element
+        row = results[0][0]
+        by_series: dict[str, list] = {}
+        for _, meta, n, finished, failure in results:
+            by_series.setdefault(meta.key, []).append((n, meta, finished, failure))
+        failures: list[ItemError] = []
+        produced = 0
+        for series_key in sorted(by_series):
+            items = sorted(by_series[series_key], key=lambda item: item[0])
+            meta = items[0][1]
+            bad = [failure for _, _, f, failure in items if f is None]
+            try:
+                if bad:
+                    raise ItemError(*bad[0])
+                outs = list(self._records(row, meta, [f for _, _, f, _ in items]))
+            except ItemError as exc:
+                failures.append(exc)
+                continue
+            produced += 1
+            yield from outs
+        if not produced:
+            raise failures[0]
+        if failures:
+            _LOG.warning("row %s: %d series skipped: %s", row["row"], len(failures), failures[0].message)
+
+    def _records(self, row, meta: SeriesMeta, finished):
         if not row["text"].strip():
             raise ItemError("text", "empty text: a volume example needs its report")
         base = row["id"] or f"row:{row['row']}:{'|'.join(row['images'])}"
-        common = dict(modality=row["modality"] or modality, prompt=row["prompt"], text=row["text"],
-                      patient_id=row["patient_id"] or patient_id, study_uid=study_uid, label=row["label"],
-                      identifiers=identifiers or {}, burned_in=burned_in)
+        common = dict(modality=row["modality"] or meta.modality, prompt=row["prompt"], text=row["text"],
+                      patient_id=row["patient_id"] or meta.patient_id, study_uid=meta.study_uid, label=row["label"],
+                      identifiers=dict(meta.identifiers), burned_in=meta.burned_in)
         sources = [f.info.pop("file", "") or row["images"][0] for f in finished]
         if "series" in self.config.granularity:
             parts = [PROMPT]
             for f in finished:
                 parts += [IMAGE, f.info["slice_label"]]
-            yield build_record(ExampleParts(example_key=f"{base}#{series_key}", task="series", images=finished,
+            yield build_record(ExampleParts(example_key=f"{base}#{meta.key}", task="series", images=finished,
                                             sources=sources, user_parts=parts,
                                             **common), self.config, self.tokenizer)
         if "slice" in self.config.granularity:
             for f, src in zip(finished, sources):
-                yield build_record(ExampleParts(example_key=f"{base}#{series_key}#{f.info['slice_index']}",
+                yield build_record(ExampleParts(example_key=f"{base}#{meta.key}#{f.info['slice_index']}",
                                                 task="slice", images=[f], sources=[src], **common),
                                    self.config, self.tokenizer)
 
 
 def build(p: beam.Pipeline, config: Config):
-    """The volumes pipeline graph."""
-    return manifest_pipeline(p, "volumes", config, PrepareVolumeRow(config), per_series=True,
-                             images_per_input=config.max_slices * len(config.granularity))
+    """The volumes pipeline graph: plan per input, slices rendered in batches across workers, assembled per input."""
+    return fan_out_pipeline(p, "volumes", config, PlanVolumes(config), RenderSlices(config), AssembleVolume(config),
+                            "RenderSlices", per_series=True,
+                            images_per_input=config.max_slices * len(config.granularity))

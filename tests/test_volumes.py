@@ -1,7 +1,9 @@
 """CT/MR volumes: series order and QC, windows, MR normalization, slice selection, NIfTI, the pipeline."""
+import glob
 import io
 import json
 import os
+import shutil
 
 import numpy as np
 import pydicom
@@ -403,3 +405,35 @@ def test_nifti_api_needs_modality_and_matches_pipeline(volume_run):
     p = prepare_series(str(d / "vol.nii.gz"), modality="CT", options=VolumeOptions(image=ImageOptions(), max_slices=10))
     rec = [r for r in read_records(str(out / "parquet")) if r["source"][0].endswith("vol.nii.gz")][0]
     assert rec["images"] == p.encoded and len(p.encoded) == 5
+
+
+def test_a_slice_failing_after_planning_skips_its_series_only(tmp_path, demo_model_path):
+    """Slices render in batches on other workers: a slice whose pixels are broken (headers fine, so
+    planning succeeds) fails its series alone; a row with no other series becomes one error line."""
+    from pipelines.cli import run_pipeline_with_result
+    from pipelines.metrics import query_metrics, totals
+
+    paths = write_series(str(tmp_path / "mixed"), 20, series=5, patient=9)
+    write_series(str(tmp_path / "mixed"), 12, series=6, patient=9)
+    last = next(p for p in paths if int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber) == 20)
+    ds = pydicom.dcmread(last)
+    ds.PixelData = ds.PixelData[:100]            # the last slice is always selected by the uniform rule
+    ds.save_as(last)
+    shutil.copytree(tmp_path / "mixed", tmp_path / "alone")
+    for p in glob.glob(str(tmp_path / "alone" / "*")):
+        if int(pydicom.dcmread(p, stop_before_pixels=True).SeriesNumber) == 6:
+            os.remove(p)
+    rows = [{"id": "mixed", "image": str(tmp_path / "mixed"), "text": "two series", "patient_id": "P9"},
+            {"id": "alone", "image": str(tmp_path / "alone"), "text": "broken series only", "patient_id": "P9"}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "o"
+    s, result = run_pipeline_with_result("volumes", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(out),
+                                                     "--tokenizer", demo_model_path, "--max_slices", "10"])
+    assert (s["inputs"], s["examples"], s["errors"], s["reconciled"]) == (2, 1, 1, True)
+    (record,) = read_records(str(out / "arrayrecord"))
+    assert len(record["images"]) == 10 and all(json.loads(i)["volume_slices"] == 12 for i in record["image_info"])
+    (line,) = [json.loads(x) for x in open(out / "errors" / "errors-00000-of-00001.jsonl")]
+    assert line["row"] == 2 and line["stage"] == "decode"
+    counters, _ = query_metrics(result)
+    total = totals(counters)
+    assert total["slices_failed"] == 2 and total["slices_done"] == 10 + 9 + 9   # the broken slice, twice

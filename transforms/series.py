@@ -123,6 +123,11 @@ class OrderedSeries:
     excluded: dict = field(default_factory=dict)   # reason -> count
     irregular_spacing: bool = False
 
+    @property
+    def modality(self) -> str:
+        """The series' modality (from its first slice)."""
+        return self.slices[0].modality
+
     def qc(self) -> dict:
         """JSON-ready findings, as stored in image_info['series']."""
         return {"order_by": self.order_by, "slices": len(self.slices),

@@ -99,13 +99,28 @@ class SliceSource:
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
+class SliceSubset:
+    """Some slices of an ordered series, keyed by their index in it: what one worker renders when a
+    series is fanned out (DicomSeriesSource reads `slices[i]` and `z[i]` from either form)."""
+
+    slices: dict[int, SliceHeader]
+    z: dict[int, float]
+    modality: str
+
+    @classmethod
+    def of(cls, ordered: OrderedSeries, indices) -> "SliceSubset":
+        """The slices at `indices` of an ordered series."""
+        return cls({i: ordered.slices[i] for i in indices}, {i: ordered.z[i] for i in indices}, ordered.modality)
+
+
 class DicomSeriesSource(SliceSource):
     """Slices of one ordered DICOM series; `load(key)` returns the full dataset of an instance."""
 
-    def __init__(self, ordered: OrderedSeries, load: Callable[[object], Dataset], options: ImageOptions):
+    def __init__(self, ordered: "OrderedSeries | SliceSubset", load: Callable[[object], Dataset], options: ImageOptions):
         self.ordered, self._load, self.options = ordered, load, options
         self.n = len(ordered.slices)
-        self.modality = ordered.slices[0].modality
+        self.modality = ordered.modality
         self._cache: tuple[object, Dataset] | None = None   # multi-frame: one object serves many slices
 
     def _dataset(self, header: SliceHeader) -> Dataset:
@@ -173,9 +188,19 @@ def select_indices(source: SliceSource, options: VolumeOptions, report: str = ""
     return uniform_indices(source.n, options.max_slices), "uniform"
 
 
-def prepare_volume(source: SliceSource, options: VolumeOptions, report: str = "", series_number: str = "",
-                   volume_info: dict | None = None) -> list[FinishedImage]:
-    """Selected slices of a volume -> finished images, each with slice index/InstanceNumber/z in its info."""
+@dataclass(frozen=True)
+class VolumePlan:
+    """What rendering any one selected slice needs to know about the whole volume."""
+
+    indices: tuple[int, ...]                      # selected slices, in order (index into the ordered series)
+    how: str                                      # how they were selected
+    n_slices: int                                 # slices in the volume
+    value_range: tuple[float, float] | None = None   # MR: the volume's range (CT: None, windows are fixed)
+    intensity: str | None = None
+
+
+def plan_volume(source: SliceSource, options: VolumeOptions, report: str = "", series_number: str = "") -> VolumePlan:
+    """Check the modality, compute MR's volume range (one slice in memory at a time), select slices."""
     if source.modality not in VOLUME_MODALITIES:
         raise ItemError("transform", f"modality {source.modality or 'unknown'} is not CT or MR")
     value_range, intensity = None, None
@@ -188,20 +213,30 @@ def prepare_volume(source: SliceSource, options: VolumeOptions, report: str = ""
             value_range = hist.range()
             intensity = "minmax of volume"
     indices, how = select_indices(source, options, report, series_number)
-    out = []
-    for n, index in enumerate(indices, start=1):
-        rendered = source.render(index, value_range)
-        finished = finish_rendered(rendered, options.image)
-        finished.info.update(source.slice_info(index))
-        finished.info.update({"slice_index": index, "slice_label": f"SLICE {n}", "selection": how,
-                              "volume_slices": source.n})
-        if value_range is not None:
-            finished.info["intensity"] = intensity
-            finished.info["value_range"] = [round(value_range[0], 6), round(value_range[1], 6)]
-        if volume_info:
-            finished.info["series"] = volume_info
-        out.append(finished)
-    return out
+    return VolumePlan(tuple(indices), how, source.n, value_range, intensity)
+
+
+def finish_slice(source: SliceSource, options: VolumeOptions, plan: VolumePlan, n: int,
+                 volume_info: dict | None = None) -> FinishedImage:
+    """The n-th selected slice (from 1) of a planned volume -> finished image with its slice info."""
+    index = plan.indices[n - 1]
+    finished = finish_rendered(source.render(index, plan.value_range), options.image)
+    finished.info.update(source.slice_info(index))
+    finished.info.update({"slice_index": index, "slice_label": f"SLICE {n}", "selection": plan.how,
+                          "volume_slices": plan.n_slices})
+    if plan.value_range is not None:
+        finished.info["intensity"] = plan.intensity
+        finished.info["value_range"] = [round(plan.value_range[0], 6), round(plan.value_range[1], 6)]
+    if volume_info:
+        finished.info["series"] = volume_info
+    return finished
+
+
+def prepare_volume(source: SliceSource, options: VolumeOptions, report: str = "", series_number: str = "",
+                   volume_info: dict | None = None) -> list[FinishedImage]:
+    """Selected slices of a volume -> finished images, each with slice index/InstanceNumber/z in its info."""
+    plan = plan_volume(source, options, report, series_number)
+    return [finish_slice(source, options, plan, n, volume_info) for n in range(1, len(plan.indices) + 1)]
 
 
 def slice_messages(images: Sequence, labels: Sequence[str], prompt: str = "") -> list[dict]:
