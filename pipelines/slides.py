@@ -10,7 +10,6 @@ is counted and logged; a slide with no readable patch is one error line.
 from __future__ import annotations
 
 import logging
-import os
 from collections import OrderedDict
 
 import apache_beam as beam
@@ -23,11 +22,10 @@ from pipelines.row_dofn import ManifestRowDoFn
 from pipelines.sources.dicomweb import parse_ref, wsi_web_client
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.outputs import localize
-from pipelines.sources.files import LocalFile, localize_file
+from pipelines.sources.files import LocalFile, RemoteStreams, localize_file
 from transforms.errors import ItemError, stage
 from transforms.slide import SlidePlan, plan_slide, read_patch
-from transforms.slide_reader import OpenSlideReader, open_slide, open_web_wsi
+from transforms.slide_reader import OpenSlideReader, open_slide, open_web_wsi, open_wsi_streams
 from transforms.text import IMAGE
 
 _LOG = logging.getLogger(__name__)
@@ -49,11 +47,12 @@ class _Readers:
             local = LocalFile(path, False)
             reader = open_web_wsi(path, wsi_web_client(web.base), assume, override)
         elif "://" in path and not FileSystems.exists(path):   # an object-store prefix: a DICOM WSI folder
-            local = LocalFile(localize(path), True)
-            if not os.listdir(local.path):
+            local = RemoteStreams(path)                          # ranged reads: only the frames needed
+            try:
+                reader = open_wsi_streams(local.streams, assume, override)
+            except ItemError:
                 local.cleanup()
-                raise ItemError("read", f"cannot read {path}: file not found")
-            reader = open_slide(local.path, assume, override)
+                raise
         else:
             local = localize_file(path)
             reader = open_slide(local.path, assume, override)

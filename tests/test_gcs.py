@@ -1,4 +1,5 @@
 """gs:// end to end against a local GCS emulator (gcp-storage-emulator from PyPI), started by the fixture."""
+import io
 import json
 import os
 import shutil
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from pipelines.samples import make_images_samples
@@ -193,3 +195,58 @@ def test_missing_gcs_slide_is_a_read_error(gcs, tmp_path):
     s = run_pipeline("slides", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o")])
     lines = [json.loads(x) for x in open(tmp_path / "o" / "errors" / "errors-00000-of-00001.jsonl")]
     assert s["errors_by_stage"] == {"read": 1} and "file not found" in lines[0]["message"]
+
+
+class _Counting(io.RawIOBase):
+    """A stream that counts the bytes read through it."""
+
+    def __init__(self, inner):
+        self.inner, self.bytes = inner, 0
+
+    def read(self, n=-1):
+        data = self.inner.read(n)
+        self.bytes += len(data)
+        return data
+
+    def readinto(self, buf):
+        data = self.read(len(buf))
+        buf[:len(data)] = data
+        return len(data)
+
+    def seek(self, offset, whence=0):
+        return self.inner.seek(offset, whence)
+
+    def tell(self):
+        return self.inner.tell()
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+
+@pytest.mark.skipif(not shutil.which("OrthancWSIDicomizer"), reason="needs Debian's orthanc-wsi")
+def test_dicom_wsi_on_gcs_is_read_in_ranges(gcs, tmp_path):
+    """A DICOM WSI under a gs:// prefix is opened as seekable streams: one patch reads a small part."""
+    from pipelines.samples import synthetic_slide_rgb, write_svs
+    from pipelines.sources.files import RemoteStreams
+    from test_dicom_wsi import dicomize
+    from transforms.slide_reader import OpenSlideReader, open_wsi_streams
+
+    svs = write_svs(str(tmp_path / "s.svs"), synthetic_slide_rgb(8192, 8192, seed=5), mpp=0.25)
+    folder = dicomize(svs, str(tmp_path / "dicom"), 0.25)
+    _upload_folder(gcs, folder, "ranged")
+    total = sum(b.size for b in gcs.list_blobs(prefix="ranged/"))
+    remote = RemoteStreams(f"gs://{BUCKET}/ranged/")
+    counting = [_Counting(s) for s in remote.streams]
+    reader = open_wsi_streams(counting)
+    opened = sum(c.bytes for c in counting)
+    region = reader.read(0, 4096, 4096, 256, 256)
+    read = sum(c.bytes for c in counting) - opened
+    local = OpenSlideReader(svs).read(0, 4096, 4096, 256, 256)
+    assert np.abs(region.astype(int) - local.astype(int)).max() <= 8     # the same place (JPEG re-encoded)
+    assert opened + read < total / 4, (opened, read, total)
+    assert read < total / 50
+    reader.close()
+    remote.cleanup()

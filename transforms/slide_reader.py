@@ -167,6 +167,18 @@ def open_web_wsi(url: str, client=None, assume_mpp: float | None = None, overrid
     return DicomWsiReader(assume_mpp=assume_mpp, override_mpp=override_mpp, wsi=wsi)
 
 
+def open_wsi_streams(streams, assume_mpp: float | None = None, override_mpp: float | None = None):
+    """A DICOM WSI from seekable binary streams (e.g. objects in a bucket): only the headers, offset
+    tables and the frames a read needs are read from them."""
+    import wsidicom
+
+    try:
+        wsi = wsidicom.WsiDicom.open_streams(streams)
+    except Exception as exc:
+        raise ItemError("decode", f"not a DICOM WSI wsidicom can open: {type(exc).__name__}: {exc}") from None
+    return DicomWsiReader(assume_mpp=assume_mpp, override_mpp=override_mpp, wsi=wsi)
+
+
 def open_slide(path: str, assume_mpp: float | None = None, override_mpp: float | None = None):
     """A reader for a slide file (OpenSlide), a DICOM WSI folder, or a DICOMweb WSI series URL (wsidicom)."""
     import os

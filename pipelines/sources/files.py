@@ -53,6 +53,24 @@ class LocalFile:
             os.remove(self.path)
 
 
+class RemoteStreams:
+    """Seekable streams over every object under a gs:// prefix (Beam's GCS reader fetches the ranges
+    read, in buffered chunks, not whole objects); `cleanup` closes them. `path` is the prefix."""
+
+    def __init__(self, prefix: str):
+        matched = FileSystems.match([prefix.rstrip("/") + "/**"])[0].metadata_list
+        self.path = prefix
+        self.streams = [FileSystems.open(m.path, compression_type="uncompressed")
+                        for m in sorted(matched, key=lambda m: m.path) if not m.path.endswith("/")]
+        if not self.streams:
+            raise ItemError("read", f"cannot read {prefix}: file not found")
+
+    def cleanup(self) -> None:
+        """Close the streams."""
+        for stream in self.streams:
+            stream.close()
+
+
 def localize_file(ref: str) -> LocalFile:
     """The file as a local path (gs:// copied in 8 MiB chunks; OpenSlide cannot do ranged reads on GCS)."""
     if "://" not in ref:
