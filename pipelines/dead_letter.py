@@ -75,9 +75,7 @@ class ItemDoFn(beam.DoFn):
 
     def __init__(self):
         self.metrics = PipelineMetrics()
-
-    def setup(self):
-        self._progress = WorkerProgress(type(self).__name__)
+        self._progress: WorkerProgress | None = None   # per worker process, made on first use
 
     def ref_of(self, element) -> tuple[str, int]:
         """(reference, manifest row from 1; -1 when not from a manifest) naming the element in error lines."""
@@ -89,7 +87,7 @@ class ItemDoFn(beam.DoFn):
     def _finished(self, ok: bool) -> None:
         self.metrics.inc("inputs")
         self.metrics.inc("inputs_failed", not ok)
-        if not hasattr(self, "_progress"):   # a subclass's setup() that did not call ours
+        if self._progress is None:
             self._progress = WorkerProgress(type(self).__name__)
         self._progress.add(ok)
         if self.progress_file:
