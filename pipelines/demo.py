@@ -20,6 +20,9 @@ def main(output_dir: str) -> int:
     """Samples and a demo tokenizer into OUT/samples; pipeline outputs into OUT/images, OUT/volumes, OUT/slides."""
     from pipelines.cli import run_pipeline
 
+    # Manifests name their files by path, and relative references resolve against the manifest's
+    # own folder: write absolute paths so `--output_dir demo_out` works from any directory.
+    output_dir = os.path.abspath(output_dir)
     samples = os.path.join(output_dir, "samples")
     tokenizer = os.path.join(samples, "demo.model")
     images_manifest = make_images_samples(samples)
