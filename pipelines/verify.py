@@ -53,6 +53,18 @@ def _source_identifiers(refs: set[str], manifest: str) -> dict[str, str]:
     return found
 
 
+def _listed_files(summary: dict, output_dir: str, key: str, what: str, problems: list[str]):
+    """(entry, local path) of summary.json's files that have `key` and exist; a missing one is a problem."""
+    for f in summary["files"]:
+        if key not in f:
+            continue
+        path = join(output_dir, f["path"])
+        if os.path.isfile(path):
+            yield f, path
+        else:
+            problems.append(f"missing {what} {f['path']}")
+
+
 def verify(output_dir: str, phi_scan: bool = True) -> tuple[list[str], dict]:
     """(problems, facts) for an output folder (local or gs://); no problems means it verifies."""
     if "://" in output_dir:
@@ -75,13 +87,7 @@ def verify(output_dir: str, phi_scan: bool = True) -> tuple[list[str], dict]:
         problems.append(f"summary does not reconcile: inputs {inputs} != inputs with examples {ok} + errors {nerr}")
     error_lines = []
     texts: list[tuple[str, str]] = [("summary.json", open(summary_path, encoding="utf-8").read())]
-    for f in summary["files"]:
-        if "lines" not in f:
-            continue
-        path = join(output_dir, f["path"])
-        if not os.path.isfile(path):
-            problems.append(f"missing error file {f['path']}")
-            continue
+    for f, path in _listed_files(summary, output_dir, "lines", "error file", problems):
         body = open(path, encoding="utf-8").read()
         texts.append((f["path"], body))
         for n, line in enumerate(body.splitlines(), start=1):
@@ -97,13 +103,7 @@ def verify(output_dir: str, phi_scan: bool = True) -> tuple[list[str], dict]:
         problems.append(f"summary counts {nerr} errors, errors/ holds {len(error_lines)} lines")
     by_format: dict[str, dict[str, dict]] = defaultdict(dict)
     images_by_format: dict[str, int] = defaultdict(int)
-    for f in summary["files"]:
-        if "format" not in f:
-            continue
-        path = join(output_dir, f["path"])
-        if not os.path.isfile(path):
-            problems.append(f"missing shard {f['path']}")
-            continue
+    for f, path in _listed_files(summary, output_dir, "format", "shard", problems):
         reader = _read_arrayrecord if f["format"] == "arrayrecord" else _read_parquet
         count = 0
         try:
