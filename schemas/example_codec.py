@@ -38,8 +38,47 @@ def _bytes_list(values: Iterable[bytes]) -> bytes:
     return _field(1, b"".join(_field(1, v) for v in values))
 
 
+def packed_varints(values: Iterable[int]) -> bytes:
+    """int64 values -> concatenated protobuf varints (negatives as 10-byte two's complement), vectorized."""
+    u = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=np.int64).astype(np.uint64)
+    if u.size == 0 or (u < 128).all():
+        return u.astype(np.uint8).tobytes()
+    sizes = np.ones(u.size, np.int64)
+    rest = u >> np.uint64(7)
+    while rest.any():
+        sizes += rest > 0
+        rest >>= np.uint64(7)
+    out = np.empty(int(sizes.sum()), np.uint8)
+    at = np.cumsum(sizes) - sizes
+    for k in range(int(sizes.max())):
+        more = sizes > k
+        byte = ((u[more] >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8)
+        byte |= (sizes[more] > k + 1).astype(np.uint8) << 7
+        out[at[more] + k] = byte
+    return out.tobytes()
+
+
+def unpack_varints(payload: memoryview) -> list[int]:
+    """Concatenated protobuf varints -> signed int64 values; ValueError if the last one is cut off."""
+    a = np.frombuffer(payload, np.uint8)
+    if a.size == 0:
+        return []
+    if a[-1] & 0x80:
+        raise ValueError("truncated varint")
+    ends = np.flatnonzero(a < 128)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    sizes = ends - starts + 1
+    if sizes.max() > 10:
+        raise ValueError("varint too long")
+    values = np.zeros(ends.size, np.uint64)
+    for k in range(int(sizes.max())):
+        more = sizes > k
+        values[more] |= (a[starts[more] + k].astype(np.uint64) & np.uint64(0x7F)) << np.uint64(7 * k)
+    return values.view(np.int64).tolist()
+
+
 def _int64_list(values: Iterable[int]) -> bytes:
-    packed = b"".join(_varint(int(v)) for v in values)
+    packed = packed_varints(values)
     return _field(3, _field(1, packed) if packed else b"")
 
 
@@ -140,10 +179,7 @@ def _decode_feature(buf: memoryview):
             ints: list[int] = []
             for n, wire, v in _fields(value):
                 if n == 1 and wire == 2:
-                    pos = 0
-                    while pos < len(v):
-                        x, pos = _read_varint(v, pos)
-                        ints.append(_signed64(x))
+                    ints.extend(unpack_varints(v))
                 elif n == 1 and wire == 0:
                     ints.append(_signed64(v))
             return "int64", ints

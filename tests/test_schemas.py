@@ -3,6 +3,7 @@ import io
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 from schemas import (FIELD_NAMES, arrow_schema, decode_example, encode_example, read_records, to_model_input,
@@ -161,3 +162,25 @@ def test_to_model_input_matches_numpy_reference():
     assert np.allclose(x, arr.astype(np.float64) / 127.5 - 1.0, atol=1e-6)
     assert x.min() >= -1 and x.max() <= 1
     assert to_model_input(buf.getvalue(), channels_first=True).shape == (3, 896, 896)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=-2**63, max_value=2**63 - 1), max_size=50))
+def test_vectorized_varints_equal_the_one_at_a_time_wire_format(values):
+    from schemas.example_codec import _read_varint, _signed64, _varint, packed_varints, unpack_varints
+
+    reference = b"".join(_varint(v) for v in values)
+    assert packed_varints(values) == reference
+    decoded, pos, view = [], 0, memoryview(reference)
+    while pos < len(view):
+        x, pos = _read_varint(view, pos)
+        decoded.append(_signed64(x))
+    assert unpack_varints(view) == decoded == values
+
+
+def test_unpack_varints_rejects_cut_off_and_overlong_input():
+    from schemas.example_codec import unpack_varints
+
+    for bad, why in ((b"\x80", "truncated"), (b"\x01\xff", "truncated"), (b"\xff" * 11 + b"\x01", "too long")):
+        with pytest.raises(ValueError, match=why):
+            unpack_varints(memoryview(bad))
