@@ -105,7 +105,6 @@ class ItemDoFn(beam.DoFn):
         from pipelines.sources.dicomweb import retries_so_far
 
         before = retries_so_far()
-        times: dict = {}
         try:
             produced, times = run_with_limit(lambda: self._timed_outputs(element), self.timeout)
         except Exception as exc:  # every failure of one item becomes an error line

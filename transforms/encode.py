@@ -22,9 +22,9 @@ DEFAULT_JPEG_QUALITY = 95
 def encode_image(img: Image.Image, image_format: str = "png", *, png_level: int = DEFAULT_PNG_LEVEL,
                  jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> bytes:
     """PIL image -> encoded bytes; png_level 0-3 fast encoder, 4-9 Pillow/zlib; jpeg_quality 1-100 (4:4:4 at >= 90)."""
-    buf = io.BytesIO()
     if image_format == "png" and png_level <= MAX_FAST_LEVEL and img.mode in ("RGB", "L"):
         return encode_png(np.asarray(img), png_level)
+    buf = io.BytesIO()
     if image_format == "png":
         img.save(buf, format="PNG", compress_level=png_level)
     elif image_format == "jpeg":
