@@ -52,6 +52,8 @@ class Config:
     salt_is_default: bool = False
     scrub_text: bool = False
     allow_burned_in: bool = False
+    allow_extra_columns: bool = False  # manifest columns medprep does not know are kept (row['extra'])
+    extra_columns: tuple = ()  # those columns (sorted), found at start-up; listed in summary.json
     item_timeout: float = 600.0
     # slides (defaults: transforms.slide.SlideOptions, the MedGemma reference)
     target_mpp: float = _SLIDE.target_mpp

@@ -7,6 +7,8 @@ joined by StudyInstanceUID, else AccessionNumber. Identifiers are only used for 
 """
 from __future__ import annotations
 
+import os
+
 import apache_beam as beam
 import pydicom
 from apache_beam.io.filesystems import FileSystems
@@ -51,7 +53,7 @@ def _json_value(item: dict, tag: str) -> str:
 def _row(n: int, ref: str, study: str, accession: str, reports: dict) -> dict:
     report = reports.get(f"study:{study}") or reports.get(f"acc:{accession}") or {"text": "", "prompt": ""}
     return {"row": n, "id": "", "images": [ref], "prior": "", "text": report["text"], "prompt": report["prompt"],
-            "boxes": [], "box_labels": [], "label": "", "patient_id": "", "modality": "", "mpp": None}
+            "boxes": [], "box_labels": [], "label": "", "patient_id": "", "modality": "", "mpp": None, "extra": {}}
 
 
 def dicomweb_rows(config: Config, level: str):
@@ -104,7 +106,7 @@ class DiscoverRows(beam.PTransform):
         level = "series" if per_series else "instances"
         if cfg.dicomweb_url:
             return p | "Query" >> beam.Create([None]) | "Search" >> beam.FlatMap(lambda _: dicomweb_rows(cfg, level))
-        prefix = cfg.input.rstrip("/")
+        prefix = folder_prefix(cfg.input)
         return (p
                 | "Prefix" >> beam.Create([prefix + "/**"])
                 | "List" >> beam.FlatMap(lambda pattern: [m.path for m in FileSystems.match([pattern])[0].metadata_list])
@@ -117,6 +119,12 @@ class DiscoverRows(beam.PTransform):
 
 def is_folder_input(path: str) -> bool:
     """--input names a folder/prefix (discovery) rather than a manifest file."""
-    import os
-
     return path.endswith("/") or ("://" not in path and os.path.isdir(path))
+
+
+def folder_prefix(path: str) -> str:
+    """The folder to list, without its trailing '/': a local one absolute, so that the listed paths
+    are absolute and are used as they are (never joined to the folder a second time)."""
+    if "://" not in path:
+        path = os.path.abspath(path)
+    return path.rstrip("/")

@@ -1,11 +1,14 @@
 """Manifest rows (JSONL, CSV or Parquet; local or gs://) -> validated, normalized dicts.
 
 Columns: image (a reference or a list), text, prompt, prior, boxes, box_labels, label,
-patient_id, id, modality. List-valued columns may be JSON strings in CSV.
+patient_id, id, modality, mpp. List-valued columns may be JSON strings in CSV.
+An unknown column is refused at start-up (check_manifest), naming it and the closest known
+one, unless extra columns are allowed; a normalized row keeps them as text in `extra`.
 """
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import json
 import math
@@ -22,6 +25,43 @@ KNOWN_COLUMNS = frozenset(
 
 class ManifestError(ValueError):
     """A manifest that cannot be used; the message names the file and row."""
+
+
+def closest_column(name: str) -> str:
+    """The known column `name` is most likely a misspelling of ('' when none is close)."""
+    match = difflib.get_close_matches(name.strip().lower(), sorted(KNOWN_COLUMNS), n=1, cutoff=0.6)
+    return match[0] if match else ""
+
+
+def unknown_columns_message(columns) -> str:
+    """'unknown column 'promt' (did you mean 'prompt'?)', one clause per column, then the known ones."""
+    parts = []
+    for name in columns:
+        near = closest_column(name)
+        label = f"column {name!r}" if name else "a column with no name"
+        parts.append(f"unknown {label}" + (f" (did you mean {near!r}?)" if near else ""))
+    return (f"{'; '.join(parts)}. Known columns: {', '.join(sorted(KNOWN_COLUMNS))}; "
+            "pass --allow_extra_columns to keep other columns (listed in summary.json)")
+
+
+def extra_columns(raw: dict) -> list[str]:
+    """The columns of one raw row that medprep does not know, in the row's order.
+
+    An unnamed column (a CSV header ending in a comma) counts only where it holds a value.
+    """
+    return [k for k, v in raw.items() if k not in KNOWN_COLUMNS and (k != "" or not _is_missing(v))]
+
+
+def _extra_text(value: Any) -> str:
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if _is_missing(value):
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _as_str(value)
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
 
 
 def _is_missing(value: Any) -> bool:
@@ -52,6 +92,8 @@ def normalize_row(raw: dict, row: int) -> dict:
     where = f"row {row}"
     if not isinstance(raw, dict):
         raise ManifestError(f"{where}: a row must be an object/mapping")
+    if None in raw:  # csv.DictReader puts values beyond the header under the key None
+        raise ManifestError(f"{where}: more values than the header has columns")
     image = _maybe_json(raw.get("image"))
     if hasattr(image, "tolist"):
         image = image.tolist()
@@ -100,7 +142,9 @@ def normalize_row(raw: dict, row: int) -> dict:
             raise bad_mpp from None
         if not mpp > 0:
             raise bad_mpp
-    return {"row": row, "images": images, "prior": prior, "boxes": boxes, "box_labels": labels, "mpp": mpp, **text}
+    extra = {str(k): _extra_text(raw[k]) for k in extra_columns(raw)}
+    return {"row": row, "images": images, "prior": prior, "boxes": boxes, "box_labels": labels, "mpp": mpp, **text,
+            "extra": extra}
 
 
 def resolve_ref(ref: str, manifest: str) -> str:
@@ -143,14 +187,10 @@ def _raw_rows(path: str) -> Iterator[dict]:
         raise ManifestError(f"{path}: unsupported manifest format (use .jsonl, .csv or .parquet)")
 
 
-def read_manifest(path: str) -> Iterator[dict]:
-    """Normalized rows of a manifest, numbered from 1 (the data row); ManifestError names path and row."""
+def _read_raw(path: str) -> Iterator[tuple[int, dict]]:
+    """(row number from 1, raw row); read failures become ManifestError naming the path."""
     try:
-        for row, raw in enumerate(_raw_rows(path), start=1):
-            try:
-                yield normalize_row(raw, row)
-            except ManifestError as exc:
-                raise ManifestError(f"{path}: {exc}") from None
+        yield from enumerate(_raw_rows(path), start=1)
     except ManifestError:
         raise
     except (OSError, UnicodeDecodeError) as exc:
@@ -161,11 +201,42 @@ def read_manifest(path: str) -> Iterator[dict]:
         raise ManifestError(f"{path}: cannot read manifest: {type(exc).__name__}: {exc}") from None
 
 
-def check_manifest(path: str) -> int:
-    """Validate every row at start-up; duplicate ids are errors. Returns the row count."""
+def read_manifest(path: str) -> Iterator[dict]:
+    """Normalized rows of a manifest, numbered from 1 (the data row); ManifestError names path and row.
+
+    Unknown columns are not refused here (workers run this; check_manifest refused them at
+    start-up unless allowed): they are kept in each row's `extra`.
+    """
+    for row, raw in _read_raw(path):
+        try:
+            yield normalize_row(raw, row)
+        except ManifestError as exc:
+            raise ManifestError(f"{path}: {exc}") from None
+
+
+def check_manifest(path: str, allow_extra_columns: bool = False) -> int:
+    """Validate every row at start-up; duplicate ids and unknown columns are errors. Returns the row count."""
+    return inspect_manifest(path, allow_extra_columns)[0]
+
+
+def inspect_manifest(path: str, allow_extra_columns: bool = False) -> tuple[int, tuple[str, ...]]:
+    """check_manifest, also returning the extra columns (sorted) that `allow_extra_columns` let through.
+
+    Without `allow_extra_columns`, the first row holding an unknown column is a ManifestError
+    naming the column and the closest known one.
+    """
     seen: dict[str, int] = {}
+    extras: set[str] = set()
     count = 0
-    for row in read_manifest(path):
+    for n, raw in _read_raw(path):
+        unknown = extra_columns(raw) if isinstance(raw, dict) and None not in raw else []
+        if unknown and not allow_extra_columns:  # first: a misspelt 'image' is named as such
+            raise ManifestError(f"{path}: row {n}: {unknown_columns_message(unknown)}")
+        extras.update(unknown)
+        try:
+            row = normalize_row(raw, n)
+        except ManifestError as exc:
+            raise ManifestError(f"{path}: {exc}") from None
         count += 1
         if row["id"]:
             if row["id"] in seen:
@@ -173,4 +244,4 @@ def check_manifest(path: str) -> int:
             seen[row["id"]] = row["row"]
     if count == 0:
         raise ManifestError(f"{path}: manifest has no rows")
-    return count
+    return count, tuple(sorted(extras))

@@ -8,7 +8,7 @@ import os
 import re
 
 from pipelines.config import Config
-from pipelines.manifest import ManifestError, check_manifest
+from pipelines.manifest import ManifestError, inspect_manifest
 from pipelines.outputs import existing_outputs, join, new_staging_dir, write_bytes
 from pipelines.privacy import DEFAULT_SALT
 from pipelines.sinks import FORMAT_DIRS
@@ -147,8 +147,8 @@ def add_slide_options(parser: argparse.ArgumentParser) -> None:
                    help=f"patch resolution in µm/px (default {d.target_mpp:g}, ~10x)")
     g.add_argument("--patch_size", type=_int_in(16, 8192), default=d.patch_size,
                    help=f"patch side in pixels at --target_mpp (default {d.patch_size})")
-    g.add_argument("--stride", type=_int_in(1, 8192), default=d.stride,
-                   help=f"grid step in pixels at --target_mpp (default {d.stride})")
+    g.add_argument("--stride", type=_int_in(1, 8192), default=None,
+                   help="grid step in pixels at --target_mpp (default: --patch_size, patches edge to edge)")
     g.add_argument("--tissue", choices=TISSUE_METHODS, default=d.tissue,
                    help="mean_grey (reference: mean grey in [1, 204] at ~1.25x) or otsu (saturation, pen marks removed)")
     g.add_argument("--min_tissue", type=_fraction, default=d.min_tissue,
@@ -172,8 +172,9 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dicomweb_url", default="", help="discover on this DICOMweb service instead of --input "
                                                       "(…/dicomWeb or …/dicom-web)")
     g.add_argument("--query", default="", help="QIDO filters for discovery, e.g. 'Modality=CT&StudyDate=20200101-20201231'")
-    g.add_argument("--reports", default="", help="report texts for discovered data: CSV/JSONL/Parquet with "
-                                                 "study_uid and/or accession_number, text, optional prompt")
+    g.add_argument("--reports", default="", help="report texts for discovered data (required with discovery): "
+                                                 "CSV/JSONL/Parquet with study_uid and/or accession_number, text, "
+                                                 "optional prompt")
     g.add_argument("--output_dir", required=True, help="output folder, local or gs://")
     g.add_argument("--tokenizer", default="", help="SentencePiece .model (local or gs://); Gemma 3 models also give input_ids")
     g.add_argument("--image_size", type=_int_in(16, 8192), default=DEFAULT_IMAGE_SIZE,
@@ -199,6 +200,9 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--allow_burned_in", action="store_true",
                    help="keep DICOMs that declare BurnedInAnnotation=YES (skipped by default: identifiers may be in the pixels)")
     g.add_argument("--item_timeout", type=_int_in(1), default=600, help="seconds one input may take (default 600)")
+    g.add_argument("--allow_extra_columns", action="store_true",
+                   help="keep manifest columns medprep does not know (refused by default, naming the closest "
+                        "known column); they are listed in summary.json")
 
 
 def _check_output_dir(path: str, overwrite: bool) -> None:
@@ -222,31 +226,51 @@ def config_from_args(args: argparse.Namespace) -> Config:
         raise OptionError("--val_fraction/--test_fraction", "together they must leave some patients for train (< 1)")
     from pipelines.discovery import is_folder_input, parse_query, read_reports
 
-    expected_inputs = 0
+    expected_inputs, extra_columns = 0, ()
+    input_ref, reports = args.input, args.reports
     if bool(args.input) == bool(args.dicomweb_url):
         raise OptionError("--input/--dicomweb_url", "give exactly one: a manifest or folder (--input), or a DICOMweb service")
+    discovery = bool(args.dicomweb_url) or is_folder_input(args.input)
+    if discovery and getattr(args, "command", "") == "slides":
+        raise OptionError("--dicomweb_url" if args.dicomweb_url else "--input",
+                          "slides take a manifest (.jsonl, .csv, .parquet); discovery without a manifest "
+                          "(a folder --input or --dicomweb_url) is for images and volumes")
     if args.dicomweb_url:
         if not args.dicomweb_url.startswith(("http://", "https://")):
             raise OptionError("--dicomweb_url", f"expected an http(s):// URL, got {args.dicomweb_url!r}")
-    elif is_folder_input(args.input):
+    elif discovery:
         if not exists(args.input.rstrip("/")) and "://" not in args.input:
             raise OptionError("--input", f"folder not found: {args.input}")
+        if "://" not in args.input:
+            # Resolved once, here: workers list it and use the listed (absolute) paths as they are.
+            input_ref = os.path.abspath(args.input) + "/"
     elif not exists(args.input):
         raise OptionError("--input", f"manifest not found: {args.input}")
     else:
         try:
-            expected_inputs = check_manifest(args.input)
+            expected_inputs, extra_columns = inspect_manifest(args.input, args.allow_extra_columns)
         except ManifestError as exc:
             raise OptionError("--input", str(exc)) from None
     try:
         parse_query(args.query)
     except ValueError as exc:
         raise OptionError("--query", str(exc)) from None
+    if args.query and not args.dicomweb_url:
+        raise OptionError("--query", "QIDO filters apply to --dicomweb_url discovery only (give --dicomweb_url, or drop --query)")
+    if discovery and not args.reports:
+        raise OptionError("--reports", "discovery (a folder --input or --dicomweb_url) takes each example's text from "
+                                       "a reports file: give --reports (CSV/JSONL/Parquet with study_uid and/or "
+                                       "accession_number, text); without it every input would fail")
+    if args.reports and not discovery:
+        raise OptionError("--reports", "report texts are joined to discovered data only; with a manifest, put each "
+                                       "row's text in its 'text' column (or drop --reports)")
     if args.reports:
         try:
             read_reports(args.reports)
         except Exception as exc:
             raise OptionError("--reports", f"cannot read {args.reports}: {exc}") from None
+        if "://" not in args.reports:
+            reports = os.path.abspath(args.reports)
     tokenizer_sha = ""
     if args.tokenizer:
         try:
@@ -261,8 +285,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if not salt:
         _LOG.warning("no --split_salt or MEDPREP_SALT: using the public default salt; keys are NOT secret")
     _check_output_dir(args.output_dir, args.overwrite)
+    slide_keys = {k: getattr(args, k) for k in _VOLUME_KEYS if hasattr(args, k)}
+    if "stride" in slide_keys and slide_keys["stride"] is None:
+        slide_keys["stride"] = slide_keys["patch_size"]  # --stride defaults to --patch_size
     return Config(
-        input=args.input, output_dir=args.output_dir, tokenizer=args.tokenizer, tokenizer_sha256=tokenizer_sha,
+        input=input_ref, output_dir=args.output_dir, tokenizer=args.tokenizer, tokenizer_sha256=tokenizer_sha,
         image_size=args.image_size, image_format=args.image_format, png_level=args.png_level,
         jpeg_quality=args.jpeg_quality, ct_preset=args.ct_preset, ct_windows=args.ct_windows,
         max_pixels=args.max_pixels, formats=args.formats, num_shards=args.num_shards,
@@ -270,9 +297,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         overwrite=args.overwrite, preview_count=args.preview_count, salt=salt or DEFAULT_SALT,
         salt_is_default=not salt, staging_dir=new_staging_dir(args.output_dir), scrub_text=args.scrub_text,
         allow_burned_in=args.allow_burned_in, item_timeout=float(args.item_timeout),
-        dicomweb_url=args.dicomweb_url.rstrip("/"), query=args.query, reports=args.reports,
-        expected_inputs=expected_inputs,
-        **{k: getattr(args, k) for k in _VOLUME_KEYS if hasattr(args, k)},
+        allow_extra_columns=args.allow_extra_columns, extra_columns=extra_columns,
+        dicomweb_url=args.dicomweb_url.rstrip("/"), query=args.query, reports=reports,
+        expected_inputs=expected_inputs, **slide_keys,
     )
 
 

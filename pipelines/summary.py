@@ -60,6 +60,7 @@ def build_summary(pipeline: str, config: Config, inputs: int, stats: dict, error
         "reconciled": inputs == inputs_ok + len(errors),
         **{k: dict(sorted(v.items())) for k, v in grouped.items()},
         "files": sorted(files, key=lambda f: f["path"]),
+        "extra_columns": list(config.extra_columns),  # manifest columns let through by --allow_extra_columns
         "config": config.public(),
         "config_hash": config.config_hash,
         "salt": "default (not secret: set --split_salt or MEDPREP_SALT)" if config.salt_is_default else "set",

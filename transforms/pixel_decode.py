@@ -6,6 +6,10 @@ C++ exception that aborts the whole process (found by fuzzing: a corrupt JPEG 20
 rejected by openjpeg, then fed to GDCM). So GDCM never runs in-process here: syntaxes that
 only it decodes (JPEG-LS, JPEG lossless, 12-bit JPEG extended) go to a spawned decoder process;
 if it dies, the item fails with a clear reason, the process is replaced, and the run goes on.
+
+When no installed decoder handles the data (12-bit lossy JPEG needs the optional GPLv3
+pylibjpeg-libjpeg), the error names the transfer syntax, why each installed plugin refused it,
+and which packages pydicom would use to decode it.
 """
 from __future__ import annotations
 
@@ -32,14 +36,73 @@ _lock = threading.Lock()
 _executor: ProcessPoolExecutor | None = None
 
 
-def _plugins(ds: Dataset) -> list[str]:
-    uid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+# Packages that are deliberately not dependencies, and why (README "Pixel decoders").
+_LICENCES = {"pylibjpeg-libjpeg": "GPLv3"}
+
+
+def _transfer_syntax(ds: Dataset):
+    return getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+
+
+def _decoder(ds: Dataset):
+    uid = _transfer_syntax(ds)
     if uid is None:
-        return []
+        return None
     try:
-        return list(get_decoder(uid).available_plugins)
+        return get_decoder(uid)
     except Exception:  # unknown or unsupported syntax: let pydicom's default path report it
-        return []
+        return None
+
+
+def _plugins(ds: Dataset) -> list[str]:
+    decoder = _decoder(ds)
+    return list(decoder.available_plugins) if decoder is not None else []
+
+
+def missing_decoders(ds: Dataset) -> str:
+    """Packages pydicom could decode this transfer syntax with, of those not installed ('' when none).
+
+    From pydicom's own list ('pylibjpeg - requires pylibjpeg>=2.0 and pylibjpeg-libjpeg>=2.1'), e.g.
+    'pylibjpeg-libjpeg>=2.1 (with pylibjpeg>=2.0), not installed (GPLv3: not a medprep dependency; …)'.
+    """
+    decoder = _decoder(ds)
+    hints = []
+    for entry in (decoder.missing_dependencies if decoder is not None else []):
+        plugin, _, needs = entry.partition(" - requires ")
+        packages = [p.strip() for p in needs.split(" and ") if p.strip()] or [plugin.strip()]
+        # the package that does the work is the last one pydicom names (pylibjpeg is only its front end)
+        main, others = packages[-1], packages[:-1]
+        hint = main + (f" (with {', '.join(others)})" if others else "") + ", not installed"
+        name = main.split(">")[0].split("=")[0].split("<")[0].strip()
+        if name in _LICENCES:
+            hint += f" ({_LICENCES[name]}: not a medprep dependency; install it if its licence suits you)"
+        hints.append(hint)
+    return "; or ".join(hints)
+
+
+def _reason(exc: BaseException, plugin: str) -> str:
+    """One line: pydicom's 'Unable to decode as exceptions were raised by all available plugins:'
+    is followed by the plugin's own reason on the next line, which is the part worth keeping."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if len(lines) > 1 and lines[0].startswith("Unable to decode"):
+        lines = lines[1:]
+    reason = " ".join(lines)
+    if reason.startswith(f"{plugin}: "):  # 'gdcm: GDCM does not support …': the caller names the plugin
+        reason = reason[len(plugin) + 2:]
+    return reason[:200]
+
+
+def _no_decoder(ds: Dataset, failures: list[str]) -> ItemError:
+    uid = _transfer_syntax(ds)
+    name = getattr(uid, "name", str(uid)) if uid is not None else "unknown transfer syntax"
+    message = f"cannot decode pixel data ({name}): "
+    message += f"no installed decoder could ({'; '.join(failures)})" if failures else "no decoder is installed for it"
+    missing = missing_decoders(ds)
+    if missing:
+        message += f"; pydicom would also try {missing}"
+    return ItemError("decode", message)
 
 
 def _decode_in_child(blob: bytes, frame: int | None, plugin: str) -> np.ndarray:
@@ -85,13 +148,16 @@ def decode_pixels(ds: Dataset, frame: int | None = None) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if not plugins:
+            decoder = _decoder(ds)
+            if decoder is not None and decoder.is_encapsulated and decoder.missing_dependencies:
+                raise _no_decoder(ds, [])
             return pixel_array(ds, index=frame)
         failures = []
         for plugin in (p for p in plugins if p in IN_PROCESS_PLUGINS):
             try:
                 return pixel_array(ds, index=frame, decoding_plugin=plugin)
             except Exception as exc:
-                failures.append(f"{plugin}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__}")
+                failures.append(f"{plugin}: {_reason(exc, plugin)}")
     for plugin in (p for p in plugins if p in ISOLATED_PLUGINS):
         try:
             return _isolated(ds, frame, plugin)
@@ -100,5 +166,5 @@ def decode_pixels(ds: Dataset, frame: int | None = None) -> np.ndarray:
                 raise ItemError(exc.stage, f"{exc.message} (before that, {'; '.join(failures)})") from None
             raise
         except Exception as exc:
-            failures.append(f"{plugin}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__}")
-    raise ValueError("; ".join(failures) or "no decoder available for this transfer syntax")
+            failures.append(f"{plugin}: {_reason(exc, plugin)}")
+    raise _no_decoder(ds, failures)

@@ -19,24 +19,30 @@ def _not_found(exc: BaseException) -> bool:
     return isinstance(exc, FileNotFoundError) or any(s in text for s in ("No such file", "Not found", "NotFound", " 404 "))
 
 
+def described(ref: str, name: str = "") -> str:
+    """How messages name a file: the reference as the user wrote it (`name`), and the path it
+    resolved to when that differs (a reference relative to the manifest's folder)."""
+    return f"{name} (resolved to {ref})" if name and name != ref else ref
+
+
 def read_bytes(ref: str, name: str = "") -> bytes:
     """Whole file at a local path or gs:// URI; a missing/unreadable file is ItemError('read').
 
-    Messages name the file as `name` (the reference as the user wrote it) when given, so error
-    lines do not depend on where the data was read from.
+    `name` is the reference as the user wrote it (when `ref` is its resolved form): messages show
+    both, so a relative reference that resolved somewhere unexpected says where.
     """
     with stage("read"):
         web = parse_ref(ref)
         if web is not None:
             if not web.instance:
-                raise ItemError("read", f"{name or ref} is a DICOMweb study/series, not an instance")
+                raise ItemError("read", f"{described(ref, name)} is a DICOMweb study/series, not an instance")
             return client_for(web.base).retrieve_instance(web)
         try:
             with FileSystems.open(ref, compression_type="uncompressed") as fh:
                 return fh.read()
         except Exception as exc:  # Beam wraps OSError in BeamIOError
             reason = "file not found" if _not_found(exc) else str(exc)
-            raise ItemError("read", f"cannot read {name or ref}: {reason}") from None
+            raise ItemError("read", f"cannot read {described(ref, name)}: {reason}") from None
 
 
 class LocalFile:
