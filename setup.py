@@ -10,6 +10,7 @@ INSTALL_REQUIRES = [
     "array-record>=0.5,<1",
     "google-cloud-storage>=2.14,<4",
     "isal>=1.6,<2",   # ISA-L deflate for the fast PNG encoder (transforms/png.py)
+    "jinja2>=3.1,<4",   # Hugging Face chat templates (a tokenizer folder's chat_template.jinja)
     "numpy>=1.26,<3",
     "openslide-bin>=4,<5",
     "openslide-python>=1.3,<2",
@@ -26,6 +27,7 @@ INSTALL_REQUIRES = [
     "python-gdcm>=3.0.24,<4",
     "sentencepiece>=0.2,<0.3",
     "SimpleITK>=2.3,<3",
+    "tokenizers>=0.21,<1",   # Hugging Face tokenizer.json, run by the library transformers itself uses
     # DICOM WSI. wsidicom >= 0.30 needs cachetools >= 7.1.3, which apache-beam[gcp] forbids (< 7);
     # 0.29.0 is the newest release that installs beside Beam without a conflict.
     "wsidicom==0.29.0",
@@ -44,6 +46,7 @@ EXTRAS_REQUIRE = {
         "pytest>=8,<10",
         "pytest-xdist>=3.5,<4",
         "tifffile>=2024.1",
+        "transformers>=5.20,<6",   # the reference: Gemma3Processor's chat ids, a tiny Gemma 3 trained in tests
     ],
 }
 

@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from transforms.dicom_render import RenderOptions
+from transforms.errors import strip_credentials
 from transforms.encode import DEFAULT_JPEG_QUALITY, DEFAULT_PNG_LEVEL
 from transforms.image import DEFAULT_IMAGE_SIZE, ImageOptions
 from transforms.slice_selection import DEFAULT_MAX_SLICES
@@ -26,6 +27,10 @@ class Config:
     output_dir: str
     tokenizer: str = ""
     tokenizer_sha256: str = ""  # content hash: the same model from any path gives the same records
+    tokenizer_info: str = ""    # JSON: kind, vocabulary size, special ids, chat template hash (summary.json)
+    system_prompt: str = ""     # a system message before the user turn (Gemma 3 folds it into the user turn)
+    text_ids_only: bool = False  # a tokenizer without the chat tokens gives prompt_ids/text_ids only
+    keep_source: bool = False    # `source` holds references relative to the manifest instead of their hashes
     image_size: int = DEFAULT_IMAGE_SIZE
     image_format: str = "png"
     png_level: int = DEFAULT_PNG_LEVEL
@@ -106,6 +111,9 @@ class Config:
         d.pop("salt")
         d.pop("staging_dir")
         d.pop("progress_file")
+        d["tokenizer_info"] = json.loads(self.tokenizer_info) if self.tokenizer_info else None
+        for key in ("input", "output_dir", "tokenizer", "dicomweb_url", "reports"):
+            d[key] = strip_credentials(d[key])
         d["formats"] = list(self.formats)
         d["granularity"] = list(self.granularity)
         d["mr_percentiles"] = list(self.mr_percentiles)

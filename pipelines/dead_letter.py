@@ -14,7 +14,7 @@ from typing import Iterable, Iterator
 import apache_beam as beam
 from pipelines.metrics import PipelineMetrics
 from pipelines.progress import WorkerProgress, mark_done
-from transforms.errors import ItemError, timed_stages
+from transforms.errors import ItemError, strip_credentials, timed_stages
 
 ERRORS = "errors"
 STATS = "stats"
@@ -24,8 +24,10 @@ _LOG = logging.getLogger(__name__)
 def error_line(ref: str, row: int, stage: str, exc: BaseException) -> dict:
     """The errors/ JSON line for a failed input."""
     if isinstance(exc, ItemError):
-        return {"ref": ref, "row": row, "stage": exc.stage, "error": "ItemError", "message": exc.message}
-    return {"ref": ref, "row": row, "stage": stage, "error": type(exc).__name__, "message": str(exc)}
+        return {"ref": strip_credentials(ref), "row": row, "stage": exc.stage, "error": "ItemError",
+                "message": exc.message}
+    return {"ref": strip_credentials(ref), "row": row, "stage": stage, "error": type(exc).__name__,
+            "message": strip_credentials(str(exc))}
 
 
 class ItemTimeout(Exception):
@@ -112,7 +114,7 @@ class ItemDoFn(beam.DoFn):
             ref, row = self.ref_of(element)
             line = error_line(ref, row, self.default_stage, exc)
             if not isinstance(exc, ItemError):
-                _LOG.warning("unexpected %s on %s:\n%s", type(exc).__name__, ref, traceback.format_exc())
+                _LOG.warning("unexpected %s on %s:\n%s", type(exc).__name__, line["ref"], strip_credentials(traceback.format_exc()))
             self.metrics.inc(f"errors_{line['stage']}")
             self._finished(False)
             yield beam.pvalue.TaggedOutput(ERRORS, line)

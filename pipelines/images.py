@@ -11,7 +11,7 @@ from pipelines.config import Config
 from pipelines.dataset_writer import manifest_pipeline
 from pipelines.row_dofn import ManifestRowDoFn
 from pipelines.manifest import resolve_ref
-from pipelines.records import ExampleParts, build_record
+from pipelines.records import ExampleParts, build_record, name_values, row_input_key
 from pipelines.sources.files import read_bytes
 from transforms.errors import ItemError, stage
 from transforms.geometry import map_boxes, validate_boxes
@@ -54,7 +54,8 @@ class PrepareImageRow(ManifestRowDoFn):
             if problem:
                 raise ItemError("transform", problem)
             boxes = map_boxes(row["boxes"], current.plan).tolist()
-            text = box_answer(boxes, row["box_labels"])
+            if not text.strip():   # a row's own text is the response; the box answer only stands in for none
+                text = box_answer(boxes, row["box_labels"])
         elif task == "classification":
             text = row["label"]
         if not text.strip():
@@ -66,6 +67,8 @@ class PrepareImageRow(ManifestRowDoFn):
             task=task,
             images=finished,
             sources=refs,
+            input_key=row_input_key(row),
+            extra_names=name_values(row),
             prompt=row["prompt"],
             text=text,
             patient_id=row["patient_id"] or ids.get("PatientID", ""),

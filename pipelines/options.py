@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
+import json
 import logging
 import os
 import re
@@ -12,11 +12,10 @@ from pipelines.manifest import ManifestError, inspect_manifest
 from pipelines.outputs import existing_outputs, join, new_staging_dir, write_bytes
 from pipelines.privacy import DEFAULT_SALT
 from pipelines.sinks import FORMAT_DIRS
-from pipelines.sources.files import exists, read_bytes
+from pipelines.sources.files import exists
 from transforms.encode import DEFAULT_JPEG_QUALITY, DEFAULT_PNG_LEVEL, IMAGE_FORMATS
 from transforms.image import DEFAULT_IMAGE_SIZE
 from transforms.errors import ItemError
-from transforms.text import Tokenizer
 from transforms.volume import MR_NORMALIZATIONS, SELECTIONS
 from transforms.windowing import CT_PRESETS, Window
 
@@ -176,7 +175,17 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
                                                  "CSV/JSONL/Parquet with study_uid and/or accession_number, text, "
                                                  "optional prompt")
     g.add_argument("--output_dir", required=True, help="output folder, local or gs://")
-    g.add_argument("--tokenizer", default="", help="SentencePiece .model (local or gs://); Gemma 3 models also give input_ids")
+    g.add_argument("--tokenizer", default="",
+                   help="SentencePiece .model, tokenizer.json or a Hugging Face tokenizer folder (local or gs://); "
+                        "must have the chat tokens (Gemma 3's) for input_ids/loss_mask unless --text_ids_only")
+    g.add_argument("--text_ids_only", action="store_true",
+                   help="accept a tokenizer without the chat tokens: prompt_ids/text_ids only, no input_ids")
+    g.add_argument("--system_prompt", default="",
+                   help="system message for every example, e.g. 'You are an expert radiologist.' (Gemma 3's template "
+                        "puts it at the start of the user turn)")
+    g.add_argument("--keep_source", action="store_true",
+                   help="write image references relative to the manifest in `source` (default: salted hashes; "
+                        "paths often hold names and MRNs)")
     g.add_argument("--image_size", type=_int_in(16, 8192), default=DEFAULT_IMAGE_SIZE,
                    help=f"output side in pixels (default {DEFAULT_IMAGE_SIZE})")
     g.add_argument("--image_format", choices=IMAGE_FORMATS, default="png", help="png (lossless, default) or jpeg")
@@ -218,6 +227,34 @@ def _check_output_dir(path: str, overwrite: bool) -> None:
             os.remove(probe)
         except OSError as exc:
             raise OptionError("--output_dir", f"cannot write to {path}: {exc.strerror or exc}") from None
+
+
+def _check_tokenizer(path: str, text_ids_only: bool, system_prompt: str) -> tuple[str, str]:
+    """Load --tokenizer once at start-up: (content hash, description JSON). A tokenizer that cannot build the
+    chat sequence is refused unless --text_ids_only; the chat template is tried on a sample conversation."""
+    from pipelines.tokenizer import load_tokenizer
+    from transforms.chat import conversation, images_then_prompt
+
+    if not path:
+        return "", ""
+    try:
+        tokenizer = load_tokenizer(path)
+    except ItemError as exc:
+        raise OptionError("--tokenizer", exc.message) from None
+    except (ValueError, KeyError, UnicodeDecodeError) as exc:
+        raise OptionError("--tokenizer", f"{path}: {exc}") from None
+    missing = tokenizer.missing_for_chat()
+    if missing and not text_ids_only:
+        raise OptionError("--tokenizer", f"{path} cannot build the chat sequence (input_ids, loss_mask): its "
+                                         f"vocabulary has no {', '.join(missing)}; pass --text_ids_only to write "
+                                         "prompt_ids/text_ids only")
+    if not missing:
+        try:
+            tokenizer.chat(conversation(images_then_prompt(1, "prompt"), "response", system_prompt))
+        except ValueError as exc:
+            raise OptionError("--tokenizer", f"{path}: {exc}") from None
+    info = tokenizer.describe()
+    return info["sha256"], json.dumps(info, sort_keys=True)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -271,16 +308,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             raise OptionError("--reports", f"cannot read {args.reports}: {exc}") from None
         if "://" not in args.reports:
             reports = os.path.abspath(args.reports)
-    tokenizer_sha = ""
-    if args.tokenizer:
-        try:
-            model = read_bytes(args.tokenizer)
-            Tokenizer(model)
-        except ItemError as exc:
-            raise OptionError("--tokenizer", exc.message) from None
-        except ValueError as exc:
-            raise OptionError("--tokenizer", f"{args.tokenizer}: {exc}") from None
-        tokenizer_sha = hashlib.sha256(model).hexdigest()
+    tokenizer_sha, tokenizer_info = _check_tokenizer(args.tokenizer, args.text_ids_only, args.system_prompt)
     salt = args.split_salt or os.environ.get("MEDPREP_SALT", "")
     if not salt:
         _LOG.warning("no --split_salt or MEDPREP_SALT: using the public default salt; keys are NOT secret")
@@ -290,6 +318,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         slide_keys["stride"] = slide_keys["patch_size"]  # --stride defaults to --patch_size
     return Config(
         input=input_ref, output_dir=args.output_dir, tokenizer=args.tokenizer, tokenizer_sha256=tokenizer_sha,
+        tokenizer_info=tokenizer_info, text_ids_only=args.text_ids_only, system_prompt=args.system_prompt,
+        keep_source=args.keep_source,
         image_size=args.image_size, image_format=args.image_format, png_level=args.png_level,
         jpeg_quality=args.jpeg_quality, ct_preset=args.ct_preset, ct_windows=args.ct_windows,
         max_pixels=args.max_pixels, formats=args.formats, num_shards=args.num_shards,

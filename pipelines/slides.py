@@ -17,7 +17,7 @@ import apache_beam as beam
 from pipelines.config import Config
 from pipelines.fan_out import WorkDoFn, batches, failure_of, fan_out_pipeline, input_key
 from pipelines.manifest import resolve_ref
-from pipelines.records import PROMPT, ExampleParts, build_record
+from pipelines.records import ExampleParts, build_record, name_values, row_input_key
 from pipelines.row_dofn import ManifestRowDoFn
 from pipelines.sources.dicomweb import parse_ref, wsi_web_client
 from apache_beam.io.filesystems import FileSystems
@@ -26,7 +26,6 @@ from pipelines.sources.files import LocalFile, RemoteStreams, localize_file
 from transforms.errors import ItemError, stage
 from transforms.slide import SlidePlan, plan_slide, read_patch
 from transforms.slide_reader import OpenSlideReader, open_slide, open_web_wsi, open_wsi_streams
-from transforms.text import IMAGE
 
 _LOG = logging.getLogger(__name__)
 
@@ -144,7 +143,8 @@ class AssembleSlide(ManifestRowDoFn):
             raise ItemError("text", "empty text: a slide example needs its text")
         base = row["id"] or f"row:{row['row']}:{row['images'][0]}"
         common = dict(modality=row["modality"] or "SM", prompt=row["prompt"], text=row["text"],
-                      patient_id=row["patient_id"], label=row["label"])
+                      patient_id=row["patient_id"], label=row["label"], input_key=row_input_key(row),
+                      extra_names=name_values(row), layout="prompt_first")
         for index, f in good:
             f.info["slide"] = info
         k = self.config.patches_per_example
@@ -153,13 +153,13 @@ class AssembleSlide(ManifestRowDoFn):
                 chunk = [f for _, f in good[start:start + k]]
                 yield self._with_failures(build_record(ExampleParts(
                     example_key=f"{base}#slide{start // k}", task="slide", images=chunk,
-                    sources=[row["images"][0]] * len(chunk), user_parts=[PROMPT] + [IMAGE] * len(chunk), **common),
+                    sources=[row["images"][0]] * len(chunk), **common),
                     self.config, self.tokenizer), len(failed) if start == 0 else 0)
         if "patch" in self.config.granularity:
             for index, f in good:
                 yield self._with_failures(build_record(ExampleParts(
                     example_key=f"{base}#patch{index}", task="patch", images=[f], sources=[row["images"][0]],
-                    user_parts=[PROMPT, IMAGE], **common), self.config, self.tokenizer), 0)
+                    **common), self.config, self.tokenizer), 0)
 
     @staticmethod
     def _with_failures(built, failures: int):

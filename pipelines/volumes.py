@@ -21,14 +21,13 @@ from pipelines.config import Config
 from pipelines.fan_out import WorkDoFn, batches, fan_out_pipeline, input_key
 from pipelines.row_dofn import ManifestRowDoFn
 from pipelines.manifest import resolve_ref
-from pipelines.records import PROMPT, ExampleParts, build_record
+from pipelines.records import ExampleParts, build_record, name_values, portable_ref, row_input_key
 from pipelines.sources.dicomweb import DicomWebRef, client_for, parse_ref
 from pipelines.sources.files import read_bytes, read_head
 from transforms.errors import ItemError, stage
 from transforms.formats import detect_format
 from transforms.series import SliceHeader, group_series, order_series, series_attributes, slice_headers
 from transforms.series_filter import matches, parse_filter
-from transforms.text import IMAGE
 from transforms.volume import (ArrayVolumeSource, DicomSeriesSource, SliceSubset, VolumePlan, finish_slice,
                                plan_volume, prepare_volume)
 
@@ -159,7 +158,7 @@ class PlanVolumes(ManifestRowDoFn):
         volume, info = read_nifti(read_bytes(path), path)
         source = ArrayVolumeSource(volume, modality, info["z_mm"], self.options.image)
         finished = prepare_volume(source, self.options, row["text"], "", {**info, "z_mm": None})
-        meta = SeriesMeta(path, modality, row["patient_id"], "")
+        meta = SeriesMeta(row["images"][0], modality, row["patient_id"], "")   # named as written: moves with the data
         return key, row, meta, None, [(n, f.without_pixels()) for n, f in enumerate(finished, start=1)]
 
 
@@ -228,20 +227,26 @@ class AssembleVolume(ManifestRowDoFn):
         base = row["id"] or f"row:{row['row']}:{'|'.join(row['images'])}"
         common = dict(modality=row["modality"] or meta.modality, prompt=row["prompt"], text=row["text"],
                       patient_id=row["patient_id"] or meta.patient_id, study_uid=meta.study_uid, label=row["label"],
-                      identifiers=dict(meta.identifiers), burned_in=meta.burned_in)
-        sources = [f.info.pop("file", "") or row["images"][0] for f in finished]
+                      identifiers=dict(meta.identifiers), burned_in=meta.burned_in, input_key=row_input_key(row),
+                      extra_names=name_values(row), layout="prompt_first")
+        sources = [self._source(row, f.info.pop("file", "")) for f in finished]
         if "series" in self.config.granularity:
-            parts = [PROMPT]
-            for f in finished:
-                parts += [IMAGE, f.info["slice_label"]]
             yield build_record(ExampleParts(example_key=f"{base}#{meta.key}", task="series", images=finished,
-                                            sources=sources, user_parts=parts,
+                                            sources=sources, labels=[f.info["slice_label"] for f in finished],
                                             **common), self.config, self.tokenizer)
         if "slice" in self.config.granularity:
             for f, src in zip(finished, sources):
                 yield build_record(ExampleParts(example_key=f"{base}#{meta.key}#{f.info['slice_index']}",
                                                 task="slice", images=[f], sources=[src], **common),
                                    self.config, self.tokenizer)
+
+    def _source(self, row, file: str) -> str:
+        """A slice's file named from the manifest's reference (so it moves with the data), else the reference."""
+        for written in row["images"]:
+            resolved = resolve_ref(written, self.config.input)
+            if file and (file == resolved or file.startswith(resolved.rstrip("/") + "/")):
+                return portable_ref(file, written, resolved)
+        return row["images"][0]
 
 
 def build(p: beam.Pipeline, config: Config):

@@ -1,4 +1,5 @@
 """The medprep record: one schema, its tf.train.Example and Parquet forms, and readers."""
+from schemas.batch import IGNORE_INDEX, image_token_id, model_batch
 from schemas.arrow import arrow_schema, hf_features, to_table
 from schemas.example_codec import decode_example, encode_example
 from schemas.fields import FIELD_NAMES, FIELDS, validate_record
@@ -8,5 +9,5 @@ from schemas.readers import ArrayRecordSource, arrayrecord_files, grain_source, 
 __all__ = [
     "FIELDS", "FIELD_NAMES", "validate_record", "encode_example", "decode_example", "arrow_schema",
     "hf_features", "to_table", "read_records", "ArrayRecordSource", "grain_source", "arrayrecord_files",
-    "hf_dataset", "to_model_input",
+    "hf_dataset", "to_model_input", "model_batch", "image_token_id", "IGNORE_INDEX",
 ]

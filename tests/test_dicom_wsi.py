@@ -91,7 +91,7 @@ def test_slides_pipeline_reads_dicom_wsi_like_the_svs(pair, tmp_path):
             {"id": "ct", "image": str(tmp_path / "ct"), "text": "not a slide"}]
     write_series(str(tmp_path / "ct"), 3)
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    s = run_pipeline("slides", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o"),
+    s = run_pipeline("slides", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o"), "--keep_source",
                                 "--patch_size", "112", "--stride", "112", "--image_size", "112", "--max_patches", "12"])
     assert (s["examples"], s["errors"]) == (2, 1)
     recs = {r["source"][0]: r for r in read_records(str(tmp_path / "o" / "arrayrecord"))}

@@ -10,7 +10,7 @@ from pipelines.cli import run_pipeline
 from pipelines.samples import fake_identity, make_images_samples
 from schemas import read_records
 from transforms.image import ImageOptions, prepare_image
-from transforms.text import Tokenizer
+from transforms.text import SentencePieceTokenizer
 
 SHARD_GLOBS = ("arrayrecord/*", "parquet/*", "errors/*")
 
@@ -18,7 +18,7 @@ SHARD_GLOBS = ("arrayrecord/*", "parquet/*", "errors/*")
 def _run(manifest, out, tokenizer, *extra):
     return run_pipeline("images", ["--input", manifest, "--output_dir", str(out), "--tokenizer", tokenizer,
                                    "--split_salt", "test-salt", "--val_fraction", "0.2", "--test_fraction", "0.2",
-                                   *extra])
+                                   "--keep_source", *extra])
 
 
 def _shard_bytes(out):
@@ -68,9 +68,9 @@ def test_pipeline_images_equal_library_images(run1, samples):
     recs = _by_id(out, "arrayrecord")
     folder = os.path.dirname(samples)
     for name in ("CT_small.dcm", "MR_small_jp2klossless.dcm", "fundus_p4_exif6.jpg", "skin_p5.png", "cxr_p2_mono1.dcm"):
-        rec = recs[os.path.join(folder, name) + "|" + ("classification" if "fundus_p3" in name else "image_text")]
+        rec = recs[name + "|" + ("classification" if "fundus_p3" in name else "image_text")]
         assert rec["images"] == prepare_image(os.path.join(folder, name), options=ImageOptions()).encoded
-    long = recs[os.path.join(folder, "cxr_p1_current.dcm") + "|longitudinal"]
+    long = recs["cxr_p1_current.dcm|longitudinal"]
     assert long["images"] == prepare_image([os.path.join(folder, "cxr_p1_prior.dcm"),
                                             os.path.join(folder, "cxr_p1_current.dcm")]).encoded
     assert [json.loads(i)["source"] for i in long["image_info"]] == long["source"]
@@ -79,7 +79,7 @@ def test_pipeline_images_equal_library_images(run1, samples):
 
 def test_localization_record_exact(run1, samples):
     out, _ = run1
-    rec = _by_id(out, "arrayrecord")[os.path.join(os.path.dirname(samples), "cxr_p1_current.dcm") + "|localization"]
+    rec = _by_id(out, "arrayrecord")["cxr_p1_current.dcm|localization"]
     # source 880x1024 -> padded 1024 (left 72): box [272,392,328,448] -> /1024
     assert rec["boxes"] == [[344 / 1024, 392 / 1024, 400 / 1024, 448 / 1024]]
     assert rec["text"] == '[{"box_2d": [383, 336, 438, 391], "label": "nodule"}]'
@@ -91,8 +91,8 @@ def test_localization_record_exact(run1, samples):
 
 def test_text_ids_and_chat_sequence(run1, demo_model_path):
     out, _ = run1
-    tok = Tokenizer.from_file(demo_model_path)
-    soft = tok.special_id("<image_soft_token>")
+    tok = SentencePieceTokenizer.from_file(demo_model_path)
+    soft = tok.token_id("<image_soft_token>")
     for rec in _by_id(out, "parquet").values():
         assert tok.decode(rec["text_ids"]) == rec["text"]
         assert tok.decode(rec["prompt_ids"]) == rec["prompt"]

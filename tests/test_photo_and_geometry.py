@@ -115,6 +115,7 @@ def test_prepare_image_api_outputs():
 
     p = prepare_image(get_testdata_file("CT_small.dcm"), prompt="Describe.")
     assert p.images[0].size == (896, 896) and p.images[0].mode == "RGB"
-    assert p.messages[0]["type"] == "image" and p.messages[1] == {"type": "text", "text": "Describe."}
+    assert p.messages == [{"role": "user", "content": [{"type": "image", "image": p.images[0]},
+                                                       {"type": "text", "text": "Describe."}]}]
     assert Image.open(io.BytesIO(p.encoded[0])).tobytes() == p.images[0].tobytes()
     assert p.image_info[0]["pad_resize"]["scale"] == 7.0

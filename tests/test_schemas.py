@@ -24,6 +24,7 @@ def make_record(i: int = 0) -> dict:
         "image_info": ['{"source":"a.dcm"}', '{"source":"b.dcm"}'], "prompt": "Locate — ünïcode ✓",
         "text": '[{"box_2d": [1, 2, 3, 4], "label": "x"}]', "prompt_ids": [1, 2, 300000],
         "text_ids": [], "input_ids": [2, 262144, 255999], "loss_mask": [0, 0, 1],
+        "messages": '[{"role":"user","content":[{"type":"image"},{"type":"image"},{"type":"text","text":"Locate"}]}]',
         "boxes": [[0.25, 0.5, 0.75, float(np.float32(0.1))]], "box_labels": ["x"], "label": "",
         "source": ["a.dcm", "b.dcm"], "config_hash": "c" * 64, "pipeline_version": "0.1.0",
     }

@@ -32,7 +32,9 @@ def test_reference_defaults_read_level_1_without_resize(svs):
     # grid of 224 px at 1.0 µm/px = 896 level-0 px: 9 x 6 cells, coordinates on the grid
     assert p.plan.info["grid_cells"] == 9 * 6
     assert all(i["x"] % 896 == 0 and i["y"] % 896 == 0 for i in p.image_info)
-    assert p.messages[0] == {"type": "text", "text": "Describe the tissue."} and len(p.messages) == len(p.images) + 1
+    content = p.messages[0]["content"]
+    assert p.messages[0]["role"] == "user" and len(p.messages) == 1
+    assert content == [{"type": "text", "text": "Describe the tissue."}] + [{"type": "image", "image": i} for i in p.images]
 
 
 def test_patch_pixels_equal_a_direct_region_read(svs):

@@ -41,7 +41,7 @@ def slides(tmp_path_factory):
 def run(slides, demo_model_path):
     out = slides / "out"
     s = run_pipeline("slides", ["--input", str(slides / "m.jsonl"), "--output_dir", str(out), "--tokenizer",
-                                demo_model_path, "--granularity", "slide,patch", *OPTS])
+                                demo_model_path, "--granularity", "slide,patch", "--keep_source", *OPTS])
     errors = {json.loads(x)["row"]: json.loads(x) for x in open(out / "errors" / "errors-00000-of-00001.jsonl")}
     return out, s, errors
 

@@ -3,9 +3,18 @@
 `stage(name)` also times its block: inside `timed_stages()`, seconds per stage accumulate
 in the dict it yields (the pipelines turn them into per-stage latency metrics).
 """
+import re
 import threading
 import time
 from contextlib import contextmanager
+
+_URL_CREDENTIALS = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+
+
+def strip_credentials(text: str) -> str:
+    """Every scheme://user:password@host in text as scheme://host (credentials never reach an output or log)."""
+    return _URL_CREDENTIALS.sub(r"\1", text) if "@" in text else text
+
 
 STAGES = ("manifest", "read", "decode", "transform", "encode", "text", "record", "privacy", "timeout")
 
@@ -16,6 +25,7 @@ class ItemError(Exception):
     def __init__(self, stage: str, message: str):
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}")
+        message = strip_credentials(message)
         super().__init__(message)
         self.stage = stage
         self.message = message

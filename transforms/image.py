@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
 
+from transforms.chat import images_then_prompt, user_messages
 from transforms.dicom_render import RenderOptions, Rendered, read_dataset, render_dataset
 from transforms.encode import DEFAULT_JPEG_QUALITY, DEFAULT_PNG_LEVEL, encode_image
 from transforms.errors import ItemError, stage
@@ -114,7 +115,7 @@ def load_rendered(source: ImageSource, options: ImageOptions = ImageOptions()) -
 
 @dataclass
 class Prepared:
-    """What inference code feeds a processor: images, encoded bytes, info, chat messages."""
+    """What inference code feeds a processor: images, encoded bytes, info, chat messages (role messages)."""
 
     images: list[Image.Image]
     encoded: list[bytes]
@@ -122,28 +123,16 @@ class Prepared:
     messages: list[dict[str, Any]]
 
 
-def chat_messages(images: Sequence[Image.Image], texts_after: Sequence[str] = (), text_first: str = "") -> list[dict]:
-    """MedGemma chat content: optional leading text, then each image (followed by its label text)."""
-    content: list[dict] = []
-    if text_first:
-        content.append({"type": "text", "text": text_first})
-    for i, img in enumerate(images):
-        content.append({"type": "image", "image": img})
-        if i < len(texts_after) and texts_after[i]:
-            content.append({"type": "text", "text": texts_after[i]})
-    return content
-
-
 def prepare_image(
     source: Union[ImageSource, Sequence[ImageSource]],
     prompt: str = "",
     options: ImageOptions = ImageOptions(),
+    system_prompt: str = "",
 ) -> Prepared:
-    """One image (or [prior, current] for longitudinal CXR) -> model-ready images and messages."""
+    """One image (or [prior, current] for longitudinal CXR) -> model-ready images and the chat messages
+    (images, then the prompt; the records' messages without the response)."""
     sources = list(source) if isinstance(source, (list, tuple)) else [source]
     finished = [finish_rendered(load_rendered(s, options), options) for s in sources]
     images = [f.image for f in finished]
-    messages = chat_messages(images)
-    if prompt:
-        messages.append({"type": "text", "text": prompt})
+    messages = user_messages(images_then_prompt(len(images), prompt), images, system_prompt)
     return Prepared(images, [f.encoded for f in finished], [f.info for f in finished], messages)

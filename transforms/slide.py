@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from transforms.chat import prompt_then_images, user_messages
 from transforms.errors import ItemError, stage
 from transforms.image import FinishedImage, ImageOptions, finish_rendered
 from transforms.dicom_render import Rendered
@@ -97,7 +98,8 @@ class PreparedSlide:
     plan: SlidePlan
 
 
-def prepare_slide(path: str, prompt: str = "", options: SlideOptions = SlideOptions()) -> PreparedSlide:
+def prepare_slide(path: str, prompt: str = "", options: SlideOptions = SlideOptions(),
+                  system_prompt: str = "") -> PreparedSlide:
     """A slide file -> the same patches and messages the slides pipeline writes."""
     from transforms.slide_reader import open_slide
 
@@ -110,5 +112,5 @@ def prepare_slide(path: str, prompt: str = "", options: SlideOptions = SlideOpti
     finally:
         reader.close()
     images = [f.image for f in finished]
-    messages = ([{"type": "text", "text": prompt}] if prompt else []) + [{"type": "image", "image": i} for i in images]
+    messages = user_messages(prompt_then_images(prompt, len(images)), images, system_prompt)
     return PreparedSlide(images, [f.encoded for f in finished], [f.info for f in finished], messages, plan)

@@ -19,6 +19,7 @@ from transforms.dicom_render import Rendered, StoredValues, decode_frame, render
 from transforms.errors import ItemError, stage
 from transforms.image import FinishedImage, ImageOptions, finish_rendered
 from transforms.series import OrderedSeries, SliceHeader, group_series, order_series, slice_headers
+from transforms.chat import prompt_then_images, user_messages
 from transforms.slice_selection import DEFAULT_MAX_SLICES, report_indices, uniform_indices
 from transforms.windowing import ct_to_rgb, describe_windows, minmax_to_uint8
 
@@ -239,14 +240,6 @@ def prepare_volume(source: SliceSource, options: VolumeOptions, report: str = ""
     return [finish_slice(source, options, plan, n, volume_info) for n in range(1, len(plan.indices) + 1)]
 
 
-def slice_messages(images: Sequence, labels: Sequence[str], prompt: str = "") -> list[dict]:
-    """MedGemma chat content for a volume: prompt, then each slice image followed by its 'SLICE n' text."""
-    content: list[dict] = [{"type": "text", "text": prompt}] if prompt else []
-    for img, label in zip(images, labels):
-        content += [{"type": "image", "image": img}, {"type": "text", "text": label}]
-    return content
-
-
 # ---- inference-time API ------------------------------------------------------------------------
 
 SeriesSource = Union[str, os.PathLike, Sequence[Union[str, os.PathLike, bytes, Dataset]]]
@@ -281,7 +274,7 @@ def _load_full(key) -> Dataset:
 
 def prepare_series(source: SeriesSource, prompt: str = "", report: str = "",
                    options: VolumeOptions = VolumeOptions(), series_uid: str | None = None,
-                   modality: str = "") -> PreparedSeries:
+                   modality: str = "", system_prompt: str = "") -> PreparedSeries:
     """A DICOM series (folder, paths, bytes or datasets) or a NIfTI path -> selected slices and messages.
 
     With several series in the input, `series_uid` picks one; by default the one with most slices.
@@ -298,7 +291,7 @@ def prepare_series(source: SeriesSource, prompt: str = "", report: str = "",
                 raise ItemError("transform", "a NIfTI input needs modality='CT' or 'MR'")
             src = ArrayVolumeSource(volume, modality.upper(), info["z_mm"], options.image)
             finished = prepare_volume(src, options, report)
-            return _prepared(finished, prompt, {"format": info["format"]})
+            return _prepared(finished, prompt, {"format": info["format"]}, system_prompt)
         items: list = [path]
     elif isinstance(source, (str, os.PathLike)):
         folder = os.fspath(source)
@@ -321,11 +314,11 @@ def prepare_series(source: SeriesSource, prompt: str = "", report: str = "",
     src = DicomSeriesSource(ordered, _load_full, options.image)
     qc = ordered.qc()
     finished = prepare_volume(src, options, report, ordered.slices[0].series_number, qc)
-    return _prepared(finished, prompt, qc)
+    return _prepared(finished, prompt, qc, system_prompt)
 
 
-def _prepared(finished: list[FinishedImage], prompt: str, series: dict) -> PreparedSeries:
+def _prepared(finished: list[FinishedImage], prompt: str, series: dict, system_prompt: str) -> PreparedSeries:
     images = [f.image for f in finished]
-    labels = [f.info["slice_label"] for f in finished]
+    content = prompt_then_images(prompt, len(images), [f.info["slice_label"] for f in finished])
     return PreparedSeries(images, [f.encoded for f in finished], [f.info for f in finished],
-                          slice_messages(images, labels, prompt), series)
+                          user_messages(content, images, system_prompt), series)
