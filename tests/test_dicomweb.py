@@ -1,4 +1,5 @@
 """DICOMweb against a real Orthanc with its DICOMweb plugin (Debian packages), started by the tests."""
+import glob
 import json
 import os
 
@@ -180,6 +181,33 @@ def test_basic_auth(tmp_path, monkeypatch):
         secured.stop()
 
 
+def test_credentials_in_urls_never_reach_an_output(tmp_path):
+    """user:password in a DICOMweb URL authenticates, and is in no record, error line or summary.json."""
+    secured = orthanc.OrthancServer(str(tmp_path), users={"alice": "S3CRETpw"})
+    try:
+        path = get_testdata_file("CT_small.dcm")
+        secured.upload(path)
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        base = secured.dicomweb.replace("http://", "http://alice:S3CRETpw@")
+        good = DicomWebRef(base, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
+        missing = DicomWebRef(base, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), "1.2.3.4")
+        rows = [{"image": good.url(), "text": "ct", "id": "a"}, {"image": missing.url(), "text": "gone", "id": "b"}]
+        (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        for keep in ([], ["--keep_source"]):
+            out = tmp_path / f"o{len(keep)}"
+            s = run_pipeline("images", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(out), *keep])
+            assert (s["examples"], s["errors"]) == (1, 1)
+            blobs = b"".join(open(f, "rb").read() for f in glob.glob(str(out / "**" / "*"), recursive=True)
+                             if os.path.isfile(f))
+            assert b"S3CRETpw" not in blobs and b"alice" not in blobs
+        rec = next(iter(_by_id(str(tmp_path / "o1")).values()))
+        assert rec["source"] == [good.url().replace("alice:S3CRETpw@", "")]
+        line = json.loads(open(tmp_path / "o1" / "errors" / "errors-00000-of-00001.jsonl").read())
+        assert line["ref"] == missing.url().replace("alice:S3CRETpw@", "") and "not found" in line["message"]
+    finally:
+        secured.stop()
+
+
 def _study_of(path):
     return str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
 
@@ -227,9 +255,10 @@ def test_a_series_that_disappears_after_discovery(loaded, server, tmp_path):
     d, series_url = loaded
     gone = series_url.split("/series/")[1]
     proxy = orthanc.FaultProxy(server.url, missing=f"/series/{gone}/")
+    (tmp_path / "r.csv").write_text("study_uid,text\n1.2.3,unrelated report\n")
     try:
         s = run_pipeline("volumes", ["--dicomweb_url", proxy.url + "/dicom-web", "--query", "Modality=CT",
-                                     "--output_dir", str(tmp_path / "o")])
+                                     "--reports", str(tmp_path / "r.csv"), "--output_dir", str(tmp_path / "o")])
     finally:
         proxy.stop()
     assert (s["inputs"], s["examples"], s["errors"], s["reconciled"]) == (2, 0, 2, True)

@@ -30,7 +30,7 @@ class SlideOptions:
     image: ImageOptions = ImageOptions()
     target_mpp: float = 1.0
     patch_size: int = 896
-    stride: int = 896
+    stride: int = 0                     # grid step in target pixels; 0: the patch size (non-overlapping)
     tissue: str = "mean_grey"
     min_tissue: float = 0.5
     max_patches: int = 125
@@ -61,7 +61,7 @@ def plan_slide(reader, options: SlideOptions = SlideOptions()) -> SlidePlan:
     thumb, downsample = reader.thumbnail(options.thumb_mpp)
     mask = otsu_saturation_mask(thumb) if options.tissue == "otsu" else None
     w0, h0 = reader.dimensions[0]
-    boxes = grid(w0, h0, options.patch_size, options.stride, reader.mpps[0], options.target_mpp)
+    boxes = grid(w0, h0, options.patch_size, options.stride or options.patch_size, reader.mpps[0], options.target_mpp)
     kept = select_patches(boxes, thumb, downsample, options.tissue, mask, options.min_tissue)
     if not kept:
         raise ItemError("transform", f"no tissue found ({len(boxes)} grid cells checked, rule {options.tissue})")
