@@ -34,7 +34,8 @@ def versions() -> dict:
 def build_summary(pipeline: str, config: Config, inputs: int, stats: dict, errors: list[dict],
                   files: list[dict]) -> dict:
     """The summary dict; `reconciled` is true when inputs == inputs with examples + error lines."""
-    grouped: dict = {"by_split": {}, "by_task": {}, "by_modality": {}, "truncated": {}, "scrubbed": {}, "patches": {}}
+    grouped: dict = {"by_split": {}, "by_task": {}, "by_modality": {}, "truncated": {}, "scrubbed": {}, "patches": {},
+                     "series_skipped": {}}
     flat = {}
     for key, value in sorted(stats.items()):
         group, _, name = key.partition("/")

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 
 import apache_beam as beam
 import pydicom
@@ -74,6 +75,12 @@ class SeriesMeta:
     burned_in: bool = False
     plan: VolumePlan | None = None
     info: dict = field(default_factory=dict)   # image_info['series']: ordering and QC findings
+    skipped: tuple = ()   # why the input's other series were left out at planning (summary.json counts them)
+
+
+def skip_reason(exc: ItemError) -> str:
+    """A skipped series' reason as summary.json counts it: stage and message, numbers folded to '#'."""
+    return f"{exc.stage}: " + re.sub(r"\d+(?:\.\d+)?", "#", exc.message)[:160]
 
 
 class PlanVolumes(ManifestRowDoFn):
@@ -121,10 +128,11 @@ class PlanVolumes(ManifestRowDoFn):
         if not groups:
             raise ItemError("read", f"no DICOM image series among {len(files)} file(s)")
         failures: list[ItemError] = []
-        planned = 0
+        planned: list = []
         for uid, slices in groups.items():
             first = slices[0]
             if not matches(self.filter, series_attributes(first)):
+                failures.append(ItemError("transform", "not matched by --series_filter"))
                 continue
             try:
                 with stage("transform"):
@@ -134,19 +142,20 @@ class PlanVolumes(ManifestRowDoFn):
             except ItemError as exc:
                 failures.append(exc)
                 continue
-            planned += 1
             meta = SeriesMeta(uid, first.modality, first.patient_id, first.study_uid,
                               tuple(first.identifiers), any(s.burned_in for s in slices), plan,
                               dict(ordered.qc(), files_skipped=skipped))
-            for numbers in batches(list(range(1, len(plan.indices) + 1))):
-                subset = SliceSubset.of(ordered, [plan.indices[n - 1] for n in numbers])
-                yield (key, row, meta, subset, numbers), {}
+            planned += [(meta, SliceSubset.of(ordered, [plan.indices[n - 1] for n in numbers]), numbers)
+                        for numbers in batches(list(range(1, len(plan.indices) + 1)))]
         if not planned:
-            if failures:
-                raise failures[0]
+            if any(f.message != "not matched by --series_filter" for f in failures):
+                raise next(f for f in failures if f.message != "not matched by --series_filter")
             raise ItemError("transform", f"no series matched --series_filter {self.config.series_filter!r}")
         if failures:
             _LOG.warning("row %s: %d series skipped: %s", row["row"], len(failures), failures[0].message)
+        reasons = tuple(skip_reason(f) for f in failures)
+        for meta, subset, numbers in planned:
+            yield (key, row, replace(meta, skipped=reasons), subset, numbers), {}
 
     def _nifti(self, key, row, path):
         """A NIfTI/NRRD/MHA volume, rendered here (it is one array in memory): one batch of finished slices."""
@@ -195,7 +204,7 @@ class AssembleVolume(ManifestRowDoFn):
         row = results[0][0]
         return row["images"][0], row["row"]
 
-    def outputs(self, element):
+    def _series_records(self, element, skipped: list):
         _, results = element
         row = results[0][0]
         by_series: dict[str, list] = {}
@@ -213,6 +222,7 @@ class AssembleVolume(ManifestRowDoFn):
                 outs = list(self._records(row, meta, [f for _, _, f, _ in items]))
             except ItemError as exc:
                 failures.append(exc)
+                skipped.append(skip_reason(exc))
                 continue
             produced += 1
             yield from outs
@@ -220,6 +230,17 @@ class AssembleVolume(ManifestRowDoFn):
             raise failures[0]
         if failures:
             _LOG.warning("row %s: %d series skipped: %s", row["row"], len(failures), failures[0].message)
+
+    def outputs(self, element):
+        """Records of every complete series; the first carries the input's skipped-series counts."""
+        _, results = element
+        skipped = list(results[0][1].skipped)
+        produced = list(self._series_records(element, skipped))
+        counts: dict = {}
+        for reason in skipped:
+            counts[f"series_skipped/{reason}"] = counts.get(f"series_skipped/{reason}", 0) + 1
+        for i, (record, stats) in enumerate(produced):
+            yield record, ({**stats, **counts} if i == 0 else stats)
 
     def _records(self, row, meta: SeriesMeta, finished):
         if not row["text"].strip():

@@ -415,6 +415,7 @@ def test_a_slice_failing_after_planning_skips_its_series_only(tmp_path, demo_mod
 
     paths = write_series(str(tmp_path / "mixed"), 20, series=5, patient=9)
     write_series(str(tmp_path / "mixed"), 12, series=6, patient=9)
+    write_series(str(tmp_path / "mixed"), 1, series=7, patient=9, description="SCOUT")   # a one-slice scout
     last = next(p for p in paths if int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber) == 20)
     ds = pydicom.dcmread(last)
     ds.PixelData = ds.PixelData[:100]            # the last slice is always selected by the uniform rule
@@ -430,6 +431,12 @@ def test_a_slice_failing_after_planning_skips_its_series_only(tmp_path, demo_mod
     s, result = run_pipeline_with_result("volumes", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(out),
                                                      "--tokenizer", demo_model_path, "--max_slices", "10"])
     assert (s["inputs"], s["examples"], s["errors"], s["reconciled"]) == (2, 1, 1, True)
+    # the 'mixed' input kept series 6; its scout (planning) and its broken series 5 (assembly) are counted
+    skipped = s["series_skipped"]
+    assert skipped.pop("transform: series has # usable slice(s); at least # needed "
+                       "(use `medprep images` for single images)") == 1
+    ((reason, n),) = skipped.items()
+    assert n == 1 and reason.startswith("decode: cannot decode pixel data (Explicit VR Little Endian)")
     (record,) = read_records(str(out / "arrayrecord"))
     assert len(record["images"]) == 10 and all(json.loads(i)["volume_slices"] == 12 for i in record["image_info"])
     (line,) = [json.loads(x) for x in open(out / "errors" / "errors-00000-of-00001.jsonl")]
