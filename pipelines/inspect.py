@@ -2,7 +2,10 @@
 
 Counts per split/task/modality, sample grids (CT windows shown per channel, volumes as slice
 strips, localization boxes drawn), token-length histograms, errors grouped by reason, and the
-run's configuration. Works on local folders; gs:// outputs are copied to a temporary folder first.
+run's configuration. With `--near_duplicates`, a section lists the images that sit in two splits
+under different patient keys: pixel-identical ones and perceptually similar pairs (pHash, as
+`medprep verify --near_duplicates`). Works on local folders; gs:// outputs are copied to a
+temporary folder first.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from schemas.readers import _read_arrayrecord, _read_parquet, _shard_files
 SAMPLES_PER_GROUP = 4
 THUMB = 192
 SLICE_THUMB = 96
+PAIR_ROWS = 24   # duplicate rows shown with thumbnails; the rest are counted
 
 
 def _data_uri(img: Image.Image) -> str:
@@ -42,9 +46,34 @@ def _img_tag(img: Image.Image, alt: str, cls: str = "") -> str:
     return f'<img class="{cls}" alt="{html.escape(alt)}" src="{_data_uri(img)}" width="{img.width}" height="{img.height}">'
 
 
-def slide_map(rec: dict, infos: list[dict], manifest: str, side: int = 320) -> Image.Image | None:
+_URL_USER = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+
+
+def source_refs(summary: dict) -> dict[str, str]:
+    """`source` value -> the manifest's reference, so the report can reopen a slide. With --keep_source the
+    value is the reference itself ({}); by default it is the reference's salted hash (user:password removed),
+    recomputed here with the run's salt when it is known: the public default, or $MEDPREP_SALT."""
+    from pipelines.manifest import read_manifest
+    from pipelines.privacy import DEFAULT_SALT, keyed_hash
+
+    config = summary["config"]
+    salt = DEFAULT_SALT if config.get("salt_is_default") else os.environ.get("MEDPREP_SALT", "")
+    if config.get("keep_source") or not salt or not config.get("input"):
+        return {}
+    refs = {}
+    try:
+        for row in read_manifest(config["input"]):
+            for ref in row["images"] + ([row["prior"]] if row["prior"] else []):
+                refs[keyed_hash(salt, "source", _URL_USER.sub(r"\1", ref))] = ref
+    except Exception:  # the manifest moved or is unreadable: the report shows the patches without the map
+        return {}
+    return refs
+
+
+def slide_map(rec: dict, infos: list[dict], manifest: str, side: int = 320,
+              refs: dict | None = None) -> Image.Image | None:
     """The slide's thumbnail with its tissue mask tinted green and the record's patches outlined in red,
-    or None when the source slide cannot be opened now."""
+    or None when the source slide cannot be opened now. `refs` maps hashed sources back (source_refs)."""
     import numpy as np
 
     from pipelines.manifest import resolve_ref
@@ -53,7 +82,7 @@ def slide_map(rec: dict, infos: list[dict], manifest: str, side: int = 320) -> I
     from transforms.tissue import otsu_saturation_mask
 
     slide = infos[0].get("slide", {})
-    ref = resolve_ref(rec["source"][0], manifest)
+    ref = resolve_ref((refs or {}).get(rec["source"][0], rec["source"][0]), manifest)
     try:
         local = None if ref.startswith(("http://", "https://")) else localize_file(ref)
         reader = open_slide(local.path if local else ref, assume_mpp=1.0)   # DICOMweb series open directly
@@ -81,11 +110,11 @@ def slide_map(rec: dict, infos: list[dict], manifest: str, side: int = 320) -> I
     return img
 
 
-def _sample_html(rec: dict, manifest: str = "") -> str:
+def _sample_html(rec: dict, manifest: str = "", refs: dict | None = None) -> str:
     infos = [json.loads(i) for i in rec["image_info"]]
     parts = []
     if rec["task"] == "slide":
-        overview = slide_map(rec, infos, manifest)
+        overview = slide_map(rec, infos, manifest, refs=refs)
         if overview is not None:
             parts.append(f'<figure class="slidemap">{_img_tag(overview, "slide map")}'
                          f'<figcaption>tissue (green) and the {len(infos)} patches (red)</figcaption></figure>')
@@ -149,8 +178,60 @@ def _table(rows: dict, name: str) -> str:
     return f'<table class="counts"><tr><th>{name}</th><th>examples</th></tr>{body}</table>'
 
 
-def build_report(folder: str) -> tuple[str, bytes]:
-    """(report HTML, contact-sheet PNG) for a local output folder."""
+def _pair_thumbs(shards: list[str], wanted: set) -> dict:
+    """(example_id, image index) -> thumbnail <img> tag, for the images a duplicate row shows (a second pass)."""
+    tags = {}
+    ids = {eid for eid, _ in wanted}
+    for shard in shards:
+        for rec in (_read_parquet(shard) if shard.endswith(".parquet") else _read_arrayrecord(shard)):
+            if rec["example_id"] in ids:
+                for i, data in enumerate(rec["images"]):
+                    key = (rec["example_id"], i)
+                    if key in wanted:
+                        tags[key] = _img_tag(_thumb(data, SLICE_THUMB), f"{key[0]} image {i}")
+    return tags
+
+
+def _image_cell(ref: tuple, tags: dict) -> str:
+    eid, i, split = ref
+    return (f'<td>{tags.get((eid, i), "")}<br><span class="meta">{html.escape(split)} · '
+            f'{html.escape(eid)} image {i}</span></td>')
+
+
+def _more(rows: list, shown: list) -> str:
+    return f"<p>… and {len(rows) - len(shown)} more</p>" if len(rows) > len(shown) else ""
+
+
+def _duplicates_html(dups, shards: list[str]) -> str:
+    """The 'Duplicates across splits' section: not run, or (identical groups, near pairs, truncated, distance)."""
+    if dups is None:
+        return ('<p id="duplicates-not-run">not checked: <code>medprep inspect OUT --near_duplicates</code> '
+                'hashes every image and lists the pairs here</p>')
+    identical, near, truncated, distance = dups
+    shown_groups, shown_pairs = identical[:PAIR_ROWS], near[:PAIR_ROWS]
+    wanted = {(eid, i) for group in shown_groups for eid, i, _ in group}
+    wanted |= {(ref[0], ref[1]) for _, one, two, _ in shown_pairs for ref in (one, two)}
+    tags = _pair_thumbs(shards, wanted) if wanted else {}
+    groups = "".join(f'<tr class="identical" data-images="{html.escape(" ".join(f"{e}:{i}" for e, i, _ in g))}">'
+                     + "".join(_image_cell(ref, tags) for ref in g) + "</tr>" for g in shown_groups)
+    pairs = "".join(f'<tr class="near" data-bits="{bits}" data-a="{html.escape(one[0])}:{one[1]}" '
+                    f'data-b="{html.escape(two[0])}:{two[1]}"><td class="n">{bits}</td>'
+                    f'{_image_cell(one, tags)}{_image_cell(two, tags)}</tr>' for bits, one, two, _ in shown_pairs)
+    return (f'<h3>Identical images under different patient keys '
+            f'(<span id="identical-count">{len(identical)}</span>)</h3>'
+            f'<table id="identical">{groups}</table>{_more(identical, shown_groups)}'
+            f'<h3>Near-duplicate pairs, pHash at most {distance} of 64 bits apart '
+            f'(<span id="near-count">{len(near)}{"+" if truncated else ""}</span>)</h3>'
+            f'<table id="near-duplicates"><tr><th>bits apart</th><th>image</th><th>image</th></tr>{pairs}</table>'
+            f'{_more(near, shown_pairs)}')
+
+
+def build_report(folder: str, near_duplicates: bool = False, phash_distance: int | None = None) -> tuple[str, bytes]:
+    """(report HTML, contact-sheet PNG) for a local output folder; `near_duplicates` hashes every image."""
+    from pipelines.verify import DEFAULT_PHASH_DISTANCE, ImageIndex
+
+    distance = DEFAULT_PHASH_DISTANCE if phash_distance is None else phash_distance
+    index = ImageIndex(near=True) if near_duplicates else None
     summary = json.load(open(os.path.join(folder, "summary.json"), encoding="utf-8"))
     errors = []
     for f in summary["files"]:
@@ -170,17 +251,23 @@ def build_report(folder: str) -> tuple[str, bytes]:
             lengths["chat sequence tokens"].append(len(rec["input_ids"]))
             lengths["images per example"].append(len(rec["images"]))
             lengths["text characters"].append(len(rec["text"]))
+            if index is not None:
+                number = index.add_record(rec["example_id"], rec["split"], rec["patient_key"])
+                for i, data in enumerate(rec["images"]):
+                    index.add_image(number, i, Image.open(io.BytesIO(data)))
             key = (rec["task"], rec["modality"])
             if len(groups[key]) < SAMPLES_PER_GROUP:
                 groups[key].append(rec)
             if len(sheet) < 16:
                 sheet.append((rec["example_id"], rec["images"][0], caption_of(rec)))
     sheet_png = contact_sheet(sorted(sheet))
+    dups = (index.identical_across_splits(), *index.near_pairs(distance), distance) if index is not None else None
     status = "reconciled" if summary["reconciled"] else "NOT reconciled"
     counts = "".join(f'<tr><td>{k}</td><td class="n" id="count-{k}">{summary[k]}</td></tr>'
                      for k in ("inputs", "inputs_with_examples", "examples", "images", "errors"))
+    refs = source_refs(summary) if any(t == "slide" for t, _ in groups) else {}
     samples = "".join(f'<section class="group"><h3>{html.escape(t)} · {html.escape(m)}</h3>'
-                      + "".join(_sample_html(r, summary["config"].get("input", "")) for r in recs) + "</section>"
+                      + "".join(_sample_html(r, summary["config"].get("input", ""), refs) for r in recs) + "</section>"
                       for (t, m), recs in sorted(groups.items()))
     hists = "".join(_histogram_svg(v, k) for k, v in lengths.items() if any(v))
     error_rows = "".join(
@@ -210,6 +297,7 @@ figure.slice,figure.slidemap{{display:inline-block;margin:0 3px 3px 0}} figure.s
 <h2>Lengths</h2>{hists}
 <h2>Errors ({len(errors)})</h2>
 <table id="errors"><tr><th>stage</th><th>error</th><th>reason</th><th>count</th><th>examples</th></tr>{error_rows}</table>
+<h2 id="duplicates">Duplicates across splits</h2>{_duplicates_html(dups, shards)}
 <h2>Contact sheet</h2><img id="contact-sheet" alt="contact sheet" src="data:image/png;base64,{base64.b64encode(sheet_png).decode('ascii')}">
 <h2>Configuration</h2><table>{config}</table>
 <p class="meta">{html.escape(versions)}</p>
@@ -225,12 +313,12 @@ window.addEventListener("load", () => {{
     return page, sheet_png
 
 
-def inspect(output_dir: str) -> str:
+def inspect(output_dir: str, near_duplicates: bool = False, phash_distance: int | None = None) -> str:
     """Write report.html (and preview.png when missing) into output_dir; returns the report's path."""
     remote = "://" in output_dir
     folder = localize(output_dir) if remote else output_dir
     try:
-        page, sheet = build_report(folder)
+        page, sheet = build_report(folder, near_duplicates, phash_distance)
     finally:
         if remote:
             shutil.rmtree(folder, ignore_errors=True)
@@ -247,10 +335,18 @@ def main(argv: list[str]) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(prog="medprep inspect", description="write OUT/report.html (and the contact sheet)")
+    from pipelines.verify import DEFAULT_PHASH_DISTANCE, MAX_PHASH_DISTANCE, phash_distance_option
+
     ap.add_argument("output_dir", help="a medprep output folder (local or gs://)")
+    ap.add_argument("--near_duplicates", action="store_true",
+                    help="hash every image and list identical and similar images in different splits under "
+                         "different patient keys")
+    ap.add_argument("--phash_distance", type=phash_distance_option, default=DEFAULT_PHASH_DISTANCE,
+                    help=f"with --near_duplicates: at most this many of 64 pHash bits differ "
+                         f"(default {DEFAULT_PHASH_DISTANCE}, at most {MAX_PHASH_DISTANCE})")
     args = ap.parse_args(argv)
     if not os.path.exists(os.path.join(args.output_dir, "summary.json")) and "://" not in args.output_dir:
         print(f"medprep: error: {args.output_dir}: no summary.json (not a finished medprep output)")
         return 2
-    print(inspect(args.output_dir))
+    print(inspect(args.output_dir, args.near_duplicates, args.phash_distance))
     return 0
