@@ -229,6 +229,44 @@ def slide_table(folder: str) -> list[tuple[str, str, float]]:
     return rows
 
 
+def text_table(folder: str) -> list[tuple[str, str, float]]:
+    """The chat sequence of an 85-slice series with a ~2,000-token report: medprep's tokenizer (both sources)
+    and, when transformers is installed, Gemma3Processor.apply_chat_template on the same conversation."""
+    from pipelines.tokenizer_training import train_demo_tokenizer
+    from transforms.chat import conversation, prompt_then_images
+    from transforms.text import SentencePieceTokenizer
+
+    model = os.path.join(folder, "demo.model")
+    with open(model, "wb") as fh:
+        fh.write(train_demo_tokenizer())
+    tok = SentencePieceTokenizer.from_file(model)
+    report = " ".join(f"Slice {k}: hypodense lesion in the liver, no intracranial haemorrhage." for k in range(85))
+    messages = conversation(prompt_then_images("Write the findings.", 85, [f"SLICE {n}" for n in range(1, 86)]),
+                            report)
+    kind = f"85-slice series, report {len(tok.encode(report)[0])} tokens"
+    rows = [(kind, f"medprep chat ids ({len(tok.chat(messages).input_ids)} ids, SentencePiece .model)",
+             _timeit(tok.chat, [messages], repeat=5))]
+    try:
+        import sys
+
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+        from hf_reference import hf_processor
+    except ImportError:
+        return rows
+    processor = hf_processor(model, os.path.join(folder, "hf"))
+    processor.tokenizer.save_pretrained(os.path.join(folder, "hf_saved"))
+    from pipelines.tokenizer import load_tokenizer
+
+    rows.append((kind, "medprep chat ids (tokenizer.json folder)",
+                 _timeit(load_tokenizer(os.path.join(folder, "hf_saved")).chat, [messages], repeat=5)))
+    rows.append((kind, "transformers: render + expand + tokenize (apply_chat_template, tokenize=False, then "
+                       "tokenizer)",
+                 _timeit(lambda m: processor.tokenizer(processor.apply_chat_template(m, tokenize=False).replace(
+                     "<start_of_image>", processor.full_image_sequence), add_special_tokens=False), [messages],
+                         repeat=5)))
+    return rows
+
+
 def print_rows(header: str, rows) -> None:
     print(f"| input | stage | {header} (1 core) | ms/item |\n|---|---|---|---|")
     for kind, stage, sec in rows:
@@ -249,9 +287,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=12, help="images per kind for the stage table")
     ap.add_argument("--pipeline-n", type=int, default=400, help="manifest rows for whole-pipeline runs")
     ap.add_argument("--slices", type=int, default=40, help="slices in the CT series for the volume table")
-    ap.add_argument("--only", choices=("images", "volumes", "slides"), default=None, help="run one part only")
+    ap.add_argument("--only", choices=("images", "volumes", "slides", "text"), default=None, help="run one part only")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
+        if args.only in (None, "text"):
+            print_rows("series/s", text_table(d))
         if args.only in (None, "slides"):
             print_rows("patches/s", slide_table(d))
             from pipelines.samples import synthetic_slide_rgb, write_svs

@@ -71,3 +71,78 @@ def test_tokenizer_pickles(demo_model_bytes):
 def test_not_a_model():
     with pytest.raises(ValueError, match="SentencePiece"):
         SentencePieceTokenizer(b"definitely not a model")
+
+
+def _png_manifest(tmp_path):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": "a.png", "text": "t", "prompt": "p"}) + "\n")
+    return str(tmp_path / "m.jsonl")
+
+
+def test_tokenizer_without_chat_tokens_is_refused_at_startup(tmp_path, plain_model_bytes, capsys):
+    from pipelines.cli import main
+
+    (tmp_path / "plain.model").write_bytes(plain_model_bytes)
+    args = ["images", "--input", _png_manifest(tmp_path), "--tokenizer", str(tmp_path / "plain.model")]
+    assert main(args + ["--output_dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--tokenizer" in err and "<start_of_turn>, <end_of_turn>, <start_of_image>, <end_of_image>" in err
+    assert "--text_ids_only" in err and not (tmp_path / "o" / "summary.json").exists()
+    assert main(args + ["--output_dir", str(tmp_path / "o2"), "--text_ids_only"]) == 0
+    from schemas import read_records
+
+    (rec,) = read_records(str(tmp_path / "o2" / "parquet"))
+    assert rec["text_ids"] and rec["prompt_ids"] and rec["input_ids"] == [] and rec["loss_mask"] == []
+    assert rec["messages"] == ('[{"role":"user","content":[{"type":"image"},{"type":"text","text":"p"}]},'
+                               '{"role":"assistant","content":[{"type":"text","text":"t"}]}]')
+
+
+def test_summary_describes_the_tokenizer(tmp_path, demo_model_path, demo_model_bytes):
+    import hashlib
+    import json
+
+    from pipelines.cli import run_pipeline
+
+    s = run_pipeline("images", ["--input", _png_manifest(tmp_path), "--output_dir", str(tmp_path / "o"),
+                                "--tokenizer", demo_model_path, "--system_prompt", "Be brief."])
+    info = s["config"]["tokenizer_info"]
+    assert info["kind"] == "sentencepiece" and info["vocab_size"] == 641 and info["chat"] is True
+    assert info["special_ids"] == {"bos": 2, "start_of_turn": 6, "end_of_turn": 7, "start_of_image": 8,
+                                   "end_of_image": 9, "image_soft_token": 640}
+    assert info["chat_template"] == "builtin:gemma3"
+    assert info["chat_template_sha256"] == hashlib.sha256(b"builtin:gemma3").hexdigest()
+    assert info["sha256"] == hashlib.sha256(demo_model_bytes).hexdigest()
+    assert s["config"]["system_prompt"] == "Be brief." and s["truncated"] == {"prompt": 0, "text": 0}
+    from schemas import read_records
+
+    (rec,) = read_records(str(tmp_path / "o" / "arrayrecord"))
+    assert json.loads(rec["messages"])[0] == {"role": "system", "content": [{"type": "text", "text": "Be brief."}]}
+
+
+def test_over_long_text_is_truncated_in_ids_and_messages_alike(tmp_path, demo_model_path):
+    import json
+
+    from pipelines.cli import run_pipeline
+    from transforms.text import SentencePieceTokenizer
+
+    long_text = "Findings: mild cardiomegaly. " * 20
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": "a.png", "text": long_text}) + "\n")
+    _png_manifest(tmp_path)
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": "a.png", "text": long_text}) + "\n")
+    s = run_pipeline("images", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o"),
+                                "--tokenizer", demo_model_path, "--max_text_tokens", "10"])
+    assert s["truncated"] == {"prompt": 0, "text": 1}
+    from schemas import read_records
+
+    (rec,) = read_records(str(tmp_path / "o" / "parquet"))
+    tok = SentencePieceTokenizer.from_file(demo_model_path)
+    assert rec["text"] == long_text and len(rec["text_ids"]) == 10
+    messages = json.loads(rec["messages"])
+    response = messages[-1]["content"][0]["text"]
+    assert long_text.startswith(response) and tok.encode(response)[0] == rec["text_ids"]
+    assert tok.chat(messages).input_ids == rec["input_ids"]
