@@ -99,7 +99,8 @@ def apply_privacy(parts: ExampleParts, config: Config) -> dict:
     def scrub(value: str) -> str:
         clean, counts = scrub_text(value, ids, names)
         for kind, n in counts.items():
-            totals[f"scrubbed/{kind}"] = totals.get(f"scrubbed/{kind}", 0) + n
+            if n:
+                totals[f"scrubbed/{kind}"] = totals.get(f"scrubbed/{kind}", 0) + n
         return clean
 
     parts.prompt, parts.text, parts.label = scrub(parts.prompt), scrub(parts.text), scrub(parts.label)

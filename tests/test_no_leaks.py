@@ -173,3 +173,21 @@ def test_keep_source_writes_references_relative_to_the_manifest(tree, tmp_path, 
     src = _records(out2)[0]["source"][0]
     assert not os.path.isabs(src) and os.path.normpath(os.path.join(str(tmp_path), src)) == str(
         tree / PHI_DIR / "DOE^JANE_img3.png")
+
+
+def test_scrub_covers_labels_and_names_from_manifest_columns(tmp_path):
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "a.png")
+    rows = [{"image": "a.png", "text": "Seen by Dr Quill. Zebulon Marchetti has clear lungs.",
+             "prompt": "Describe Zebulon's film.", "label": "Marchetti 123-45-6789",
+             "boxes": [[1, 1, 5, 5]], "box_labels": ["nodule (call 415-555-0134)"], "patient_name": "MARCHETTI^ZEBULON"}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "o"
+    s = run_pipeline("images", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(out), "--scrub_text",
+                                "--allow_extra_columns"])
+    (rec,) = _records(out)
+    assert rec["text"] == "Seen by Dr [NAME]. [NAME] [NAME] has clear lungs."
+    assert rec["prompt"] == "Describe [NAME]'s film."
+    assert rec["label"] == "[NAME] [SSN]" and rec["box_labels"] == ["nodule (call [PHONE])"]
+    blob = b"".join(_shards(out).values())
+    assert b"Zebulon" not in blob and b"Marchetti" not in blob and b"MARCHETTI" not in blob
+    assert s["scrubbed"] == {"name": 5, "phone": 1, "ssn": 1} and s["extra_columns"] == ["patient_name"]

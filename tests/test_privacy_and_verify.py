@@ -16,10 +16,10 @@ def test_scrub_text_replaces_identifiers_dates_and_ids():
     text = ("Jane Doe (MRN: AB12345) seen on 2021-03-04 and 4 March 2021; accession # 99-1234. "
             "Compared with 03/05/2020. Call 5551234567. Image 45 of series 3 is unchanged.")
     clean, counts = scrub_text(text, identifiers=["AB12345"], names=["DOE^JANE"])
-    assert clean == ("[NAME] [NAME] (MRN: [ID]) seen on [DATE] and [DATE]; [ID]. "
-                     "Compared with [DATE]. Call [ID]. Image 45 of series 3 is unchanged.")
-    assert counts == {"name": 2, "id": 3, "date": 3}
-    assert scrub_text("", ["x"]) == ("", {"name": 0, "id": 0, "date": 0})
+    assert clean == ("[NAME] [NAME] (MRN: [ID]) seen on [DATE] and [DATE]; accession # [ID]. "
+                     "Compared with [DATE]. Call [PHONE]. Image 45 of series 3 is unchanged.")
+    assert counts == {"name": 2, "id": 2, "ssn": 0, "phone": 1, "email": 0, "address": 0, "date": 3}
+    assert scrub_text("", ["x"]) == ("", dict.fromkeys(counts, 0))
 
 
 @pytest.fixture()

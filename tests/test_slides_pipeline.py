@@ -82,7 +82,7 @@ def test_manifest_mpp_overrides_the_slide(run):
 def test_slides_multiprocessing_is_byte_identical(run, slides, demo_model_path, tmp_path):
     out, _, _ = run
     run_pipeline("slides", ["--input", str(slides / "m.jsonl"), "--output_dir", str(tmp_path / "mp"), "--tokenizer",
-                            demo_model_path, "--granularity", "slide,patch", *OPTS,
+                            demo_model_path, "--granularity", "slide,patch", "--keep_source", *OPTS,
                             "--direct_running_mode=multi_processing", "--direct_num_workers=2"])
     for sub in ("arrayrecord", "parquet", "errors"):
         for f in sorted(os.listdir(out / sub)):

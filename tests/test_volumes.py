@@ -347,6 +347,9 @@ def test_volumes_multiprocessing_is_byte_identical(volume_run, tmp_path):
     run_pipeline("volumes", ["--input", str(d / "m.jsonl"), "--output_dir", str(tmp_path / "mp"), "--tokenizer", _tok(out),
                              "--max_slices", "10", "--split_salt", "s",
                              "--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    mine = {r["example_id"]: r for r in read_records(str(tmp_path / "mp" / "parquet"))}
+    for rec in read_records(str(out / "parquet")):   # name the field first, should bytes differ
+        assert {k: v for k, v in rec.items() if v != mine[rec["example_id"]][k]} == {}
     for sub in ("arrayrecord", "parquet", "errors"):
         for f in sorted(os.listdir(out / sub)):
             assert (tmp_path / "mp" / sub / f).read_bytes() == (out / sub / f).read_bytes(), f
