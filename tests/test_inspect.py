@@ -62,6 +62,8 @@ def test_report_loads_in_chromium_with_all_images_and_matching_counts(outputs, n
 
 def test_report_content_per_pipeline(outputs):
     _, outs = outputs
+    for out in outs.values():   # this test may run on another xdist worker than the one above
+        assert main(["inspect", out]) == 0
     images = open(os.path.join(outs["images"], "report.html")).read()
     assert "[-1024,1024] HU" in images and "localization · DX" in images   # CT channels, boxes sample
     assert "cannot read" in images and "&lt;path&gt;" in images             # errors grouped, paths folded
