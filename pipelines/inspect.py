@@ -202,6 +202,16 @@ def _more(rows: list, shown: list) -> str:
     return f"<p>… and {len(rows) - len(shown)} more</p>" if len(rows) > len(shown) else ""
 
 
+def _skipped_series_html(skipped: dict) -> str:
+    """Series left out of inputs that still gave records (a scout, a filtered or broken series), by reason."""
+    if not skipped:
+        return ""
+    rows = "".join(f'<tr><td>{html.escape(reason)}</td><td class="n">{n}</td></tr>'
+                   for reason, n in sorted(skipped.items()))
+    return (f'<h3>Series skipped ({sum(skipped.values())})</h3><table id="series-skipped"><tr><th>reason</th>'
+            f"<th>count</th></tr>{rows}</table>")
+
+
 def _duplicates_html(dups, shards: list[str]) -> str:
     """The 'Duplicates across splits' section: not run, or (identical groups, near pairs, truncated, distance)."""
     if dups is None:
@@ -297,6 +307,7 @@ figure.slice,figure.slidemap{{display:inline-block;margin:0 3px 3px 0}} figure.s
 <h2>Lengths</h2>{hists}
 <h2>Errors ({len(errors)})</h2>
 <table id="errors"><tr><th>stage</th><th>error</th><th>reason</th><th>count</th><th>examples</th></tr>{error_rows}</table>
+{_skipped_series_html(summary.get('series_skipped') or {})}
 <h2 id="duplicates">Duplicates across splits</h2>{_duplicates_html(dups, shards)}
 <h2>Contact sheet</h2><img id="contact-sheet" alt="contact sheet" src="data:image/png;base64,{base64.b64encode(sheet_png).decode('ascii')}">
 <h2>Configuration</h2><table>{config}</table>

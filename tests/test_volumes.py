@@ -440,6 +440,11 @@ def test_a_slice_failing_after_planning_skips_its_series_only(tmp_path, demo_mod
                        "(use `medprep images` for single images)") == 1
     ((reason, n),) = skipped.items()
     assert n == 1 and reason.startswith("decode: cannot decode pixel data (Explicit VR Little Endian)")
+    from pipelines.cli import main
+
+    assert main(["inspect", str(out)]) == 0
+    report = (out / "report.html").read_text()
+    assert "<h3>Series skipped (2)</h3>" in report and "at least # needed" in report
     (record,) = read_records(str(out / "arrayrecord"))
     assert len(record["images"]) == 10 and all(json.loads(i)["volume_slices"] == 12 for i in record["image_info"])
     (line,) = [json.loads(x) for x in open(out / "errors" / "errors-00000-of-00001.jsonl")]
