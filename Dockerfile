@@ -19,9 +19,11 @@ COPY setup.py README.md ./
 COPY transforms ./transforms
 COPY schemas ./schemas
 COPY pipelines ./pipelines
+COPY medprep ./medprep
 RUN pip install --no-cache-dir . && pip check \
     && python -c "import openslide, gdcm, openjpeg, SimpleITK, array_record.python.array_record_module, wsidicom; \
-import transforms, schemas, pipelines.images, pipelines.volumes, pipelines.slides; print(openslide.__library_version__)"
+import medprep.transforms, medprep.schemas, medprep.pipelines.graphs.images, medprep.pipelines.graphs.volumes, \
+medprep.pipelines.graphs.slides; print(openslide.__library_version__)"
 
 # Keep worker logs and temp files off the boot disk's root; slides from gs:// are localized here.
 ENV TMPDIR=/tmp
@@ -34,5 +36,5 @@ FROM worker AS flex
 # FLEX_TEMPLATE_PYTHON_PY_FILE with the template's parameters; the job's workers run this image too
 # (pass sdk_container_image=<this image>). The package is installed, so no setup file is staged.
 COPY --from=template_launcher /opt/google/dataflow/python_template_launcher /opt/google/dataflow/python_template_launcher
-ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/opt/medprep/pipelines/flex_main.py
+ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/opt/medprep/pipelines/cli/flex_main.py
 ENTRYPOINT ["/opt/apache/beam/boot"]

@@ -1,4 +1,6 @@
 """medprep: imaging data preparation for MedGemma-style vision-language models."""
+import os
+
 from setuptools import setup
 
 VERSION = "0.1.0"
@@ -50,14 +52,34 @@ EXTRAS_REQUIRE = {
     ],
 }
 
+def _subpackages(folder: str) -> list[str]:
+    """medprep.<folder> and every package below it."""
+    return ["medprep." + p for p in _packages_under(folder)]
+
+
+def _packages_under(folder: str) -> list[str]:
+    out = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        if "__init__.py" in files:
+            out.append(root.replace(os.sep, "."))
+    return out
+
+
+_FOLDERS = [p for f in ("transforms", "schemas", "pipelines") for p in _packages_under(f)]
+
 setup(
     name="medprep",
     version=VERSION,
     description="Beam pipelines that prepare CT/MR, whole-slide and 2D medical images "
     "plus paired text for MedGemma-style training and inference.",
     python_requires=">=3.10,<3.13",
-    packages=["transforms", "schemas", "pipelines", "pipelines.sources"],
+    # One namespace: the top-level folders install as medprep.transforms, medprep.schemas, medprep.pipelines
+    # (no generic top-level names in site-packages).
+    packages=["medprep", "medprep.samples", *_subpackages("transforms"), *_subpackages("schemas"),
+              *_subpackages("pipelines")],
+    package_dir={"medprep": "medprep", **{f"medprep.{p}": p.replace(".", "/") for p in _FOLDERS}},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
-    entry_points={"console_scripts": ["medprep=pipelines.cli:main"]},
+    entry_points={"console_scripts": ["medprep=medprep.pipelines.cli.main:main"]},
 )

@@ -49,7 +49,7 @@ def poll():
             peak["workers_kb"] = max(peak["workers_kb"], hwm_kb(pid))
 
 threading.Thread(target=poll, daemon=True).start()
-from pipelines.cli import main
+from medprep.pipelines.cli.main import main
 start = time.perf_counter()
 rc = main(sys.argv[1:])
 seconds = time.perf_counter() - start

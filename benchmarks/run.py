@@ -18,10 +18,10 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-from pipelines.samples import synthetic_cxr, synthetic_fundus, write_dicom
-from transforms.encode import encode_image
-from transforms.geometry import pad_and_resize
-from transforms.image import ImageOptions, decode_any, finish_rgb
+from medprep.samples import synthetic_cxr, synthetic_fundus, write_dicom
+from medprep.transforms.encode import encode_image
+from medprep.transforms.geometry import pad_and_resize
+from medprep.transforms.image import ImageOptions, decode_any, finish_rgb
 
 
 def _timeit(fn, items, repeat: int = 2) -> float:
@@ -159,9 +159,9 @@ def plain_ct_slice(path: str) -> bytes:
 
 def volume_table(folder: str, n_slices: int) -> tuple[list[tuple[str, str, float]], str]:
     """CT 512×512 slices: per-slice stages, the plain loop, the floors. Returns rows and the series folder."""
-    from pipelines.samples import ct_body_slice, write_series
-    from transforms.dicom_render import render_dataset
-    from transforms.image import finish_rendered
+    from medprep.samples import ct_body_slice, write_series
+    from medprep.transforms.dicom_render import render_dataset
+    from medprep.transforms.image import finish_rendered
 
     series = os.path.join(folder, "ct")
     rng = np.random.default_rng(0)
@@ -191,9 +191,9 @@ def slide_table(folder: str) -> list[tuple[str, str, float]]:
     """Patches of a 16384x12288 synthetic SVS (0.25 µm/px): our per-patch path vs a plain loop vs the floor."""
     import openslide
 
-    from pipelines.samples import synthetic_slide_rgb, write_svs
-    from transforms.slide import SlideOptions, plan_slide, read_patch
-    from transforms.slide_reader import OpenSlideReader
+    from medprep.samples import synthetic_slide_rgb, write_svs
+    from medprep.transforms.slide import SlideOptions, plan_slide, read_patch
+    from medprep.transforms.slide_reader import OpenSlideReader
 
     path = write_svs(os.path.join(folder, "bench.svs"), synthetic_slide_rgb(16384, 12288, seed=0), mpp=0.25)
     options = SlideOptions(max_patches=24, target_mpp=0.5)           # 20x: read from level 0, resize 0.5
@@ -232,9 +232,9 @@ def slide_table(folder: str) -> list[tuple[str, str, float]]:
 def text_table(folder: str) -> list[tuple[str, str, float]]:
     """The chat sequence of an 85-slice series with a ~2,000-token report: medprep's tokenizer (both sources)
     and, when transformers is installed, Gemma3Processor.apply_chat_template on the same conversation."""
-    from pipelines.tokenizer_training import train_demo_tokenizer
-    from transforms.chat import conversation, prompt_then_images
-    from transforms.text import SentencePieceTokenizer
+    from medprep.samples.tokenizer import train_demo_tokenizer
+    from medprep.transforms.chat import conversation, prompt_then_images
+    from medprep.transforms.text import SentencePieceTokenizer
 
     model = os.path.join(folder, "demo.model")
     with open(model, "wb") as fh:
@@ -255,7 +255,7 @@ def text_table(folder: str) -> list[tuple[str, str, float]]:
         return rows
     processor = hf_processor(model, os.path.join(folder, "hf"))
     processor.tokenizer.save_pretrained(os.path.join(folder, "hf_saved"))
-    from pipelines.tokenizer import load_tokenizer
+    from medprep.pipelines.io.tokenizer import load_tokenizer
 
     rows.append((kind, "medprep chat ids (tokenizer.json folder)",
                  _timeit(load_tokenizer(os.path.join(folder, "hf_saved")).chat, [messages], repeat=5)))
@@ -294,7 +294,7 @@ def main() -> None:
             print_rows("series/s", text_table(d))
         if args.only in (None, "slides"):
             print_rows("patches/s", slide_table(d))
-            from pipelines.samples import synthetic_slide_rgb, write_svs
+            from medprep.samples import synthetic_slide_rgb, write_svs
 
             slides = [write_svs(os.path.join(d, f"s{i}.svs"), synthetic_slide_rgb(16384, 12288, seed=i), mpp=0.25)
                       for i in range(4)]

@@ -8,7 +8,7 @@ spans, mixed with clinical sentences that must come through unchanged (measureme
 levels, ratios, series/image numbers, percentages, doses, scores). Every value is made up.
 
 Systems:
-- medprep, rules only: `transforms.scrub.find_identifiers(text)`, nothing from the caller (a PNG with
+- medprep, rules only: `medprep.transforms.scrub.find_identifiers(text)`, nothing from the caller (a PNG with
   no name column in its manifest);
 - medprep with the caller's names: the same, given the manifest's name-column values (patient and
   referring physician), as the pipelines pass them. The signing doctor's name is never given;
@@ -35,7 +35,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from transforms.scrub import KINDS, find_identifiers
+from medprep.transforms.scrub import KINDS, find_identifiers
 
 # ------------------------------------------------------------------------------------------- the labelled set
 

@@ -6,14 +6,14 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
-from transforms.dicom_render import RenderOptions
-from transforms.errors import strip_credentials
-from transforms.encode import DEFAULT_JPEG_QUALITY, DEFAULT_PNG_LEVEL
-from transforms.image import DEFAULT_IMAGE_SIZE, ImageOptions
-from transforms.slice_selection import DEFAULT_MAX_SLICES
-from transforms.slide import SlideOptions
-from transforms.volume import VolumeOptions
-from transforms.windowing import CT_PRESETS, Window
+from medprep.transforms.dicom_render import RenderOptions
+from medprep.transforms.errors import strip_credentials
+from medprep.transforms.encode import DEFAULT_JPEG_QUALITY, DEFAULT_PNG_LEVEL
+from medprep.transforms.image import DEFAULT_IMAGE_SIZE, ImageOptions
+from medprep.transforms.slice_selection import DEFAULT_MAX_SLICES
+from medprep.transforms.slide import SlideOptions
+from medprep.transforms.volume import VolumeOptions
+from medprep.transforms.windowing import CT_PRESETS, Window
 
 PIPELINE_VERSION = "0.1.0"
 _SLIDE = SlideOptions()
@@ -60,7 +60,7 @@ class Config:
     allow_extra_columns: bool = False  # manifest columns medprep does not know are kept (row['extra'])
     extra_columns: tuple = ()  # those columns (sorted), found at start-up; listed in summary.json
     item_timeout: float = 600.0
-    # slides (defaults: transforms.slide.SlideOptions, the MedGemma reference)
+    # slides (defaults: medprep.transforms.slide.SlideOptions, the MedGemma reference)
     target_mpp: float = _SLIDE.target_mpp
     patch_size: int = _SLIDE.patch_size
     stride: int = _SLIDE.stride
@@ -90,17 +90,17 @@ class Config:
         return CT_PRESETS[self.ct_preset]
 
     def image_options(self) -> ImageOptions:
-        """Options for transforms.image."""
+        """Options for medprep.transforms.image."""
         render = RenderOptions(ct_windows=self.windows(), max_pixels=self.max_pixels)
         return ImageOptions(self.image_size, self.image_format, self.png_level, self.jpeg_quality, render)
 
     def volume_options(self) -> VolumeOptions:
-        """Options for transforms.volume."""
+        """Options for medprep.transforms.volume."""
         return VolumeOptions(self.image_options(), self.max_slices, self.slice_selection, self.mr_normalization,
                              tuple(self.mr_percentiles), self.min_slices)
 
     def slide_options(self, mpp_override: float | None = None) -> SlideOptions:
-        """Options for transforms.slide (a manifest row's mpp overrides the slide's own resolution)."""
+        """Options for medprep.transforms.slide (a manifest row's mpp overrides the slide's own resolution)."""
         return SlideOptions(self.image_options(), self.target_mpp, self.patch_size, self.stride, self.tissue,
                             self.min_tissue, self.max_patches, self.seed, assume_mpp=self.assume_mpp or None,
                             override_mpp=mpp_override)

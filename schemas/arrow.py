@@ -9,7 +9,7 @@ import json
 
 import pyarrow as pa
 
-from schemas.fields import FIELDS
+from medprep.schemas.fields import FIELDS
 
 _IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 _ARROW = {

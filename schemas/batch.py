@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from schemas.model_input import to_model_input
+from medprep.schemas.model_input import to_model_input
 
 IGNORE_INDEX = -100   # what Hugging Face's losses skip
 

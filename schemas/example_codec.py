@@ -11,7 +11,7 @@ from typing import Iterable
 
 import numpy as np
 
-from schemas.fields import FIELD_BY_NAME, FIELDS, empty_value
+from medprep.schemas.fields import FIELD_BY_NAME, FIELDS, empty_value
 
 _LEN = 2
 
@@ -102,7 +102,7 @@ def _feature(kind: str, value) -> bytes:
 
 
 def encode_example(record: dict) -> bytes:
-    """Record dict (schemas.fields) -> serialized tf.train.Example bytes (deterministic)."""
+    """Record dict (medprep.schemas.fields) -> serialized tf.train.Example bytes (deterministic)."""
     entries = []
     for f in sorted(FIELDS, key=lambda f: f.name):
         entry = _field(1, f.name.encode("utf-8")) + _field(2, _feature(f.kind, record[f.name]))

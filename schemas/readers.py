@@ -7,8 +7,8 @@ from typing import Iterator, Sequence
 
 import pyarrow.parquet as pq
 
-from schemas.arrow import row_to_record
-from schemas.example_codec import decode_example
+from medprep.schemas.arrow import row_to_record
+from medprep.schemas.example_codec import decode_example
 
 ARRAYRECORD_SUFFIX = ".array_record"
 PARQUET_SUFFIX = ".parquet"

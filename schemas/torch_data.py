@@ -1,6 +1,6 @@
 """PyTorch datasets over medprep shards (imports torch; schemas itself does not).
 
-    from schemas.torch_data import RecordDataset, ShardIterableDataset
+    from medprep.schemas.torch_data import RecordDataset, ShardIterableDataset
     ds = RecordDataset("OUT/arrayrecord", split="train", transform=my_fn)     # map-style, random access
     it = ShardIterableDataset("OUT/parquet", split="train")                    # streaming, worker-sharded
     loader = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2, collate_fn=list)
@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch.utils.data as tud
 
-from schemas.readers import ArrayRecordSource, _read_arrayrecord, _read_parquet, _shard_files
+from medprep.schemas.readers import ArrayRecordSource, _read_arrayrecord, _read_parquet, _shard_files
 
 Transform = Callable[[dict], object]
 

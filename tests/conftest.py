@@ -9,7 +9,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 @pytest.fixture(scope="session")
 def demo_model_bytes():
-    from pipelines.tokenizer_training import train_demo_tokenizer
+    from medprep.samples.tokenizer import train_demo_tokenizer
 
     return train_demo_tokenizer()
 
@@ -28,7 +28,7 @@ def plain_model_bytes():
 
     import sentencepiece as spm
 
-    from pipelines.tokenizer_training import sample_corpus
+    from medprep.samples.tokenizer import sample_corpus
 
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(sample_corpus()), model_writer=buf, vocab_size=200,

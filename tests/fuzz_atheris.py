@@ -13,9 +13,9 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from transforms.dicom_render import RenderOptions
-    from transforms.errors import ItemError
-    from transforms.image import ImageOptions, decode_any
+    from medprep.transforms.dicom_render import RenderOptions
+    from medprep.transforms.errors import ItemError
+    from medprep.transforms.image import ImageOptions, decode_any
 
 OPTIONS = ImageOptions(size=32, render=RenderOptions(max_pixels=4_000_000))
 

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from pipelines.cli import main, run_pipeline
-from pipelines.samples import write_dicom
+from medprep.pipelines.cli.main import main, run_pipeline
+from medprep.samples import write_dicom
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,7 @@ def test_existing_output_refused_without_overwrite(tmp_path, capsys):
 
 def test_manifest_column_types_found_by_fuzzing(tmp_path, capsys):
     """Regressions from tests/test_fuzz.py: wrong-typed columns are ManifestErrors naming row and column."""
-    from pipelines.manifest import ManifestError, normalize_row
+    from medprep.pipelines.io.manifest import ManifestError, normalize_row
 
     for raw, message in [({"image": "a", "box_labels": False}, "row 1: column 'box_labels'"),
                          ({"image": "a", "text": ["x"]}, "row 1: column 'text' must be text"),
@@ -158,7 +158,7 @@ def test_manifest_column_types_found_by_fuzzing(tmp_path, capsys):
 
 
 def test_example_decoder_rejects_wrong_wire_types():
-    from schemas.example_codec import decode_example
+    from medprep.schemas.example_codec import decode_example
 
     with pytest.raises(ValueError, match="wire type"):
         decode_example(b"\x08\x00")

@@ -12,10 +12,10 @@ from PIL import Image
 pytest.importorskip("transformers")
 
 from hf_reference import GEMMA3_TEMPLATE, hf_processor  # noqa: E402
-from transforms.chat import (conversation, images_then_prompt, prompt_then_images, render_gemma3,  # noqa: E402
+from medprep.transforms.chat import (conversation, images_then_prompt, prompt_then_images, render_gemma3,  # noqa: E402
                              render_jinja, with_images)
-from transforms.localization import box_answer  # noqa: E402
-from transforms.text import HuggingFaceFiles, HuggingFaceTokenizer, SentencePieceTokenizer  # noqa: E402
+from medprep.transforms.localization import box_answer  # noqa: E402
+from medprep.transforms.text import HuggingFaceFiles, HuggingFaceTokenizer, SentencePieceTokenizer  # noqa: E402
 
 SYSTEM = "You are an expert radiologist."
 TEXTS = {
@@ -64,7 +64,7 @@ def medprep_tokenizers(demo_model_bytes, processor, tmp_path_factory):
     folder = tmp_path_factory.mktemp("hf_saved")
     processor.tokenizer.save_pretrained(str(folder))
     (folder / "chat_template.jinja").write_text(GEMMA3_TEMPLATE)
-    from pipelines.tokenizer import load_tokenizer
+    from medprep.pipelines.io.tokenizer import load_tokenizer
 
     return {"model": SentencePieceTokenizer(demo_model_bytes), "folder": load_tokenizer(str(folder))}
 

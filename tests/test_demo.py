@@ -1,7 +1,7 @@
 """`make demo` (medprep demo --output_dir demo_out) from a fresh directory, relative output path included."""
 import json
 
-from pipelines.cli import main
+from medprep.pipelines.cli.main import main
 
 
 def test_demo_with_a_relative_output_dir(tmp_path, monkeypatch, capsys):

@@ -6,11 +6,11 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from pipelines.samples import write_dicom
-from transforms.dicom_render import RenderOptions, decode_frame, read_dataset, render_dataset
-from transforms.errors import ItemError
-from transforms.image import decode_any
-from transforms.windowing import voi_linear_to_uint8
+from medprep.samples import write_dicom
+from medprep.transforms.dicom_render import RenderOptions, decode_frame, read_dataset, render_dataset
+from medprep.transforms.errors import ItemError
+from medprep.transforms.image import decode_any
+from medprep.transforms.windowing import voi_linear_to_uint8
 
 
 def _file(name):
@@ -67,7 +67,7 @@ def test_real_monochrome1_cr_from_pydicom():
     r = decode_any(_bytes("dicomdirtests/77654033/CR1/6154"))
     assert r.info["photometric"] == "MONOCHROME1" and "inverted" in r.info["intensity"]
     ds = pydicom.dcmread(_file("dicomdirtests/77654033/CR1/6154"))
-    from transforms.windowing import voi_linear_to_uint8
+    from medprep.transforms.windowing import voi_linear_to_uint8
     from pydicom.pixels import apply_modality_lut
     c = float(ds.WindowCenter[0] if isinstance(ds.WindowCenter, pydicom.multival.MultiValue) else ds.WindowCenter)
     w = float(ds.WindowWidth[0] if isinstance(ds.WindowWidth, pydicom.multival.MultiValue) else ds.WindowWidth)
@@ -169,7 +169,7 @@ def test_empty_and_unknown_files():
                                                    (np.uint16, "MR", None), (np.uint16, "DX", None)])
 def test_lookup_table_path_equals_direct_float_path(tmp_path, dtype, modality, window):
     """The <=16-bit LUT optimization must give exactly what the float64 formula gives per pixel."""
-    from transforms.windowing import CT_PRESETS, ct_to_rgb, minmax_to_uint8
+    from medprep.transforms.windowing import CT_PRESETS, ct_to_rgb, minmax_to_uint8
 
     rng = np.random.default_rng(7)
     stored = rng.integers(-2000 if dtype == np.int16 else 0, 4096, (64, 48)).astype(dtype)
@@ -187,7 +187,7 @@ def test_lookup_table_path_equals_direct_float_path(tmp_path, dtype, modality, w
 
 
 def test_grey_resize_equals_rgb_resize():
-    from transforms.geometry import pad_and_resize
+    from medprep.transforms.geometry import pad_and_resize
 
     grey = np.random.default_rng(3).integers(0, 256, (37, 91), dtype=np.uint8)
     a, _ = pad_and_resize(grey, 896)
@@ -207,7 +207,7 @@ def test_decoder_that_aborts_the_process_is_isolated():
 
 
 def test_multiframe_decodes_only_the_requested_frame(monkeypatch):
-    import transforms.pixel_decode as pd
+    import medprep.transforms.pixel_decode as pd
 
     calls = []
     real = pd.pixel_array

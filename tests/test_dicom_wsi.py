@@ -8,12 +8,12 @@ import subprocess
 import pydicom
 import pytest
 
-from pipelines.cli import run_pipeline
-from pipelines.samples import synthetic_slide_rgb, write_series, write_svs
-from schemas import read_records
-from transforms.errors import ItemError
-from transforms.image import ImageOptions
-from transforms.slide import SlideOptions, prepare_slide
+from medprep.pipelines.cli.main import run_pipeline
+from medprep.samples import synthetic_slide_rgb, write_series, write_svs
+from medprep.schemas import read_records
+from medprep.transforms.errors import ItemError
+from medprep.transforms.image import ImageOptions
+from medprep.transforms.slide import SlideOptions, prepare_slide
 
 DICOMIZER = shutil.which("OrthancWSIDicomizer")
 pytestmark = pytest.mark.skipif(not DICOMIZER and os.environ.get("MEDPREP_REQUIRE_ORTHANC") != "1",
@@ -136,7 +136,7 @@ def test_tiled_full_and_tiled_sparse_read_the_same(pair, tmp_path):
 
 
 def test_inspect_draws_the_map_of_a_dicomweb_slide(pair, tmp_path):
-    from pipelines.cli import main
+    from medprep.pipelines.cli.main import main
 
     _, folder = pair
     with served(folder, tmp_path) as url:

@@ -8,10 +8,10 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from pipelines.cli import run_pipeline
-from pipelines.samples import make_images_samples, write_series
-from pipelines.sources.dicomweb import DicomWebRef, client_for, parse_ref
-from schemas import read_records
+from medprep.pipelines.cli.main import run_pipeline
+from medprep.samples import make_images_samples, write_series
+from medprep.pipelines.io.sources.dicomweb import DicomWebRef, client_for, parse_ref
+from medprep.schemas import read_records
 
 import orthanc  # tests/orthanc.py
 
@@ -119,7 +119,7 @@ def test_transient_503s_are_retried(loaded, server, tmp_path, monkeypatch):
     finally:
         proxy.stop()
     assert (s["examples"], s["errors"]) == (7, 0) and proxy.failed == 4
-    from pipelines.sources.dicomweb import retries_so_far
+    from medprep.pipelines.io.sources.dicomweb import retries_so_far
 
     assert retries_so_far() >= 4   # counted (and exported as the Beam counter PrepareImageRow/dicomweb_retries)
 
@@ -168,13 +168,13 @@ def test_basic_auth(tmp_path, monkeypatch):
         assert s["errors"] == 1   # no credentials: HTTP 401
         monkeypatch.setenv("MEDPREP_DICOMWEB_USER", "alice")
         monkeypatch.setenv("MEDPREP_DICOMWEB_PASSWORD", "s3cret")
-        import pipelines.sources.dicomweb as dw
+        import medprep.pipelines.io.sources.dicomweb as dw
 
         dw._clients.clear()
         s = run_pipeline("images", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o2")])
         assert (s["examples"], s["errors"]) == (1, 0)
         got = next(iter(_by_id(str(tmp_path / "o2")).values()))["images"][0]
-        from transforms.image import prepare_image
+        from medprep.transforms.image import prepare_image
 
         assert got == prepare_image(path).encoded[0] and np.any(got)
     finally:
@@ -267,7 +267,7 @@ def test_a_series_that_disappears_after_discovery(loaded, server, tmp_path):
 
 
 def test_discovery_options_fail_at_startup(tmp_path, capsys):
-    from pipelines.cli import main
+    from medprep.pipelines.cli.main import main
 
     assert main(["volumes", "--output_dir", str(tmp_path / "o")]) == 2
     assert "--input/--dicomweb_url" in capsys.readouterr().err

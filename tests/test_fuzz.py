@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from pipelines.manifest import ManifestError, normalize_row
-from schemas.example_codec import decode_example
-from transforms.errors import ItemError
-from transforms.image import ImageOptions, decode_any
-from transforms.dicom_render import RenderOptions
+from medprep.pipelines.io.manifest import ManifestError, normalize_row
+from medprep.schemas.example_codec import decode_example
+from medprep.transforms.errors import ItemError
+from medprep.transforms.image import ImageOptions, decode_any
+from medprep.transforms.dicom_render import RenderOptions
 
 N = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=N, derandomize=True, deadline=None,
@@ -126,7 +126,7 @@ def test_example_decoder(body):
 @FUZZ
 @given(body=st.binary(max_size=1024), gz=st.booleans())
 def test_nifti_reader(body, gz):
-    from transforms.nifti import read_nifti
+    from medprep.transforms.nifti import read_nifti
 
     data = (b"\x1f\x8b" if gz else b"\x5c\x01\x00\x00") + body
     with pytest.raises(ItemError):

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from pipelines.samples import make_images_samples
+from medprep.samples import make_images_samples
 
 BUCKET = "medprep-test"
 
@@ -44,7 +44,7 @@ def gcs(tmp_path_factory):
                 if time.time() > deadline or proc.poll() is not None:
                     raise
                 time.sleep(0.3)
-        from pipelines.sources.gcs import use_emulator_if_configured
+        from medprep.pipelines.io.sources.gcs import use_emulator_if_configured
 
         assert use_emulator_if_configured()
         yield bucket
@@ -103,7 +103,7 @@ def _args(manifest, out, tokenizer, *extra):
 
 
 def test_gcs_run_is_byte_identical_to_local(gcs, relative_samples, tmp_path):
-    from pipelines.cli import run_pipeline
+    from medprep.pipelines.cli.main import run_pipeline
 
     local_out = str(tmp_path / "local")
     s_local = run_pipeline("images", _args(os.path.join(relative_samples, "manifest.jsonl"), local_out,
@@ -130,7 +130,7 @@ def test_gcs_run_is_byte_identical_to_local(gcs, relative_samples, tmp_path):
 
 def test_gcs_multiprocessing_workers(gcs, relative_samples, tmp_path):
     """Worker processes reach the emulator too (the credential skip holds in every process)."""
-    from pipelines.cli import run_pipeline
+    from medprep.pipelines.cli.main import run_pipeline
 
     _upload_folder(gcs, relative_samples, "in2")
     base = f"gs://{BUCKET}/in2"
@@ -141,8 +141,8 @@ def test_gcs_multiprocessing_workers(gcs, relative_samples, tmp_path):
 
 
 def test_verify_and_inspect_on_gcs_output(gcs, relative_samples):
-    from pipelines.cli import main, run_pipeline
-    from pipelines.verify import verify
+    from medprep.pipelines.cli.main import main, run_pipeline
+    from medprep.pipelines.tools.verify import verify
 
     _upload_folder(gcs, relative_samples, "in3")
     base = f"gs://{BUCKET}/in3"
@@ -155,7 +155,7 @@ def test_verify_and_inspect_on_gcs_output(gcs, relative_samples):
 
 
 def test_gcs_rerun_refused_then_overwritten(gcs, relative_samples, capsys):
-    from pipelines.cli import main
+    from medprep.pipelines.cli.main import main
 
     _upload_folder(gcs, relative_samples, "in4")
     base = f"gs://{BUCKET}/in4"
@@ -169,9 +169,9 @@ def test_gcs_rerun_refused_then_overwritten(gcs, relative_samples, capsys):
 
 def test_slides_from_gcs_file_and_dicom_wsi_prefix(gcs, tmp_path):
     """An SVS object and a DICOM WSI folder under a gs:// prefix give the same patches as local files."""
-    from pipelines.cli import run_pipeline
-    from pipelines.samples import synthetic_slide_rgb, write_svs
-    from schemas import read_records
+    from medprep.pipelines.cli.main import run_pipeline
+    from medprep.samples import synthetic_slide_rgb, write_svs
+    from medprep.schemas import read_records
 
     svs = write_svs(str(tmp_path / "s.svs"), synthetic_slide_rgb(4096, 4096, seed=4), mpp=0.25)
     folders = {"svs": svs}
@@ -198,7 +198,7 @@ def test_slides_from_gcs_file_and_dicom_wsi_prefix(gcs, tmp_path):
 
 
 def test_missing_gcs_slide_is_a_read_error(gcs, tmp_path):
-    from pipelines.cli import run_pipeline
+    from medprep.pipelines.cli.main import run_pipeline
 
     (tmp_path / "m.jsonl").write_text(json.dumps({"image": f"gs://{BUCKET}/nowhere/slide.svs", "text": "t"}) + "\n")
     s = run_pipeline("slides", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o")])
@@ -238,10 +238,10 @@ class _Counting(io.RawIOBase):
 @pytest.mark.skipif(not shutil.which("OrthancWSIDicomizer"), reason="needs Debian's orthanc-wsi")
 def test_dicom_wsi_on_gcs_is_read_in_ranges(gcs, tmp_path):
     """A DICOM WSI under a gs:// prefix is opened as seekable streams: one patch reads a small part."""
-    from pipelines.samples import synthetic_slide_rgb, write_svs
-    from pipelines.sources.files import RemoteStreams
+    from medprep.samples import synthetic_slide_rgb, write_svs
+    from medprep.pipelines.io.sources.files import RemoteStreams
     from test_dicom_wsi import dicomize
-    from transforms.slide_reader import OpenSlideReader, open_wsi_streams
+    from medprep.transforms.slide_reader import OpenSlideReader, open_wsi_streams
 
     svs = write_svs(str(tmp_path / "s.svs"), synthetic_slide_rgb(8192, 8192, seed=5), mpp=0.25)
     folder = dicomize(svs, str(tmp_path / "dicom"), 0.25)

@@ -6,11 +6,11 @@ import os
 import pytest
 from pydicom.data import get_testdata_file
 
-from pipelines.cli import run_pipeline
-from pipelines.samples import fake_identity, make_images_samples
-from schemas import read_records
-from transforms.image import ImageOptions, prepare_image
-from transforms.text import SentencePieceTokenizer
+from medprep.pipelines.cli.main import run_pipeline
+from medprep.samples import fake_identity, make_images_samples
+from medprep.schemas import read_records
+from medprep.transforms.image import ImageOptions, prepare_image
+from medprep.transforms.text import SentencePieceTokenizer
 
 SHARD_GLOBS = ("arrayrecord/*", "parquet/*", "errors/*")
 

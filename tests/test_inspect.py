@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from pipelines.cli import main, run_pipeline
-from pipelines.samples import make_images_samples, make_slide_samples, make_volume_samples
+from medprep.pipelines.cli.main import main, run_pipeline
+from medprep.samples import make_images_samples, make_slide_samples, make_volume_samples
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 REQUIRED = os.environ.get("MEDPREP_REQUIRE_CHROMIUM") == "1"

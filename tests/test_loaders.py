@@ -4,9 +4,9 @@ import os
 import numpy as np
 import pytest
 
-from pipelines.cli import run_pipeline
-from pipelines.samples import make_images_samples
-from schemas import arrayrecord_files, decode_example, grain_source, hf_dataset, read_records, to_model_input
+from medprep.pipelines.cli.main import run_pipeline
+from medprep.samples import make_images_samples
+from medprep.schemas import arrayrecord_files, decode_example, grain_source, hf_dataset, read_records, to_model_input
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_grain_dataloader_over_grains_own_arrayrecord_source(out, written):
 def test_torch_map_and_iterable_datasets(out, written):
     import torch.utils.data as tud
 
-    from schemas.torch_data import RecordDataset, ShardIterableDataset
+    from medprep.schemas.torch_data import RecordDataset, ShardIterableDataset
 
     ds = RecordDataset(out)
     assert len(ds) == len(written) and {ds[i]["example_id"] for i in range(len(ds))} == set(written)
@@ -66,7 +66,7 @@ def test_torch_map_and_iterable_datasets(out, written):
 def test_torch_model_input_transform(out, written):
     import torch.utils.data as tud
 
-    from schemas.torch_data import RecordDataset
+    from medprep.schemas.torch_data import RecordDataset
 
     ds = RecordDataset(out, split="train", transform=lambda r: to_model_input(r["images"][0], channels_first=True))
     batch = next(iter(tud.DataLoader(ds, batch_size=2)))

@@ -14,12 +14,12 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from pipelines.cli import _parser, main, run_pipeline
-from pipelines.manifest import ManifestError, inspect_manifest, normalize_row, read_manifest
-from pipelines.options import config_from_args
-from pipelines.samples import synthetic_slide_rgb, write_series, write_svs
-from pipelines.sources.files import read_bytes
-from transforms.errors import ItemError
+from medprep.pipelines.cli.main import _parser, main, run_pipeline
+from medprep.pipelines.io.manifest import ManifestError, inspect_manifest, normalize_row, read_manifest
+from medprep.pipelines.cli.options import config_from_args
+from medprep.samples import synthetic_slide_rgb, write_series, write_svs
+from medprep.pipelines.io.sources.files import read_bytes
+from medprep.transforms.errors import ItemError
 
 KNOWN = "box_labels, boxes, id, image, label, modality, mpp, patient_id, prior, prompt, text"
 ALLOW = "pass --allow_extra_columns to keep other columns (listed in summary.json)"
@@ -176,7 +176,7 @@ def test_stride_default_reaches_the_grid_and_summary(tmp_path):
     s = run_pipeline("slides", ["--input", m, "--output_dir", str(tmp_path / "o"), "--patch_size", "256",
                                 "--image_size", "64", "--tissue", "otsu", "--min_tissue", "0"])
     assert (s["config"]["patch_size"], s["config"]["stride"]) == (256, 256)
-    from schemas import read_records
+    from medprep.schemas import read_records
 
     rec, = list(read_records(str(tmp_path / "o" / "parquet")))
     xy = sorted((json.loads(i)["x"], json.loads(i)["y"]) for i in rec["image_info"])
@@ -244,12 +244,12 @@ def test_options_that_a_manifest_would_ignore_are_refused(tmp_path, capsys):
 # 4. The transforms API --------------------------------------------------------------------
 
 def test_prepare_slide_is_importable_from_transforms(tmp_path):
-    import transforms
-    import transforms.slide
+    import medprep.transforms
+    import medprep.transforms.slide
 
-    from transforms import SlideOptions, prepare_slide   # README / DESIGN
-    assert prepare_slide is transforms.slide.prepare_slide and SlideOptions is transforms.slide.SlideOptions
-    assert {"prepare_image", "prepare_series", "prepare_slide", "SlideOptions"} <= set(transforms.__all__)
+    from medprep.transforms import SlideOptions, prepare_slide   # README / DESIGN
+    assert prepare_slide is medprep.transforms.slide.prepare_slide and SlideOptions is medprep.transforms.slide.SlideOptions
+    assert {"prepare_image", "prepare_series", "prepare_slide", "SlideOptions"} <= set(medprep.transforms.__all__)
     svs = write_svs(str(tmp_path / "s.svs"), synthetic_slide_rgb(1024, 1024, seed=5), mpp=0.5)
     w = prepare_slide(svs, prompt="Describe.", options=SlideOptions(patch_size=128, stride=128, max_patches=2))
     assert [im.size for im in w.images] == [(896, 896), (896, 896)]
@@ -267,7 +267,7 @@ def test_importing_transforms_stays_light():
 
 @pytest.mark.skipif(importlib.util.find_spec("libjpeg") is not None, reason="pylibjpeg-libjpeg is installed")
 def test_missing_decoder_is_named(images_run):
-    from transforms.image import decode_any
+    from medprep.transforms.image import decode_any
 
     expected = ("cannot decode pixel data (JPEG Extended (Process 2 and 4)): no installed decoder could "
                 "(pillow: Pillow does not support 'JPEG Extended' for samples with 12-bit precision; "
@@ -283,7 +283,7 @@ def test_missing_decoder_is_named(images_run):
 
 def test_missing_decoder_with_no_installed_plugin(monkeypatch):
     """A compressed syntax none of whose plugins is installed names the packages (not pydicom's traceback)."""
-    import transforms.pixel_decode as pd
+    import medprep.transforms.pixel_decode as pd
 
     ds = pydicom.dcmread(get_testdata_file("JPGExtended.dcm"))
     monkeypatch.setattr(pd, "_plugins", lambda ds: [])

@@ -3,7 +3,7 @@
 import json
 
 from benchmarks.measure import run_measured
-from pipelines.samples import ct_body_slice, write_large_svs, write_series
+from medprep.samples import ct_body_slice, write_large_svs, write_series
 
 LIMIT_KB = 2 * 1024 * 1024
 

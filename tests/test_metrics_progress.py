@@ -4,12 +4,12 @@ import os
 
 import pytest
 
-from pipelines.cli import main, run_pipeline_with_result
-from pipelines.metrics import query_metrics, totals
-from pipelines.progress import ProgressBar, format_bar, mark_done
-from pipelines.samples import make_images_samples
-from schemas import read_records
-from transforms.errors import ItemError, stage, timed_stages
+from medprep.pipelines.cli.main import main, run_pipeline_with_result
+from medprep.pipelines.graphs.metrics import query_metrics, totals
+from medprep.pipelines.graphs.progress import ProgressBar, format_bar, mark_done
+from medprep.samples import make_images_samples
+from medprep.schemas import read_records
+from medprep.transforms.errors import ItemError, stage, timed_stages
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.cli import run_pipeline
-from pipelines.samples import synthetic_slide_rgb, write_series, write_svs
-from schemas import read_records
+from medprep.pipelines.cli.main import run_pipeline
+from medprep.samples import synthetic_slide_rgb, write_series, write_svs
+from medprep.schemas import read_records
 
 # A PACS-export layout: folder and file names hold an MRN, a name and a birth date.
 PHI_DIR = os.path.join("MRN-4471923", "DOE^JANE_19600101")

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.samples import save_jpeg_with_orientation
-from transforms.errors import ItemError
-from transforms.geometry import map_boxes, map_boxes_to_pixels, pad_and_resize, plan_pad_resize, validate_boxes
-from transforms.image import decode_any, prepare_image
-from transforms.localization import box_answer
-from transforms.photo import decode_photo
+from medprep.samples import save_jpeg_with_orientation
+from medprep.transforms.errors import ItemError
+from medprep.transforms.geometry import map_boxes, map_boxes_to_pixels, pad_and_resize, plan_pad_resize, validate_boxes
+from medprep.transforms.image import decode_any, prepare_image
+from medprep.transforms.localization import box_answer
+from medprep.transforms.photo import decode_photo
 
 
 def _png(img: Image.Image) -> bytes:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.samples import synthetic_fundus
-from transforms.encode import encode_image
-from transforms.png import encode_png
+from medprep.samples import synthetic_fundus
+from medprep.transforms.encode import encode_image
+from medprep.transforms.png import encode_png
 
 
 def _chunks(data: bytes):

@@ -6,10 +6,10 @@ import shutil
 import numpy as np
 import pytest
 
-from pipelines.cli import main, run_pipeline
-from pipelines.samples import fake_identity, write_dicom, write_series
-from pipelines.verify import verify
-from transforms.scrub import scrub_text
+from medprep.pipelines.cli.main import main, run_pipeline
+from medprep.samples import fake_identity, write_dicom, write_series
+from medprep.pipelines.tools.verify import verify
+from medprep.transforms.scrub import scrub_text
 
 
 def test_scrub_text_replaces_identifiers_dates_and_ids():
@@ -56,7 +56,7 @@ def test_scrub_text_makes_the_output_verify(phi_inputs, tmp_path):
     assert s["examples"] == 2 and s["scrubbed"] == {"date": 1, "id": 1, "name": 2}
     problems, _ = verify(out)
     assert problems == []
-    from schemas import read_records
+    from medprep.schemas import read_records
 
     texts = sorted(r["text"] for r in read_records(os.path.join(out, "parquet")))
     assert texts[0] == "Patient [NAME] [NAME] MRN [ID], DOB [DATE]: clear lungs."
@@ -71,7 +71,7 @@ def test_volume_series_with_burned_in_is_a_privacy_error(tmp_path):
 
 @pytest.fixture()
 def good_output(tmp_path):
-    from pipelines.samples import make_images_samples
+    from medprep.samples import make_images_samples
 
     manifest = make_images_samples(str(tmp_path / "samples"))
     out = str(tmp_path / "out")

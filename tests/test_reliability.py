@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.cli import main, run_pipeline
+from medprep.pipelines.cli.main import main, run_pipeline
 
 
 def _png(seed: int) -> bytes:
@@ -51,7 +51,7 @@ def test_crashed_run_leaves_previous_dataset_intact(manifest, tmp_path, monkeypa
     out = str(tmp_path / "out")
     run_pipeline("images", ["--input", manifest, "--output_dir", out])
     before = _snapshot(out)
-    import pipelines.sinks as sinks
+    import medprep.pipelines.io.sinks as sinks
 
     def boom(*args, **kwargs):
         raise OSError("disk on fire (injected)")
@@ -80,7 +80,7 @@ def test_unwritable_output_dir_fails_before_work(manifest, tmp_path, capsys):
 def test_slow_item_times_out_and_the_rest_survive(manifest, tmp_path, monkeypatch):
     import time
 
-    import pipelines.images as images
+    import medprep.pipelines.graphs.images as images
 
     real = images.decode_any
 
@@ -103,7 +103,7 @@ def test_fault_injection_random_raises_and_garbage_sources_still_reconcile(manif
     """A worker raising on random items, and sources turned to garbage: every input is accounted for."""
     import random
 
-    import pipelines.images as images
+    import medprep.pipelines.graphs.images as images
 
     rows = [json.loads(line) for line in open(manifest)]
     for r in rows[8:]:                       # the last 4 sources return garbage
@@ -125,7 +125,7 @@ def test_fault_injection_random_raises_and_garbage_sources_still_reconcile(manif
     lines = [json.loads(x) for x in open(os.path.join(out, "errors", "errors-00000-of-00001.jsonl"))]
     assert sorted(e["row"] for e in lines if e["error"] == "RuntimeError") == sorted(d + 1 for d in doomed)
     assert sorted(e["row"] for e in lines if e["stage"] == "decode") == [9, 10, 11, 12]
-    from pipelines.verify import verify
+    from medprep.pipelines.tools.verify import verify
 
     problems, facts = verify(out)
     assert problems == [] and facts["examples"] == 5
@@ -133,7 +133,7 @@ def test_fault_injection_random_raises_and_garbage_sources_still_reconcile(manif
 
 def test_commit_is_safe_to_repeat_after_a_crash_part_way(tmp_path, monkeypatch):
     """A commit interrupted after moving some files, then run again, ends with exactly the new outputs."""
-    import pipelines.outputs as outputs
+    import medprep.pipelines.io.outputs as outputs
 
     out, staging = tmp_path / "out", tmp_path / "out" / ".staging-x"
     old = {"arrayrecord/train-00000-of-00002.array_record": b"old0", "arrayrecord/train-00001-of-00002.array_record": b"old1",
@@ -168,8 +168,8 @@ def test_commit_is_safe_to_repeat_after_a_crash_part_way(tmp_path, monkeypatch):
 
 def test_job_commits_its_own_outputs_when_the_launcher_does_not_wait(manifest, tmp_path):
     """The flex-template path: run without waiting; the pipeline's last step commits staging."""
-    from pipelines.cli import run_pipeline_with_result
-    from pipelines.flex_main import main as flex_main
+    from medprep.pipelines.cli.main import run_pipeline_with_result
+    from medprep.pipelines.cli.flex_main import main as flex_main
 
     out = tmp_path / "o"
     summary, _ = run_pipeline_with_result("images", ["--input", manifest, "--output_dir", str(out)], wait=False)

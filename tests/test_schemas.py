@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from PIL import Image
 
-from schemas import (FIELD_NAMES, arrow_schema, decode_example, encode_example, read_records, to_model_input,
+from medprep.schemas import (FIELD_NAMES, arrow_schema, decode_example, encode_example, read_records, to_model_input,
                      to_table, validate_record)
-from schemas.readers import ArrayRecordSource
+from medprep.schemas.readers import ArrayRecordSource
 
 
 def _png(color) -> bytes:
@@ -69,7 +69,7 @@ def _tf_example_classes():
 
 
 def _key_order(data: bytes) -> list:
-    from schemas.example_codec import _fields
+    from medprep.schemas.example_codec import _fields
 
     keys = []
     for _, _, features in _fields(memoryview(data)):
@@ -168,7 +168,7 @@ def test_to_model_input_matches_numpy_reference():
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(min_value=-2**63, max_value=2**63 - 1), max_size=50))
 def test_vectorized_varints_equal_the_one_at_a_time_wire_format(values):
-    from schemas.example_codec import _read_varint, _signed64, _varint, packed_varints, unpack_varints
+    from medprep.schemas.example_codec import _read_varint, _signed64, _varint, packed_varints, unpack_varints
 
     reference = b"".join(_varint(v) for v in values)
     assert packed_varints(values) == reference
@@ -180,7 +180,7 @@ def test_vectorized_varints_equal_the_one_at_a_time_wire_format(values):
 
 
 def test_unpack_varints_rejects_cut_off_and_overlong_input():
-    from schemas.example_codec import unpack_varints
+    from medprep.schemas.example_codec import unpack_varints
 
     for bad, why in ((b"\x80", "truncated"), (b"\x01\xff", "truncated"), (b"\xff" * 11 + b"\x01", "too long")):
         with pytest.raises(ValueError, match=why):

@@ -4,8 +4,8 @@ exact counts, the manifest's name-like columns, and recall on the labelled synth
 import pytest
 
 from benchmarks.scrub_eval import evaluate, make_reports, medprep_detect
-from transforms.scrub import KINDS, find_identifiers, name_like_columns, scrub_text
-from transforms.slice_selection import slice_references
+from medprep.transforms.scrub import KINDS, find_identifiers, name_like_columns, scrub_text
+from medprep.transforms.slice_selection import slice_references
 
 
 def counts(**nonzero):

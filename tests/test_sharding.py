@@ -1,6 +1,6 @@
 """Shard planning: counts known from the inputs, before any record exists."""
-from pipelines.sinks import TARGET_SHARD_BYTES, image_bytes_estimate, plan_shards, shard_of
-from pipelines.split import split_fractions
+from medprep.pipelines.io.sinks import TARGET_SHARD_BYTES, image_bytes_estimate, plan_shards, shard_of
+from medprep.pipelines.records.split import split_fractions
 
 
 def test_image_bytes_estimate():

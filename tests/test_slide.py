@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.samples import synthetic_slide_rgb, write_svs
-from transforms.errors import ItemError
-from transforms.image import ImageOptions
-from transforms.slide import SlideOptions, prepare_slide
-from transforms.slide_reader import OpenSlideReader
+from medprep.samples import synthetic_slide_rgb, write_svs
+from medprep.transforms.errors import ItemError
+from medprep.transforms.image import ImageOptions
+from medprep.transforms.slide import SlideOptions, prepare_slide
+from medprep.transforms.slide_reader import OpenSlideReader
 
 W, H = 8192, 6144   # level 0 at 0.25 µm/px; levels 1 (1.0) and 2 (4.0)
 

@@ -5,11 +5,11 @@ import os
 import numpy as np
 import pytest
 
-from pipelines.cli import run_pipeline
-from pipelines.samples import synthetic_slide_rgb, write_svs
-from schemas import read_records
-from transforms.image import ImageOptions
-from transforms.slide import SlideOptions, prepare_slide
+from medprep.pipelines.cli.main import run_pipeline
+from medprep.samples import synthetic_slide_rgb, write_svs
+from medprep.schemas import read_records
+from medprep.transforms.image import ImageOptions
+from medprep.transforms.slide import SlideOptions, prepare_slide
 
 OPTS = ["--patch_size", "224", "--stride", "224", "--image_size", "224", "--max_patches", "6",
         "--patches_per_example", "4", "--split_salt", "s"]
@@ -90,7 +90,7 @@ def test_slides_multiprocessing_is_byte_identical(run, slides, demo_model_path, 
 
 
 def test_a_patch_failing_mid_slide_keeps_the_others(slides, tmp_path, monkeypatch):
-    import pipelines.slides as sl
+    import medprep.pipelines.graphs.slides as sl
 
     real = sl.read_patch
     calls = {"n": 0}
@@ -108,7 +108,7 @@ def test_a_patch_failing_mid_slide_keeps_the_others(slides, tmp_path, monkeypatc
 
 
 def test_bad_slide_options_fail_at_startup(slides, tmp_path, capsys):
-    from pipelines.cli import main
+    from medprep.pipelines.cli.main import main
 
     for option, value in (("--target_mpp", "0"), ("--tissue", "magic"), ("--granularity", "tile")):
         with pytest.raises(SystemExit):

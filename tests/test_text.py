@@ -2,8 +2,8 @@ import pickle
 
 import pytest
 
-from transforms.chat import IMAGE_TOKENS_PER_IMAGE, conversation, images_then_prompt
-from transforms.text import SentencePieceTokenizer, SpecialSplitter
+from medprep.transforms.chat import IMAGE_TOKENS_PER_IMAGE, conversation, images_then_prompt
+from medprep.transforms.text import SentencePieceTokenizer, SpecialSplitter
 
 
 def test_demo_model_has_gemma3_structure(demo_model_bytes):
@@ -85,7 +85,7 @@ def _png_manifest(tmp_path):
 
 
 def test_tokenizer_without_chat_tokens_is_refused_at_startup(tmp_path, plain_model_bytes, capsys):
-    from pipelines.cli import main
+    from medprep.pipelines.cli.main import main
 
     (tmp_path / "plain.model").write_bytes(plain_model_bytes)
     args = ["images", "--input", _png_manifest(tmp_path), "--tokenizer", str(tmp_path / "plain.model")]
@@ -94,7 +94,7 @@ def test_tokenizer_without_chat_tokens_is_refused_at_startup(tmp_path, plain_mod
     assert "--tokenizer" in err and "<start_of_turn>, <end_of_turn>, <start_of_image>, <end_of_image>" in err
     assert "--text_ids_only" in err and not (tmp_path / "o" / "summary.json").exists()
     assert main(args + ["--output_dir", str(tmp_path / "o2"), "--text_ids_only"]) == 0
-    from schemas import read_records
+    from medprep.schemas import read_records
 
     (rec,) = read_records(str(tmp_path / "o2" / "parquet"))
     assert rec["text_ids"] and rec["prompt_ids"] and rec["input_ids"] == [] and rec["loss_mask"] == []
@@ -106,7 +106,7 @@ def test_summary_describes_the_tokenizer(tmp_path, demo_model_path, demo_model_b
     import hashlib
     import json
 
-    from pipelines.cli import run_pipeline
+    from medprep.pipelines.cli.main import run_pipeline
 
     s = run_pipeline("images", ["--input", _png_manifest(tmp_path), "--output_dir", str(tmp_path / "o"),
                                 "--tokenizer", demo_model_path, "--system_prompt", "Be brief."])
@@ -118,7 +118,7 @@ def test_summary_describes_the_tokenizer(tmp_path, demo_model_path, demo_model_b
     assert info["chat_template_sha256"] == hashlib.sha256(b"builtin:gemma3").hexdigest()
     assert info["sha256"] == hashlib.sha256(demo_model_bytes).hexdigest()
     assert s["config"]["system_prompt"] == "Be brief." and s["truncated"] == {"prompt": 0, "text": 0}
-    from schemas import read_records
+    from medprep.schemas import read_records
 
     (rec,) = read_records(str(tmp_path / "o" / "arrayrecord"))
     assert json.loads(rec["messages"])[0] == {"role": "system", "content": [{"type": "text", "text": "Be brief."}]}
@@ -127,8 +127,8 @@ def test_summary_describes_the_tokenizer(tmp_path, demo_model_path, demo_model_b
 def test_over_long_text_is_truncated_in_ids_and_messages_alike(tmp_path, demo_model_path):
     import json
 
-    from pipelines.cli import run_pipeline
-    from transforms.text import SentencePieceTokenizer
+    from medprep.pipelines.cli.main import run_pipeline
+    from medprep.transforms.text import SentencePieceTokenizer
 
     long_text = "Findings: mild cardiomegaly. " * 20
     (tmp_path / "m.jsonl").write_text(json.dumps({"image": "a.png", "text": long_text}) + "\n")
@@ -137,7 +137,7 @@ def test_over_long_text_is_truncated_in_ids_and_messages_alike(tmp_path, demo_mo
     s = run_pipeline("images", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o"),
                                 "--tokenizer", demo_model_path, "--max_text_tokens", "10"])
     assert s["truncated"] == {"prompt": 0, "text": 1}
-    from schemas import read_records
+    from medprep.schemas import read_records
 
     (rec,) = read_records(str(tmp_path / "o" / "parquet"))
     tok = SentencePieceTokenizer.from_file(demo_model_path)

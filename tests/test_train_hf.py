@@ -12,10 +12,10 @@ pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
 from hf_reference import hf_processor  # noqa: E402
-from pipelines.cli import run_pipeline  # noqa: E402
-from schemas import IGNORE_INDEX, hf_dataset, image_token_id, model_batch  # noqa: E402
-from transforms.chat import with_images  # noqa: E402
-from transforms.image import prepare_image  # noqa: E402
+from medprep.pipelines.cli.main import run_pipeline  # noqa: E402
+from medprep.schemas import IGNORE_INDEX, hf_dataset, image_token_id, model_batch  # noqa: E402
+from medprep.transforms.chat import with_images  # noqa: E402
+from medprep.transforms.image import prepare_image  # noqa: E402
 
 SYSTEM = "You are an expert radiologist."
 
@@ -63,7 +63,7 @@ def test_parquet_records_equal_the_processor(output, processor):
 
 def test_batch_helper_equals_processor_batch(output, processor):
     _, out = output
-    from schemas import read_records
+    from medprep.schemas import read_records
 
     recs = sorted(read_records(str(out / "parquet")), key=lambda r: r["example_id"])
     batch = model_batch(recs, image_token_id(str(out)))
@@ -85,7 +85,7 @@ def test_serving_messages_give_the_training_prompt(output, processor):
     """prepare_image(...).messages through apply_chat_template(add_generation_prompt=True) is exactly the prompt
     part of the record's input_ids."""
     d, out = output
-    from schemas import read_records
+    from medprep.schemas import read_records
 
     rec = [r for r in read_records(str(out / "parquet")) if r["prompt"] == "Describe this X-ray."][0]
     p = prepare_image(str(d / "a.png"), prompt="Describe this X-ray.", system_prompt=SYSTEM)
@@ -112,7 +112,7 @@ def _tiny_gemma3(vocab_size: int, image_token: int):
 
 def test_tiny_gemma3_trains_on_the_records(output):
     _, out = output
-    from schemas import read_records
+    from medprep.schemas import read_records
 
     recs = sorted(read_records(str(out / "parquet")), key=lambda r: r["example_id"])
     image_token = image_token_id(str(out))

@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipelines.cli import main, run_pipeline
-from pipelines.samples import write_dicom
-from pipelines.verify import (IdentifierSet, ImageIndex, path_components, phash, pixel_digest, url_credentials,
+from medprep.pipelines.cli.main import main, run_pipeline
+from medprep.samples import write_dicom
+from medprep.pipelines.tools.verify import (IdentifierSet, ImageIndex, path_components, phash, pixel_digest, url_credentials,
                               verify)
 
 SPLIT_ARGS = ["--split_salt", "leaks-0", "--val_fraction", "0", "--test_fraction", "0.5", "--image_size", "128"]
@@ -46,7 +46,7 @@ def _write_rows(folder, rows):
 
 
 def _by_text(out):
-    from schemas import read_records
+    from medprep.schemas import read_records
 
     return {r["text"]: r for r in read_records(os.path.join(out, "parquet"))}
 
@@ -246,7 +246,7 @@ def test_phash_distance_option_is_validated(duplicates, capsys):
 
 
 def test_inspect_report_lists_duplicates_across_splits(duplicates):
-    from pipelines.inspect import build_report
+    from medprep.pipelines.tools.inspect import build_report
 
     _, out = duplicates
     recs = _by_text(out)
@@ -404,7 +404,7 @@ def test_near_pair_search_finds_exactly_what_brute_force_finds():
 
 
 def test_series_folder_files_and_headers_are_checked_for_volumes(tmp_path):
-    from pipelines.samples import write_series
+    from medprep.samples import write_series
 
     inp = tmp_path / "in"
     write_series(str(inp / "MRN-24680" / "CT_SERIES_01"), 4, patient=2)
@@ -426,7 +426,7 @@ def test_series_folder_files_and_headers_are_checked_for_volumes(tmp_path):
 
 
 def test_inspect_maps_hashed_sources_back_to_the_manifest_with_the_run_salt(pacs, monkeypatch):
-    from pipelines.inspect import source_refs
+    from medprep.pipelines.tools.inspect import source_refs
 
     _, out = pacs
     summary = json.load(open(os.path.join(out, "summary.json")))

@@ -10,13 +10,13 @@ import pydicom
 import pytest
 from PIL import Image
 
-from pipelines.cli import run_pipeline
-from pipelines.samples import write_dicom, write_series
-from schemas import read_records
-from transforms.errors import ItemError
-from transforms.series import group_series, order_series, slice_headers
-from transforms.slice_selection import report_indices, slice_references, uniform_indices
-from transforms.volume import (DicomSeriesSource, Histogram, VolumeOptions, prepare_series, prepare_volume)
+from medprep.pipelines.cli.main import run_pipeline
+from medprep.samples import write_dicom, write_series
+from medprep.schemas import read_records
+from medprep.transforms.errors import ItemError
+from medprep.transforms.series import group_series, order_series, slice_headers
+from medprep.transforms.slice_selection import report_indices, slice_references, uniform_indices
+from medprep.transforms.volume import (DicomSeriesSource, Histogram, VolumeOptions, prepare_series, prepare_volume)
 
 
 def _pixels(img_bytes):
@@ -244,7 +244,7 @@ def test_nifti_is_reoriented_superior_first(tmp_path):
     img.SetOrigin((0.0, 0.0, 0.0))
     path = str(tmp_path / "v.nii.gz")
     sitk.WriteImage(img, path)
-    from transforms.nifti import read_nifti
+    from medprep.transforms.nifti import read_nifti
 
     data, info = read_nifti(open(path, "rb").read(), path)
     assert data[:, 0, 0].tolist() == [-700.0, -800.0, -900.0, -1000.0]   # superior (highest z) first
@@ -306,8 +306,8 @@ def test_volume_pipeline_counts_and_errors(volume_run):
 
 def test_volume_records_match_library_and_carry_slice_info(volume_run, demo_model_path):
     d, out, s, _ = volume_run
-    from transforms.image import ImageOptions
-    from transforms.text import SentencePieceTokenizer
+    from medprep.transforms.image import ImageOptions
+    from medprep.transforms.text import SentencePieceTokenizer
 
     recs = {(r["modality"], len(r["images"])): r for r in read_records(str(out / "arrayrecord"))}
     ct = recs[("CT", 10)]
@@ -360,7 +360,7 @@ def _tok(out):
 
 
 def test_series_filter_conditions():
-    from transforms.series_filter import matches, parse_filter
+    from medprep.transforms.series_filter import matches, parse_filter
 
     attrs = {"SeriesDescription": "AX T2 FLAIR", "ImageType": "ORIGINAL\\PRIMARY\\AXIAL", "SliceThickness": 3.0,
              "Modality": "MR", "SeriesNumber": "4"}
@@ -376,7 +376,7 @@ def test_series_filter_conditions():
 
 
 def test_bad_series_filter_fails_at_startup(tmp_path, capsys):
-    from pipelines.cli import main
+    from medprep.pipelines.cli.main import main
 
     m = tmp_path / "m.jsonl"
     m.write_text('{"image": "x", "text": "t"}\n')
@@ -403,7 +403,7 @@ def test_nifti_api_needs_modality_and_matches_pipeline(volume_run):
     d, out, _, _ = volume_run
     with pytest.raises(ItemError, match="modality"):
         prepare_series(str(d / "vol.nii.gz"))
-    from transforms.image import ImageOptions
+    from medprep.transforms.image import ImageOptions
 
     p = prepare_series(str(d / "vol.nii.gz"), modality="CT", options=VolumeOptions(image=ImageOptions(), max_slices=10))
     rec = [r for r in read_records(str(out / "parquet")) if r["modality"] == "CT" and len(r["images"]) == 5][0]
@@ -413,8 +413,8 @@ def test_nifti_api_needs_modality_and_matches_pipeline(volume_run):
 def test_a_slice_failing_after_planning_skips_its_series_only(tmp_path, demo_model_path):
     """Slices render in batches on other workers: a slice whose pixels are broken (headers fine, so
     planning succeeds) fails its series alone; a row with no other series becomes one error line."""
-    from pipelines.cli import run_pipeline_with_result
-    from pipelines.metrics import query_metrics, totals
+    from medprep.pipelines.cli.main import run_pipeline_with_result
+    from medprep.pipelines.graphs.metrics import query_metrics, totals
 
     paths = write_series(str(tmp_path / "mixed"), 20, series=5, patient=9)
     write_series(str(tmp_path / "mixed"), 12, series=6, patient=9)
@@ -440,7 +440,7 @@ def test_a_slice_failing_after_planning_skips_its_series_only(tmp_path, demo_mod
                        "(use `medprep images` for single images)") == 1
     ((reason, n),) = skipped.items()
     assert n == 1 and reason.startswith("decode: cannot decode pixel data (Explicit VR Little Endian)")
-    from pipelines.cli import main
+    from medprep.pipelines.cli.main import main
 
     assert main(["inspect", str(out)]) == 0
     report = (out / "report.html").read_text()

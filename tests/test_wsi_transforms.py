@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from transforms.errors import ItemError
-from transforms.patches import grid, sample_patches, select_patches
-from transforms.tissue import cell_fractions, cell_mean_grey, otsu_saturation_mask, otsu_threshold, pen_mask
-from transforms.wsi_level import choose_level
+from medprep.transforms.errors import ItemError
+from medprep.transforms.patches import grid, sample_patches, select_patches
+from medprep.transforms.tissue import cell_fractions, cell_mean_grey, otsu_saturation_mask, otsu_threshold, pen_mask
+from medprep.transforms.wsi_level import choose_level
 
 SVS_LEVELS = [0.25, 1.0, 4.0, 16.0]   # 40x pyramid with 4x downsamples
 
@@ -95,7 +95,7 @@ def test_patch_selection_reference_and_otsu():
 
 
 def test_seeded_sampling_is_deterministic_and_row_ordered():
-    from transforms.patches import Patch
+    from medprep.transforms.patches import Patch
 
     patches = [Patch(x, y, 10.0, 1.0) for y in range(0, 100, 10) for x in range(0, 100, 10)]
     a = sample_patches(patches, 7, seed=3)

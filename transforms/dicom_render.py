@@ -15,9 +15,9 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
 
-from transforms.errors import ItemError, stage
-from transforms.pixel_decode import decode_pixels
-from transforms.windowing import (
+from medprep.transforms.errors import ItemError, stage
+from medprep.transforms.pixel_decode import decode_pixels
+from medprep.transforms.windowing import (
     CT_PRESETS,
     Window,
     ct_to_rgb,

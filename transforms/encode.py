@@ -1,6 +1,6 @@
 """Encode a PIL RGB image to PNG (lossless, default) or JPEG bytes, deterministically.
 
-PNG levels 0-3 use transforms.png (Sub filter + ISA-L deflate: 5-7x faster than Pillow's
+PNG levels 0-3 use medprep.transforms.png (Sub filter + ISA-L deflate: 5-7x faster than Pillow's
 encoder, files as small); levels 4-9 use Pillow's encoder (adaptive filters, zlib) for the
 smallest files.
 """
@@ -11,7 +11,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from transforms.png import MAX_FAST_LEVEL, encode_png
+from medprep.transforms.png import MAX_FAST_LEVEL, encode_png
 
 IMAGE_FORMATS = ("png", "jpeg")
 # Level 1 (the fast encoder): 5-7x faster than Pillow's PNG and no larger (benchmarks/README.md).

@@ -13,13 +13,13 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
 
-from transforms.chat import images_then_prompt, user_messages
-from transforms.dicom_render import RenderOptions, Rendered, read_dataset, render_dataset
-from transforms.encode import DEFAULT_JPEG_QUALITY, DEFAULT_PNG_LEVEL, encode_image
-from transforms.errors import ItemError, stage
-from transforms.formats import PHOTO_FORMATS, detect_format
-from transforms.geometry import PadResize, pad_and_resize
-from transforms.photo import decode_photo
+from medprep.transforms.chat import images_then_prompt, user_messages
+from medprep.transforms.dicom_render import RenderOptions, Rendered, read_dataset, render_dataset
+from medprep.transforms.encode import DEFAULT_JPEG_QUALITY, DEFAULT_PNG_LEVEL, encode_image
+from medprep.transforms.errors import ItemError, stage
+from medprep.transforms.formats import PHOTO_FORMATS, detect_format
+from medprep.transforms.geometry import PadResize, pad_and_resize
+from medprep.transforms.photo import decode_photo
 
 DEFAULT_IMAGE_SIZE = 896  # MedGemma / Gemma 3 input side
 

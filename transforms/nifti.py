@@ -11,7 +11,7 @@ import tempfile
 
 import numpy as np
 
-from transforms.errors import ItemError
+from medprep.transforms.errors import ItemError
 
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")

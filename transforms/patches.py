@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transforms.tissue import GREY_RANGE, cell_fractions, cell_mean_grey
+from medprep.transforms.tissue import GREY_RANGE, cell_fractions, cell_mean_grey
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
-from transforms.errors import ItemError
+from medprep.transforms.errors import ItemError
 
 DEFAULT_MAX_PIXELS = 200_000_000
 

@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import pixel_array
 from pydicom.pixels.decoders.base import get_decoder
 
-from transforms.errors import ItemError
+from medprep.transforms.errors import ItemError
 
 IN_PROCESS_PLUGINS = ("pydicom", "pylibjpeg", "pillow")
 ISOLATED_PLUGINS = ("gdcm",)

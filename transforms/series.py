@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydicom.dataset import Dataset
 
-from transforms.dicom_render import header_identifiers
-from transforms.errors import ItemError
+from medprep.transforms.dicom_render import header_identifiers
+from medprep.transforms.errors import ItemError
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def slice_headers(ds: Dataset, key: object) -> list[SliceHeader]:
 
 
 def series_attributes(header: SliceHeader) -> dict:
-    """The attributes series filters test (transforms.series_filter.ATTRIBUTES)."""
+    """The attributes series filters test (medprep.transforms.series_filter.ATTRIBUTES)."""
     return {"SeriesDescription": header.description, "ImageType": header.image_type,
             "SliceThickness": header.thickness, "Modality": header.modality, "SeriesNumber": header.series_number}
 

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from transforms.chat import prompt_then_images, user_messages
-from transforms.errors import ItemError, stage
-from transforms.image import FinishedImage, ImageOptions, finish_rendered
-from transforms.dicom_render import Rendered
-from transforms.patches import Patch, grid, sample_patches, select_patches
-from transforms.tissue import otsu_saturation_mask
-from transforms.wsi_level import LevelChoice, choose_level
+from medprep.transforms.chat import prompt_then_images, user_messages
+from medprep.transforms.errors import ItemError, stage
+from medprep.transforms.image import FinishedImage, ImageOptions, finish_rendered
+from medprep.transforms.dicom_render import Rendered
+from medprep.transforms.patches import Patch, grid, sample_patches, select_patches
+from medprep.transforms.tissue import otsu_saturation_mask
+from medprep.transforms.wsi_level import LevelChoice, choose_level
 
 TISSUE_METHODS = ("mean_grey", "otsu")
 
@@ -101,7 +101,7 @@ class PreparedSlide:
 def prepare_slide(path: str, prompt: str = "", options: SlideOptions = SlideOptions(),
                   system_prompt: str = "") -> PreparedSlide:
     """A slide file -> the same patches and messages the slides pipeline writes."""
-    from transforms.slide_reader import open_slide
+    from medprep.transforms.slide_reader import open_slide
 
     if "://" not in path and not os.path.exists(path):
         raise ItemError("read", f"cannot read {path}: file not found")

@@ -11,7 +11,7 @@ import re
 import numpy as np
 from PIL import Image
 
-from transforms.errors import ItemError
+from medprep.transforms.errors import ItemError
 
 _UNIT_UM = {"centimeter": 1e4, "inch": 25400.0}
 

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from transforms.chat import IMAGE_TOKENS_PER_IMAGE, expand_images, render_gemma3, render_jinja
+from medprep.transforms.chat import IMAGE_TOKENS_PER_IMAGE, expand_images, render_gemma3, render_jinja
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class Tokenizer:
 
     kind = ""
     tokens = ChatTokens()
-    template: str | None = None   # a Jinja chat template; None: Gemma 3's (transforms.chat.render_gemma3)
+    template: str | None = None   # a Jinja chat template; None: Gemma 3's (medprep.transforms.chat.render_gemma3)
 
     # -- implemented by each source --------------------------------------------------------------
     def token_id(self, token: str) -> int | None:

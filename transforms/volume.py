@@ -15,13 +15,13 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from transforms.dicom_render import Rendered, StoredValues, decode_frame, render_dataset
-from transforms.errors import ItemError, stage
-from transforms.image import FinishedImage, ImageOptions, finish_rendered
-from transforms.series import OrderedSeries, SliceHeader, group_series, order_series, slice_headers
-from transforms.chat import prompt_then_images, user_messages
-from transforms.slice_selection import DEFAULT_MAX_SLICES, report_indices, uniform_indices
-from transforms.windowing import ct_to_rgb, describe_windows, minmax_to_uint8
+from medprep.transforms.dicom_render import Rendered, StoredValues, decode_frame, render_dataset
+from medprep.transforms.errors import ItemError, stage
+from medprep.transforms.image import FinishedImage, ImageOptions, finish_rendered
+from medprep.transforms.series import OrderedSeries, SliceHeader, group_series, order_series, slice_headers
+from medprep.transforms.chat import prompt_then_images, user_messages
+from medprep.transforms.slice_selection import DEFAULT_MAX_SLICES, report_indices, uniform_indices
+from medprep.transforms.windowing import ct_to_rgb, describe_windows, minmax_to_uint8
 
 VOLUME_MODALITIES = ("CT", "MR")
 SELECTIONS = ("uniform", "report", "all")
@@ -283,7 +283,7 @@ def prepare_series(source: SeriesSource, prompt: str = "", report: str = "",
     if isinstance(source, (str, os.PathLike)) and os.path.isfile(source):
         path = os.fspath(source)
         if path.lower().endswith((".nii", ".nii.gz", ".nrrd", ".mha")):
-            from transforms.nifti import read_nifti
+            from medprep.transforms.nifti import read_nifti
 
             with open(path, "rb") as fh:
                 volume, info = read_nifti(fh.read(), path)

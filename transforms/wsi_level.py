@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from transforms.errors import ItemError
+from medprep.transforms.errors import ItemError
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,45 @@
+"""medprep: imaging data preparation for MedGemma-style vision-language models.
+
+The public API, importable without Beam:
+
+    from medprep import prepare_image, prepare_series, prepare_slide      # inference-time
+    from medprep import read_records, grain_source, to_model_input, model_batch, load_options
+
+The code lives in three subpackages: medprep.transforms (pure per-item code), medprep.schemas (the
+record and its readers) and medprep.pipelines (Beam graphs, I/O, the command line).
+"""
+from __future__ import annotations
+
+import os as _os
+
+# In a source checkout the subpackages are the top-level folders transforms/, schemas/, pipelines/
+# (installed, setup.py maps them under medprep/): let this package find them there too.
+_ROOT = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if _os.path.isfile(_os.path.join(_ROOT, "setup.py")) and _os.path.isdir(_os.path.join(_ROOT, "transforms")):
+    __path__.append(_ROOT)  # type: ignore[name-defined]  # noqa: F821
+
+_API = {
+    "prepare_image": "medprep.transforms.image",
+    "ImageOptions": "medprep.transforms.image",
+    "prepare_series": "medprep.transforms.volume",
+    "VolumeOptions": "medprep.transforms.volume",
+    "prepare_slide": "medprep.transforms.slide",
+    "SlideOptions": "medprep.transforms.slide",
+    "read_records": "medprep.schemas.readers",
+    "grain_source": "medprep.schemas.readers",
+    "hf_dataset": "medprep.schemas.readers",
+    "to_model_input": "medprep.schemas.model_input",
+    "model_batch": "medprep.schemas.batch",
+    "image_token_id": "medprep.schemas.batch",
+    "load_options": "medprep.pipelines.options_io",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    """Import the public names on first use (importing medprep stays cheap)."""
+    if name not in _API:
+        raise AttributeError(f"module 'medprep' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_API[name]), name)

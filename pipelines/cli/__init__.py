@@ -1,0 +1,1 @@
+"""The command line: options, the runner, the Dataflow flex-template entry point."""

@@ -1,0 +1,102 @@
+"""`medprep` command line: images | volumes | slides | demo; Beam options pass through."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from medprep.pipelines.cli.options import (OptionError, add_common_options, add_slide_options, add_volume_options,
+                               config_from_args)
+from medprep.pipelines.graphs.metrics import format_latency
+from medprep.pipelines.cli.runner import check_beam_args, run
+
+PIPELINES = {"images": "medprep.pipelines.graphs.images", "volumes": "medprep.pipelines.graphs.volumes", "slides": "medprep.pipelines.graphs.slides"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medprep",
+        description="Prepare medical images + text for MedGemma-style training. "
+                    "Unrecognized --options are Beam pipeline options (--runner, --direct_num_workers, …).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    images = sub.add_parser("images", help="2D images (CXR, fundus, skin, other) from a manifest")
+    add_common_options(images)
+    volumes = sub.add_parser("volumes", help="CT and MR series (DICOM folders/prefixes, instance lists, NIfTI)")
+    add_common_options(volumes)
+    add_volume_options(volumes)
+    slides = sub.add_parser("slides", help="whole-slide images (SVS, NDPI, MRXS, tiled TIFF…) from a manifest")
+    add_common_options(slides)
+    add_slide_options(slides)
+    sub.add_parser("verify", help="check an output folder (counts, shards, records, splits, identifiers)", add_help=False)
+    sub.add_parser("inspect", help="write OUT/report.html: counts, sample grids, histograms, errors", add_help=False)
+    demo = sub.add_parser("demo", help="generate bundled samples and run the pipelines on them")
+    demo.add_argument("--output_dir", default="demo_out", help="where to write samples and outputs (default demo_out)")
+    return parser
+
+
+def run_pipeline(name: str, argv: list[str]) -> dict:
+    """Parse pipeline options, validate, run; returns summary.json's content."""
+    return run_pipeline_with_result(name, argv)[0]
+
+
+def run_pipeline_with_result(name: str, argv: list[str], wait: bool = True):
+    """run_pipeline, also returning Beam's PipelineResult (its metrics: medprep.pipelines.graphs.metrics).
+
+    wait=False (flex-template launchers, which must exit once the job is submitted): the job
+    commits its own outputs as its last step, and the summary returned is None.
+    """
+    import dataclasses
+    import importlib
+
+    parser = _parser()
+    args, beam_args = parser.parse_known_args([name] + argv)
+    check_beam_args(beam_args)
+    config = config_from_args(args)
+    module = importlib.import_module(PIPELINES[name])
+    from medprep.pipelines.io.outputs import commit_outputs, join
+    from apache_beam.io.filesystems import FileSystems
+
+    if not wait:
+        config = dataclasses.replace(config, commit_in_pipeline=True)
+        return None, run(module.build, config, beam_args, wait=False)
+    try:
+        result = run(module.build, config, beam_args)
+    except BaseException:
+        logging.getLogger(__name__).error(
+            "the run failed; %s keeps its previous outputs (partial files are in %s)", config.output_dir,
+            config.staging_dir)
+        raise
+    commit_outputs(config.staging_dir, config.output_dir)
+
+    with FileSystems.open(join(config.output_dir, "summary.json")) as fh:
+        return json.loads(fh.read()), result
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in ("verify", "inspect"):
+            import importlib
+
+            return importlib.import_module(f"medprep.pipelines.tools.{argv[0]}").main(argv[1:])
+        if argv and argv[0] == "demo":
+            from medprep.pipelines.tools.demo import main as demo_main
+
+            args = _parser().parse_args(argv)
+            return demo_main(args.output_dir)
+        if argv and argv[0] in PIPELINES:
+            summary, result = run_pipeline_with_result(argv[0], argv[1:])
+            print(format_latency(result), file=sys.stderr)
+            print(json.dumps({k: summary[k] for k in ("inputs", "examples", "images", "errors", "reconciled")}))
+            return 0 if summary["reconciled"] else 1
+        _parser().parse_args(argv)  # prints usage / help
+        return 2
+    except OptionError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

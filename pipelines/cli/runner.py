@@ -1,0 +1,73 @@
+"""Run a pipeline graph with the user's Beam options."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import tempfile
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from medprep.pipelines.graphs.metrics import query_metrics
+from medprep.pipelines.graphs.progress import ProgressBar
+
+_LOG = logging.getLogger(__name__)
+
+
+def check_beam_args(beam_args: list[str]) -> None:
+    """Fail on options neither medprep nor Beam knows (Beam would silently drop them)."""
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for cls in PipelineOptions.__subclasses__():
+        cls._add_argparse_args(parser)
+    _, unknown = parser.parse_known_args(beam_args)
+    if unknown:
+        from medprep.pipelines.cli.options import OptionError
+
+        raise OptionError(unknown[0], "unrecognized option (neither a medprep nor a Beam option)")
+
+
+def make_runner(options: PipelineOptions):
+    """DirectRunner (or no runner) -> the FnApiRunner it would use for batch, skipping the
+    Prism attempt that needs a download; any other runner name is passed to Beam as is."""
+    name = options.view_as(StandardOptions).runner
+    if name in (None, "DirectRunner", "direct"):
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        return FnApiRunner()
+    return name
+
+
+def run(build, config, beam_args: list[str], wait: bool = True):
+    """Build the graph with `build(pipeline, config)`, run it, wait (unless told not to), return the result.
+
+    Local runs (the DirectRunner, in-process or multi_processing) show a progress bar on stderr.
+    """
+    options = PipelineOptions(beam_args)
+    runner = make_runner(options)
+    local = not isinstance(runner, str)
+    with tempfile.TemporaryDirectory(prefix="medprep-progress-") as folder:
+        if local:
+            config = dataclasses.replace(config, progress_file=os.path.join(folder, "done"))
+        pipeline = beam.Pipeline(runner=runner, options=options)
+        build(pipeline, config)
+        with ProgressBar(config.progress_file, config.expected_inputs) if local else contextlib.nullcontext():
+            result = pipeline.run()
+            if not wait and not local:
+                _LOG.warning("submitted; not waiting for the job (it commits its outputs when it succeeds)")
+                return result
+            result.wait_until_finish()
+    log_metrics(result)
+    return result
+
+
+def log_metrics(result) -> None:
+    """Log the run's medprep counters and latency distributions at INFO."""
+    counters, distributions = query_metrics(result)
+    for (step, name), value in sorted(counters.items()):
+        _LOG.info("%s %s = %s", step, name, value)
+    for (step, name), (count, total, _, high) in sorted(distributions.items()):
+        _LOG.info("%s %s: n=%d mean=%.1f max=%d", step, name, count, total / count, high)

@@ -1,0 +1,1 @@
+"""Beam graphs: one per pipeline, and the DoFns, fan-out, dead letters and metrics they share."""

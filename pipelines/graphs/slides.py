@@ -1,0 +1,176 @@
+"""`medprep slides`: whole-slide images -> slide-level (up to K patches) and/or patch-level records.
+
+Plan once per slide (level for --target_mpp, tissue on a ~1.25x thumbnail, grid, seeded sample),
+then fan the patch coordinates out in batches behind a Reshuffle, so one huge slide spreads over
+workers; each worker keeps its slides open (a small cache) and reads only its patches — never a
+whole level, no patch twice. Records are assembled per slide after a GroupByKey, which is also
+where an input is counted done (the graph is medprep.pipelines.graphs.fan_out's). A patch that cannot be read
+is counted and logged; a slide with no readable patch is one error line.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+import apache_beam as beam
+
+from medprep.pipelines.config import Config
+from medprep.pipelines.graphs.fan_out import WorkDoFn, batches, failure_of, fan_out_pipeline, input_key
+from medprep.pipelines.io.manifest import resolve_ref
+from medprep.pipelines.records.example import ExampleParts, build_record, name_values, row_input_key
+from medprep.pipelines.graphs.row_dofn import ManifestRowDoFn
+from medprep.pipelines.io.sources.dicomweb import parse_ref, wsi_web_client
+from apache_beam.io.filesystems import FileSystems
+
+from medprep.pipelines.io.sources.files import LocalFile, RemoteStreams, localize_file
+from medprep.transforms.errors import ItemError, stage
+from medprep.transforms.slide import SlidePlan, plan_slide, read_patch
+from medprep.transforms.slide_reader import OpenSlideReader, open_slide, open_web_wsi, open_wsi_streams
+
+_LOG = logging.getLogger(__name__)
+
+
+class _Readers:
+    """A few open slides per worker (OpenSlide handles are not shared across processes)."""
+
+    def __init__(self, size: int = 2):
+        self.size, self._open = size, OrderedDict()
+
+    def get(self, path: str, assume, override) -> OpenSlideReader:
+        key = (path, assume, override)   # the same file with another resolution is another reader
+        if key in self._open:
+            self._open.move_to_end(key)
+            return self._open[key][1]
+        web = parse_ref(path)
+        if web is not None:   # a DICOM WSI series on a DICOMweb server: frames fetched as read
+            local = LocalFile(path, False)
+            reader = open_web_wsi(path, wsi_web_client(web.base), assume, override)
+        elif "://" in path and not FileSystems.exists(path):   # an object-store prefix: a DICOM WSI folder
+            local = RemoteStreams(path)                          # ranged reads: only the frames needed
+            try:
+                reader = open_wsi_streams(local.streams, assume, override)
+            except ItemError:
+                local.cleanup()
+                raise
+        else:
+            local = localize_file(path)
+            reader = open_slide(local.path, assume, override)
+        self._open[key] = (local, reader)
+        while len(self._open) > self.size:
+            _, (old_local, old) = self._open.popitem(last=False)
+            old.close()
+            old_local.cleanup()
+        return reader
+
+    def close(self) -> None:
+        while self._open:
+            _, (local, reader) = self._open.popitem()
+            reader.close()
+            local.cleanup()
+
+
+class PlanSlides(ManifestRowDoFn):
+    """Manifest row -> batches of patch coordinates (or one error line)."""
+
+    final = False
+
+    def setup(self):
+        super().setup()
+        self.readers = _Readers()
+
+    def teardown(self):
+        self.readers.close()
+
+    def outputs(self, row):
+        path = resolve_ref(row["images"][0], self.config.input)
+        options = self.config.slide_options(row.get("mpp"))
+        with stage("decode"):
+            reader = self.readers.get(path, options.assume_mpp, options.override_mpp)
+        plan: SlidePlan = plan_slide(reader, options)
+        patches = [(i, p) for i, p in enumerate(plan.patches)]
+        for batch in batches(patches):
+            yield ((input_key(row), row, plan.info, len(patches), batch), {})
+
+
+class ReadPatches(WorkDoFn):
+    """A batch of one slide's patches -> (input key, (row, info, total, index, FinishedImage or None, failure))."""
+
+    unit = "patch"
+
+    def setup(self):
+        self.readers = _Readers()
+
+    def teardown(self):
+        self.readers.close()
+
+    def process(self, element):
+        key, row, info, total, batch = element
+        path = resolve_ref(row["images"][0], self.config.input)
+        options = self.config.slide_options(row.get("mpp"))
+        try:
+            reader = self.readers.get(path, options.assume_mpp, options.override_mpp)
+        except Exception as exc:  # the slide vanished or broke between planning and reading
+            for index, patch in batch:
+                yield key, (row, info, total, index, None, failure_of(exc))
+            return
+        for index, patch in batch:
+            finished, failure = self.run_unit(
+                lambda: read_patch(reader, info["level"], patch, options).without_pixels())
+            if failure:
+                failure = (failure[0], f"patch at ({patch.x}, {patch.y}): {failure[1]}")
+            yield key, (row, info, total, index, finished, failure)
+
+
+class AssembleSlide(ManifestRowDoFn):
+    """(slide row, patch results) -> slide-level and/or patch-level records; counts the input done."""
+
+    def ref_of(self, element):
+        _, results = element
+        row = next(iter(results))[0]
+        return row["images"][0], row["row"]
+
+    def outputs(self, element):
+        _, results = element
+        results = sorted(results, key=lambda r: r[3])
+        row, info = results[0][0], results[0][1]
+        good = [(i, f) for _, _, _, i, f, _ in results if f is not None]
+        failed = [why[1] for *_, f, why in results if f is None]
+        if not good:
+            raise ItemError("decode", f"no patch of the slide could be read ({len(failed)} tried): {failed[0]}")
+        if failed:
+            _LOG.warning("row %s: %d patch(es) unreadable, e.g. %s", row["row"], len(failed), failed[0])
+        if not row["text"].strip():
+            raise ItemError("text", "empty text: a slide example needs its text")
+        base = row["id"] or f"row:{row['row']}:{row['images'][0]}"
+        common = dict(modality=row["modality"] or "SM", prompt=row["prompt"], text=row["text"],
+                      patient_id=row["patient_id"], label=row["label"], input_key=row_input_key(row),
+                      extra_names=name_values(row), layout="prompt_first")
+        for index, f in good:
+            f.info["slide"] = info
+        k = self.config.patches_per_example
+        if "slide" in self.config.granularity:
+            for start in range(0, len(good), k):
+                chunk = [f for _, f in good[start:start + k]]
+                yield self._with_failures(build_record(ExampleParts(
+                    example_key=f"{base}#slide{start // k}", task="slide", images=chunk,
+                    sources=[row["images"][0]] * len(chunk), **common),
+                    self.config, self.tokenizer), len(failed) if start == 0 else 0)
+        if "patch" in self.config.granularity:
+            for index, f in good:
+                yield self._with_failures(build_record(ExampleParts(
+                    example_key=f"{base}#patch{index}", task="patch", images=[f], sources=[row["images"][0]],
+                    **common), self.config, self.tokenizer), 0)
+
+    @staticmethod
+    def _with_failures(built, failures: int):
+        record, stats = built
+        if failures:
+            stats = dict(stats, **{"patches/unreadable": failures})
+        return record, stats
+
+
+def build(p: beam.Pipeline, config: Config):
+    """The slides pipeline graph."""
+    return fan_out_pipeline(p, "slides", config, PlanSlides(config), ReadPatches(config), AssembleSlide(config),
+                            "ReadPatches", images_per_input=config.max_patches * len(config.granularity),
+                            discover=False)

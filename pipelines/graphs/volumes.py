@@ -1,0 +1,277 @@
+"""`medprep volumes`: CT/MR series + report -> one record per series (and/or per selected slice).
+
+A manifest `image` is a folder or gs:// prefix holding one or more series, a list of DICOM
+instances, or a NIfTI file (its `modality` column says CT or MR). Headers are read first
+(no pixels); pixels are decoded only for the slices needed (all slices once for MR's
+per-volume range), one at a time. Each series is planned once (order, QC, MR range, selection),
+then its selected slices are rendered in batches spread over workers behind a Reshuffle and
+assembled per input (medprep.pipelines.graphs.fan_out), so one long series does not sit on one worker.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import re
+from dataclasses import dataclass, field, replace
+
+import apache_beam as beam
+import pydicom
+from apache_beam.io.filesystems import FileSystems
+
+from medprep.pipelines.config import Config
+from medprep.pipelines.graphs.fan_out import WorkDoFn, batches, fan_out_pipeline, input_key
+from medprep.pipelines.graphs.row_dofn import ManifestRowDoFn
+from medprep.pipelines.io.manifest import resolve_ref
+from medprep.pipelines.records.example import ExampleParts, build_record, name_values, portable_ref, row_input_key
+from medprep.pipelines.io.sources.dicomweb import DicomWebRef, client_for, parse_ref
+from medprep.pipelines.io.sources.files import read_bytes, read_head
+from medprep.transforms.errors import ItemError, stage
+from medprep.transforms.formats import detect_format
+from medprep.transforms.series import SliceHeader, group_series, order_series, series_attributes, slice_headers
+from medprep.transforms.series_filter import matches, parse_filter
+from medprep.transforms.volume import (ArrayVolumeSource, DicomSeriesSource, SliceSubset, VolumePlan, finish_slice,
+                               plan_volume, prepare_volume)
+
+_LOG = logging.getLogger(__name__)
+
+
+def list_files(ref: str) -> list[str]:
+    """A file ref as itself; a folder or gs:// prefix as every file below it, sorted."""
+    if FileSystems.exists(ref) and not FileSystems.match([ref.rstrip("/") + "/**"])[0].metadata_list:
+        return [ref]
+    matched = FileSystems.match([ref.rstrip("/") + "/**"])[0].metadata_list
+    files = sorted(m.path for m in matched if not m.path.endswith("/"))
+    if not files:
+        raise ItemError("read", f"no files found at {ref}")
+    return files
+
+
+def read_header(path: str) -> pydicom.Dataset | None:
+    """The DICOM header (no pixel data) of a file, or None if it is not a DICOM image."""
+    with FileSystems.open(path, compression_type="uncompressed") as fh:
+        if detect_format(fh.read(1024), path) != "dicom":
+            return None
+        fh.seek(0)
+        ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)  # reads no pixel data
+    return ds if "SeriesInstanceUID" in ds and ("Rows" in ds or "PerFrameFunctionalGroupsSequence" in ds) else None
+
+
+def load_dataset(path: str) -> pydicom.Dataset:
+    """A whole DICOM instance (pixels included)."""
+    data = read_bytes(path)
+    with stage("decode"):
+        return pydicom.dcmread(io.BytesIO(data), force=True)
+
+
+@dataclass(frozen=True)
+class SeriesMeta:
+    """What assembling one series' records needs, carried with each of its batches."""
+
+    key: str                   # SeriesInstanceUID (DICOM) or the file (NIfTI)
+    modality: str
+    patient_id: str
+    study_uid: str
+    identifiers: tuple = ()
+    burned_in: bool = False
+    plan: VolumePlan | None = None
+    info: dict = field(default_factory=dict)   # image_info['series']: ordering and QC findings
+    skipped: tuple = ()   # why the input's other series were left out at planning (summary.json counts them)
+
+
+def skip_reason(exc: ItemError) -> str:
+    """A skipped series' reason as summary.json counts it: stage and message, numbers folded to '#'."""
+    return f"{exc.stage}: " + re.sub(r"\d+(?:\.\d+)?", "#", exc.message)[:160]
+
+
+class PlanVolumes(ManifestRowDoFn):
+    """Manifest row -> per series: its plan (order, QC, MR range, selection) and the selected slices in
+    batches of 8 (NIfTI volumes are rendered here, from memory); or one error line."""
+
+    final = False
+
+    def setup(self):
+        super().setup()
+        self.options = self.config.volume_options()
+        self.filter = parse_filter(self.config.series_filter)
+
+    def outputs(self, row):
+        key = input_key(row)
+        refs = [resolve_ref(ref, self.config.input) for ref in row["images"]]
+        web = [parse_ref(r) for r in refs]
+        headers: list[SliceHeader] = []
+        skipped = 0
+        files: list[str] = []
+        for ref, w in zip(refs, web):
+            if w is not None and not w.instance:   # DICOMweb study/series: one metadata request, no pixels
+                for item in client_for(w.base).metadata(w):
+                    ds = pydicom.Dataset.from_json(item)
+                    url = DicomWebRef(w.base, w.study, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)).url()
+                    headers += slice_headers(ds, url)
+                    files.append(url)
+            else:
+                files += list_files(ref) if w is None else [ref]
+        local = [f for f in files if parse_ref(f) is None]
+        if len(local) == 1 and not headers and detect_format(read_head(local[0]), local[0]) in ("nifti", "nrrd", "mha"):
+            yield self._nifti(key, row, local[0]), {}
+            return
+        for path in (f for f in files if parse_ref(f) is None or f in refs):
+            try:
+                ds = read_header(path) if parse_ref(path) is None else pydicom.dcmread(
+                    io.BytesIO(read_bytes(path)), stop_before_pixels=True, force=True)
+            except Exception:  # an unreadable file among many: counted, the series goes on
+                ds = None
+            if ds is None:
+                skipped += 1
+                continue
+            headers += slice_headers(ds, path)
+        groups = group_series(headers)
+        if not groups:
+            raise ItemError("read", f"no DICOM image series among {len(files)} file(s)")
+        failures: list[ItemError] = []
+        planned: list = []
+        for uid, slices in groups.items():
+            first = slices[0]
+            if not matches(self.filter, series_attributes(first)):
+                failures.append(ItemError("transform", "not matched by --series_filter"))
+                continue
+            try:
+                with stage("transform"):
+                    ordered = order_series(slices, self.options.min_slices)
+                    source = DicomSeriesSource(ordered, load_dataset, self.options.image)
+                    plan = plan_volume(source, self.options, row["text"], first.series_number)
+            except ItemError as exc:
+                failures.append(exc)
+                continue
+            meta = SeriesMeta(uid, first.modality, first.patient_id, first.study_uid,
+                              tuple(first.identifiers), any(s.burned_in for s in slices), plan,
+                              dict(ordered.qc(), files_skipped=skipped))
+            planned += [(meta, SliceSubset.of(ordered, [plan.indices[n - 1] for n in numbers]), numbers)
+                        for numbers in batches(list(range(1, len(plan.indices) + 1)))]
+        if not planned:
+            if any(f.message != "not matched by --series_filter" for f in failures):
+                raise next(f for f in failures if f.message != "not matched by --series_filter")
+            raise ItemError("transform", f"no series matched --series_filter {self.config.series_filter!r}")
+        if failures:
+            _LOG.warning("row %s: %d series skipped: %s", row["row"], len(failures), failures[0].message)
+        reasons = tuple(skip_reason(f) for f in failures)
+        for meta, subset, numbers in planned:
+            yield (key, row, replace(meta, skipped=reasons), subset, numbers), {}
+
+    def _nifti(self, key, row, path):
+        """A NIfTI/NRRD/MHA volume, rendered here (it is one array in memory): one batch of finished slices."""
+        from medprep.transforms.nifti import read_nifti
+
+        modality = row["modality"].upper()
+        if modality not in ("CT", "MR"):
+            raise ItemError("transform", "a NIfTI/NRRD/MHA volume needs the manifest's modality column set to CT or MR")
+        volume, info = read_nifti(read_bytes(path), path)
+        source = ArrayVolumeSource(volume, modality, info["z_mm"], self.options.image)
+        finished = prepare_volume(source, self.options, row["text"], "", {**info, "z_mm": None})
+        meta = SeriesMeta(row["images"][0], modality, row["patient_id"], "")   # named as written: moves with the data
+        return key, row, meta, None, [(n, f.without_pixels()) for n, f in enumerate(finished, start=1)]
+
+
+class RenderSlices(WorkDoFn):
+    """A batch of one series' selected slices -> (input key, (row, meta, n, FinishedImage or None, failure))."""
+
+    unit = "slice"
+
+    def setup(self):
+        self.options = self.config.volume_options()
+
+    def process(self, element):
+        key, row, meta, subset, numbers = element
+        if subset is None:   # rendered at planning (NIfTI)
+            for n, finished in numbers:
+                yield key, (row, meta, n, finished, None)
+            return
+        source = DicomSeriesSource(subset, load_dataset, self.options.image)
+        for n in numbers:
+            finished, failure = self.run_unit(
+                lambda: finish_slice(source, self.options, meta.plan, n, meta.info).without_pixels())
+            yield key, (row, meta, n, finished, failure)
+
+
+class AssembleVolume(ManifestRowDoFn):
+    """(input key, every rendered slice of its series) -> a record per series and/or per slice.
+
+    A series with a slice that failed is skipped (logged) and the others are kept; an input with
+    no complete series is one error line.
+    """
+
+    def ref_of(self, element):
+        _, results = element
+        row = results[0][0]
+        return row["images"][0], row["row"]
+
+    def _series_records(self, element, skipped: list):
+        _, results = element
+        row = results[0][0]
+        by_series: dict[str, list] = {}
+        for _, meta, n, finished, failure in results:
+            by_series.setdefault(meta.key, []).append((n, meta, finished, failure))
+        failures: list[ItemError] = []
+        produced = 0
+        for series_key in sorted(by_series):
+            items = sorted(by_series[series_key], key=lambda item: item[0])
+            meta = items[0][1]
+            bad = [failure for _, _, f, failure in items if f is None]
+            try:
+                if bad:
+                    raise ItemError(*bad[0])
+                outs = list(self._records(row, meta, [f for _, _, f, _ in items]))
+            except ItemError as exc:
+                failures.append(exc)
+                skipped.append(skip_reason(exc))
+                continue
+            produced += 1
+            yield from outs
+        if not produced:
+            raise failures[0]
+        if failures:
+            _LOG.warning("row %s: %d series skipped: %s", row["row"], len(failures), failures[0].message)
+
+    def outputs(self, element):
+        """Records of every complete series; the first carries the input's skipped-series counts."""
+        _, results = element
+        skipped = list(results[0][1].skipped)
+        produced = list(self._series_records(element, skipped))
+        counts: dict = {}
+        for reason in skipped:
+            counts[f"series_skipped/{reason}"] = counts.get(f"series_skipped/{reason}", 0) + 1
+        for i, (record, stats) in enumerate(produced):
+            yield record, ({**stats, **counts} if i == 0 else stats)
+
+    def _records(self, row, meta: SeriesMeta, finished):
+        if not row["text"].strip():
+            raise ItemError("text", "empty text: a volume example needs its report")
+        base = row["id"] or f"row:{row['row']}:{'|'.join(row['images'])}"
+        common = dict(modality=row["modality"] or meta.modality, prompt=row["prompt"], text=row["text"],
+                      patient_id=row["patient_id"] or meta.patient_id, study_uid=meta.study_uid, label=row["label"],
+                      identifiers=dict(meta.identifiers), burned_in=meta.burned_in, input_key=row_input_key(row),
+                      extra_names=name_values(row), layout="prompt_first")
+        sources = [self._source(row, f.info.pop("file", "")) for f in finished]
+        if "series" in self.config.granularity:
+            yield build_record(ExampleParts(example_key=f"{base}#{meta.key}", task="series", images=finished,
+                                            sources=sources, labels=[f.info["slice_label"] for f in finished],
+                                            **common), self.config, self.tokenizer)
+        if "slice" in self.config.granularity:
+            for f, src in zip(finished, sources):
+                yield build_record(ExampleParts(example_key=f"{base}#{meta.key}#{f.info['slice_index']}",
+                                                task="slice", images=[f], sources=[src], **common),
+                                   self.config, self.tokenizer)
+
+    def _source(self, row, file: str) -> str:
+        """A slice's file named from the manifest's reference (so it moves with the data), else the reference."""
+        for written in row["images"]:
+            resolved = resolve_ref(written, self.config.input)
+            if file and (file == resolved or file.startswith(resolved.rstrip("/") + "/")):
+                return portable_ref(file, written, resolved)
+        return row["images"][0]
+
+
+def build(p: beam.Pipeline, config: Config):
+    """The volumes pipeline graph: plan per input, slices rendered in batches across workers, assembled per input."""
+    return fan_out_pipeline(p, "volumes", config, PlanVolumes(config), RenderSlices(config), AssembleVolume(config),
+                            "RenderSlices", per_series=True,
+                            images_per_input=config.max_slices * len(config.granularity))

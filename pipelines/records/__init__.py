@@ -1,0 +1,1 @@
+"""Records: assembling one, keys and splits, the run summary."""

@@ -1,0 +1,1 @@
+"""Commands over finished outputs (verify, inspect), the preview sheet and the demo."""
