@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test bench clean
+.PHONY: demo test lint bench clean
 
 $(BIN)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,16 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -n 2 --durations=15 tests
+
+# ruff (lint and import order) over the repo, then mypy as pyproject.toml configures it: strict on
+# medprep.transforms, medprep.schemas and the public API. mypy finds modules by folder, so the
+# top-level folders are linked under build/mypy/medprep/ by the names they install as.
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	rm -rf build/mypy && mkdir -p build/mypy/medprep
+	for f in medprep/* transforms schemas pipelines; do \
+	  [ "$${f##*/}" = __pycache__ ] || ln -s "$(CURDIR)/$$f" build/mypy/medprep/; done
+	$(BIN)/mypy
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.run
