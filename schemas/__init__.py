@@ -1,6 +1,6 @@
 """The medprep record: one schema, its tf.train.Example and Parquet forms, and readers."""
-from medprep.schemas.batch import IGNORE_INDEX, image_token_id, model_batch
 from medprep.schemas.arrow import arrow_schema, hf_features, to_table
+from medprep.schemas.batch import IGNORE_INDEX, image_token_id, model_batch
 from medprep.schemas.example_codec import decode_example, encode_example
 from medprep.schemas.fields import FIELD_NAMES, FIELDS, validate_record
 from medprep.schemas.model_input import to_model_input

@@ -6,6 +6,7 @@ of PIL images; boxes are list<list<float32>>.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pyarrow as pa
 
@@ -30,7 +31,7 @@ _HF = {
 }
 
 
-def hf_features() -> dict:
+def hf_features() -> dict[str, Any]:
     """The `datasets` Features dict (JSON form) for a record."""
     return {f.name: _HF[f.kind] for f in FIELDS}
 
@@ -46,7 +47,7 @@ def image_path(example_id: str, index: int, extension: str) -> str:
     return f"{example_id}_{index}{extension}"
 
 
-def to_table(records: list[dict], extension: str = ".png") -> pa.Table:
+def to_table(records: list[dict[str, Any]], extension: str = ".png") -> pa.Table:
     """Records -> Arrow table in the Parquet schema."""
     columns = {}
     for f in FIELDS:
@@ -60,9 +61,9 @@ def to_table(records: list[dict], extension: str = ".png") -> pa.Table:
     return pa.Table.from_pydict(columns, schema=arrow_schema())
 
 
-def row_to_record(row: dict) -> dict:
+def row_to_record(row: dict[str, Any]) -> dict[str, Any]:
     """A Parquet row (as from Table.to_pylist) -> record dict with images as bytes."""
-    record = {}
+    record: dict[str, Any] = {}
     for f in FIELDS:
         value = row.get(f.name)
         if f.kind == "images":

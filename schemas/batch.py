@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,7 @@ def _pad(rows: Sequence[Sequence[int]], value: int, length: int, left: bool) -> 
     return out
 
 
-def model_batch(records: Sequence[dict], image_token: int, pad_id: int = 0, padding_side: str = "left",
+def model_batch(records: Sequence[dict[str, Any]], image_token: int, pad_id: int = 0, padding_side: str = "left",
                 image_size: int = 896) -> dict[str, np.ndarray]:
     """Records (with input_ids) -> {input_ids, attention_mask, token_type_ids, labels (int64, B×L),
     pixel_values (float32, images×3×size×size in [-1, 1], in record then image order)}.

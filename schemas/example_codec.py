@@ -7,7 +7,8 @@ Keys are written sorted so the bytes are deterministic.
 from __future__ import annotations
 
 import struct
-from typing import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any, cast
 
 import numpy as np
 
@@ -74,7 +75,8 @@ def unpack_varints(payload: memoryview) -> list[int]:
     for k in range(int(sizes.max())):
         more = sizes > k
         values[more] |= (a[starts[more] + k].astype(np.uint64) & np.uint64(0x7F)) << np.uint64(7 * k)
-    return values.view(np.int64).tolist()
+    signed: list[int] = values.view(np.int64).tolist()
+    return signed
 
 
 def _int64_list(values: Iterable[int]) -> bytes:
@@ -87,7 +89,7 @@ def _float_list(values: Iterable[float]) -> bytes:
     return _field(2, _field(1, arr.tobytes()) if arr.size else b"")
 
 
-def _feature(kind: str, value) -> bytes:
+def _feature(kind: str, value: Any) -> bytes:
     if kind == "str":
         return _bytes_list([value.encode("utf-8")])
     if kind == "str_list":
@@ -101,7 +103,7 @@ def _feature(kind: str, value) -> bytes:
     raise ValueError(f"unknown field kind {kind!r}")
 
 
-def encode_example(record: dict) -> bytes:
+def encode_example(record: dict[str, Any]) -> bytes:
     """Record dict (medprep.schemas.fields) -> serialized tf.train.Example bytes (deterministic)."""
     entries = []
     for f in sorted(FIELDS, key=lambda f: f.name):
@@ -127,12 +129,13 @@ def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
             raise ValueError("varint too long")
 
 
-def _fields(buf: memoryview):
+def _fields(buf: memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
     """Yield (field number, wire type, value) over a message; value is int or memoryview."""
     pos = 0
     while pos < len(buf):
         key, pos = _read_varint(buf, pos)
         number, wire = key >> 3, key & 7
+        value: int | memoryview
         if wire == 0:
             value, pos = _read_varint(buf, pos)
         elif wire == 2:
@@ -153,23 +156,24 @@ def _signed64(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
-def _message(wire: int, value) -> memoryview:
+def _message(wire: int, value: int | memoryview) -> memoryview:
     """A nested message's bytes; ValueError if the field is not length-delimited."""
     if wire != 2:
         raise ValueError(f"expected a length-delimited field, got wire type {wire}")
-    return value
+    return cast(memoryview, value)  # wire type 2 is the one _fields yields as a memoryview
 
 
-def _decode_feature(buf: memoryview):
+def _decode_feature(buf: memoryview) -> tuple[str, list[Any]]:
     """Feature bytes -> ('bytes'|'float'|'int64', list of values)."""
     for number, wire, value in _fields(buf):
-        if number in (1, 2, 3):
-            value = _message(wire, value)
+        if number not in (1, 2, 3):
+            continue
+        message = _message(wire, value)
         if number == 1:
-            return "bytes", [bytes(_message(w, v)) for n, w, v in _fields(value) if n == 1]
+            return "bytes", [bytes(_message(w, v)) for n, w, v in _fields(message) if n == 1]
         if number == 2:
             floats: list[float] = []
-            for n, wire, v in _fields(value):
+            for n, wire, v in _fields(message):
                 if n == 1 and wire == 2:
                     floats.extend(np.frombuffer(bytes(v), dtype="<f4").tolist())
                 elif n == 1 and wire == 5:
@@ -177,18 +181,18 @@ def _decode_feature(buf: memoryview):
             return "float", floats
         if number == 3:
             ints: list[int] = []
-            for n, wire, v in _fields(value):
+            for n, wire, v in _fields(message):
                 if n == 1 and wire == 2:
-                    ints.extend(unpack_varints(v))
+                    ints.extend(unpack_varints(cast(memoryview, v)))
                 elif n == 1 and wire == 0:
-                    ints.append(_signed64(v))
+                    ints.append(_signed64(cast(int, v)))
             return "int64", ints
     return "bytes", []
 
 
-def decode_example(data: bytes) -> dict:
+def decode_example(data: bytes) -> dict[str, Any]:
     """Serialized tf.train.Example -> record dict (missing fields get empty values)."""
-    raw: dict[str, list] = {}
+    raw: dict[str, list[Any]] = {}
     for n, wire, features in _fields(memoryview(data)):
         if n != 1:
             continue
@@ -202,7 +206,7 @@ def decode_example(data: bytes) -> dict:
                 elif k == 2:
                     value = _message(kw, v)
             raw[key] = _decode_feature(value)[1]
-    record: dict = {}
+    record: dict[str, Any] = {}
     for name, f in FIELD_BY_NAME.items():
         values = raw.pop(name, None)
         if values is None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 # kind -> meaning of the Python value in a decoded record
 #   str        str                         int_list   list[int]
@@ -50,12 +51,12 @@ FIELD_BY_NAME = {f.name: f for f in FIELDS}
 FIELD_NAMES = tuple(f.name for f in FIELDS)
 
 
-def empty_value(kind: str):
+def empty_value(kind: str) -> str | list[Any]:
     """The value a missing field decodes to."""
     return "" if kind == "str" else []
 
 
-def validate_record(record: dict) -> None:
+def validate_record(record: dict[str, Any]) -> None:
     """Raise ValueError if the record's keys or value types do not match FIELDS."""
     missing = set(FIELD_NAMES) - set(record)
     extra = set(record) - set(FIELD_NAMES)
