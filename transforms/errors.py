@@ -6,7 +6,10 @@ in the dict it yields (the pipelines turn them into per-stage latency metrics).
 import re
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
+from types import TracebackType
+from typing import Literal
 
 _URL_CREDENTIALS = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
 
@@ -30,7 +33,7 @@ class ItemError(Exception):
         self.stage = stage
         self.message = message
 
-    def __reduce__(self):  # keep stage across pickling (multi-process runners)
+    def __reduce__(self) -> tuple[type["ItemError"], tuple[str, str]]:  # keep stage across pickling (multi-process)
         return (ItemError, (self.stage, self.message))
 
 
@@ -38,7 +41,7 @@ _TIMES = threading.local()
 
 
 @contextmanager
-def timed_stages():
+def timed_stages() -> Iterator[dict[str, float]]:
     """Collect {stage: seconds} for `stage` blocks run in this thread inside the `with`.
 
     Times are exclusive: a stage nested in another counts only for the inner one.
@@ -60,13 +63,14 @@ class stage:
             raise ValueError(f"unknown stage {name!r}")
         self.name = name
 
-    def __enter__(self):
+    def __enter__(self) -> "stage":
         stack = _TIMES.__dict__.setdefault("stack", [])
         self._start, self._children = time.perf_counter(), 0.0
         stack.append(self)
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         elapsed = time.perf_counter() - self._start
         stack = _TIMES.stack
         stack.pop()

@@ -5,6 +5,7 @@ Pixel coordinates are continuous (a pixel spans [x, x+1)); boxes are [x0, y0, x1
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -26,7 +27,7 @@ class PadResize:
         """Output pixels per source pixel."""
         return self.out / self.side
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, as stored in image_info['pad_resize']."""
         return {**asdict(self), "scale": self.scale}
 

@@ -30,8 +30,10 @@ def grid(width0: int, height0: int, patch_size: int, stride: int, mpp0: float, t
 
 
 def select_patches(boxes0: np.ndarray, thumb: np.ndarray, thumb_downsample: float, method: str = "mean_grey",
-                   mask: np.ndarray | None = None, min_tissue: float = 0.5, grey_range=GREY_RANGE) -> list[Patch]:
-    """Patches whose thumbnail footprint is tissue: mean grey in grey_range (reference) or mask fraction >= min_tissue."""
+                   mask: np.ndarray | None = None, min_tissue: float = 0.5,
+                   grey_range: tuple[float, float] = GREY_RANGE) -> list[Patch]:
+    """Patches whose thumbnail footprint is tissue: mean grey in grey_range (reference) or mask fraction
+    >= min_tissue."""
     boxes_t = np.asarray(boxes0, dtype=np.float64) / thumb_downsample
     if method == "mean_grey":
         measure = cell_mean_grey(thumb, boxes_t)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -26,7 +27,10 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     if mode == "F":
         values = np.asarray(img, dtype=np.float64)
         lo, hi = float(values.min()), float(values.max())
-        grey = np.zeros(values.shape, np.uint8) if hi <= lo else np.rint((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+        if hi <= lo:
+            grey = np.zeros(values.shape, np.uint8)
+        else:
+            grey = np.rint((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=2)
     if mode in ("P", "PA", "LA", "RGBA", "La", "RGBa") or "transparency" in img.info:
         rgba = img.convert("RGBA")
@@ -37,12 +41,12 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
-def decode_photo(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, dict]:
+def decode_photo(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, dict[str, Any]]:
     """Encoded photo bytes -> (RGB uint8 (H, W, 3), info with format, size and orientation)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our max_pixels decides
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             fmt = (img.format or "unknown").lower()
             width, height = img.size
             if width * height > max_pixels:

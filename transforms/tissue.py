@@ -69,7 +69,8 @@ def _box_means(values: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     x1 = np.clip(np.ceil(b[:, 2]), 0, w).astype(int)
     y1 = np.clip(np.ceil(b[:, 3]), 0, h).astype(int)
     area = np.maximum((x1 - x0) * (y1 - y0), 1)
-    return (integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]) / area
+    means: np.ndarray = (integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]) / area
+    return means
 
 
 def cell_fractions(mask: np.ndarray, boxes: np.ndarray) -> np.ndarray:
