@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 ATTRIBUTES = ("SeriesDescription", "ImageType", "SliceThickness", "Modality", "SeriesNumber")
 _CONDITION = re.compile(r"^\s*(\w+)\s*(!~|~|<=|>=|!=|<|>|=)\s*(.*?)\s*$")
-_NUMERIC = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "=": operator.eq, "!=": operator.ne}
+_NUMERIC: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "=": operator.eq, "!=": operator.ne,
+}
 
 
 @dataclass(frozen=True)
@@ -24,7 +28,7 @@ class Condition:
     op: str
     value: str
 
-    def holds(self, attrs: dict) -> bool:
+    def holds(self, attrs: dict[str, Any]) -> bool:
         """True if the series' attributes satisfy the condition (a missing attribute fails it)."""
         actual = attrs.get(self.attribute)
         if self.op in ("~", "!~"):
@@ -57,6 +61,6 @@ def parse_filter(text: str) -> tuple[Condition, ...]:
     return tuple(conditions)
 
 
-def matches(conditions: tuple[Condition, ...], attrs: dict) -> bool:
+def matches(conditions: tuple[Condition, ...], attrs: dict[str, Any]) -> bool:
     """All conditions hold."""
     return all(c.holds(attrs) for c in conditions)

@@ -1,8 +1,8 @@
 """Pyramid level choice for a target resolution (µm per pixel) and the resize that follows it."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from medprep.transforms.errors import ItemError
 
