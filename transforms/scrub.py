@@ -33,7 +33,7 @@ the word appears. benchmarks/scrub_eval.py measures recall and precision per kin
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 KINDS = ("name", "id", "ssn", "phone", "email", "address", "date")
 PLACEHOLDERS = {kind: f"[{kind.upper()}]" for kind in KINDS}
@@ -57,7 +57,7 @@ _NOT_NAMES = {
     "signed", "reviewed", "discussed", "dictated", "verified", "electronically", "attending", "resident",
     "radiologist", "pathologist", "physician", "referring", "ordering", "date", "time", "mrn", "dob",
     "age", "sex", "yes", "ok", "left", "right", "bilateral", "chest", "abdomen", "pelvis", "head", "brain",
-    "ct", "mr", "mri", "pet", "us", "cxr", "xr", "dx", "cr", "nm", "er", "ed", "icu", "or", "hu", "id",
+    "ct", "mr", "mri", "pet", "us", "cxr", "xr", "dx", "cr", "nm", "er", "ed", "icu", "hu", "id",
     "acc", "via", "phone", "telephone", "tel", "page", "pager", "email", "fax", "call", "contact",
     "today", "yesterday", "prior", "previous", "current", "see", "above", "below", "please", "thank",
     "thanks", "team", "service", "department", "dept", "clinic", "hospital", "center", "centre",
@@ -87,7 +87,7 @@ _VERB_CUE = re.compile(
 _WORD = re.compile(r"[^\W\d_]+(?:['\u2019\-][^\W\d_]+)*")
 
 
-def _name_parts(names: Iterable) -> set[str]:
+def _name_parts(names: Iterable[object]) -> set[str]:
     """Name values ("DOE^JANE", "Smith, John A.", "Dr. Alan Roe MD") -> the parts worth matching."""
     parts = set()
     for name in names:
@@ -276,7 +276,7 @@ def _digits(s: str) -> int:
     return sum(c.isdigit() for c in s)
 
 
-def _identifier_spans(text: str, identifiers: Iterable) -> list[tuple[int, int]]:
+def _identifier_spans(text: str, identifiers: Iterable[object]) -> list[tuple[int, int]]:
     """Where the caller's identifier values occur, ignoring case (str.find: no pattern to compile per item)."""
     values = {v.strip() for v in identifiers if isinstance(v, str) and len(v.strip()) >= 3}
     if not values:
@@ -295,7 +295,7 @@ def _identifier_spans(text: str, identifiers: Iterable) -> list[tuple[int, int]]
     return out
 
 
-def _token_spans(text: str, known: set, found: set) -> list[tuple[int, int]]:
+def _token_spans(text: str, known: set[str], found: set[str]) -> list[tuple[int, int]]:
     """Words of `text` that are a known name part (ignoring case) or a name found by a cue (as written).
 
     One pass over the words; a hyphenated or possessive word is also looked at piece by piece
@@ -314,7 +314,8 @@ def _token_spans(text: str, known: set, found: set) -> list[tuple[int, int]]:
     return out
 
 
-def find_identifiers(text: str, identifiers: Iterable = (), names: Iterable = ()) -> list[tuple[int, int, str]]:
+def find_identifiers(text: str, identifiers: Iterable[object] = (),
+                     names: Iterable[object] = ()) -> list[tuple[int, int, str]]:
     """The identifier spans of `text` as sorted, non-overlapping (start, end, kind) triples.
 
     `identifiers`: the item's own identifier values (PatientID, AccessionNumber …), matched anywhere,
@@ -349,7 +350,7 @@ def find_identifiers(text: str, identifiers: Iterable = (), names: Iterable = ()
         taken[m.start():m.end()] = b"\x01" * (m.end() - m.start())
     accepted: list[tuple[int, int, str]] = []
 
-    def accept(items):
+    def accept(items: list[tuple[int, int, str, int]]) -> None:
         for s, e, kind, _ in sorted(items, key=lambda c: (c[0] - c[1], c[3], c[0])):
             if e > s and not any(taken[s:e]):
                 taken[s:e] = b"\x01" * (e - s)
@@ -366,7 +367,8 @@ def find_identifiers(text: str, identifiers: Iterable = (), names: Iterable = ()
     return accepted
 
 
-def scrub_text(text: str, identifiers: Iterable = (), names: Iterable = ()) -> tuple[str, dict]:
+def scrub_text(text: str, identifiers: Iterable[object] = (),
+               names: Iterable[object] = ()) -> tuple[str, dict[str, int]]:
     """text -> (scrubbed text, counts per kind: {'name', 'id', 'ssn', 'phone', 'email', 'address', 'date'}).
 
     `identifiers` and `names` as in `find_identifiers`: the item's own header identifier values, and
