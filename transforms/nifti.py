@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Any
 
 import numpy as np
 
 from medprep.transforms.errors import ItemError
-
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 
@@ -30,7 +30,7 @@ def volume_suffix(data: bytes, name: str) -> str:
     return ".mha" if b"ObjectType" in data[:200] else ".nii"
 
 
-def read_nifti(data: bytes, name: str = "volume.nii.gz") -> tuple[np.ndarray, dict]:
+def read_nifti(data: bytes, name: str = "volume.nii.gz") -> tuple[np.ndarray, dict[str, Any]]:
     """Volume bytes (NIfTI, NRRD, MHA) -> (float64 (slices, rows, cols) superior→inferior, info in mm)."""
     import SimpleITK as sitk
 
@@ -55,6 +55,7 @@ def read_nifti(data: bytes, name: str = "volume.nii.gz") -> tuple[np.ndarray, di
     volume = sitk.GetArrayViewFromImage(image).astype(np.float64)[::-1]   # (z, y, x), z now S→I
     sx, sy, sz = image.GetSpacing()
     top = image.GetOrigin()[2] + sz * (volume.shape[0] - 1)
-    info = {"format": suffix.lstrip(".").replace(".gz", ""), "spacing_mm": [round(sz, 6), round(sy, 6), round(sx, 6)],
+    info = {"format": suffix.lstrip(".").replace(".gz", ""),
+            "spacing_mm": [round(sz, 6), round(sy, 6), round(sx, 6)],
             "z_mm": [round(top - k * sz, 6) for k in range(volume.shape[0])]}
     return volume, info
