@@ -7,27 +7,31 @@ this conversation rendered by the model's template with every image expanded as 
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 IMAGE_TOKENS_PER_IMAGE = 256  # Gemma 3 / MedGemma: mm_tokens_per_image
 
+Item = dict[str, Any]       # a content item: {"type": "image"} or {"type": "text", "text": str}
+Message = dict[str, Any]    # a role message: {"role": …, "content": [Item, …]}
 
-def image_item() -> dict:
+
+def image_item() -> Item:
     """A content item marking one image's place."""
     return {"type": "image"}
 
 
-def text_item(text: str) -> dict:
+def text_item(text: str) -> Item:
     """A content item holding text (kept verbatim; the template trims it)."""
     return {"type": "text", "text": text}
 
 
-def images_then_prompt(n_images: int, prompt: str = "") -> list[dict]:
+def images_then_prompt(n_images: int, prompt: str = "") -> list[Item]:
     """2D order of MedGemma's notebooks: each image ([prior, current] for longitudinal), then the prompt."""
     return [image_item() for _ in range(n_images)] + ([text_item(prompt)] if prompt else [])
 
 
-def prompt_then_images(prompt: str, n_images: int, labels: Sequence[str] = ()) -> list[dict]:
+def prompt_then_images(prompt: str, n_images: int, labels: Sequence[str] = ()) -> list[Item]:
     """Volume and slide order: the prompt, then each image, each followed by its label text ("SLICE n") if any."""
     content = [text_item(prompt)] if prompt else []
     for i in range(n_images):
@@ -37,16 +41,16 @@ def prompt_then_images(prompt: str, n_images: int, labels: Sequence[str] = ()) -
     return content
 
 
-def conversation(content: list[dict], response: str | None = None, system_prompt: str = "") -> list[dict]:
+def conversation(content: list[Item], response: str | None = None, system_prompt: str = "") -> list[Message]:
     """Role messages: an optional system message, the user turn, and the model's response when given."""
-    messages = [{"role": "system", "content": [text_item(system_prompt)]}] if system_prompt else []
+    messages: list[Message] = [{"role": "system", "content": [text_item(system_prompt)]}] if system_prompt else []
     messages.append({"role": "user", "content": content})
     if response is not None:
         messages.append({"role": "assistant", "content": [text_item(response)]})
     return messages
 
 
-def with_images(messages: list[dict], images: Sequence[Any]) -> list[dict]:
+def with_images(messages: list[Message], images: Sequence[Any]) -> list[Message]:
     """The same messages with each image placeholder carrying its image, in order (what a processor takes)."""
     it = iter(images)
     out = []
@@ -57,13 +61,13 @@ def with_images(messages: list[dict], images: Sequence[Any]) -> list[dict]:
     return out
 
 
-def user_messages(content: list[dict], images: Sequence[Any], system_prompt: str = "") -> list[dict]:
+def user_messages(content: list[Item], images: Sequence[Any], system_prompt: str = "") -> list[Message]:
     """What serving passes to processor.apply_chat_template(..., add_generation_prompt=True): the records'
     messages without the response, each image placeholder carrying its image."""
     return with_images(conversation(content, None, system_prompt), images)
 
 
-def count_images(messages: list[dict]) -> int:
+def count_images(messages: list[Message]) -> int:
     """Number of image items in a conversation."""
     return sum(item["type"] == "image" for m in messages for item in m["content"])
 
@@ -82,7 +86,7 @@ def _content_text(content: Any, image_marker: str) -> str:
     return "".join(parts)
 
 
-def render_gemma3(messages: list[dict], add_generation_prompt: bool = False, bos: str = "<bos>",
+def render_gemma3(messages: list[Message], add_generation_prompt: bool = False, bos: str = "<bos>",
                   image_marker: str = "<start_of_image>") -> str:
     """Gemma 3's chat template: <bos>, then per turn <start_of_turn>{user|model}\\n{content}<end_of_turn>\\n.
 
@@ -108,14 +112,14 @@ def render_gemma3(messages: list[dict], add_generation_prompt: bool = False, bos
     return "".join(out)
 
 
-def render_jinja(template: str, messages: list[dict], add_generation_prompt: bool, tokens: dict) -> str:
+def render_jinja(template: str, messages: list[Message], add_generation_prompt: bool, tokens: dict[str, Any]) -> str:
     """A Hugging Face chat template (Jinja) rendered the way transformers renders it (sandboxed,
     trim_blocks and lstrip_blocks, raise_exception available), with the tokenizer's special tokens
     (bos_token, eos_token, …) as variables."""
     from jinja2.exceptions import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    def raise_exception(message: str):
+    def raise_exception(message: str) -> NoReturn:
         raise TemplateError(message)
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
