@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, cast
 
-from medprep.transforms.chat import IMAGE_TOKENS_PER_IMAGE, expand_images, render_gemma3, render_jinja
+from medprep.transforms.chat import IMAGE_TOKENS_PER_IMAGE, Message, expand_images, render_gemma3, render_jinja
 
 
 @dataclass(frozen=True)
@@ -45,14 +46,14 @@ class ChatIds:
 
 def _trie_pattern(words: Sequence[str]) -> str:
     """A regex matching any of `words`, longest first at a position (a trie, so cost does not grow with the count)."""
-    trie: dict = {}
+    trie: dict[str, Any] = {}
     for word in words:
         node = trie
         for ch in word:
             node = node.setdefault(ch, {})
         node[""] = {}
 
-    def emit(node: dict) -> str:
+    def emit(node: dict[str, Any]) -> str:
         alts = [re.escape(ch) + emit(child) for ch, child in sorted(node.items()) if ch]
         if not alts:
             return ""
@@ -141,7 +142,7 @@ class Tokenizer:
         """Whether input_ids / loss_mask can be built."""
         return not self.missing_for_chat()
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    def render(self, messages: list[Message], add_generation_prompt: bool = False) -> str:
         """The conversation as the chat template writes it (one <start_of_image> per image)."""
         if self.template is None:
             return render_gemma3(messages, add_generation_prompt, bos=self.tokens.bos, image_marker=self.tokens.boi)
@@ -157,7 +158,7 @@ class Tokenizer:
         t = self.tokens
         return expand_images(text, t.boi, t.image, t.eoi, IMAGE_TOKENS_PER_IMAGE)
 
-    def chat(self, messages: list[dict]) -> ChatIds:
+    def chat(self, messages: list[Message]) -> ChatIds:
         """The conversation (last message: the model's response) -> input_ids and loss_mask.
 
         input_ids = the rendered, image-expanded conversation tokenized at once (BOS added only if the
@@ -179,12 +180,12 @@ class Tokenizer:
         end = close + len(self.tokens.end_of_turn) if close >= 0 else len(full)
         ids, starts = self.encode_offsets(full)
         if not full.startswith(self.tokens.bos):
-            ids, starts = [self.token_id(self.tokens.bos)] + ids, [-1] + starts  # type: ignore[list-item]
+            ids, starts = [cast(int, self.token_id(self.tokens.bos))] + ids, [-1] + starts  # can_chat: it has an id
         mask = [1 if start <= s < end else 0 for s in starts]
         prompt_length = next((i for i, s in enumerate(starts) if s >= start), len(ids))
         return ChatIds(ids, mask, prompt_length)
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """What summary.json records: kind, vocabulary size, the special ids used, the template's hash."""
         t = self.tokens
         names = {"bos": t.bos, "start_of_turn": t.start_of_turn, "end_of_turn": t.end_of_turn,
@@ -203,7 +204,8 @@ class Tokenizer:
 
 
 class SentencePieceTokenizer(Tokenizer):
-    """A SentencePiece model; the image token is added at id = piece count when it is not a piece. Pickles as its bytes."""
+    """A SentencePiece model; the image token is added at id = piece count when it is not a piece.
+    Pickles as its bytes."""
 
     kind = "sentencepiece"
 
@@ -226,12 +228,12 @@ class SentencePieceTokenizer(Tokenizer):
         self._splitter = SpecialSplitter(list(self._special))
 
     @classmethod
-    def from_file(cls, path: str) -> "SentencePieceTokenizer":
+    def from_file(cls, path: str) -> SentencePieceTokenizer:
         """Load a local .model file."""
         with open(path, "rb") as fh:
             return cls(fh.read())
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[SentencePieceTokenizer], tuple[bytes, str | None, ChatTokens]]:
         return (SentencePieceTokenizer, (self._proto, self.template, self.tokens))
 
     @property
@@ -280,7 +282,8 @@ class SentencePieceTokenizer(Tokenizer):
         return ids, starts
 
     def decode(self, ids: Sequence[int]) -> str:
-        out, run = [], []
+        out: list[str] = []
+        run: list[int] = []
         for i in ids:
             if i in self._names:
                 out.append(self._sp.decode(run))
@@ -297,17 +300,18 @@ class HuggingFaceFiles:
     """A Hugging Face tokenizer as files: tokenizer.json, tokenizer_config.json (parsed) and a chat template."""
 
     tokenizer_json: str
-    config: dict = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
     chat_template: str | None = None
 
 
-def _token_name(value) -> str | None:
+def _token_name(value: object) -> str | None:
     if isinstance(value, dict):
-        return value.get("content")
+        content: str | None = value.get("content")
+        return content
     return value if isinstance(value, str) else None
 
 
-def tokens_from_config(config: dict) -> ChatTokens:
+def tokens_from_config(config: dict[str, Any]) -> ChatTokens:
     """Special-token names from a tokenizer_config.json (top level or extra_special_tokens), Gemma 3's otherwise."""
     extra = config.get("extra_special_tokens")
     extra = extra if isinstance(extra, dict) else {}
@@ -339,7 +343,7 @@ class HuggingFaceTokenizer(Tokenizer):
         if self._tok.token_to_id(self.tokens.image) is None and self._tok.token_to_id(self.tokens.boi) is not None:
             self._tok.add_special_tokens([AddedToken(self.tokens.image, special=True, normalized=False)])
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[HuggingFaceTokenizer], tuple[HuggingFaceFiles]]:
         return (HuggingFaceTokenizer, (self._files,))
 
     @property
