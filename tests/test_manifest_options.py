@@ -164,7 +164,7 @@ def test_stride_defaults_to_patch_size(tmp_path):
     assert _config(base + ["--stride", "448"]).stride == 448
     slides = _parser()._subparsers._group_actions[0].choices["slides"]
     stride, = [a for a in slides._actions if a.dest == "stride"]
-    assert (stride.default, stride.help) == (None, "grid step in pixels at --target_mpp (default: --patch_size, "
+    assert (stride.default, stride.help) == (0, "grid step in pixels at --target_mpp (default: --patch_size, "
                                                    "patches edge to edge)")
 
 

@@ -5,18 +5,17 @@ modality LUT's output units; colour images are passed through as RGB uint8.
 """
 from __future__ import annotations
 
-import io
-import warnings
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
 
+from medprep.transforms.dicom_io import header_identifiers
 from medprep.transforms.errors import ItemError, stage
 from medprep.transforms.pixel_decode import decode_pixels
+from medprep.transforms.option_fields import int_in, option
 from medprep.transforms.windowing import (
     CT_PRESETS,
     Window,
@@ -37,7 +36,7 @@ class RenderOptions:
     """How monochrome DICOM becomes uint8: CT windows (R, G, B) and the pixel-count limit."""
 
     ct_windows: tuple[Window, Window, Window] = CT_PRESETS["medgemma-1.5"]
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int = option(DEFAULT_MAX_PIXELS, "refuse images with more pixels than this (default 2e8)", int_in(1))
     frame: int = 0
     value_range: tuple[float, float] | None = None  # min-max modalities: a per-volume range instead of per-frame
 
@@ -58,26 +57,6 @@ class Rendered:
     def rgb(self) -> np.ndarray:
         """(H, W, 3) uint8."""
         return self.pixels if self.pixels.ndim == 3 else np.repeat(self.pixels[..., None], 3, axis=2)
-
-
-IDENTIFIER_KEYWORDS = ("PatientID", "PatientName", "PatientBirthDate", "AccessionNumber", "OtherPatientIDs",
-                       "InstitutionName", "ReferringPhysicianName", "OperatorsName", "StudyInstanceUID",
-                       "SeriesInstanceUID", "SOPInstanceUID")
-
-
-def header_identifiers(ds: Dataset) -> dict:
-    """Raw identifier values of a header (for keys and scrubbing; never written out)."""
-    return {key: str(ds.get(key, "") or "") for key in IDENTIFIER_KEYWORDS}
-
-
-def read_dataset(data: bytes) -> Dataset:
-    """Parse DICOM bytes (with or without preamble/meta) into a pydicom Dataset."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return pydicom.dcmread(io.BytesIO(data), force=True)
-    except Exception as exc:  # pydicom raises many types on corrupt input
-        raise ItemError("decode", f"not a readable DICOM file: {type(exc).__name__}: {exc}") from None
 
 
 def int_tag(ds: Dataset, keyword: str, default: int) -> int:
@@ -224,6 +203,46 @@ class StoredValues:
         return table if self.index is None else table[self.index]
 
 
+@dataclass(frozen=True)
+class ModalityProfile:
+    """How one modality's stored values (after the modality LUT: HU for CT) become uint8: a per-value table
+    (grey, or RGB for CT's three windows) and a description for image_info; MONOCHROME1 is inverted after it
+    unless the profile maps to RGB itself."""
+
+    to_uint8: Callable[[Dataset, "StoredValues", RenderOptions], tuple[np.ndarray, str]]
+    inverts_monochrome1: bool = True
+
+
+def _ct_windows(ds: Dataset, stored: "StoredValues", options: RenderOptions) -> tuple[np.ndarray, str]:
+    """CT: three HU windows as R, G, B."""
+    return ct_to_rgb(stored.values, options.ct_windows), describe_windows(options.ct_windows)
+
+
+def _min_max(ds: Dataset, stored: "StoredValues", options: RenderOptions) -> tuple[np.ndarray, str]:
+    """MR, PET, NM: min-max over the volume when its range is given (series), else over the frame."""
+    if options.value_range is not None:
+        return minmax_to_uint8(stored.values, *options.value_range), "minmax(volume)"
+    return minmax_to_uint8(stored.values, *stored.value_range()), "minmax"
+
+
+def _header_voi(ds: Dataset, stored: "StoredValues", options: RenderOptions) -> tuple[np.ndarray, str]:
+    """Projection radiographs and the rest: the header's first VOI LUT or window, else min-max."""
+    return _voi_to_uint8(ds, stored.values, stored.value_range)
+
+
+# Modality -> profile. A new modality is a function plus one line here (or register_modality).
+MODALITY_PROFILES: dict[str, ModalityProfile] = {
+    "CT": ModalityProfile(_ct_windows, inverts_monochrome1=False),
+    **{m: ModalityProfile(_min_max) for m in sorted(MINMAX_MODALITIES)},
+}
+DEFAULT_PROFILE = ModalityProfile(_header_voi)
+
+
+def register_modality(modality: str, profile: ModalityProfile) -> None:
+    """Use `profile` for DICOM Modality `modality` (upper case), replacing any profile it had."""
+    MODALITY_PROFILES[modality.upper()] = profile
+
+
 def render_dataset(ds: Dataset, options: RenderOptions = RenderOptions()) -> Rendered:
     """One DICOM frame -> RGB uint8 (H, W, 3) for display/model input, with its info."""
     with stage("decode"):  # malformed headers surface as decode errors, never bare exceptions
@@ -250,21 +269,13 @@ def _render(ds: Dataset, options: RenderOptions) -> Rendered:
         info["intensity"] = "color"
     else:
         stored = StoredValues(arr, ds, options.frame)
-        if modality == "CT":
-            pixels = stored.take(ct_to_rgb(stored.values, options.ct_windows))
-            info["intensity"] = describe_windows(options.ct_windows)
-        else:
-            if modality in MINMAX_MODALITIES and options.value_range is not None:
-                table, how = minmax_to_uint8(stored.values, *options.value_range), "minmax(volume)"
-            elif modality in MINMAX_MODALITIES:
-                table, how = minmax_to_uint8(stored.values, *stored.value_range()), "minmax"
-            else:
-                table, how = _voi_to_uint8(ds, stored.values, stored.value_range)
-            if photometric == "MONOCHROME1":
-                table = invert_uint8(table)
-                how += " inverted(MONOCHROME1)"
-            info["intensity"] = how
-            pixels = stored.take(table)
+        profile = MODALITY_PROFILES.get(modality, DEFAULT_PROFILE)
+        table, how = profile.to_uint8(ds, stored, options)
+        if photometric == "MONOCHROME1" and profile.inverts_monochrome1:
+            table = invert_uint8(table)
+            how += " inverted(MONOCHROME1)"
+        info["intensity"] = how
+        pixels = stored.take(table)
     identifiers = header_identifiers(ds)
     if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
         info["burned_in_annotation"] = True

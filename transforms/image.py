@@ -14,11 +14,13 @@ from PIL import Image
 from pydicom.dataset import Dataset
 
 from medprep.transforms.chat import images_then_prompt, user_messages
-from medprep.transforms.dicom_render import RenderOptions, Rendered, read_dataset, render_dataset
-from medprep.transforms.encode import DEFAULT_JPEG_QUALITY, DEFAULT_PNG_LEVEL, encode_image
+from medprep.transforms.dicom_io import read_dataset
+from medprep.transforms.dicom_render import RenderOptions, Rendered, render_dataset
+from medprep.transforms.encode import DEFAULT_JPEG_QUALITY, DEFAULT_PNG_LEVEL, IMAGE_FORMATS, encode_image
 from medprep.transforms.errors import ItemError, stage
 from medprep.transforms.formats import PHOTO_FORMATS, detect_format
 from medprep.transforms.geometry import PadResize, pad_and_resize
+from medprep.transforms.option_fields import int_in, option
 from medprep.transforms.photo import decode_photo
 
 DEFAULT_IMAGE_SIZE = 896  # MedGemma / Gemma 3 input side
@@ -30,10 +32,13 @@ ImageSource = Union[str, os.PathLike, bytes, Dataset, Image.Image, np.ndarray]
 class ImageOptions:
     """Output geometry and encoding (size in pixels, png|jpeg) plus DICOM render options."""
 
-    size: int = DEFAULT_IMAGE_SIZE
-    image_format: str = "png"
-    png_level: int = DEFAULT_PNG_LEVEL
-    jpeg_quality: int = DEFAULT_JPEG_QUALITY
+    size: int = option(DEFAULT_IMAGE_SIZE, f"output side in pixels (default {DEFAULT_IMAGE_SIZE})",
+                       int_in(16, 8192), name="image_size")
+    image_format: str = option("png", "png (lossless, default) or jpeg", choices=IMAGE_FORMATS)
+    png_level: int = option(DEFAULT_PNG_LEVEL, f"PNG zlib level 0-9 (default {DEFAULT_PNG_LEVEL}: fastest lossless; "
+                                               "see benchmarks/README.md)", int_in(0, 9))
+    jpeg_quality: int = option(DEFAULT_JPEG_QUALITY, f"JPEG quality 1-100 (default {DEFAULT_JPEG_QUALITY})",
+                               int_in(1, 100))
     render: RenderOptions = RenderOptions()
 
 
@@ -131,6 +136,9 @@ def prepare_image(
 ) -> Prepared:
     """One image (or [prior, current] for longitudinal CXR) -> model-ready images and the chat messages
     (images, then the prompt; the records' messages without the response)."""
+    from medprep.transforms.inference import pick
+
+    options, system_prompt = pick(options, "image", system_prompt)
     sources = list(source) if isinstance(source, (list, tuple)) else [source]
     finished = [finish_rendered(load_rendered(s, options), options) for s in sources]
     images = [f.image for f in finished]

@@ -16,7 +16,9 @@ from medprep.transforms.chat import prompt_then_images, user_messages
 from medprep.transforms.errors import ItemError, stage
 from medprep.transforms.image import FinishedImage, ImageOptions, finish_rendered
 from medprep.transforms.dicom_render import Rendered
+from medprep.transforms.option_fields import fraction, int_in, option, positive_float
 from medprep.transforms.patches import Patch, grid, sample_patches, select_patches
+from medprep.transforms.slide_reader import SlideReader
 from medprep.transforms.tissue import otsu_saturation_mask
 from medprep.transforms.wsi_level import LevelChoice, choose_level
 
@@ -28,15 +30,18 @@ class SlideOptions:
     """Target resolution (µm/px), patch geometry (target pixels), tissue rule, sampling."""
 
     image: ImageOptions = ImageOptions()
-    target_mpp: float = 1.0
-    patch_size: int = 896
-    stride: int = 0                     # grid step in target pixels; 0: the patch size (non-overlapping)
-    tissue: str = "mean_grey"
-    min_tissue: float = 0.5
-    max_patches: int = 125
-    seed: int = 0
+    target_mpp: float = option(1.0, "patch resolution in µm/px (default 1, ~10x)", positive_float)
+    patch_size: int = option(896, "patch side in pixels at --target_mpp (default 896)", int_in(16, 8192))
+    stride: int = option(0, "grid step in pixels at --target_mpp (default: --patch_size, patches edge to edge)",
+                         int_in(1, 8192))
+    tissue: str = option("mean_grey", "mean_grey (reference: mean grey in [1, 204] at ~1.25x) or otsu (saturation, "
+                                      "pen marks removed)", choices=TISSUE_METHODS)
+    min_tissue: float = option(0.5, "otsu: minimum tissue fraction of a patch (default 0.5)", fraction)
+    max_patches: int = option(125, "patches sampled per slide, seeded (default 125)", int_in(1))
+    seed: int = option(0, "sampling seed (default 0)", int_in(0))
     thumb_mpp: float = 8.0
-    assume_mpp: float | None = None     # used when the slide declares no resolution
+    assume_mpp: float | None = option(None, "resolution to use for slides that declare none (otherwise they are "
+                                            "errors)", positive_float)
     override_mpp: float | None = None   # replaces the slide's resolution (a manifest row's `mpp`)
 
 
@@ -53,7 +58,7 @@ class SlidePlan:
     info: dict = field(default_factory=dict)
 
 
-def plan_slide(reader, options: SlideOptions = SlideOptions()) -> SlidePlan:
+def plan_slide(reader: SlideReader, options: SlideOptions = SlideOptions()) -> SlidePlan:
     """Level for the target mpp, tissue on the thumbnail, grid, filter, seeded sample (tile-row order)."""
     if reader.mpps[0] is None:
         raise ItemError("transform", "the slide declares no resolution (µm/px); pass --assume_mpp to process it")
@@ -72,7 +77,7 @@ def plan_slide(reader, options: SlideOptions = SlideOptions()) -> SlidePlan:
     return SlidePlan(choice, chosen, len(kept), thumb, downsample, mask, info)
 
 
-def read_patch(reader, level: int, patch: Patch, options: SlideOptions = SlideOptions()) -> FinishedImage:
+def read_patch(reader: SlideReader, level: int, patch: Patch, options: SlideOptions = SlideOptions()) -> FinishedImage:
     """One patch: read at `level` (the plan's), resized to patch_size at the target mpp, then finished."""
     side = max(1, int(round(patch.size0 / reader.downsamples[level])))
     with stage("read"):
@@ -100,9 +105,12 @@ class PreparedSlide:
 
 def prepare_slide(path: str, prompt: str = "", options: SlideOptions = SlideOptions(),
                   system_prompt: str = "") -> PreparedSlide:
-    """A slide file -> the same patches and messages the slides pipeline writes."""
+    """A slide file -> the same patches and messages the slides pipeline writes (`options`: SlideOptions or a
+    run's InferenceOptions)."""
+    from medprep.transforms.inference import pick
     from medprep.transforms.slide_reader import open_slide
 
+    options, system_prompt = pick(options, "slide", system_prompt)
     if "://" not in path and not os.path.exists(path):
         raise ItemError("read", f"cannot read {path}: file not found")
     reader = open_slide(path, options.assume_mpp, options.override_mpp)

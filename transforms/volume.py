@@ -6,20 +6,20 @@ or percentiles, from histograms accumulated one slice at a time (memory: one sli
 """
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence, Union
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 
+from medprep.transforms.dicom_io import image_header, is_image_header, no_series, read_dataset
 from medprep.transforms.dicom_render import Rendered, StoredValues, decode_frame, render_dataset
 from medprep.transforms.errors import ItemError, stage
 from medprep.transforms.image import FinishedImage, ImageOptions, finish_rendered
 from medprep.transforms.series import OrderedSeries, SliceHeader, group_series, order_series, slice_headers
 from medprep.transforms.chat import prompt_then_images, user_messages
+from medprep.transforms.option_fields import int_in, number_pair, option
 from medprep.transforms.slice_selection import DEFAULT_MAX_SLICES, report_indices, uniform_indices
 from medprep.transforms.windowing import ct_to_rgb, describe_windows, minmax_to_uint8
 
@@ -33,11 +33,15 @@ class VolumeOptions:
     """Slice selection (uniform|report|all, at most max_slices) and MR normalization (minmax|percentile)."""
 
     image: ImageOptions = ImageOptions()
-    max_slices: int = DEFAULT_MAX_SLICES
-    selection: str = "uniform"
-    mr_normalization: str = "minmax"
-    mr_percentiles: tuple[float, float] = (0.5, 99.5)
-    min_slices: int = 2
+    max_slices: int = option(DEFAULT_MAX_SLICES, f"slices per series example (default {DEFAULT_MAX_SLICES})",
+                             int_in(1, 10000))
+    selection: str = option("uniform", "uniform (reference rule), report (slices named in the text, else uniform) "
+                                       "or all", choices=SELECTIONS, name="slice_selection")
+    mr_normalization: str = option("minmax", "MR intensity over the whole series: minmax (reference) or percentile",
+                                   choices=MR_NORMALIZATIONS)
+    mr_percentiles: tuple[float, float] = option((0.5, 99.5), "low,high for percentile (default 0.5,99.5)",
+                                                 number_pair(0, 100))
+    min_slices: int = option(2, "fewer usable slices is an error (default 2)", int_in(1))
 
 
 class Histogram:
@@ -256,20 +260,33 @@ class PreparedSeries:
     series: dict = field(default_factory=dict)
 
 
-def _read_header(item) -> tuple[Dataset, object]:
+def _read_header(item) -> tuple[Dataset | None, object]:
+    """(the header of a DICOM image or None, the key its pixels load by): a file is read as the pipeline reads it."""
     if isinstance(item, Dataset):
-        return item, item
+        return (item if is_image_header(item) else None), item
     if isinstance(item, (bytes, bytearray)):
-        return pydicom.dcmread(io.BytesIO(bytes(item)), force=True), bytes(item)
-    return pydicom.dcmread(os.fspath(item), stop_before_pixels=True, force=True), os.fspath(item)
+        return image_header(bytes(item)), bytes(item)
+    path = os.fspath(item)
+    try:
+        with open(path, "rb") as fh:
+            return image_header(fh, path), path
+    except OSError:   # a folder or an unreadable file among many: skipped, as in the pipeline
+        return None, path
+
+
+def _file_bytes(path: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        reason = "file not found" if isinstance(exc, FileNotFoundError) else str(exc)
+        raise ItemError("read", f"cannot read {path}: {reason}") from None
 
 
 def _load_full(key) -> Dataset:
     if isinstance(key, Dataset):
         return key
-    if isinstance(key, bytes):
-        return pydicom.dcmread(io.BytesIO(key), force=True)
-    return pydicom.dcmread(key, force=True)
+    return read_dataset(key if isinstance(key, bytes) else _file_bytes(key))
 
 
 def prepare_series(source: SeriesSource, prompt: str = "", report: str = "",
@@ -278,8 +295,11 @@ def prepare_series(source: SeriesSource, prompt: str = "", report: str = "",
     """A DICOM series (folder, paths, bytes or datasets) or a NIfTI path -> selected slices and messages.
 
     With several series in the input, `series_uid` picks one; by default the one with most slices.
-    A NIfTI carries no modality: pass modality="CT" or "MR".
+    A NIfTI carries no modality: pass modality="CT" or "MR". `options` may be a run's InferenceOptions.
     """
+    from medprep.transforms.inference import pick
+
+    options, system_prompt = pick(options, "volume", system_prompt)
     if isinstance(source, (str, os.PathLike)) and os.path.isfile(source):
         path = os.fspath(source)
         if path.lower().endswith((".nii", ".nii.gz", ".nrrd", ".mha")):
@@ -300,13 +320,12 @@ def prepare_series(source: SeriesSource, prompt: str = "", report: str = "",
         items = list(source)
     headers: list[SliceHeader] = []
     for item in items:
-        with stage("decode"):
-            ds, key = _read_header(item)
-        if "SeriesInstanceUID" in ds:
+        ds, key = _read_header(item)
+        if ds is not None:
             headers += slice_headers(ds, key)
     groups = group_series(headers)
     if not groups:
-        raise ItemError("read", "no DICOM series found in the input")
+        raise no_series(len(items))
     uid = series_uid or max(groups, key=lambda u: len(groups[u]))
     if uid not in groups:
         raise ItemError("transform", f"series {uid} is not in the input")

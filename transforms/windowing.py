@@ -12,6 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
+from medprep.transforms.option_fields import option
+
 
 @dataclass(frozen=True)
 class Window:
@@ -41,6 +43,36 @@ CT_PRESETS: dict[str, tuple[Window, Window, Window]] = {
         Window.from_level_width(40, 80),
     ),
 }
+
+
+
+def parse_ct_windows(text: str) -> tuple[tuple[float, float], ...]:
+    """'lo,hi;lo,hi;lo,hi' (HU, R;G;B) -> three (low, high) pairs, each a valid Window."""
+    try:
+        pairs = tuple(tuple(float(v) for v in part.split(",")) for part in text.split(";"))
+        if len(pairs) != 3 or any(len(p) != 2 for p in pairs):
+            raise ValueError
+        for lo, hi in pairs:
+            Window(lo, hi)
+    except ValueError:
+        raise ValueError(f"expected 'lo,hi;lo,hi;lo,hi' in HU with hi > lo, got {text!r}") from None
+    return pairs  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class CtWindowOptions:
+    """The three CT windows (R, G, B): a preset by name, or custom (low, high) pairs in HU that override it."""
+
+    ct_preset: str = option("medgemma-1.5", "CT windows preset (default medgemma-1.5)", choices=sorted(CT_PRESETS))
+    ct_windows: tuple = option((), "custom CT windows 'lo,hi;lo,hi;lo,hi' in HU (R;G;B), overrides --ct_preset",
+                               parse_ct_windows)
+
+    def windows(self) -> tuple[Window, Window, Window]:
+        """The windows in HU, (R, G, B)."""
+        if self.ct_windows:
+            low_high = [Window(lo, hi) for lo, hi in self.ct_windows]
+            return low_high[0], low_high[1], low_high[2]
+        return CT_PRESETS[self.ct_preset]
 
 
 def describe_windows(windows: Sequence[Window]) -> str:

@@ -1,4 +1,5 @@
-"""`medprep` command line: images | volumes | slides | demo; Beam options pass through."""
+"""`medprep` command line: the registered pipelines and tools (medprep.pipelines.registry), and demo; Beam
+options pass through."""
 from __future__ import annotations
 
 import argparse
@@ -6,12 +7,10 @@ import json
 import logging
 import sys
 
-from medprep.pipelines.cli.options import (OptionError, add_common_options, add_slide_options, add_volume_options,
-                               config_from_args)
-from medprep.pipelines.graphs.metrics import format_latency
+from medprep.pipelines.cli.options import OptionError, add_pipeline_options, config_from_args
 from medprep.pipelines.cli.runner import check_beam_args, run
-
-PIPELINES = {"images": "medprep.pipelines.graphs.images", "volumes": "medprep.pipelines.graphs.volumes", "slides": "medprep.pipelines.graphs.slides"}
+from medprep.pipelines.graphs.metrics import format_latency
+from medprep.pipelines.registry import PIPELINES, TOOLS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,16 +19,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Prepare medical images + text for MedGemma-style training. "
                     "Unrecognized --options are Beam pipeline options (--runner, --direct_num_workers, …).")
     sub = parser.add_subparsers(dest="command", required=True)
-    images = sub.add_parser("images", help="2D images (CXR, fundus, skin, other) from a manifest")
-    add_common_options(images)
-    volumes = sub.add_parser("volumes", help="CT and MR series (DICOM folders/prefixes, instance lists, NIfTI)")
-    add_common_options(volumes)
-    add_volume_options(volumes)
-    slides = sub.add_parser("slides", help="whole-slide images (SVS, NDPI, MRXS, tiled TIFF…) from a manifest")
-    add_common_options(slides)
-    add_slide_options(slides)
-    sub.add_parser("verify", help="check an output folder (counts, shards, records, splits, identifiers)", add_help=False)
-    sub.add_parser("inspect", help="write OUT/report.html: counts, sample grids, histograms, errors", add_help=False)
+    for spec in PIPELINES.values():
+        add_pipeline_options(sub.add_parser(spec.name, help=spec.help), spec.groups)
+    for tool in TOOLS.values():
+        sub.add_parser(tool.name, help=tool.help, add_help=False)
     demo = sub.add_parser("demo", help="generate bundled samples and run the pipelines on them")
     demo.add_argument("--output_dir", default="demo_out", help="where to write samples and outputs (default demo_out)")
     return parser
@@ -53,7 +46,7 @@ def run_pipeline_with_result(name: str, argv: list[str], wait: bool = True):
     args, beam_args = parser.parse_known_args([name] + argv)
     check_beam_args(beam_args)
     config = config_from_args(args)
-    module = importlib.import_module(PIPELINES[name])
+    module = importlib.import_module(PIPELINES[name].module)
     from medprep.pipelines.io.outputs import commit_outputs, join
     from apache_beam.io.filesystems import FileSystems
 
@@ -77,10 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] in ("verify", "inspect"):
+        if argv and argv[0] in TOOLS:
             import importlib
 
-            return importlib.import_module(f"medprep.pipelines.tools.{argv[0]}").main(argv[1:])
+            return importlib.import_module(TOOLS[argv[0]].module).main(argv[1:])
         if argv and argv[0] == "demo":
             from medprep.pipelines.tools.demo import main as demo_main
 

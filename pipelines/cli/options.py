@@ -2,22 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
-import re
 
 from medprep.pipelines.config import Config
 from medprep.pipelines.io.manifest import ManifestError, inspect_manifest
 from medprep.pipelines.io.outputs import existing_outputs, join, new_staging_dir, write_bytes
 from medprep.pipelines.records.privacy import DEFAULT_SALT
-from medprep.pipelines.io.sinks import FORMAT_DIRS
 from medprep.pipelines.io.sources.files import exists
-from medprep.transforms.encode import DEFAULT_JPEG_QUALITY, DEFAULT_PNG_LEVEL, IMAGE_FORMATS
-from medprep.transforms.image import DEFAULT_IMAGE_SIZE
 from medprep.transforms.errors import ItemError
-from medprep.transforms.volume import MR_NORMALIZATIONS, SELECTIONS
-from medprep.transforms.windowing import CT_PRESETS, Window
+from medprep.transforms.option_fields import option_fields
 
 _LOG = logging.getLogger(__name__)
 
@@ -33,185 +29,41 @@ class OptionError(SystemExit):
         return f"medprep: error: {self.option}: {self.message}"
 
 
-def _int_in(low: int, high: int | None = None):
-    def parse(text: str) -> int:
+def _argparse_type(parse):
+    """An option_fields parser as an argparse type (ValueError -> argparse's error naming the option)."""
+    def convert(text: str):
         try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"must be in [{low}, {high if high is not None else '∞'}], got {value}")
-        return value
-    return parse
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
-    return value
+def add_option_group(parser: argparse.ArgumentParser, group: type, seen: set[str]) -> None:
+    """Every option an option dataclass declares, as `--name` arguments (each once per parser)."""
+    g = parser.add_argument_group((group.__doc__ or group.__name__).strip().splitlines()[0].rstrip("."))
+    for o in option_fields(group):
+        if o.cli in seen:
+            continue
+        seen.add(o.cli)
+        kwargs: dict = {"dest": o.name, "default": o.default, "help": o.help}
+        if o.flag:
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["metavar"] = o.cli.upper()
+            if o.parse is not None:
+                kwargs["type"] = _argparse_type(o.parse)
+            if o.choices:
+                kwargs["choices"] = o.choices
+        g.add_argument(f"--{o.cli}", **kwargs)
 
 
-def _formats(text: str) -> tuple:
-    names = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
-    bad = [n for n in names if n not in FORMAT_DIRS]
-    if not names or bad:
-        raise argparse.ArgumentTypeError(f"choose from {', '.join(FORMAT_DIRS)} (comma-separated), got {text!r}")
-    return names
-
-
-def _ct_windows(text: str) -> tuple:
-    try:
-        pairs = [tuple(float(v) for v in part.split(",")) for part in text.split(";")]
-        if len(pairs) != 3 or any(len(p) != 2 for p in pairs):
-            raise ValueError
-        for lo, hi in pairs:
-            Window(lo, hi)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'lo,hi;lo,hi;lo,hi' in HU with hi > lo, got {text!r}") from None
-    return tuple(pairs)
-
-
-def _percentiles(text: str) -> tuple:
-    try:
-        low, high = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'low,high' percentiles, got {text!r}") from None
-    if not 0 <= low < high <= 100:
-        raise argparse.ArgumentTypeError(f"need 0 <= low < high <= 100, got {text!r}")
-    return low, high
-
-
-def _granularity(text: str) -> tuple:
-    names = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
-    if not names or any(n not in ("series", "slice") for n in names):
-        raise argparse.ArgumentTypeError(f"choose series, slice or series,slice; got {text!r}")
-    return names
-
-
-def _series_filter(text: str) -> str:
-    from medprep.transforms.series_filter import parse_filter
-
-    try:
-        parse_filter(text)
-    except (ValueError, re.error) as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def add_volume_options(parser: argparse.ArgumentParser) -> None:
-    """Options of `medprep volumes`."""
-    g = parser.add_argument_group("volume options")
-    g.add_argument("--max_slices", type=_int_in(1, 10000), default=85, help="slices per series example (default 85)")
-    g.add_argument("--slice_selection", choices=SELECTIONS, default="uniform",
-                   help="uniform (reference rule), report (slices named in the text, else uniform) or all")
-    g.add_argument("--mr_normalization", choices=MR_NORMALIZATIONS, default="minmax",
-                   help="MR intensity over the whole series: minmax (reference) or percentile")
-    g.add_argument("--mr_percentiles", type=_percentiles, default=(0.5, 99.5), help="low,high for percentile (default 0.5,99.5)")
-    g.add_argument("--min_slices", type=_int_in(1), default=2, help="fewer usable slices is an error (default 2)")
-    g.add_argument("--granularity", type=_granularity, default=("series",),
-                   help="series (one record per series), slice (one per selected slice) or series,slice")
-    g.add_argument("--series_filter", type=_series_filter, default="",
-                   help="keep series meeting all conditions, e.g. 'SeriesDescription~axial,SliceThickness<=2.5,"
-                        "ImageType!~LOCALIZER' (attributes: SeriesDescription, ImageType, SliceThickness, Modality, SeriesNumber)")
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
-def _slide_granularity(text: str) -> tuple:
-    names = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
-    if not names or any(n not in ("slide", "patch") for n in names):
-        raise argparse.ArgumentTypeError(f"choose slide, patch or slide,patch; got {text!r}")
-    return names
-
-
-def add_slide_options(parser: argparse.ArgumentParser) -> None:
-    """Options of `medprep slides` (defaults: the MedGemma 1.5 pathology reference)."""
-    from medprep.transforms.slide import TISSUE_METHODS, SlideOptions
-
-    d = SlideOptions()
-    g = parser.add_argument_group("slide options")
-    g.add_argument("--target_mpp", type=_positive_float, default=d.target_mpp,
-                   help=f"patch resolution in µm/px (default {d.target_mpp:g}, ~10x)")
-    g.add_argument("--patch_size", type=_int_in(16, 8192), default=d.patch_size,
-                   help=f"patch side in pixels at --target_mpp (default {d.patch_size})")
-    g.add_argument("--stride", type=_int_in(1, 8192), default=None,
-                   help="grid step in pixels at --target_mpp (default: --patch_size, patches edge to edge)")
-    g.add_argument("--tissue", choices=TISSUE_METHODS, default=d.tissue,
-                   help="mean_grey (reference: mean grey in [1, 204] at ~1.25x) or otsu (saturation, pen marks removed)")
-    g.add_argument("--min_tissue", type=_fraction, default=d.min_tissue,
-                   help=f"otsu: minimum tissue fraction of a patch (default {d.min_tissue:g})")
-    g.add_argument("--max_patches", type=_int_in(1), default=d.max_patches,
-                   help=f"patches sampled per slide, seeded (default {d.max_patches})")
-    g.add_argument("--patches_per_example", type=_int_in(1), default=d.max_patches,
-                   help=f"patches in one slide-level record (default {d.max_patches})")
-    g.add_argument("--seed", type=_int_in(0), default=d.seed, help=f"sampling seed (default {d.seed})")
-    g.add_argument("--assume_mpp", type=_positive_float, default=0.0,
-                   help="resolution to use for slides that declare none (otherwise they are errors)")
-    g.add_argument("--granularity", type=_slide_granularity, default=("slide",),
-                   help="slide (up to --patches_per_example patches per record), patch (one per record), or slide,patch")
-
-
-def add_common_options(parser: argparse.ArgumentParser) -> None:
-    """Options every pipeline takes (DESIGN.md 'CLI')."""
-    g = parser.add_argument_group("medprep options")
-    g.add_argument("--input", default="", help="manifest (.jsonl, .csv, .parquet), or a folder / gs:// prefix "
-                                                "(ending in /) to discover DICOM files in; local or gs://")
-    g.add_argument("--dicomweb_url", default="", help="discover on this DICOMweb service instead of --input "
-                                                      "(…/dicomWeb or …/dicom-web)")
-    g.add_argument("--query", default="", help="QIDO filters for discovery, e.g. 'Modality=CT&StudyDate=20200101-20201231'")
-    g.add_argument("--reports", default="", help="report texts for discovered data (required with discovery): "
-                                                 "CSV/JSONL/Parquet with study_uid and/or accession_number, text, "
-                                                 "optional prompt")
-    g.add_argument("--output_dir", required=True, help="output folder, local or gs://")
-    g.add_argument("--tokenizer", default="",
-                   help="SentencePiece .model, tokenizer.json or a Hugging Face tokenizer folder (local or gs://); "
-                        "must have the chat tokens (Gemma 3's) for input_ids/loss_mask unless --text_ids_only")
-    g.add_argument("--text_ids_only", action="store_true",
-                   help="accept a tokenizer without the chat tokens: prompt_ids/text_ids only, no input_ids")
-    g.add_argument("--system_prompt", default="",
-                   help="system message for every example, e.g. 'You are an expert radiologist.' (Gemma 3's template "
-                        "puts it at the start of the user turn)")
-    g.add_argument("--keep_source", action="store_true",
-                   help="write image references relative to the manifest in `source` (default: salted hashes; "
-                        "paths often hold names and MRNs)")
-    g.add_argument("--image_size", type=_int_in(16, 8192), default=DEFAULT_IMAGE_SIZE,
-                   help=f"output side in pixels (default {DEFAULT_IMAGE_SIZE})")
-    g.add_argument("--image_format", choices=IMAGE_FORMATS, default="png", help="png (lossless, default) or jpeg")
-    g.add_argument("--png_level", type=_int_in(0, 9), default=DEFAULT_PNG_LEVEL,
-                   help=f"PNG zlib level 0-9 (default {DEFAULT_PNG_LEVEL}: fastest lossless; see benchmarks/README.md)")
-    g.add_argument("--jpeg_quality", type=_int_in(1, 100), default=DEFAULT_JPEG_QUALITY,
-                   help=f"JPEG quality 1-100 (default {DEFAULT_JPEG_QUALITY})")
-    g.add_argument("--ct_preset", choices=sorted(CT_PRESETS), default="medgemma-1.5", help="CT windows preset (default medgemma-1.5)")
-    g.add_argument("--ct_windows", type=_ct_windows, default=(), help="custom CT windows 'lo,hi;lo,hi;lo,hi' in HU (R;G;B), overrides --ct_preset")
-    g.add_argument("--max_pixels", type=_int_in(1), default=200_000_000, help="refuse images with more pixels than this (default 2e8)")
-    g.add_argument("--formats", type=_formats, default=("arrayrecord", "parquet"), help="output formats: arrayrecord,parquet (default both)")
-    g.add_argument("--num_shards", type=_int_in(0), default=0, help="shards per split (0 = automatic, ~128 MiB each, estimated from the input count)")
-    g.add_argument("--val_fraction", type=_fraction, default=0.0, help="fraction of patients in val (default 0)")
-    g.add_argument("--test_fraction", type=_fraction, default=0.0, help="fraction of patients in test (default 0)")
-    g.add_argument("--split_salt", default=None, help="secret for patient/study keys and splits (default: $MEDPREP_SALT)")
-    g.add_argument("--max_text_tokens", type=_int_in(1), default=1024, help="truncate prompt and text to this many tokens (default 1024)")
-    g.add_argument("--overwrite", action="store_true", help="replace outputs already in --output_dir")
-    g.add_argument("--preview_count", type=_int_in(0, 256), default=16, help="examples in preview.png (default 16)")
-    g.add_argument("--scrub_text", action="store_true",
-                   help="replace obvious identifiers in prompt/text (header names and ids, dates, MRN-like numbers)")
-    g.add_argument("--allow_burned_in", action="store_true",
-                   help="keep DICOMs that declare BurnedInAnnotation=YES (skipped by default: identifiers may be in the pixels)")
-    g.add_argument("--item_timeout", type=_int_in(1), default=600, help="seconds one input may take (default 600)")
-    g.add_argument("--allow_extra_columns", action="store_true",
-                   help="keep manifest columns medprep does not know (refused by default, naming the closest "
-                        "known column); they are listed in summary.json")
+def add_pipeline_options(parser: argparse.ArgumentParser, groups: tuple) -> None:
+    """A pipeline subcommand's options: the groups its registry entry names, in order."""
+    seen: set[str] = set()
+    for group in groups:
+        add_option_group(parser, group, seen)
 
 
 def _check_output_dir(path: str, overwrite: bool) -> None:
@@ -313,26 +165,17 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if not salt:
         _LOG.warning("no --split_salt or MEDPREP_SALT: using the public default salt; keys are NOT secret")
     _check_output_dir(args.output_dir, args.overwrite)
-    slide_keys = {k: getattr(args, k) for k in _VOLUME_KEYS if hasattr(args, k)}
-    if "stride" in slide_keys and slide_keys["stride"] is None:
-        slide_keys["stride"] = slide_keys["patch_size"]  # --stride defaults to --patch_size
-    return Config(
-        input=input_ref, output_dir=args.output_dir, tokenizer=args.tokenizer, tokenizer_sha256=tokenizer_sha,
-        tokenizer_info=tokenizer_info, text_ids_only=args.text_ids_only, system_prompt=args.system_prompt,
-        keep_source=args.keep_source,
-        image_size=args.image_size, image_format=args.image_format, png_level=args.png_level,
-        jpeg_quality=args.jpeg_quality, ct_preset=args.ct_preset, ct_windows=args.ct_windows,
-        max_pixels=args.max_pixels, formats=args.formats, num_shards=args.num_shards,
-        val_fraction=args.val_fraction, test_fraction=args.test_fraction, max_text_tokens=args.max_text_tokens,
-        overwrite=args.overwrite, preview_count=args.preview_count, salt=salt or DEFAULT_SALT,
-        salt_is_default=not salt, staging_dir=new_staging_dir(args.output_dir), scrub_text=args.scrub_text,
-        allow_burned_in=args.allow_burned_in, item_timeout=float(args.item_timeout),
-        allow_extra_columns=args.allow_extra_columns, extra_columns=extra_columns,
-        dicomweb_url=args.dicomweb_url.rstrip("/"), query=args.query, reports=reports,
-        expected_inputs=expected_inputs, **slide_keys,
-    )
+    if not args.output_dir:
+        raise OptionError("--output_dir", "required: the output folder, local or gs://")
+    values = {k: v for k, v in vars(args).items() if k in _CONFIG_KEYS}
+    if values.get("patch_size") and not values.get("stride"):
+        values["stride"] = values["patch_size"]  # --stride defaults to --patch_size
+    return Config(**{
+        **values, "input": input_ref, "reports": reports, "dicomweb_url": args.dicomweb_url.rstrip("/"),
+        "tokenizer_sha256": tokenizer_sha, "tokenizer_info": tokenizer_info, "salt": salt or DEFAULT_SALT,
+        "salt_is_default": not salt, "staging_dir": new_staging_dir(args.output_dir),
+        "extra_columns": extra_columns, "expected_inputs": expected_inputs,
+    })
 
 
-_VOLUME_KEYS = ("max_slices", "slice_selection", "mr_normalization", "mr_percentiles", "min_slices",
-                "granularity", "series_filter", "target_mpp", "patch_size", "stride", "tissue", "min_tissue",
-                "max_patches", "patches_per_example", "seed", "assume_mpp")
+_CONFIG_KEYS = frozenset(f.name for f in dataclasses.fields(Config))

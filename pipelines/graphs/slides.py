@@ -19,13 +19,14 @@ from medprep.pipelines.graphs.fan_out import WorkDoFn, batches, failure_of, fan_
 from medprep.pipelines.io.manifest import resolve_ref
 from medprep.pipelines.records.example import ExampleParts, build_record, name_values, row_input_key
 from medprep.pipelines.graphs.row_dofn import ManifestRowDoFn
-from medprep.pipelines.io.sources.dicomweb import parse_ref, wsi_web_client
+from medprep.pipelines.io.sources.dicomweb import wsi_web_client
 from apache_beam.io.filesystems import FileSystems
 
 from medprep.pipelines.io.sources.files import LocalFile, RemoteStreams, localize_file
+from medprep.transforms.dicomweb_ref import parse_ref
 from medprep.transforms.errors import ItemError, stage
 from medprep.transforms.slide import SlidePlan, plan_slide, read_patch
-from medprep.transforms.slide_reader import OpenSlideReader, open_slide, open_web_wsi, open_wsi_streams
+from medprep.transforms.slide_reader import SlideReader, open_slide, open_web_wsi, open_wsi_streams
 
 _LOG = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class _Readers:
     def __init__(self, size: int = 2):
         self.size, self._open = size, OrderedDict()
 
-    def get(self, path: str, assume, override) -> OpenSlideReader:
+    def get(self, path: str, assume, override) -> SlideReader:
         key = (path, assume, override)   # the same file with another resolution is another reader
         if key in self._open:
             self._open.move_to_end(key)
@@ -148,14 +149,14 @@ class AssembleSlide(ManifestRowDoFn):
         for index, f in good:
             f.info["slide"] = info
         k = self.config.patches_per_example
-        if "slide" in self.config.granularity:
+        if "slide" in self.config.slide_granularity:
             for start in range(0, len(good), k):
                 chunk = [f for _, f in good[start:start + k]]
                 yield self._with_failures(build_record(ExampleParts(
                     example_key=f"{base}#slide{start // k}", task="slide", images=chunk,
                     sources=[row["images"][0]] * len(chunk), **common),
                     self.config, self.tokenizer), len(failed) if start == 0 else 0)
-        if "patch" in self.config.granularity:
+        if "patch" in self.config.slide_granularity:
             for index, f in good:
                 yield self._with_failures(build_record(ExampleParts(
                     example_key=f"{base}#patch{index}", task="patch", images=[f], sources=[row["images"][0]],
@@ -172,5 +173,5 @@ class AssembleSlide(ManifestRowDoFn):
 def build(p: beam.Pipeline, config: Config):
     """The slides pipeline graph."""
     return fan_out_pipeline(p, "slides", config, PlanSlides(config), ReadPatches(config), AssembleSlide(config),
-                            "ReadPatches", images_per_input=config.max_patches * len(config.granularity),
+                            "ReadPatches", images_per_input=config.max_patches * len(config.slide_granularity),
                             discover=False)

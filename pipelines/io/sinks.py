@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Tuple
+from dataclasses import dataclass
+from typing import Callable, Tuple
 
 import apache_beam as beam
 import pyarrow.parquet as pq
@@ -18,7 +19,6 @@ from medprep.schemas.example_codec import decode_example, encode_example
 
 TARGET_SHARD_BYTES = 128 << 20
 PARQUET_ROWS_PER_GROUP = 32
-FORMAT_DIRS = {"arrayrecord": ("arrayrecord", ".array_record"), "parquet": ("parquet", ".parquet")}
 
 
 def image_bytes_estimate(image_size: int, image_format: str) -> int:
@@ -77,6 +77,27 @@ def _write_parquet(path: str, examples: list[bytes], extension: str) -> int:
     return write_via_local(path, write)
 
 
+@dataclass(frozen=True)
+class OutputFormat:
+    """An output format: its folder under OUT, its file suffix, and the writer of one shard
+    (path, serialized tf.train.Example records, the Parquet schema extension) -> bytes written."""
+
+    folder: str
+    suffix: str
+    write: Callable[[str, list, str], int]
+
+
+def _arrayrecord_shard(path: str, examples: list[bytes], extension: str) -> int:
+    return _write_arrayrecord(path, examples)
+
+
+# The output formats by --formats name. A new format is a writer function plus one line here.
+FORMATS: dict[str, OutputFormat] = {
+    "arrayrecord": OutputFormat("arrayrecord", ".array_record", _arrayrecord_shard),
+    "parquet": OutputFormat("parquet", ".parquet", lambda path, examples, ext: _write_parquet(path, examples, ext)),
+}
+
+
 class _WriteShard(beam.DoFn):
     def __init__(self, output_dir: str, formats: tuple, extension: str):
         self.output_dir, self.formats, self.extension = output_dir, formats, extension
@@ -85,14 +106,11 @@ class _WriteShard(beam.DoFn):
         (split, index, count), values = element
         examples = [data for _, data in sorted(values)]
         for fmt in self.formats:
-            folder, suffix = FORMAT_DIRS[fmt]
-            path = join(self.output_dir, folder, shard_name(split, index, count, suffix))
-            if fmt == "arrayrecord":
-                size = _write_arrayrecord(path, examples)
-            else:
-                size = _write_parquet(path, examples, self.extension)
+            spec = FORMATS[fmt]
+            path = join(self.output_dir, spec.folder, shard_name(split, index, count, spec.suffix))
+            size = spec.write(path, examples, self.extension)
             yield {"format": fmt, "split": split, "shard": index, "of": count,
-                   "path": join(folder, shard_name(split, index, count, suffix)),
+                   "path": join(spec.folder, shard_name(split, index, count, spec.suffix)),
                    "records": len(examples), "bytes": size}
 
 

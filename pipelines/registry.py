@@ -1,0 +1,62 @@
+"""The pipelines `medprep` runs, as a table: a new pipeline is a graph module plus one line here.
+
+Each entry names the module whose `build(p, config)` makes the Beam graph and the option groups its
+subcommand takes (declared once in their dataclasses; the CLI, the run config and summary.json derive
+from them). Tools over finished outputs (verify, inspect, …) are a table too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from medprep.pipelines.run_options import (InputOptions, OutputOptions, PrivacyOptions, SlideRecordOptions,
+                                           TextOptions, VolumeRecordOptions)
+from medprep.transforms.dicom_render import RenderOptions
+from medprep.transforms.image import ImageOptions
+from medprep.transforms.slide import SlideOptions
+from medprep.transforms.volume import VolumeOptions
+from medprep.transforms.windowing import CtWindowOptions
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """A `medprep NAME` pipeline: its help line, graph module and option groups."""
+
+    name: str
+    help: str
+    module: str               # defines build(p: beam.Pipeline, config: Config)
+    groups: tuple[type, ...]  # option dataclasses on its command line, in --help order
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A `medprep NAME` command over finished outputs: its help line and module (defines main(argv) -> int)."""
+
+    name: str
+    help: str
+    module: str
+
+
+COMMON = (InputOptions, OutputOptions, TextOptions, PrivacyOptions, ImageOptions, RenderOptions)
+
+PIPELINES: dict[str, PipelineSpec] = {}
+TOOLS: dict[str, ToolSpec] = {}
+
+
+def register(spec: PipelineSpec | ToolSpec) -> None:
+    """Add a pipeline or a tool (a name is taken once)."""
+    table: dict = PIPELINES if isinstance(spec, PipelineSpec) else TOOLS
+    if spec.name in PIPELINES or spec.name in TOOLS:
+        raise ValueError(f"medprep {spec.name} is registered already")
+    table[spec.name] = spec
+
+
+register(PipelineSpec("images", "2D images (CXR, fundus, skin, other) from a manifest",
+                      "medprep.pipelines.graphs.images", COMMON + (CtWindowOptions,)))
+register(PipelineSpec("volumes", "CT and MR series (DICOM folders/prefixes, instance lists, NIfTI)",
+                      "medprep.pipelines.graphs.volumes", COMMON + (CtWindowOptions, VolumeOptions, VolumeRecordOptions)))
+register(PipelineSpec("slides", "whole-slide images (SVS, NDPI, MRXS, tiled TIFF, DICOM WSI…) from a manifest",
+                      "medprep.pipelines.graphs.slides", COMMON + (SlideOptions, SlideRecordOptions)))
+register(ToolSpec("verify", "check an output folder (counts, shards, records, splits, identifiers)",
+                  "medprep.pipelines.tools.verify"))
+register(ToolSpec("inspect", "write OUT/report.html: counts, sample grids, histograms, errors",
+                  "medprep.pipelines.tools.inspect"))
