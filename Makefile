@@ -7,13 +7,19 @@ DEMO_OUT ?= demo_out
 
 .PHONY: demo test lint bench clean
 
-$(BIN)/.installed: setup.py
+# The demo needs the package and its `demo` extra (tifffile writes its sample slides); tests, lint and
+# benchmarks add the `test` extra (torch, transformers, datasets, grain, hypothesis…).
+$(BIN)/.runtime: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[demo]'
+	touch $@
+
+$(BIN)/.installed: $(BIN)/.runtime
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-demo: $(BIN)/.installed
+demo: $(BIN)/.runtime
 	$(BIN)/medprep demo --output_dir $(DEMO_OUT)
 
 test: $(BIN)/.installed

@@ -36,18 +36,23 @@ INSTALL_REQUIRES = [
     "dicomweb-client>=0.59,<1",   # DICOM WSI over DICOMweb (wsidicom's web client)
 ]
 
+DEMO_REQUIRES = [   # `medprep demo` writes its sample slides as tiled JPEG TIFF pyramids
+    "imagecodecs>=2024.1",
+    "tifffile>=2024.1",
+]
+
 EXTRAS_REQUIRE = {
+    "demo": DEMO_REQUIRES,
     "test": [
+        *DEMO_REQUIRES,
         "datasets>=3,<6",
         "gcp-storage-emulator>=2024.0",  # local GCS for gs:// tests
         "grain>=0.2.10,<0.3",   # Grain loader tests
         "torch==2.13.0",        # PyTorch loader tests (CPU wheel)
         "pydicom-data>=1.0,<2",  # real multi-frame MR, full-size MONOCHROME1 CRs for tests
         "hypothesis>=6.100,<7",
-        "imagecodecs>=2024.1",
         "pytest>=8,<10",
         "pytest-xdist>=3.5,<4",
-        "tifffile>=2024.1",
         "transformers>=5.20,<6",   # the reference: Gemma3Processor's chat ids, a tiny Gemma 3 trained in tests
     ],
 }
