@@ -76,12 +76,16 @@ def int_in(low: int, high: int | None = None) -> Parser:
     return parse
 
 
-def fraction(text: str) -> float:
-    """A number in [0, 1)."""
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise ValueError(f"expected a number, got {text!r}") from None
+
+
+def fraction(text: str) -> float:
+    """A number in [0, 1)."""
+    value = _number(text)
     if not 0.0 <= value < 1.0:
         raise ValueError(f"must be in [0, 1), got {value}")
     return value
@@ -89,10 +93,7 @@ def fraction(text: str) -> float:
 
 def positive_float(text: str) -> float:
     """A number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"expected a number, got {text!r}") from None
+    value = _number(text)
     if not value > 0:
         raise ValueError(f"must be > 0, got {value}")
     return value
