@@ -11,12 +11,13 @@ record and its readers) and medprep.pipelines (Beam graphs, I/O, the command lin
 from __future__ import annotations
 
 import os as _os
+from typing import Any
 
 # In a source checkout the subpackages are the top-level folders transforms/, schemas/, pipelines/
 # (installed, setup.py maps them under medprep/): let this package find them there too.
 _ROOT = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
 if _os.path.isfile(_os.path.join(_ROOT, "setup.py")) and _os.path.isdir(_os.path.join(_ROOT, "transforms")):
-    __path__.append(_ROOT)  # type: ignore[name-defined]  # noqa: F821
+    __path__.append(_ROOT)
 
 _API = {
     "prepare_image": "medprep.transforms.image",
@@ -36,7 +37,7 @@ _API = {
 __all__ = sorted(_API)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     """Import the public names on first use (importing medprep stays cheap)."""
     if name not in _API:
         raise AttributeError(f"module 'medprep' has no attribute {name!r}")

@@ -24,7 +24,7 @@ from concurrent.futures.process import BrokenProcessPool
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import pixel_array
-from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.decoders.base import Decoder, get_decoder
 
 from medprep.transforms.errors import ItemError
 
@@ -40,11 +40,11 @@ _executor: ProcessPoolExecutor | None = None
 _LICENCES = {"pylibjpeg-libjpeg": "GPLv3"}
 
 
-def _transfer_syntax(ds: Dataset):
+def _transfer_syntax(ds: Dataset) -> str | None:
     return getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
 
 
-def _decoder(ds: Dataset):
+def _decoder(ds: Dataset) -> Decoder | None:
     uid = _transfer_syntax(ds)
     if uid is None:
         return None
@@ -139,7 +139,8 @@ def _isolated(ds: Dataset, frame: int | None, plugin: str) -> np.ndarray:
                                   "died); the file is corrupt or unsupported") from None
     except FutureTimeout:
         _reset_executor(kill=True)
-        raise ItemError("timeout", f"the {plugin} decoder took over {ISOLATED_TIMEOUT_S:g} s on this pixel data") from None
+        raise ItemError("timeout",
+                        f"the {plugin} decoder took over {ISOLATED_TIMEOUT_S:g} s on this pixel data") from None
 
 
 def decode_pixels(ds: Dataset, frame: int | None = None) -> np.ndarray:

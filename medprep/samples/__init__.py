@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 DX_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 CR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1"
@@ -34,7 +34,7 @@ def write_dicom(path: str, pixels: np.ndarray, *, modality: str = "DX", photomet
     meta = FileMetaDataset()
     sop_class = {"CR": CR_SOP_CLASS}.get(modality, DX_SOP_CLASS)
     sop_uid = generate_uid(entropy_srcs=[path.split(os.sep)[-1], modality, str(patient), str(study)])
-    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPClassUID = UID(sop_class)
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
@@ -78,7 +78,8 @@ def synthetic_cxr(width: int = 880, height: int = 1024, seed: int = 0,
     body = ((x - cx) / (0.46 * width)) ** 2 + ((y - cy) / (0.52 * height)) ** 2 < 1
     img[body] = 2600
     for side in (-1, 1):
-        lung = ((x - cx - side * 0.2 * width) / (0.15 * width)) ** 2 + ((y - cy + 0.03 * height) / (0.33 * height)) ** 2 < 1
+        lung = (((x - cx - side * 0.2 * width) / (0.15 * width)) ** 2
+                + ((y - cy + 0.03 * height) / (0.33 * height)) ** 2 < 1)
         img[lung] = 900
     heart = ((x - cx + 0.04 * width) / (0.12 * width)) ** 2 + ((y - cy - 0.12 * height) / (0.13 * height)) ** 2 < 1
     img[heart] = 2400
@@ -177,8 +178,10 @@ def make_images_samples(folder: str) -> str:
         {"id": "fundus-4", "image": p("fundus_p4_exif6.jpg"), "patient_id": "p4", "modality": "fundus",
          "text": "Healthy optic disc and macula; no haemorrhages or exudates."},
         {"id": "skin-5", "image": p("skin_p5.png"), "patient_id": "p5", "modality": "derm",
-         "prompt": "Describe the lesion.", "text": "Well-circumscribed uniformly brown macule, likely a benign naevus."},
-        {"id": "ct-6", "image": p("CT_small.dcm"), "text": "Single axial CT slice: soft tissue and bone windows unremarkable."},
+         "prompt": "Describe the lesion.",
+         "text": "Well-circumscribed uniformly brown macule, likely a benign naevus."},
+        {"id": "ct-6", "image": p("CT_small.dcm"),
+         "text": "Single axial CT slice: soft tissue and bone windows unremarkable."},
         {"id": "mr-7", "image": p("MR_small.dcm"), "text": "Single MR slice without focal abnormality."},
         {"id": "mr-8-j2k", "image": p("MR_small_jp2klossless.dcm"), "text": "Same MR slice, JPEG 2000 lossless."},
         {"id": "cr-9", "image": p("cr_mono1_jpegll.dcm"), "text": "Small MONOCHROME1 computed radiograph."},
