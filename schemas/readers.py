@@ -14,8 +14,8 @@ ARRAYRECORD_SUFFIX = ".array_record"
 PARQUET_SUFFIX = ".parquet"
 
 
-def _shard_files(path: str, split: str | None = None,
-                 suffixes: tuple = (ARRAYRECORD_SUFFIX, PARQUET_SUFFIX)) -> list[str]:
+def shard_files(path: str, split: str | None = None,
+                suffixes: tuple = (ARRAYRECORD_SUFFIX, PARQUET_SUFFIX)) -> list[str]:
     """Shard files with one of `suffixes` under `path` (a file, a format folder, or an output folder), sorted."""
     if os.path.isfile(path):
         return [path]
@@ -32,7 +32,8 @@ def _shard_files(path: str, split: str | None = None,
                             + (f" for split {split!r}" if split else ""))
 
 
-def _read_arrayrecord(path: str) -> Iterator[dict]:
+def read_arrayrecord_shard(path: str) -> Iterator[dict]:
+    """The records of one ArrayRecord shard, in order."""
     from array_record.python.array_record_module import ArrayRecordReader
 
     reader = ArrayRecordReader(path)
@@ -45,7 +46,8 @@ def _read_arrayrecord(path: str) -> Iterator[dict]:
         reader.close()
 
 
-def _read_parquet(path: str) -> Iterator[dict]:
+def read_parquet_shard(path: str) -> Iterator[dict]:
+    """The records of one Parquet shard, in order."""
     pf = pq.ParquetFile(path)
     for batch in pf.iter_batches(batch_size=16):
         for row in batch.to_pylist():
@@ -54,8 +56,8 @@ def _read_parquet(path: str) -> Iterator[dict]:
 
 def read_records(path: str, split: str | None = None) -> Iterator[dict]:
     """Iterate record dicts (images as encoded bytes) from a shard file or folder."""
-    for f in _shard_files(path, split):
-        yield from (_read_arrayrecord(f) if f.endswith(ARRAYRECORD_SUFFIX) else _read_parquet(f))
+    for f in shard_files(path, split):
+        yield from (read_arrayrecord_shard(f) if f.endswith(ARRAYRECORD_SUFFIX) else read_parquet_shard(f))
 
 
 class ArrayRecordSource:
@@ -67,7 +69,7 @@ class ArrayRecordSource:
 
     def __init__(self, paths: str | Sequence[str], split: str | None = None):
         files = [paths] if isinstance(paths, str) else list(paths)
-        self._files = [f for p in files for f in _shard_files(p, split, (ARRAYRECORD_SUFFIX,))]
+        self._files = [f for p in files for f in shard_files(p, split, (ARRAYRECORD_SUFFIX,))]
         if not self._files:
             raise FileNotFoundError(f"no ArrayRecord shards in {paths}")
         from array_record.python.array_record_module import ArrayRecordReader
@@ -120,12 +122,12 @@ def grain_source(path: str, split: str | None = None) -> ArrayRecordSource:
 
 def arrayrecord_files(path: str, split: str | None = None) -> list[str]:
     """The ArrayRecord shard paths under an output folder (for grain.python.ArrayRecordDataSource)."""
-    return _shard_files(path, split, (ARRAYRECORD_SUFFIX,))
+    return shard_files(path, split, (ARRAYRECORD_SUFFIX,))
 
 
 def hf_dataset(path: str, split: str = "train"):
     """The Parquet shards of one split as a Hugging Face `datasets.Dataset` (images decode to PIL)."""
     import datasets
 
-    files = _shard_files(path, split, (PARQUET_SUFFIX,))
+    files = shard_files(path, split, (PARQUET_SUFFIX,))
     return datasets.load_dataset("parquet", data_files={split: files}, split=split)

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch.utils.data as tud
 
-from medprep.schemas.readers import ArrayRecordSource, _read_arrayrecord, _read_parquet, _shard_files
+from medprep.schemas.readers import ArrayRecordSource, read_arrayrecord_shard, read_parquet_shard, shard_files
 
 Transform = Callable[[dict], object]
 
@@ -36,7 +36,7 @@ class ShardIterableDataset(tud.IterableDataset):
     (or, with fewer shards than workers, every n-th record), so no record is read twice."""
 
     def __init__(self, path: str, split: str | None = None, transform: Transform | None = None):
-        self.files = _shard_files(path, split)
+        self.files = shard_files(path, split)
         self.transform = transform
 
     def __iter__(self):
@@ -46,7 +46,7 @@ class ShardIterableDataset(tud.IterableDataset):
         files = self.files[worker::workers] if by_file else self.files
         n = 0
         for f in files:
-            reader = _read_arrayrecord if f.endswith(".array_record") else _read_parquet
+            reader = read_arrayrecord_shard if f.endswith(".array_record") else read_parquet_shard
             for record in reader(f):
                 if by_file or n % workers == worker:
                     yield self.transform(record) if self.transform else record

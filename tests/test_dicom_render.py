@@ -7,7 +7,8 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from medprep.samples import write_dicom
-from medprep.transforms.dicom_render import RenderOptions, decode_frame, read_dataset, render_dataset
+from medprep.transforms.dicom_io import read_dataset
+from medprep.transforms.dicom_render import RenderOptions, decode_frame, render_dataset
 from medprep.transforms.errors import ItemError
 from medprep.transforms.image import decode_any
 from medprep.transforms.windowing import voi_linear_to_uint8

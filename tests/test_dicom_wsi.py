@@ -145,3 +145,20 @@ def test_inspect_draws_the_map_of_a_dicomweb_slide(pair, tmp_path):
                                 "--patch_size", "112", "--stride", "112", "--image_size", "112", "--max_patches", "4"])
         assert main(["inspect", str(tmp_path / "o")]) == 0
         assert open(tmp_path / "o" / "report.html").read().count('class="slidemap"') == 1
+
+
+def test_both_slide_readers_satisfy_the_reader_protocol(pair):
+    from medprep.transforms.slide_reader import DicomWsiReader, OpenSlideReader, SlideReader, open_slide
+
+    svs, folder = pair
+    readers = [open_slide(svs), open_slide(folder)]
+    try:
+        assert [type(r) for r in readers] == [OpenSlideReader, DicomWsiReader]
+        assert all(isinstance(r, SlideReader) for r in readers)
+        assert [(r.dimensions[0], r.downsamples[0], round(r.mpps[0], 6), r.mpp_source) for r in readers] == \
+               [((SIDE, SIDE), 1.0, 0.25, "metadata")] * 2   # DICOM PixelSpacing: 0.250000012
+        assert all(r.read(1, 0, 0, 8, 8).shape == (8, 8, 3) for r in readers)
+    finally:
+        for r in readers:
+            r.close()
+    assert not isinstance(object(), SlideReader)

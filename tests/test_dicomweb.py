@@ -10,7 +10,8 @@ from pydicom.data import get_testdata_file
 
 from medprep.pipelines.cli.main import run_pipeline
 from medprep.samples import make_images_samples, write_series
-from medprep.pipelines.io.sources.dicomweb import DicomWebRef, client_for, parse_ref
+from medprep.pipelines.io.sources.dicomweb import client_for
+from medprep.transforms.dicomweb_ref import DicomWebRef, parse_ref
 from medprep.schemas import read_records
 
 import orthanc  # tests/orthanc.py

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydicom.dataset import Dataset
 
-from medprep.transforms.dicom_render import header_identifiers
+from medprep.transforms.dicom_io import header_identifiers
 from medprep.transforms.errors import ItemError
 
 

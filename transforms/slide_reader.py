@@ -6,17 +6,43 @@ clearly). Transparent or out-of-slide areas are composited on white (glass).
 """
 from __future__ import annotations
 
-import re
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
 
+from medprep.transforms.dicomweb_ref import parse_ref
 from medprep.transforms.errors import ItemError
 
 _UNIT_UM = {"centimeter": 1e4, "inch": 25400.0}
 
 
-def level_thumbnail(reader, target_mpp: float, max_side: int = 4096, strip: int = 1024) -> tuple[np.ndarray, float]:
+@runtime_checkable
+class SlideReader(Protocol):
+    """What the slide steps need from an open slide (OpenSlideReader, DicomWsiReader; a new backend
+    implements these). Levels are indexed from 0, the full resolution; regions are addressed in level-0
+    pixels. Unreadable input is ItemError('decode') (a DICOMweb series that cannot be opened: 'read')."""
+
+    dimensions: list[tuple[int, int]]   # (width, height) of each level, in its own pixels
+    downsamples: list[float]            # level-0 pixels per level pixel (1.0 for level 0)
+    mpps: list[float | None]            # µm per pixel of each level; None when the slide declares none
+    mpp_source: str                     # 'metadata', 'manifest' (override), 'assumed' or 'none'
+
+    def read(self, level: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
+        """RGB uint8 (height, width, 3) at `level`, top-left at level-0 (x0, y0); outside the slide is white."""
+        ...
+
+    def thumbnail(self, target_mpp: float, max_side: int = 4096) -> tuple[np.ndarray, float]:
+        """(RGB thumbnail at about target_mpp µm/px, its downsample from level 0)."""
+        ...
+
+    def close(self) -> None:
+        """Release the slide's files or connections."""
+        ...
+
+
+def level_thumbnail(reader: SlideReader, target_mpp: float, max_side: int = 4096,
+                    strip: int = 1024) -> tuple[np.ndarray, float]:
     """(RGB thumbnail at about target_mpp µm/px, its downsample from level 0), the same for every reader:
     the coarsest level at least that fine, read in strips of `strip` rows (memory bounded), BILINEAR-resized."""
     w0, h0 = reader.dimensions[0]
@@ -144,19 +170,17 @@ class DicomWsiReader:
         self._wsi.close()
 
 
-_WEB_SERIES = re.compile(r"^(https?://.+?)/studies/([^/]+)/series/([^/]+)/?$")
-
-
-def open_web_wsi(url: str, client=None, assume_mpp: float | None = None, override_mpp: float | None = None):
+def open_web_wsi(url: str, client=None, assume_mpp: float | None = None,
+                 override_mpp: float | None = None) -> SlideReader:
     """A DICOM WSI series on a DICOMweb server; `client` a wsidicom.WsiDicomWebClient (default: unauthenticated)."""
     import warnings
 
     import wsidicom
 
-    m = _WEB_SERIES.match(url)
-    if not m:
+    ref = parse_ref(url)
+    if ref is None or not ref.is_series:
         raise ItemError("read", f"not a DICOMweb series URL: {url}")
-    base, study, series = m.groups()
+    base, study, series = ref.base, ref.study, ref.series
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -167,7 +191,7 @@ def open_web_wsi(url: str, client=None, assume_mpp: float | None = None, overrid
     return DicomWsiReader(assume_mpp=assume_mpp, override_mpp=override_mpp, wsi=wsi)
 
 
-def open_wsi_streams(streams, assume_mpp: float | None = None, override_mpp: float | None = None):
+def open_wsi_streams(streams, assume_mpp: float | None = None, override_mpp: float | None = None) -> SlideReader:
     """A DICOM WSI from seekable binary streams (e.g. objects in a bucket): only the headers, offset
     tables and the frames a read needs are read from them."""
     import wsidicom
@@ -179,11 +203,12 @@ def open_wsi_streams(streams, assume_mpp: float | None = None, override_mpp: flo
     return DicomWsiReader(assume_mpp=assume_mpp, override_mpp=override_mpp, wsi=wsi)
 
 
-def open_slide(path: str, assume_mpp: float | None = None, override_mpp: float | None = None):
+def open_slide(path: str, assume_mpp: float | None = None, override_mpp: float | None = None) -> SlideReader:
     """A reader for a slide file (OpenSlide), a DICOM WSI folder, or a DICOMweb WSI series URL (wsidicom)."""
     import os
 
-    if _WEB_SERIES.match(path):
+    web = parse_ref(path)
+    if web is not None and web.is_series:
         return open_web_wsi(path, None, assume_mpp, override_mpp)
     if os.path.isdir(path):
         return DicomWsiReader(path, assume_mpp, override_mpp)

@@ -9,22 +9,23 @@ assembled per input (medprep.pipelines.graphs.fan_out), so one long series does 
 """
 from __future__ import annotations
 
-import io
 import logging
 import re
 from dataclasses import dataclass, field, replace
 
 import apache_beam as beam
-import pydicom
 from apache_beam.io.filesystems import FileSystems
+from pydicom.dataset import Dataset
 
 from medprep.pipelines.config import Config
 from medprep.pipelines.graphs.fan_out import WorkDoFn, batches, fan_out_pipeline, input_key
 from medprep.pipelines.graphs.row_dofn import ManifestRowDoFn
 from medprep.pipelines.io.manifest import resolve_ref
 from medprep.pipelines.records.example import ExampleParts, build_record, name_values, portable_ref, row_input_key
-from medprep.pipelines.io.sources.dicomweb import DicomWebRef, client_for, parse_ref
+from medprep.pipelines.io.sources.dicomweb import client_for
 from medprep.pipelines.io.sources.files import read_bytes, read_head
+from medprep.transforms.dicom_io import header_from_json, image_header, no_series, read_dataset
+from medprep.transforms.dicomweb_ref import DicomWebRef, parse_ref
 from medprep.transforms.errors import ItemError, stage
 from medprep.transforms.formats import detect_format
 from medprep.transforms.series import SliceHeader, group_series, order_series, series_attributes, slice_headers
@@ -46,21 +47,17 @@ def list_files(ref: str) -> list[str]:
     return files
 
 
-def read_header(path: str) -> pydicom.Dataset | None:
-    """The DICOM header (no pixel data) of a file, or None if it is not a DICOM image."""
+def read_header(path: str) -> Dataset | None:
+    """The DICOM header (no pixel data) of a file, or None if it is not a DICOM image (dicom_io.image_header)."""
     with FileSystems.open(path, compression_type="uncompressed") as fh:
-        if detect_format(fh.read(1024), path) != "dicom":
-            return None
-        fh.seek(0)
-        ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)  # reads no pixel data
-    return ds if "SeriesInstanceUID" in ds and ("Rows" in ds or "PerFrameFunctionalGroupsSequence" in ds) else None
+        return image_header(fh, path)
 
 
-def load_dataset(path: str) -> pydicom.Dataset:
+def load_dataset(path: str) -> Dataset:
     """A whole DICOM instance (pixels included)."""
     data = read_bytes(path)
     with stage("decode"):
-        return pydicom.dcmread(io.BytesIO(data), force=True)
+        return read_dataset(data)
 
 
 @dataclass(frozen=True)
@@ -104,7 +101,7 @@ class PlanVolumes(ManifestRowDoFn):
         for ref, w in zip(refs, web):
             if w is not None and not w.instance:   # DICOMweb study/series: one metadata request, no pixels
                 for item in client_for(w.base).metadata(w):
-                    ds = pydicom.Dataset.from_json(item)
+                    ds = header_from_json(item)
                     url = DicomWebRef(w.base, w.study, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)).url()
                     headers += slice_headers(ds, url)
                     files.append(url)
@@ -116,8 +113,7 @@ class PlanVolumes(ManifestRowDoFn):
             return
         for path in (f for f in files if parse_ref(f) is None or f in refs):
             try:
-                ds = read_header(path) if parse_ref(path) is None else pydicom.dcmread(
-                    io.BytesIO(read_bytes(path)), stop_before_pixels=True, force=True)
+                ds = read_header(path) if parse_ref(path) is None else image_header(read_bytes(path), path)
             except Exception:  # an unreadable file among many: counted, the series goes on
                 ds = None
             if ds is None:
@@ -126,7 +122,7 @@ class PlanVolumes(ManifestRowDoFn):
             headers += slice_headers(ds, path)
         groups = group_series(headers)
         if not groups:
-            raise ItemError("read", f"no DICOM image series among {len(files)} file(s)")
+            raise no_series(len(files))
         failures: list[ItemError] = []
         planned: list = []
         for uid, slices in groups.items():

@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 
 import apache_beam as beam
-import pydicom
 from apache_beam.io.filesystems import FileSystems
 
 from medprep.pipelines.config import Config
-from medprep.pipelines.io.manifest import _raw_rows
-from medprep.pipelines.io.sources.dicomweb import DicomWebRef, client_for
+from medprep.pipelines.io.manifest import raw_rows
+from medprep.pipelines.io.sources.dicomweb import client_for
+from medprep.transforms.dicom_io import read_header
+from medprep.transforms.dicomweb_ref import DicomWebRef
 
 STUDY, SERIES, SOP, ACCESSION = "0020000D", "0020000E", "00080018", "00080050"
 
@@ -36,7 +37,7 @@ def read_reports(path: str) -> dict:
     reports: dict = {}
     if not path:
         return reports
-    for raw in _raw_rows(path):
+    for raw in raw_rows(path):
         entry = {"text": str(raw.get("text") or ""), "prompt": str(raw.get("prompt") or "")}
         if raw.get("study_uid"):
             reports[f"study:{raw['study_uid']}"] = entry
@@ -72,7 +73,7 @@ def dicomweb_rows(config: Config, level: str):
 def _file_header(path: str):
     try:
         with FileSystems.open(path, compression_type="uncompressed") as fh:
-            ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
+            ds = read_header(fh)
     except Exception:
         return  # not DICOM: not discovered
     if "SeriesInstanceUID" in ds and "SOPClassUID" in ds:

@@ -160,7 +160,8 @@ def resolve_ref(ref: str, manifest: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(manifest)), ref)
 
 
-def _raw_rows(path: str) -> Iterator[dict]:
+def raw_rows(path: str) -> Iterator[dict]:
+    """The rows of a JSONL, CSV or Parquet table as written (dicts, unchecked); the manifest and reports files."""
     lower = path.lower()
     with FileSystems.open(path, compression_type="uncompressed") as fh:
         data = fh.read()
@@ -190,7 +191,7 @@ def _raw_rows(path: str) -> Iterator[dict]:
 def _read_raw(path: str) -> Iterator[tuple[int, dict]]:
     """(row number from 1, raw row); read failures become ManifestError naming the path."""
     try:
-        yield from enumerate(_raw_rows(path), start=1)
+        yield from enumerate(raw_rows(path), start=1)
     except ManifestError:
         raise
     except (OSError, UnicodeDecodeError) as exc:

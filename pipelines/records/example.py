@@ -13,6 +13,7 @@ from medprep.pipelines.records.privacy import keyed_hash
 from medprep.pipelines.records.split import assign_split
 from medprep.schemas.fields import validate_record
 from medprep.transforms.chat import conversation, images_then_prompt, prompt_then_images
+from medprep.transforms.dicom_io import ID_KEYWORDS, NAME_KEYWORDS
 from medprep.transforms.errors import ItemError, strip_credentials
 from medprep.transforms.image import FinishedImage
 from medprep.transforms.scrub import scrub_text
@@ -81,10 +82,6 @@ def output_source(ref: str, config: Config) -> str:
     return os.path.relpath(ref, os.path.dirname(os.path.abspath(config.input)))
 
 
-_ID_KEYS = ("PatientID", "AccessionNumber", "OtherPatientIDs", "PatientBirthDate", "InstitutionName")
-_NAME_KEYS = ("PatientName", "ReferringPhysicianName", "OperatorsName")
-
-
 def apply_privacy(parts: ExampleParts, config: Config) -> dict:
     """Refuse burned-in annotation (unless allowed); scrub every free-text field when asked. Returns scrub counts."""
     if parts.burned_in and not config.allow_burned_in:
@@ -92,8 +89,8 @@ def apply_privacy(parts: ExampleParts, config: Config) -> dict:
                                    "skipped — pass --allow_burned_in to keep it")
     if not config.scrub_text:
         return {}
-    ids = [parts.identifiers.get(k, "") for k in _ID_KEYS] + [parts.patient_id]
-    names = [parts.identifiers.get(k, "") for k in _NAME_KEYS] + list(parts.extra_names)
+    ids = [parts.identifiers.get(k, "") for k in ID_KEYWORDS] + [parts.patient_id]
+    names = [parts.identifiers.get(k, "") for k in NAME_KEYWORDS] + list(parts.extra_names)
     totals: dict = {}
 
     def scrub(value: str) -> str:

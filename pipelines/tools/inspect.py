@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 
 from medprep.pipelines.io.outputs import localize, write_bytes
 from medprep.pipelines.tools.preview import caption_of, contact_sheet
-from medprep.schemas.readers import _read_arrayrecord, _read_parquet, _shard_files
+from medprep.schemas.readers import read_arrayrecord_shard, read_parquet_shard, shard_files
 
 SAMPLES_PER_GROUP = 4
 THUMB = 192
@@ -183,7 +183,7 @@ def _pair_thumbs(shards: list[str], wanted: set) -> dict:
     tags = {}
     ids = {eid for eid, _ in wanted}
     for shard in shards:
-        for rec in (_read_parquet(shard) if shard.endswith(".parquet") else _read_arrayrecord(shard)):
+        for rec in (read_parquet_shard(shard) if shard.endswith(".parquet") else read_arrayrecord_shard(shard)):
             if rec["example_id"] in ids:
                 for i, data in enumerate(rec["images"]):
                     key = (rec["example_id"], i)
@@ -248,14 +248,14 @@ def build_report(folder: str, near_duplicates: bool = False, phash_distance: int
         if "lines" in f and os.path.isfile(os.path.join(folder, f["path"])):
             errors += [json.loads(line) for line in open(os.path.join(folder, f["path"]), encoding="utf-8")]
     try:
-        shards = _shard_files(folder, None, (".parquet",))
+        shards = shard_files(folder, None, (".parquet",))
     except FileNotFoundError:
-        shards = _shard_files(folder, None, (".array_record",))
+        shards = shard_files(folder, None, (".array_record",))
     groups: dict = defaultdict(list)
     lengths = defaultdict(list)
     sheet = []
     for shard in shards:
-        for rec in (_read_parquet(shard) if shard.endswith(".parquet") else _read_arrayrecord(shard)):
+        for rec in (read_parquet_shard(shard) if shard.endswith(".parquet") else read_arrayrecord_shard(shard)):
             lengths["text tokens"].append(len(rec["text_ids"]))
             lengths["prompt tokens"].append(len(rec["prompt_ids"]))
             lengths["chat sequence tokens"].append(len(rec["input_ids"]))

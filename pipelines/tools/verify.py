@@ -30,10 +30,9 @@ from PIL import Image
 
 from medprep.pipelines.io.outputs import join
 from medprep.schemas.fields import FIELD_BY_NAME, FIELD_NAMES, validate_record
-from medprep.schemas.readers import _read_arrayrecord, _read_parquet
+from medprep.schemas.readers import read_arrayrecord_shard, read_parquet_shard
+from medprep.transforms.dicom_io import PHI_KEYWORDS, read_header
 
-PHI_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "InstitutionName",
-                "OperatorsName", "ReferringPhysicianName", "OtherPatientIDs", "PerformingPhysicianName")
 MIN_PHI_LENGTH = 4   # shorter values ("1", "M", "p1") would match everywhere
 MIN_DIGITS = 6       # an all-digit value shorter than this ("2020", "0001", "1792") is a year, counter or coordinate
 HEADER_FILES_PER_FOLDER = 4   # a folder reference (one series) shares one patient: read a few headers, not all
@@ -240,7 +239,7 @@ def _header_values(path: str, found: IdentifierSet) -> None:
         return
     try:
         with _open_ref(path) as fh:
-            ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
+            ds = read_header(fh)
     except Exception:  # missing, a folder, or not DICOM: nothing to scan
         return
     name = posixpath.basename(path.rstrip("/"))
@@ -623,7 +622,7 @@ def verify(output_dir: str, phi_scan: bool = True, near_duplicates: bool = False
     index = ImageIndex(near_duplicates)
     primary = next((f["format"] for f in summary["files"] if "format" in f), None)
     for f, path in _listed_files(summary, output_dir, "format", "shard", problems):
-        reader = _read_arrayrecord if f["format"] == "arrayrecord" else _read_parquet
+        reader = read_arrayrecord_shard if f["format"] == "arrayrecord" else read_parquet_shard
         count = 0
         try:
             for rec in reader(path):

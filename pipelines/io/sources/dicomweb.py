@@ -1,6 +1,7 @@
 """DICOMweb (QIDO-RS search, WADO-RS retrieve) with retries, timeouts and bounded concurrency.
 
-References: `{base}/studies/{S}`, `{base}/studies/{S}/series/{SE}`, `…/series/{SE}/instances/{I}`.
+References: `{base}/studies/{S}`, `{base}/studies/{S}/series/{SE}`, `…/series/{SE}/instances/{I}`
+(parsed by medprep.transforms.dicomweb_ref.parse_ref).
 Authentication: Google Cloud Healthcare API stores (host healthcare.googleapis.com) use
 Application Default Credentials with the cloud-healthcare scope (tokens refreshed by
 google-auth, never logged); other servers take basic auth from MEDPREP_DICOMWEB_USER /
@@ -17,36 +18,10 @@ from dataclasses import dataclass
 
 import requests
 
+from medprep.transforms.dicomweb_ref import DicomWebRef
 from medprep.transforms.errors import ItemError
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
-_REF = re.compile(r"^(?P<base>https?://.+?)/studies/(?P<study>[^/]+)"
-                  r"(?:/series/(?P<series>[^/]+)(?:/instances/(?P<instance>[^/]+))?)?/?$")
-
-
-@dataclass(frozen=True)
-class DicomWebRef:
-    """A parsed DICOMweb URL: base plus study, optional series and instance UIDs."""
-
-    base: str
-    study: str
-    series: str | None = None
-    instance: str | None = None
-
-    def url(self) -> str:
-        """The resource URL."""
-        out = f"{self.base}/studies/{self.study}"
-        if self.series:
-            out += f"/series/{self.series}"
-        if self.instance:
-            out += f"/instances/{self.instance}"
-        return out
-
-
-def parse_ref(ref: str) -> DicomWebRef | None:
-    """The DICOMweb reference in `ref`, or None if it is not one."""
-    m = _REF.match(ref)
-    return DicomWebRef(m["base"], m["study"], m["series"], m["instance"]) if m else None
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ import tempfile
 
 from apache_beam.io.filesystems import FileSystems
 
-from medprep.pipelines.io.sources.dicomweb import client_for, parse_ref
+from medprep.pipelines.io.sources.dicomweb import client_for
 from medprep.pipelines.io.sources.gcs import use_emulator_if_configured
+from medprep.transforms.dicomweb_ref import parse_ref
 from medprep.transforms.errors import ItemError, stage
 
 use_emulator_if_configured()  # on import, so every worker process gets it
