@@ -34,7 +34,8 @@ def bad_run(tmp_path_factory, demo_model_path):
     manifest = d / "m.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = d / "out"
-    summary = run_pipeline("images", ["--input", str(manifest), "--output_dir", str(out), "--tokenizer", demo_model_path])
+    summary = run_pipeline("images",
+                           ["--input", str(manifest), "--output_dir", str(out), "--tokenizer", demo_model_path])
     errors = [json.loads(x) for x in open(out / "errors" / "errors-00000-of-00001.jsonl")]
     return summary, {e["row"]: e for e in errors}
 
@@ -125,10 +126,12 @@ def test_missing_inputs_and_unknown_options(tmp_path, capsys):
     m = _manifest(tmp_path, [{"image": "a.png", "text": "t"}])
     code, err = _cli(["images", "--input", str(tmp_path / "nope.jsonl"), "--output_dir", str(tmp_path / "o")], capsys)
     assert code == 2 and "--input" in err and "not found" in err
-    code, err = _cli(["images", "--input", m, "--output_dir", str(tmp_path / "o"), "--tokenizer", str(tmp_path / "t.model")], capsys)
+    code, err = _cli(["images", "--input", m, "--output_dir", str(tmp_path / "o"),
+                      "--tokenizer", str(tmp_path / "t.model")], capsys)
     assert code == 2 and "--tokenizer" in err
     (tmp_path / "bad.model").write_bytes(b"garbage")
-    code, err = _cli(["images", "--input", m, "--output_dir", str(tmp_path / "o"), "--tokenizer", str(tmp_path / "bad.model")], capsys)
+    code, err = _cli(["images", "--input", m, "--output_dir", str(tmp_path / "o"),
+                      "--tokenizer", str(tmp_path / "bad.model")], capsys)
     assert code == 2 and "--tokenizer" in err and "SentencePiece" in err
     code, err = _cli(["images", "--input", m, "--output_dir", str(tmp_path / "o"), "--imgae_size", "3"], capsys)
     assert code == 2 and "--imgae_size" in err

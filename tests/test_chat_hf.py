@@ -11,11 +11,17 @@ from PIL import Image
 
 pytest.importorskip("transformers")
 
-from hf_reference import GEMMA3_TEMPLATE, hf_processor  # noqa: E402
-from medprep.transforms.chat import (conversation, images_then_prompt, prompt_then_images, render_gemma3,  # noqa: E402
-                             render_jinja, with_images)
-from medprep.transforms.localization import box_answer  # noqa: E402
-from medprep.transforms.text import HuggingFaceFiles, HuggingFaceTokenizer, SentencePieceTokenizer  # noqa: E402
+from hf_reference import GEMMA3_TEMPLATE, hf_processor
+from medprep.transforms.chat import (
+    conversation,
+    images_then_prompt,
+    prompt_then_images,
+    render_gemma3,
+    render_jinja,
+    with_images,
+)
+from medprep.transforms.localization import box_answer
+from medprep.transforms.text import HuggingFaceFiles, HuggingFaceTokenizer, SentencePieceTokenizer
 
 SYSTEM = "You are an expert radiologist."
 TEXTS = {

@@ -16,9 +16,9 @@ from pydicom.data import get_testdata_file
 
 from medprep.pipelines.io.manifest import ManifestError, normalize_row
 from medprep.schemas.example_codec import decode_example
+from medprep.transforms.dicom_render import RenderOptions
 from medprep.transforms.errors import ItemError
 from medprep.transforms.image import ImageOptions, decode_any
-from medprep.transforms.dicom_render import RenderOptions
 
 N = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=N, derandomize=True, deadline=None,
@@ -80,10 +80,13 @@ def test_mutated_real_files(seed, data):
 
 @FUZZ
 @given(header=st.fixed_dictionaries({}, optional={
-    "Rows": st.integers(-5, 70000), "Columns": st.integers(-5, 70000), "BitsAllocated": st.sampled_from([0, 1, 7, 8, 12, 16, 32, 64]),
+    "Rows": st.integers(-5, 70000), "Columns": st.integers(-5, 70000),
+    "BitsAllocated": st.sampled_from([0, 1, 7, 8, 12, 16, 32, 64]),
     "SamplesPerPixel": st.integers(0, 5), "NumberOfFrames": st.integers(-1, 100000),
-    "PhotometricInterpretation": st.sampled_from(["MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL", "XYZ"]),
-    "WindowWidth": st.floats(-10, 10) | st.just(float("nan")), "RescaleSlope": st.floats(allow_nan=True, allow_infinity=True)}))
+    "PhotometricInterpretation": st.sampled_from(["MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL",
+                                                  "XYZ"]),
+    "WindowWidth": st.floats(-10, 10) | st.just(float("nan")),
+    "RescaleSlope": st.floats(allow_nan=True, allow_infinity=True)}))
 def test_hostile_dicom_headers(header):
     import pydicom
 

@@ -238,10 +238,10 @@ class _Counting(io.RawIOBase):
 @pytest.mark.skipif(not shutil.which("OrthancWSIDicomizer"), reason="needs Debian's orthanc-wsi")
 def test_dicom_wsi_on_gcs_is_read_in_ranges(gcs, tmp_path):
     """A DICOM WSI under a gs:// prefix is opened as seekable streams: one patch reads a small part."""
-    from medprep.samples import synthetic_slide_rgb, write_svs
     from medprep.pipelines.io.sources.files import RemoteStreams
-    from test_dicom_wsi import dicomize
+    from medprep.samples import synthetic_slide_rgb, write_svs
     from medprep.transforms.slide_reader import OpenSlideReader, open_wsi_streams
+    from test_dicom_wsi import dicomize
 
     svs = write_svs(str(tmp_path / "s.svs"), synthetic_slide_rgb(8192, 8192, seed=5), mpp=0.25)
     folder = dicomize(svs, str(tmp_path / "dicom"), 0.25)

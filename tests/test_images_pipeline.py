@@ -117,7 +117,8 @@ def test_no_patient_identifier_in_any_output(run1):
     for fmt in ("arrayrecord", "parquet"):
         for rec in read_records(os.path.join(str(out), fmt)):
             texts += [v for k, v in rec.items() if isinstance(v, str)]
-            texts += [s for k, v in rec.items() if k != "images" and isinstance(v, list) for s in v if isinstance(s, str)]
+            texts += [s for k, v in rec.items() if k != "images" and isinstance(v, list)
+                      for s in v if isinstance(s, str)]
             assert len(rec["patient_key"]) == 64
     blobs = "\n".join(texts) + open(os.path.join(str(out), "summary.json")).read()
     blobs += open(os.path.join(str(out), "errors/errors-00000-of-00001.jsonl")).read()

@@ -15,10 +15,10 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from medprep.pipelines.cli.main import _parser, main, run_pipeline
-from medprep.pipelines.io.manifest import ManifestError, inspect_manifest, normalize_row, read_manifest
 from medprep.pipelines.cli.options import config_from_args
-from medprep.samples import synthetic_slide_rgb, write_series, write_svs
+from medprep.pipelines.io.manifest import ManifestError, inspect_manifest, normalize_row, read_manifest
 from medprep.pipelines.io.sources.files import read_bytes
+from medprep.samples import synthetic_slide_rgb, write_series, write_svs
 from medprep.transforms.errors import ItemError
 
 KNOWN = "box_labels, boxes, id, image, label, modality, mpp, patient_id, prior, prompt, text"
@@ -159,7 +159,8 @@ def test_stride_defaults_to_patch_size(tmp_path):
     m = _write(tmp_path / "m.jsonl", [{"image": "s.svs", "text": "t"}])
     base = ["slides", "--input", m, "--output_dir", str(tmp_path / "o")]
     assert (_config(base).patch_size, _config(base).stride) == (896, 896)
-    assert (_config(base + ["--patch_size", "256"]).patch_size, _config(base + ["--patch_size", "256"]).stride) == (256, 256)
+    patch_256 = _config(base + ["--patch_size", "256"])
+    assert (patch_256.patch_size, patch_256.stride) == (256, 256)
     assert _config(base + ["--patch_size", "256", "--stride", "128"]).stride == 128
     assert _config(base + ["--stride", "448"]).stride == 448
     slides = _parser()._subparsers._group_actions[0].choices["slides"]
@@ -246,9 +247,9 @@ def test_options_that_a_manifest_would_ignore_are_refused(tmp_path, capsys):
 def test_prepare_slide_is_importable_from_transforms(tmp_path):
     import medprep.transforms
     import medprep.transforms.slide
-
-    from medprep.transforms import SlideOptions, prepare_slide   # README / DESIGN
-    assert prepare_slide is medprep.transforms.slide.prepare_slide and SlideOptions is medprep.transforms.slide.SlideOptions
+    from medprep.transforms import SlideOptions, prepare_slide  # README / DESIGN
+    assert prepare_slide is medprep.transforms.slide.prepare_slide
+    assert SlideOptions is medprep.transforms.slide.SlideOptions
     assert {"prepare_image", "prepare_series", "prepare_slide", "SlideOptions"} <= set(medprep.transforms.__all__)
     svs = write_svs(str(tmp_path / "s.svs"), synthetic_slide_rgb(1024, 1024, seed=5), mpp=0.5)
     w = prepare_slide(svs, prompt="Describe.", options=SlideOptions(patch_size=128, stride=128, max_patches=2))
@@ -297,7 +298,8 @@ def test_missing_decoder_with_no_installed_plugin(monkeypatch):
 def test_unread_relative_reference_shows_where_it_resolved(images_run):
     d, _, errors = images_run
     assert (errors[3]["stage"], errors[3]["ref"]) == ("read", "sub/missing.png")
-    assert errors[3]["message"] == f"cannot read sub/missing.png (resolved to {d / 'sub' / 'missing.png'}): file not found"
+    resolved = d / "sub" / "missing.png"
+    assert errors[3]["message"] == f"cannot read sub/missing.png (resolved to {resolved}): file not found"
 
 
 def test_read_bytes_names_the_file(tmp_path):

@@ -91,7 +91,7 @@ def runs(tree, tmp_path_factory, demo_model_path):
 
 @pytest.mark.parametrize("name", list(PIPELINE_ARGS))
 def test_records_do_not_depend_on_where_the_data_lives(runs, name):
-    (a, sa), (b, sb) = runs[(name, "a")], runs[(name, "b")]
+    (a, sa), (b, _) = runs[(name, "a")], runs[(name, "b")]
     assert sa["errors"] == 0 and sa["examples"] > 0
     assert _shards(a) == _shards(b) and len(_shards(a)) >= 2
 
@@ -179,7 +179,8 @@ def test_scrub_covers_labels_and_names_from_manifest_columns(tmp_path):
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "a.png")
     rows = [{"image": "a.png", "text": "Seen by Dr Quill. Zebulon Marchetti has clear lungs.",
              "prompt": "Describe Zebulon's film.", "label": "Marchetti 123-45-6789",
-             "boxes": [[1, 1, 5, 5]], "box_labels": ["nodule (call 415-555-0134)"], "patient_name": "MARCHETTI^ZEBULON"}]
+             "boxes": [[1, 1, 5, 5]], "box_labels": ["nodule (call 415-555-0134)"],
+             "patient_name": "MARCHETTI^ZEBULON"}]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "o"
     s = run_pipeline("images", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(out), "--scrub_text",

@@ -2,7 +2,6 @@
 import ast
 import os
 import re
-
 from importlib import metadata
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +48,8 @@ def test_dockerfile_smoke_import_runs_here_and_covers_every_native_reader():
 
     text = open(os.path.join(ROOT, "Dockerfile")).read()
     check = re.search(r'python -c "(.*?)"', text, re.S).group(1).replace("\\\n", "")
-    for module in ("openslide", "gdcm", "openjpeg", "SimpleITK", "array_record", "wsidicom", "medprep.pipelines.graphs.slides"):
+    for module in ("openslide", "gdcm", "openjpeg", "SimpleITK", "array_record", "wsidicom",
+                   "medprep.pipelines.graphs.slides"):
         assert module in check, module
     proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

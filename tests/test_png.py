@@ -56,7 +56,8 @@ def test_encode_image_uses_it_for_levels_0_to_3_and_pillow_above():
     assert len(fast) <= 1.05 * len(buf.getvalue())      # no larger than Pillow's own level 1
 
 
-@pytest.mark.parametrize("bad", [np.zeros((2, 2, 4), np.uint8), np.zeros((2, 2), np.uint16), np.zeros((0, 3, 3), np.uint8)])
+@pytest.mark.parametrize("bad", [np.zeros((2, 2, 4), np.uint8), np.zeros((2, 2), np.uint16),
+                                 np.zeros((0, 3, 3), np.uint8)])
 def test_rejects_what_it_does_not_encode(bad):
     with pytest.raises(ValueError):
         encode_png(bad)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from medprep.pipelines.cli.main import main, run_pipeline
-from medprep.samples import fake_identity, write_dicom, write_series
 from medprep.pipelines.tools.verify import verify
+from medprep.samples import fake_identity, write_dicom, write_series
 from medprep.transforms.scrub import scrub_text
 
 
@@ -29,8 +29,9 @@ def phi_inputs(tmp_path):
     burned = write_dicom(str(tmp_path / "burned.dcm"), np.full((16, 16), 500, np.uint16), patient=1,
                          extra={"BurnedInAnnotation": "YES"})
     rows = [
-        {"id": "leaky", "image": ok, "text": f"Patient {ident['PatientName'].replace('^', ' ')} MRN {ident['PatientID']}, "
-                                             f"DOB 1970-01-01: clear lungs."},
+        {"id": "leaky", "image": ok,
+         "text": f"Patient {ident['PatientName'].replace('^', ' ')} MRN {ident['PatientID']}, "
+                 f"DOB 1970-01-01: clear lungs."},
         {"id": "burned", "image": burned, "text": "burned-in text"},
     ]
     m = tmp_path / "m.jsonl"

@@ -22,7 +22,8 @@ def manifest(tmp_path):
     rows = []
     for i in range(12):
         (tmp_path / f"i{i}.png").write_bytes(_png(i))
-        rows.append({"id": f"r{i}", "image": str(tmp_path / f"i{i}.png"), "text": f"caption {i}", "patient_id": f"p{i}"})
+        rows.append({"id": f"r{i}", "image": str(tmp_path / f"i{i}.png"), "text": f"caption {i}",
+                     "patient_id": f"p{i}"})
     m = tmp_path / "m.jsonl"
     m.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(m)
@@ -57,7 +58,7 @@ def test_crashed_run_leaves_previous_dataset_intact(manifest, tmp_path, monkeypa
         raise OSError("disk on fire (injected)")
 
     monkeypatch.setattr(sinks, "_write_parquet", boom)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="disk on fire"):
         run_pipeline("images", ["--input", manifest, "--output_dir", out, "--overwrite"])
     assert _snapshot(out) == before   # staging folders are hidden and not part of the dataset
     assert [f for f in os.listdir(out) if f.startswith(".staging")]
@@ -136,7 +137,8 @@ def test_commit_is_safe_to_repeat_after_a_crash_part_way(tmp_path, monkeypatch):
     import medprep.pipelines.io.outputs as outputs
 
     out, staging = tmp_path / "out", tmp_path / "out" / ".staging-x"
-    old = {"arrayrecord/train-00000-of-00002.array_record": b"old0", "arrayrecord/train-00001-of-00002.array_record": b"old1",
+    old = {"arrayrecord/train-00000-of-00002.array_record": b"old0",
+           "arrayrecord/train-00001-of-00002.array_record": b"old1",
            "errors/errors-00000-of-00001.jsonl": b"olderr", "report.html": b"oldreport", "summary.json": b"{}"}
     new = {"arrayrecord/train-00000-of-00001.array_record": b"new0", "errors/errors-00000-of-00001.jsonl": b"newerr",
            "preview.png": b"png"}
@@ -168,8 +170,8 @@ def test_commit_is_safe_to_repeat_after_a_crash_part_way(tmp_path, monkeypatch):
 
 def test_job_commits_its_own_outputs_when_the_launcher_does_not_wait(manifest, tmp_path):
     """The flex-template path: run without waiting; the pipeline's last step commits staging."""
-    from medprep.pipelines.cli.main import run_pipeline_with_result
     from medprep.pipelines.cli.flex_main import main as flex_main
+    from medprep.pipelines.cli.main import run_pipeline_with_result
 
     out = tmp_path / "o"
     summary, _ = run_pipeline_with_result("images", ["--input", manifest, "--output_dir", str(out)], wait=False)
@@ -179,4 +181,5 @@ def test_job_commits_its_own_outputs_when_the_launcher_does_not_wait(manifest, t
     assert not [n for n in os.listdir(out) if n.startswith(".staging")]
     assert flex_main(["--pipeline=images", f"--input={manifest}", f"--output_dir={out}", "--overwrite"]) == 0
     assert json.load(open(out / "summary.json"))["examples"] == data["examples"]
-    assert flex_main(["--pipeline=images", f"--input={manifest}", f"--output_dir={out}"]) == 2   # exists, no --overwrite
+    # the output exists and there is no --overwrite
+    assert flex_main(["--pipeline=images", f"--input={manifest}", f"--output_dir={out}"]) == 2

@@ -3,11 +3,20 @@ import io
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
-from medprep.schemas import (FIELD_NAMES, arrow_schema, decode_example, encode_example, read_records, to_model_input,
-                     to_table, validate_record)
+from medprep.schemas import (
+    FIELD_NAMES,
+    arrow_schema,
+    decode_example,
+    encode_example,
+    read_records,
+    to_model_input,
+    to_table,
+    validate_record,
+)
 from medprep.schemas.readers import ArrayRecordSource
 
 
@@ -47,22 +56,22 @@ def _tf_example_classes():
                 f.options.packed = True
         return m
 
-    R, O = F.LABEL_REPEATED, F.LABEL_OPTIONAL
+    R, OPT = F.LABEL_REPEATED, F.LABEL_OPTIONAL
     msg("BytesList", [("value", 1, F.TYPE_BYTES, R, None, False)])
     msg("FloatList", [("value", 1, F.TYPE_FLOAT, R, None, True)])
     msg("Int64List", [("value", 1, F.TYPE_INT64, R, None, True)])
-    feat = msg("Feature", [("bytes_list", 1, F.TYPE_MESSAGE, O, ".tensorflow.BytesList", False),
-                           ("float_list", 2, F.TYPE_MESSAGE, O, ".tensorflow.FloatList", False),
-                           ("int64_list", 3, F.TYPE_MESSAGE, O, ".tensorflow.Int64List", False)])
+    feat = msg("Feature", [("bytes_list", 1, F.TYPE_MESSAGE, OPT, ".tensorflow.BytesList", False),
+                           ("float_list", 2, F.TYPE_MESSAGE, OPT, ".tensorflow.FloatList", False),
+                           ("int64_list", 3, F.TYPE_MESSAGE, OPT, ".tensorflow.Int64List", False)])
     feat.oneof_decl.add(name="kind")
     for f in feat.field:
         f.oneof_index = 0
     features = msg("Features", [("feature", 1, F.TYPE_MESSAGE, R, ".tensorflow.Features.FeatureEntry", False)])
     entry = features.nested_type.add(name="FeatureEntry")
     entry.options.map_entry = True
-    entry.field.add(name="key", number=1, type=F.TYPE_STRING, label=O)
-    entry.field.add(name="value", number=2, type=F.TYPE_MESSAGE, label=O, type_name=".tensorflow.Feature")
-    msg("Example", [("features", 1, F.TYPE_MESSAGE, O, ".tensorflow.Features", False)])
+    entry.field.add(name="key", number=1, type=F.TYPE_STRING, label=OPT)
+    entry.field.add(name="value", number=2, type=F.TYPE_MESSAGE, label=OPT, type_name=".tensorflow.Feature")
+    msg("Example", [("features", 1, F.TYPE_MESSAGE, OPT, ".tensorflow.Features", False)])
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.Example"))

@@ -34,7 +34,8 @@ def test_reference_defaults_read_level_1_without_resize(svs):
     assert all(i["x"] % 896 == 0 and i["y"] % 896 == 0 for i in p.image_info)
     content = p.messages[0]["content"]
     assert p.messages[0]["role"] == "user" and len(p.messages) == 1
-    assert content == [{"type": "text", "text": "Describe the tissue."}] + [{"type": "image", "image": i} for i in p.images]
+    images = [{"type": "image", "image": i} for i in p.images]
+    assert content == [{"type": "text", "text": "Describe the tissue."}] + images
 
 
 def test_patch_pixels_equal_a_direct_region_read(svs):

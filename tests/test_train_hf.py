@@ -104,8 +104,8 @@ def _tiny_gemma3(vocab_size: int, image_token: int):
                             sliding_window=512, pad_token_id=0)
     vision = SiglipVisionConfig(image_size=896, patch_size=14, hidden_size=32, intermediate_size=64,
                                 num_hidden_layers=1, num_attention_heads=2)
-    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=256, image_token_index=image_token,
-                          boi_token_index=8, eoi_token_index=9)
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=256,
+                          image_token_index=image_token, boi_token_index=8, eoi_token_index=9)
     torch.manual_seed(0)
     return Gemma3ForConditionalGeneration(config)
 

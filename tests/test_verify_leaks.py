@@ -17,9 +17,16 @@ import pytest
 from PIL import Image
 
 from medprep.pipelines.cli.main import main, run_pipeline
+from medprep.pipelines.tools.verify import (
+    IdentifierSet,
+    ImageIndex,
+    path_components,
+    phash,
+    pixel_digest,
+    url_credentials,
+    verify,
+)
 from medprep.samples import write_dicom
-from medprep.pipelines.tools.verify import (IdentifierSet, ImageIndex, path_components, phash, pixel_digest, url_credentials,
-                              verify)
 
 SPLIT_ARGS = ["--split_salt", "leaks-0", "--val_fraction", "0", "--test_fraction", "0.5", "--image_size", "128"]
 A, B, GONE = "PAT-000123", "PAT-000456", "PAT-000789"
@@ -355,7 +362,9 @@ def test_phash_distance_small_for_copies_and_large_for_other_pictures():
     small = x.resize((120, 100), Image.Resampling.BILINEAR)
     other = Image.fromarray(_texture(12, (200, 240)))
     h = phash(x)[0]
-    dist = lambda img: bin(h ^ phash(img)[0]).count("1")  # noqa: E731
+    def dist(img):
+        return bin(h ^ phash(img)[0]).count("1")
+
     assert dist(jpeg) <= 2 and dist(small) <= 4 and dist(other) >= 12
 
 

@@ -1,8 +1,15 @@
 import numpy as np
 import pytest
 
-from medprep.transforms.windowing import (CT_PRESETS, Window, ct_to_rgb, invert_uint8, minmax_to_uint8,
-                                  percentile_to_uint8, voi_linear_to_uint8)
+from medprep.transforms.windowing import (
+    CT_PRESETS,
+    Window,
+    ct_to_rgb,
+    invert_uint8,
+    minmax_to_uint8,
+    percentile_to_uint8,
+    voi_linear_to_uint8,
+)
 
 # HU phantom: air, fat, water, soft tissue, bone
 HU = np.array([[-1000, -100, 0, 40, 1000]], dtype=np.float64)

@@ -60,7 +60,8 @@ def test_otsu_threshold_on_two_levels():
 def test_cell_measures_exact():
     mask = np.zeros((10, 10), bool)
     mask[:5, :] = True
-    assert cell_fractions(mask, [[0, 0, 10, 10], [0, 0, 10, 5], [0, 5, 10, 10], [0, 0, 4, 4]]).tolist() == [0.5, 1, 0, 1]
+    boxes = [[0, 0, 10, 10], [0, 0, 10, 5], [0, 5, 10, 10], [0, 0, 4, 4]]
+    assert cell_fractions(mask, boxes).tolist() == [0.5, 1, 0, 1]
     rgb = np.zeros((4, 4, 3), np.uint8)
     rgb[:, 2:] = 255
     assert cell_mean_grey(rgb, [[0, 0, 4, 4], [2, 0, 4, 4]]).tolist() == pytest.approx([127.5, 255.0])
