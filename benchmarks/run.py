@@ -39,7 +39,8 @@ def plain_loop(data: bytes) -> bytes:
     """What a straightforward script does: pydicom/PIL, float min-max, np.pad, PIL resize, PNG save."""
     if data[128:132] == b"DICM":
         ds = pydicom.dcmread(io.BytesIO(data))
-        a = ds.pixel_array.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1)) + float(getattr(ds, "RescaleIntercept", 0))
+        slope, intercept = float(getattr(ds, "RescaleSlope", 1)), float(getattr(ds, "RescaleIntercept", 0))
+        a = ds.pixel_array.astype(np.float32) * slope + intercept
         c, w = float(ds.WindowCenter), float(ds.WindowWidth)
         a = np.clip((a - (c - w / 2)) / w, 0, 1) * 255
         rgb = np.stack([a.astype(np.uint8)] * 3, axis=-1)
@@ -216,12 +217,16 @@ def slide_table(folder: str) -> list[tuple[str, str, float]]:
         jpeg_tiles.append(buf.getvalue())
     kind = "SVS patch 896 @ 0.5 µm/px (from 1792² @ 0.25)"
     rows = [
-        (kind, "plan (thumbnail, tissue, grid, sample) per slide", _timeit(lambda _: plan_slide(reader, options), [0], 1)),
-        (kind, "read_region only (OpenSlide decode)", _timeit(lambda p: slide.read_region((p.x, p.y), 0, (1792, 1792)), patches)),
+        (kind, "plan (thumbnail, tissue, grid, sample) per slide",
+         _timeit(lambda _: plan_slide(reader, options), [0], 1)),
+        (kind, "read_region only (OpenSlide decode)",
+         _timeit(lambda p: slide.read_region((p.x, p.y), 0, (1792, 1792)), patches)),
         (kind, "floor: one JPEG decode of the source area + resize + PNG-1 encode",
-         _timeit(lambda j: encode_image(Image.open(io.BytesIO(j)).convert("RGB").resize((896, 896), Image.BILINEAR), "png", png_level=1), jpeg_tiles)),
+         _timeit(lambda j: encode_image(Image.open(io.BytesIO(j)).convert("RGB").resize((896, 896), Image.BILINEAR),
+                                        "png", png_level=1), jpeg_tiles)),
         *encoder_rows(kind, [read_patch(reader, plan.choice.level, p, options).image for p in patches[:8]]),
-        (kind, "**per-patch path** (read → resize → PNG 1)", _timeit(lambda p: read_patch(reader, plan.choice.level, p, options), patches)),
+        (kind, "**per-patch path** (read → resize → PNG 1)",
+         _timeit(lambda p: read_patch(reader, plan.choice.level, p, options), patches)),
         (kind, "plain read_region loop (baseline, PNG default level)", _timeit(plain, patches)),
     ]
     reader.close()
@@ -275,7 +280,8 @@ def print_rows(header: str, rows) -> None:
 
 
 def print_runs(rows) -> None:
-    print("| whole run | items/s | seconds | peak RSS runner (MiB) | peak RSS largest worker (MiB) |\n|---|---|---|---|---|")
+    print("| whole run | items/s | seconds | peak RSS runner (MiB) | peak RSS largest worker (MiB) |\n"
+          "|---|---|---|---|---|")
     for label, rate, sec, runner, worker in rows:
         print(f"| {label} | {rate:.1f} | {sec:.1f} | {runner:.0f} | {worker:.0f} |" if worker else
               f"| {label} | {rate:.1f} | {sec:.1f} | {runner:.0f} | (in the runner) |")
@@ -309,7 +315,8 @@ def main() -> None:
             manifest = os.path.join(d, "v.jsonl")
             with open(manifest, "w") as fh:
                 for i in range(8):
-                    fh.write(json.dumps({"id": f"s{i}", "image": series, "text": f"r{i}", "patient_id": f"p{i}"}) + "\n")
+                    row = {"id": f"s{i}", "image": series, "text": f"r{i}", "patient_id": f"p{i}"}
+                    fh.write(json.dumps(row) + "\n")
             print_runs(whole_runs("volumes", manifest, d, "images", SCALING_MODES, ["--max_slices", "40"]))
         if args.only in (None, "images"):
             dicoms, photos, paths = make_inputs(d, args.n)

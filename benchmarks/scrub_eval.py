@@ -121,9 +121,9 @@ def make_address(r: random.Random) -> str:
 
 
 def make_email(r: random.Random, first: str, last: str) -> str:
-    f, l = re.sub(r"[^a-z]", "", first.lower()), re.sub(r"[^a-z]", "", last.lower())
-    local = r.choice([f"{f}.{l}", f"{f[0]}{l}", f"{f[0]}{l}{r.randint(1, 99)}", f"{l}_{f}", f"{f}.{l}+radiology",
-                      f"dr.{l}", "radiology.reports", f"{l}{r.randint(1950, 2005)}",
+    f, s = re.sub(r"[^a-z]", "", first.lower()), re.sub(r"[^a-z]", "", last.lower())
+    local = r.choice([f"{f}.{s}", f"{f[0]}{s}", f"{f[0]}{s}{r.randint(1, 99)}", f"{s}_{f}", f"{f}.{s}+radiology",
+                      f"dr.{s}", "radiology.reports", f"{s}{r.randint(1950, 2005)}",
                       f"{first[0]}.{re.sub('[^A-Za-z]', '', last)}"])
     return f"{local}@{r.choice(DOMAINS)}"
 
@@ -241,26 +241,34 @@ def make_report(r: random.Random) -> Report:
     # header: patient name, id, date of birth
     style = r.randint(0, 3)
     if style == 0:
-        rep.add("Patient: "); rep.ent("name", f"{pf} {pl}")
+        rep.add("Patient: ")
+        rep.ent("name", f"{pf} {pl}")
     elif style == 1:
-        rep.add("Patient name: "); rep.ent("name", f"{pl.upper()}, {pf.upper()}")
+        rep.add("Patient name: ")
+        rep.ent("name", f"{pl.upper()}, {pf.upper()}")
     elif style == 2:
-        rep.add("Name: "); rep.ent("name", f"{pl}, {pf}")
+        rep.add("Name: ")
+        rep.ent("name", f"{pl}, {pf}")
     else:
         rep.ent("name", f"{pf} {pl}")                                         # no cue: only the caller's names help
     label, value = make_id(r)
     rep.add(f". {label}") if label else rep.add(". ")
     rep.ent("id", value)
-    rep.add(". DOB: "); rep.ent("date", make_date(r)); rep.add(".\n")
+    rep.add(". DOB: ")
+    rep.ent("date", make_date(r))
+    rep.add(".\n")
     if r.random() < 0.5:
         label, value = make_id(r)
-        rep.add(label or "Ref: "); rep.ent("id", value); rep.add(". ")
+        rep.add(label or "Ref: ")
+        rep.ent("id", value)
+        rep.add(". ")
     rep.add(r.choice(["Referring physician: Dr. ", "Ordering: Dr. ", "Referred by Dr. ", "Requested by Dr. "]))
     rep.ent("name", f"{rf} {rl}" if r.random() < 0.6 else rl)
     rep.add(".\n")
     if r.random() < 0.6:
         rep.add(r.choice(["Exam date: ", "Date of service: ", "Received: ", "Collected on "]))
-        rep.ent("date", make_date(r)); rep.add(".\n")
+        rep.ent("date", make_date(r))
+        rep.add(".\n")
     # body: clinical sentences, with identifiers in between
     kinds = ["ssn", "phone", "email", "address", "date", "phone", "phone_name", "name_mention"]
     r.shuffle(kinds)
@@ -275,17 +283,24 @@ def make_report(r: random.Random) -> Report:
             a, b, c = _ssn(r)
             label, value = r.choice([("SSN: ", f"{a}-{b}-{c}"), ("SS# ", f"{a} {b} {c}"),
                                      ("Social security number ", f"{a}{b}{c}"), ("Insurance holder ", f"{a}-{b}-{c}")])
-            rep.add(label); rep.ent("ssn", value); rep.add(" on file.")
+            rep.add(label)
+            rep.ent("ssn", value)
+            rep.add(" on file.")
         elif kind == "phone":
             pre, post = r.choice([("Please call ", " with questions."), ("Pager: ", "."),
                                   ("Callback number ", "."), ("Patient's daughter can be reached at ", "."),
                                   ("Results faxed to ", "."), ("Tel. ", " (office).")])
-            rep.add(pre); rep.ent("phone", make_phone(r)); rep.add(post)
+            rep.add(pre)
+            rep.ent("phone", make_phone(r))
+            rep.add(post)
         elif kind == "phone_name":
             rep.add(r.choice(["Findings discussed with Dr. ", "Critical result communicated to Dr. ",
                               "Results phoned to Dr. "]))
             rep.ent("name", r.choice([rl, f"{rf} {rl}"]))
-            rep.add(" at "); rep.ent("phone", make_phone(r)); rep.add(" on "); rep.ent("date", make_date(r))
+            rep.add(" at ")
+            rep.ent("phone", make_phone(r))
+            rep.add(" on ")
+            rep.ent("date", make_date(r))
             rep.add(".")
         elif kind == "name_mention":                               # the patient again, in running text
             first_word = r.choice([f"{pf} {pl} is", f"Mrs. {pl}'s daughter is", f"Per {pf} {pl}, she is",
@@ -296,25 +311,34 @@ def make_report(r: random.Random) -> Report:
                 rep.entities.append((start + m.start(), start + m.end(), "name"))
         elif kind == "email":
             rep.add(r.choice(["Images sent to ", "Contact: ", "Copy to "]))
-            rep.ent("email", make_email(r, *r.choice([(pf, pl), (rf, rl), (sf, sl)]))); rep.add(".")
+            rep.ent("email", make_email(r, *r.choice([(pf, pl), (rf, rl), (sf, sl)])))
+            rep.add(".")
         elif kind == "address":
             rep.add(r.choice(["Patient resides at ", "Home address: ", "Transferred from the clinic at "]))
-            rep.ent("address", make_address(r)); rep.add(".")
+            rep.ent("address", make_address(r))
+            rep.add(".")
         elif kind == "date":
             rep.add(r.choice(["Comparison: CT of ", "Compared with the study from ", "Prior biopsy on "]))
-            rep.ent("date", make_date(r)); rep.add(".")
+            rep.ent("date", make_date(r))
+            rep.add(".")
         rep.add(" ")
     rep.text = rep.text.rstrip(" ")
     rep.add("\n")
     # signature: a name the caller never passes
     sig = r.randint(0, 2)
     if sig == 0:
-        rep.add("Electronically signed by "); rep.ent("name", f"{sf} {sl}"); rep.add(", MD on ")
-        rep.ent("date", make_date(r)); rep.add(".")
+        rep.add("Electronically signed by ")
+        rep.ent("name", f"{sf} {sl}")
+        rep.add(", MD on ")
+        rep.ent("date", make_date(r))
+        rep.add(".")
     elif sig == 1:
-        rep.add("Dictated by: Dr. "); rep.ent("name", f"{sf} {sl}"); rep.add(".")
+        rep.add("Dictated by: Dr. ")
+        rep.ent("name", f"{sf} {sl}")
+        rep.add(".")
     else:
-        rep.ent("name", f"{sf} {sl}"); rep.add(", MD, Attending Pathologist" if pathology else ", MD, Radiologist")
+        rep.ent("name", f"{sf} {sl}")
+        rep.add(", MD, Attending Pathologist" if pathology else ", MD, Radiologist")
     return rep
 
 
@@ -351,20 +375,47 @@ def fng_reports(csv_path: str, seed: int = 13) -> list[Report]:
         rep = Report()
         style = r.randint(0, 2)
         if style == 0:
-            rep.add("Patient: "); rep.ent("name", name); rep.add(". DOB: "); rep.ent("date", row["Birthday"])
-            rep.add(".\nAddress: "); rep.ent("address", street); rep.add(", "); rep.ent("address", city)
-            rep.add(".\nPhone: "); rep.ent("phone", phone); rep.add(". E-mail: "); rep.ent("email", row["EmailAddress"])
+            rep.add("Patient: ")
+            rep.ent("name", name)
+            rep.add(". DOB: ")
+            rep.ent("date", row["Birthday"])
+            rep.add(".\nAddress: ")
+            rep.ent("address", street)
+            rep.add(", ")
+            rep.ent("address", city)
+            rep.add(".\nPhone: ")
+            rep.ent("phone", phone)
+            rep.add(". E-mail: ")
+            rep.ent("email", row["EmailAddress"])
             rep.add(".")
         elif style == 1:
-            rep.add(f"{row['Title']} "); rep.ent("name", name); rep.add(" (born "); rep.ent("date", row["Birthday"])
-            rep.add(") of "); rep.ent("address", street); rep.add(", "); rep.ent("address", city)
-            rep.add(" was seen today; contact "); rep.ent("phone", phone); rep.add(" or ")
-            rep.ent("email", row["EmailAddress"]); rep.add(".")
+            rep.add(f"{row['Title']} ")
+            rep.ent("name", name)
+            rep.add(" (born ")
+            rep.ent("date", row["Birthday"])
+            rep.add(") of ")
+            rep.ent("address", street)
+            rep.add(", ")
+            rep.ent("address", city)
+            rep.add(" was seen today; contact ")
+            rep.ent("phone", phone)
+            rep.add(" or ")
+            rep.ent("email", row["EmailAddress"])
+            rep.add(".")
         else:
-            rep.add("Referred by Dr. "); rep.ent("name", name); rep.add(", "); rep.ent("address", street)
-            rep.add(", "); rep.ent("address", city); rep.add(", tel. "); rep.ent("phone", phone); rep.add(".")
+            rep.add("Referred by Dr. ")
+            rep.ent("name", name)
+            rep.add(", ")
+            rep.ent("address", street)
+            rep.add(", ")
+            rep.ent("address", city)
+            rep.add(", tel. ")
+            rep.ent("phone", phone)
+            rep.add(".")
         if re.fullmatch(r"\d{3}-\d{2}-\d{4}", row["NationalID"]):
-            rep.add(" SSN "); rep.ent("ssn", row["NationalID"]); rep.add(".")
+            rep.add(" SSN ")
+            rep.ent("ssn", row["NationalID"])
+            rep.add(".")
         rep.add(" ")
         rep.clinical(_fill(r, r.choice(CLINICAL)))
         out.append(rep)
@@ -530,7 +581,7 @@ def main(argv=None) -> int:
     chars = sum(len(r.text) for r in reports)
     results, timings, spans = {}, {}, {}
     for label, with_names in (("medprep rules", False), ("medprep + names", True)):
-        timings[label] = _best_time(lambda: medprep_detect(reports, with_names), 3) / len(reports)
+        timings[label] = _best_time(lambda w=with_names: medprep_detect(reports, w), 3) / len(reports)
         spans[label] = medprep_detect(reports, with_names)
         results[label] = evaluate(reports, spans[label])
     presidio_note = None
@@ -544,7 +595,7 @@ def main(argv=None) -> int:
             for threshold in (0.0, 0.5):
                 label = f"Presidio ≥{threshold:g}"
                 spans[label] = presidio_detect(analyzer, reports, threshold)
-                timings[label] = _best_time(lambda: presidio_detect(analyzer, reports, threshold), 2) / len(reports)
+                timings[label] = _best_time(lambda t=threshold: presidio_detect(analyzer, reports, t), 2) / len(reports)
                 results[label] = evaluate(reports, spans[label])
             from importlib.metadata import version
             presidio_note = f"presidio-analyzer {version('presidio-analyzer')}, spaCy {version('spacy')} (blank 'en')"
