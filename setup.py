@@ -53,6 +53,8 @@ EXTRAS_REQUIRE = {
         "hypothesis>=6.100,<7",
         "pytest>=8,<10",
         "pytest-xdist>=3.5,<4",
+        "ruff>=0.17,<0.18",   # make lint (pyproject.toml); a new minor release may add rules: raise it on purpose
+        "mypy>=2.4,<3",       # make lint: types, strict on medprep.transforms, medprep.schemas and the API
         "transformers>=5.20,<6",   # the reference: Gemma3Processor's chat ids, a tiny Gemma 3 trained in tests
     ],
 }
