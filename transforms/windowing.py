@@ -7,8 +7,8 @@ Python's rule). Never cast HU to an unsigned type.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -23,11 +23,11 @@ class Window:
     high: float
 
     @classmethod
-    def from_level_width(cls, level: float, width: float) -> "Window":
+    def from_level_width(cls, level: float, width: float) -> Window:
         """Window from level (centre) and width: [level - width/2, level + width/2]."""
         return cls(level - width / 2.0, level + width / 2.0)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not self.high > self.low:
             raise ValueError(f"window high ({self.high}) must exceed low ({self.low})")
 
@@ -64,8 +64,8 @@ class CtWindowOptions:
     """The three CT windows (R, G, B): a preset by name, or custom (low, high) pairs in HU that override it."""
 
     ct_preset: str = option("medgemma-1.5", "CT windows preset (default medgemma-1.5)", choices=sorted(CT_PRESETS))
-    ct_windows: tuple = option((), "custom CT windows 'lo,hi;lo,hi;lo,hi' in HU (R;G;B), overrides --ct_preset",
-                               parse_ct_windows)
+    ct_windows: tuple[tuple[float, float], ...] = option(
+        (), "custom CT windows 'lo,hi;lo,hi;lo,hi' in HU (R;G;B), overrides --ct_preset", parse_ct_windows)
 
     def windows(self) -> tuple[Window, Window, Window]:
         """The windows in HU, (R, G, B)."""
@@ -146,4 +146,5 @@ def voi_linear_to_uint8(values: np.ndarray, center: float, width: float, functio
 
 def invert_uint8(img: np.ndarray) -> np.ndarray:
     """uint8 -> uint8, 255 - v (MONOCHROME1 display inversion)."""
-    return np.subtract(255, img, dtype=np.uint8)
+    inverted: np.ndarray = np.subtract(255, img, dtype=np.uint8)
+    return inverted
