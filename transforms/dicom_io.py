@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import BinaryIO, Union
+from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -42,7 +42,7 @@ UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")   # k
 IDENTIFIER_KEYWORDS = PHI_KEYWORDS + UID_KEYWORDS
 
 
-def header_identifiers(ds: Dataset) -> dict:
+def header_identifiers(ds: Dataset) -> dict[str, str]:
     """Raw identifier values of a header, IDENTIFIER_KEYWORDS -> str (for keys and scrubbing; never written out)."""
     return {key: str(ds.get(key, "") or "") for key in IDENTIFIER_KEYWORDS}
 
@@ -61,7 +61,7 @@ def read_dataset(data: bytes) -> Dataset:
         raise _unreadable(exc) from None
 
 
-def read_header(source: Union[BinaryIO, bytes]) -> Dataset:
+def read_header(source: BinaryIO | bytes) -> Dataset:
     """The header of an instance (no pixel data is read) from a binary stream or bytes; not sniffed first."""
     fh = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     try:
@@ -72,7 +72,7 @@ def read_header(source: Union[BinaryIO, bytes]) -> Dataset:
         raise _unreadable(exc) from None
 
 
-def header_from_json(item: dict) -> Dataset:
+def header_from_json(item: dict[str, Any]) -> Dataset:
     """A header from DICOM JSON (a DICOMweb metadata response item)."""
     try:
         return Dataset.from_json(item)
@@ -85,7 +85,7 @@ def is_image_header(ds: Dataset) -> bool:
     return "SeriesInstanceUID" in ds and ("Rows" in ds or "PerFrameFunctionalGroupsSequence" in ds)
 
 
-def image_header(source: Union[BinaryIO, bytes], name: str = "") -> Dataset | None:
+def image_header(source: BinaryIO | bytes, name: str = "") -> Dataset | None:
     """The header of a DICOM image, or None when `source` is not DICOM (by its first bytes and `name`),
     is unreadable, or holds no image (a report, a presentation state): such a file among a series'
     files is skipped."""
