@@ -5,8 +5,9 @@ modality LUT's output units; colour images are passed through as RGB uint8.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -14,8 +15,8 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
 
 from medprep.transforms.dicom_io import header_identifiers
 from medprep.transforms.errors import ItemError, stage
-from medprep.transforms.pixel_decode import decode_pixels
 from medprep.transforms.option_fields import int_in, option
+from medprep.transforms.pixel_decode import decode_pixels
 from medprep.transforms.windowing import (
     CT_PRESETS,
     Window,
@@ -50,8 +51,8 @@ class Rendered:
     """
 
     pixels: np.ndarray
-    info: dict = field(default_factory=dict)
-    identifiers: dict = field(default_factory=dict)  # PatientID, StudyInstanceUID: hash before use
+    info: dict[str, Any] = field(default_factory=dict)
+    identifiers: dict[str, str] = field(default_factory=dict)  # PatientID, StudyInstanceUID: hash before use
 
     @property
     def rgb(self) -> np.ndarray:
@@ -120,10 +121,12 @@ def _color_to_uint8(ds: Dataset, arr: np.ndarray) -> np.ndarray:
         raise ItemError("decode", f"colour image has shape {arr.shape}, expected (H, W, 3)")
     if bits <= 8 and arr.dtype == np.uint8:
         return np.ascontiguousarray(arr)
-    return np.rint(arr.astype(np.float64) * (255.0 / (2**bits - 1))).clip(0, 255).astype(np.uint8)
+    scaled: np.ndarray = np.rint(arr.astype(np.float64) * (255.0 / (2**bits - 1))).clip(0, 255).astype(np.uint8)
+    return scaled
 
 
-def _voi_to_uint8(ds: Dataset, values: np.ndarray, value_range) -> tuple[np.ndarray, str]:
+def _voi_to_uint8(ds: Dataset, values: np.ndarray,
+                  value_range: Callable[[], tuple[float, float]]) -> tuple[np.ndarray, str]:
     """Radiograph display: first VOI LUT or window from the header, else min-max over value_range()."""
     if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
         item = ds.VOILUTSequence[0]
@@ -209,23 +212,23 @@ class ModalityProfile:
     (grey, or RGB for CT's three windows) and a description for image_info; MONOCHROME1 is inverted after it
     unless the profile maps to RGB itself."""
 
-    to_uint8: Callable[[Dataset, "StoredValues", RenderOptions], tuple[np.ndarray, str]]
+    to_uint8: Callable[[Dataset, StoredValues, RenderOptions], tuple[np.ndarray, str]]
     inverts_monochrome1: bool = True
 
 
-def _ct_windows(ds: Dataset, stored: "StoredValues", options: RenderOptions) -> tuple[np.ndarray, str]:
+def _ct_windows(ds: Dataset, stored: StoredValues, options: RenderOptions) -> tuple[np.ndarray, str]:
     """CT: three HU windows as R, G, B."""
     return ct_to_rgb(stored.values, options.ct_windows), describe_windows(options.ct_windows)
 
 
-def _min_max(ds: Dataset, stored: "StoredValues", options: RenderOptions) -> tuple[np.ndarray, str]:
+def _min_max(ds: Dataset, stored: StoredValues, options: RenderOptions) -> tuple[np.ndarray, str]:
     """MR, PET, NM: min-max over the volume when its range is given (series), else over the frame."""
     if options.value_range is not None:
         return minmax_to_uint8(stored.values, *options.value_range), "minmax(volume)"
     return minmax_to_uint8(stored.values, *stored.value_range()), "minmax"
 
 
-def _header_voi(ds: Dataset, stored: "StoredValues", options: RenderOptions) -> tuple[np.ndarray, str]:
+def _header_voi(ds: Dataset, stored: StoredValues, options: RenderOptions) -> tuple[np.ndarray, str]:
     """Projection radiographs and the rest: the header's first VOI LUT or window, else min-max."""
     return _voi_to_uint8(ds, stored.values, stored.value_range)
 
@@ -253,7 +256,7 @@ def _render(ds: Dataset, options: RenderOptions) -> Rendered:
     arr = decode_frame(ds, options.frame, options.max_pixels)
     modality = str(ds.get("Modality", "") or "OT").upper()
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
-    info: dict = {
+    info: dict[str, Any] = {
         "format": "dicom",
         "modality": modality,
         "photometric": photometric,
