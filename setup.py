@@ -43,6 +43,8 @@ DEMO_REQUIRES = [   # `medprep demo` writes its sample slides as tiled JPEG TIFF
 
 EXTRAS_REQUIRE = {
     "demo": DEMO_REQUIRES,
+    # `medprep embed`: vision encoders (SigLIP / MedSigLIP, Gemma 3 vision tower) run with PyTorch + transformers.
+    "embed": ["torch", "transformers>=5.20,<6"],
     "test": [
         *DEMO_REQUIRES,
         "datasets>=3,<6",
