@@ -7,6 +7,8 @@ A unit that fails is reported to Assemble, and the other units of the input go o
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import apache_beam as beam
 
 from medprep.pipelines.config import Config
@@ -26,16 +28,28 @@ def batches(items: list, size: int = BATCH) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def failure_of(exc: BaseException, default_stage: str = "decode") -> tuple[str, str]:
-    """(stage, message) of a unit's failure, for the input's error line if nothing else survives."""
+@dataclass(frozen=True)
+class UnitFailure:
+    """Why one work unit failed: what its input's error line says if no unit of the input survives."""
+
+    stage: str
+    message: str
+
+    def error(self) -> ItemError:
+        """The failure as the ItemError an error line is made from."""
+        return ItemError(self.stage, self.message)
+
+
+def failure_of(exc: BaseException, default_stage: str = "decode") -> UnitFailure:
+    """A unit's failure: an ItemError's stage and message, else `default_stage` and the exception."""
     if isinstance(exc, ItemError):
-        return exc.stage, exc.message
-    return default_stage, f"{type(exc).__name__}: {exc}"
+        return UnitFailure(exc.stage, exc.message)
+    return UnitFailure(default_stage, f"{type(exc).__name__}: {exc}")
 
 
 class WorkDoFn(beam.DoFn):
     """Base of a fan-out's Work step: `run_unit` times one unit into metrics (`<unit>s_done`,
-    `<unit>s_failed`, `<unit>_<stage>_ms`) and turns its failure into (stage, message)."""
+    `<unit>s_failed`, `<unit>_<stage>_ms`) and turns its failure into a UnitFailure."""
 
     unit = "unit"
 
@@ -43,8 +57,8 @@ class WorkDoFn(beam.DoFn):
         self.config = config
         self.metrics = PipelineMetrics()
 
-    def run_unit(self, fn):
-        """(result, None) or (None, (stage, message))."""
+    def run_unit(self, fn) -> tuple[object, UnitFailure | None]:
+        """(result, None) or (None, the failure)."""
         try:
             with timed_stages() as times:
                 result = fn()

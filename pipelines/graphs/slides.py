@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from dataclasses import dataclass, replace
 
 import apache_beam as beam
 
 from medprep.pipelines.config import Config
-from medprep.pipelines.graphs.fan_out import WorkDoFn, batches, failure_of, fan_out_pipeline, input_key
+from medprep.pipelines.graphs.fan_out import UnitFailure, WorkDoFn, batches, failure_of, fan_out_pipeline, input_key
 from medprep.pipelines.io.manifest import resolve_ref
 from medprep.pipelines.records.example import ExampleParts, build_record, name_values, row_input_key
 from medprep.pipelines.graphs.row_dofn import ManifestRowDoFn
@@ -25,10 +26,35 @@ from apache_beam.io.filesystems import FileSystems
 from medprep.pipelines.io.sources.files import LocalFile, RemoteStreams, localize_file
 from medprep.transforms.dicomweb_ref import parse_ref
 from medprep.transforms.errors import ItemError, stage
+from medprep.transforms.image import FinishedImage
+from medprep.transforms.patches import Patch
 from medprep.transforms.slide import SlidePlan, plan_slide, read_patch
 from medprep.transforms.slide_reader import SlideReader, open_slide, open_web_wsi, open_wsi_streams
 
 _LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PatchBatch:
+    """Some planned patches of one slide, read together on one worker (ReadPatches' input)."""
+
+    key: str                              # the input's key (fan_out.input_key): its patches are assembled together
+    row: dict                             # the manifest row
+    info: dict                            # the slide plan's info (level, resolution, tissue…), in every image_info
+    total: int                            # patches planned for the slide
+    patches: tuple[tuple[int, Patch], ...]   # (index in the plan, patch)
+
+
+@dataclass(frozen=True)
+class PatchResult:
+    """One planned patch, read or failed (AssembleSlide's input, grouped by the input's key)."""
+
+    row: dict
+    info: dict
+    total: int
+    index: int                            # its index in the plan
+    finished: FinishedImage | None        # without pixels; None when it failed
+    failure: UnitFailure | None = None
 
 
 class _Readers:
@@ -90,11 +116,11 @@ class PlanSlides(ManifestRowDoFn):
         plan: SlidePlan = plan_slide(reader, options)
         patches = [(i, p) for i, p in enumerate(plan.patches)]
         for batch in batches(patches):
-            yield ((input_key(row), row, plan.info, len(patches), batch), {})
+            yield PatchBatch(input_key(row), row, plan.info, len(patches), tuple(batch)), {}
 
 
 class ReadPatches(WorkDoFn):
-    """A batch of one slide's patches -> (input key, (row, info, total, index, FinishedImage or None, failure))."""
+    """A PatchBatch -> (input key, PatchResult) per patch."""
 
     unit = "patch"
 
@@ -104,22 +130,22 @@ class ReadPatches(WorkDoFn):
     def teardown(self):
         self.readers.close()
 
-    def process(self, element):
-        key, row, info, total, batch = element
-        path = resolve_ref(row["images"][0], self.config.input)
-        options = self.config.slide_options(row.get("mpp"))
+    def process(self, element: PatchBatch):
+        batch = element
+        path = resolve_ref(batch.row["images"][0], self.config.input)
+        options = self.config.slide_options(batch.row.get("mpp"))
         try:
             reader = self.readers.get(path, options.assume_mpp, options.override_mpp)
         except Exception as exc:  # the slide vanished or broke between planning and reading
-            for index, patch in batch:
-                yield key, (row, info, total, index, None, failure_of(exc))
+            for index, patch in batch.patches:
+                yield batch.key, PatchResult(batch.row, batch.info, batch.total, index, None, failure_of(exc))
             return
-        for index, patch in batch:
+        for index, patch in batch.patches:
             finished, failure = self.run_unit(
-                lambda: read_patch(reader, info["level"], patch, options).without_pixels())
+                lambda: read_patch(reader, batch.info["level"], patch, options).without_pixels())
             if failure:
-                failure = (failure[0], f"patch at ({patch.x}, {patch.y}): {failure[1]}")
-            yield key, (row, info, total, index, finished, failure)
+                failure = replace(failure, message=f"patch at ({patch.x}, {patch.y}): {failure.message}")
+            yield batch.key, PatchResult(batch.row, batch.info, batch.total, index, finished, failure)
 
 
 class AssembleSlide(ManifestRowDoFn):
@@ -127,15 +153,15 @@ class AssembleSlide(ManifestRowDoFn):
 
     def ref_of(self, element):
         _, results = element
-        row = next(iter(results))[0]
+        row = next(iter(results)).row
         return row["images"][0], row["row"]
 
     def outputs(self, element):
         _, results = element
-        results = sorted(results, key=lambda r: r[3])
-        row, info = results[0][0], results[0][1]
-        good = [(i, f) for _, _, _, i, f, _ in results if f is not None]
-        failed = [why[1] for *_, f, why in results if f is None]
+        results = sorted(results, key=lambda r: r.index)
+        row, info = results[0].row, results[0].info
+        good = [(r.index, r.finished) for r in results if r.finished is not None]
+        failed = [r.failure.message for r in results if r.finished is None]
         if not good:
             raise ItemError("decode", f"no patch of the slide could be read ({len(failed)} tried): {failed[0]}")
         if failed:

@@ -18,7 +18,7 @@ from apache_beam.io.filesystems import FileSystems
 from pydicom.dataset import Dataset
 
 from medprep.pipelines.config import Config
-from medprep.pipelines.graphs.fan_out import WorkDoFn, batches, fan_out_pipeline, input_key
+from medprep.pipelines.graphs.fan_out import UnitFailure, WorkDoFn, batches, fan_out_pipeline, input_key
 from medprep.pipelines.graphs.row_dofn import ManifestRowDoFn
 from medprep.pipelines.io.manifest import resolve_ref
 from medprep.pipelines.records.example import ExampleParts, build_record, name_values, portable_ref, row_input_key
@@ -28,6 +28,7 @@ from medprep.transforms.dicom_io import header_from_json, image_header, no_serie
 from medprep.transforms.dicomweb_ref import DicomWebRef, parse_ref
 from medprep.transforms.errors import ItemError, stage
 from medprep.transforms.formats import detect_format
+from medprep.transforms.image import FinishedImage
 from medprep.transforms.series import SliceHeader, group_series, order_series, series_attributes, slice_headers
 from medprep.transforms.series_filter import matches, parse_filter
 from medprep.transforms.volume import (ArrayVolumeSource, DicomSeriesSource, SliceSubset, VolumePlan, finish_slice,
@@ -73,6 +74,29 @@ class SeriesMeta:
     plan: VolumePlan | None = None
     info: dict = field(default_factory=dict)   # image_info['series']: ordering and QC findings
     skipped: tuple = ()   # why the input's other series were left out at planning (summary.json counts them)
+
+
+@dataclass(frozen=True)
+class SliceBatch:
+    """Some selected slices of one series, rendered together on one worker (RenderSlices' input)."""
+
+    key: str                         # the input's key (fan_out.input_key): its slices are assembled together
+    row: dict                        # the manifest row
+    meta: SeriesMeta
+    subset: SliceSubset | None       # the slices' headers; None when rendered at planning (NIfTI)
+    numbers: tuple[int, ...] = ()    # the slices' places among the series' selected slices, from 1
+    rendered: tuple[tuple[int, FinishedImage], ...] = ()   # NIfTI: (number, slice without pixels) rendered at planning
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    """One selected slice, rendered or failed (AssembleVolume's input, grouped by the input's key)."""
+
+    row: dict
+    meta: SeriesMeta
+    number: int                      # its place among the series' selected slices, from 1
+    finished: FinishedImage | None   # without pixels; None when it failed
+    failure: UnitFailure | None = None
 
 
 def skip_reason(exc: ItemError) -> str:
@@ -141,7 +165,7 @@ class PlanVolumes(ManifestRowDoFn):
             meta = SeriesMeta(uid, first.modality, first.patient_id, first.study_uid,
                               tuple(first.identifiers), any(s.burned_in for s in slices), plan,
                               dict(ordered.qc(), files_skipped=skipped))
-            planned += [(meta, SliceSubset.of(ordered, [plan.indices[n - 1] for n in numbers]), numbers)
+            planned += [(meta, SliceSubset.of(ordered, [plan.indices[n - 1] for n in numbers]), tuple(numbers))
                         for numbers in batches(list(range(1, len(plan.indices) + 1)))]
         if not planned:
             if any(f.message != "not matched by --series_filter" for f in failures):
@@ -151,9 +175,9 @@ class PlanVolumes(ManifestRowDoFn):
             _LOG.warning("row %s: %d series skipped: %s", row["row"], len(failures), failures[0].message)
         reasons = tuple(skip_reason(f) for f in failures)
         for meta, subset, numbers in planned:
-            yield (key, row, replace(meta, skipped=reasons), subset, numbers), {}
+            yield SliceBatch(key, row, replace(meta, skipped=reasons), subset, numbers), {}
 
-    def _nifti(self, key, row, path):
+    def _nifti(self, key, row, path) -> SliceBatch:
         """A NIfTI/NRRD/MHA volume, rendered here (it is one array in memory): one batch of finished slices."""
         from medprep.transforms.nifti import read_nifti
 
@@ -164,28 +188,29 @@ class PlanVolumes(ManifestRowDoFn):
         source = ArrayVolumeSource(volume, modality, info["z_mm"], self.options.image)
         finished = prepare_volume(source, self.options, row["text"], "", {**info, "z_mm": None})
         meta = SeriesMeta(row["images"][0], modality, row["patient_id"], "")   # named as written: moves with the data
-        return key, row, meta, None, [(n, f.without_pixels()) for n, f in enumerate(finished, start=1)]
+        rendered = tuple((n, f.without_pixels()) for n, f in enumerate(finished, start=1))
+        return SliceBatch(key, row, meta, None, rendered=rendered)
 
 
 class RenderSlices(WorkDoFn):
-    """A batch of one series' selected slices -> (input key, (row, meta, n, FinishedImage or None, failure))."""
+    """A SliceBatch -> (input key, SliceResult) per slice."""
 
     unit = "slice"
 
     def setup(self):
         self.options = self.config.volume_options()
 
-    def process(self, element):
-        key, row, meta, subset, numbers = element
-        if subset is None:   # rendered at planning (NIfTI)
-            for n, finished in numbers:
-                yield key, (row, meta, n, finished, None)
+    def process(self, element: SliceBatch):
+        batch = element
+        for n, finished in batch.rendered:   # rendered at planning (NIfTI)
+            yield batch.key, SliceResult(batch.row, batch.meta, n, finished)
+        if batch.subset is None:
             return
-        source = DicomSeriesSource(subset, load_dataset, self.options.image)
-        for n in numbers:
+        source = DicomSeriesSource(batch.subset, load_dataset, self.options.image)
+        for n in batch.numbers:
             finished, failure = self.run_unit(
-                lambda: finish_slice(source, self.options, meta.plan, n, meta.info).without_pixels())
-            yield key, (row, meta, n, finished, failure)
+                lambda: finish_slice(source, self.options, batch.meta.plan, n, batch.meta.info).without_pixels())
+            yield batch.key, SliceResult(batch.row, batch.meta, n, finished, failure)
 
 
 class AssembleVolume(ManifestRowDoFn):
@@ -197,25 +222,25 @@ class AssembleVolume(ManifestRowDoFn):
 
     def ref_of(self, element):
         _, results = element
-        row = results[0][0]
+        row = results[0].row
         return row["images"][0], row["row"]
 
     def _series_records(self, element, skipped: list):
         _, results = element
-        row = results[0][0]
-        by_series: dict[str, list] = {}
-        for _, meta, n, finished, failure in results:
-            by_series.setdefault(meta.key, []).append((n, meta, finished, failure))
+        row = results[0].row
+        by_series: dict[str, list[SliceResult]] = {}
+        for result in results:
+            by_series.setdefault(result.meta.key, []).append(result)
         failures: list[ItemError] = []
         produced = 0
         for series_key in sorted(by_series):
-            items = sorted(by_series[series_key], key=lambda item: item[0])
-            meta = items[0][1]
-            bad = [failure for _, _, f, failure in items if f is None]
+            items = sorted(by_series[series_key], key=lambda result: result.number)
+            meta = items[0].meta
+            bad = [r.failure for r in items if r.finished is None]
             try:
                 if bad:
-                    raise ItemError(*bad[0])
-                outs = list(self._records(row, meta, [f for _, _, f, _ in items]))
+                    raise bad[0].error()
+                outs = list(self._records(row, meta, [r.finished for r in items]))
             except ItemError as exc:
                 failures.append(exc)
                 skipped.append(skip_reason(exc))
@@ -230,7 +255,7 @@ class AssembleVolume(ManifestRowDoFn):
     def outputs(self, element):
         """Records of every complete series; the first carries the input's skipped-series counts."""
         _, results = element
-        skipped = list(results[0][1].skipped)
+        skipped = list(results[0].meta.skipped)
         produced = list(self._series_records(element, skipped))
         counts: dict = {}
         for reason in skipped:
