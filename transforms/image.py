@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence, Union
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 
 from medprep.transforms.chat import images_then_prompt, user_messages
 from medprep.transforms.dicom_io import read_dataset
-from medprep.transforms.dicom_render import RenderOptions, Rendered, render_dataset
+from medprep.transforms.dicom_render import Rendered, RenderOptions, render_dataset
 from medprep.transforms.encode import DEFAULT_JPEG_QUALITY, DEFAULT_PNG_LEVEL, IMAGE_FORMATS, encode_image
 from medprep.transforms.errors import ItemError, stage
 from medprep.transforms.formats import PHOTO_FORMATS, detect_format
@@ -25,7 +25,7 @@ from medprep.transforms.photo import decode_photo
 
 DEFAULT_IMAGE_SIZE = 896  # MedGemma / Gemma 3 input side
 
-ImageSource = Union[str, os.PathLike, bytes, Dataset, Image.Image, np.ndarray]
+ImageSource = str | os.PathLike[str] | bytes | Dataset | Image.Image | np.ndarray
 
 
 @dataclass(frozen=True)
@@ -46,13 +46,13 @@ class ImageOptions:
 class FinishedImage:
     """A model-ready image: PIL RGB size×size, its encoded bytes, the pad/resize plan, info."""
 
-    image: Image.Image
+    image: Image.Image | None   # None after without_pixels()
     encoded: bytes
     plan: PadResize
-    info: dict = field(default_factory=dict)
-    identifiers: dict = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    identifiers: dict[str, str] = field(default_factory=dict)
 
-    def without_pixels(self) -> "FinishedImage":
+    def without_pixels(self) -> FinishedImage:
         """The same image without its decoded pixels (image=None): what records need, 1/6 the memory."""
         return replace(self, image=None)
 
@@ -71,7 +71,9 @@ def decode_any(data: bytes, name: str = "", options: ImageOptions = ImageOptions
 
 
 def finish_rgb(pixels: np.ndarray, options: ImageOptions = ImageOptions()) -> tuple[Image.Image, bytes, PadResize]:
-    """uint8 RGB (H, W, 3) or grey (H, W) -> (PIL RGB image size×size, encoded bytes, plan). Shared by every pipeline."""
+    """uint8 RGB (H, W, 3) or grey (H, W) -> (PIL RGB image size×size, encoded bytes, plan).
+
+    Shared by every pipeline."""
     with stage("transform"):
         try:
             img, plan = pad_and_resize(pixels, options.size)
@@ -124,12 +126,12 @@ class Prepared:
 
     images: list[Image.Image]
     encoded: list[bytes]
-    image_info: list[dict]
+    image_info: list[dict[str, Any]]
     messages: list[dict[str, Any]]
 
 
 def prepare_image(
-    source: Union[ImageSource, Sequence[ImageSource]],
+    source: ImageSource | list[ImageSource] | tuple[ImageSource, ...],
     prompt: str = "",
     options: ImageOptions = ImageOptions(),
     system_prompt: str = "",
@@ -141,6 +143,6 @@ def prepare_image(
     options, system_prompt = pick(options, "image", system_prompt)
     sources = list(source) if isinstance(source, (list, tuple)) else [source]
     finished = [finish_rendered(load_rendered(s, options), options) for s in sources]
-    images = [f.image for f in finished]
+    images = cast(list[Image.Image], [f.image for f in finished])   # finished here: each has its image
     messages = user_messages(images_then_prompt(len(images), prompt), images, system_prompt)
     return Prepared(images, [f.encoded for f in finished], [f.info for f in finished], messages)
