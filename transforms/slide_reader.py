@@ -6,7 +6,8 @@ clearly). Transparent or out-of-slide areas are composited on white (glass).
 """
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -123,7 +124,7 @@ class DicomWsiReader:
     """
 
     def __init__(self, folder: str = "", assume_mpp: float | None = None, override_mpp: float | None = None,
-                 wsi=None):
+                 wsi: Any = None):
         """`folder`: local DICOM files; or `wsi`: an already opened wsidicom.WsiDicom (e.g. over DICOMweb)."""
         import wsidicom
 
@@ -170,7 +171,7 @@ class DicomWsiReader:
         self._wsi.close()
 
 
-def open_web_wsi(url: str, client=None, assume_mpp: float | None = None,
+def open_web_wsi(url: str, client: Any = None, assume_mpp: float | None = None,
                  override_mpp: float | None = None) -> SlideReader:
     """A DICOM WSI series on a DICOMweb server; `client` a wsidicom.WsiDicomWebClient (default: unauthenticated)."""
     import warnings
@@ -191,7 +192,8 @@ def open_web_wsi(url: str, client=None, assume_mpp: float | None = None,
     return DicomWsiReader(assume_mpp=assume_mpp, override_mpp=override_mpp, wsi=wsi)
 
 
-def open_wsi_streams(streams, assume_mpp: float | None = None, override_mpp: float | None = None) -> SlideReader:
+def open_wsi_streams(streams: Sequence[BinaryIO], assume_mpp: float | None = None,
+                     override_mpp: float | None = None) -> SlideReader:
     """A DICOM WSI from seekable binary streams (e.g. objects in a bucket): only the headers, offset
     tables and the frames a read needs are read from them."""
     import wsidicom
