@@ -12,8 +12,16 @@ from pydicom.data import get_testdata_file
 from medprep.pipelines.cli.main import run_pipeline
 from medprep.samples import write_dicom, write_series
 from medprep.schemas import read_records
-from medprep.transforms.dicom_io import (ID_KEYWORDS, IDENTIFIER_KEYWORDS, NAME_KEYWORDS, PHI_KEYWORDS,
-                                         header_identifiers, image_header, read_dataset, read_header)
+from medprep.transforms.dicom_io import (
+    ID_KEYWORDS,
+    IDENTIFIER_KEYWORDS,
+    NAME_KEYWORDS,
+    PHI_KEYWORDS,
+    header_identifiers,
+    image_header,
+    read_dataset,
+    read_header,
+)
 from medprep.transforms.errors import ItemError
 from medprep.transforms.volume import VolumeOptions, prepare_series
 
@@ -63,7 +71,8 @@ def broken_run(tmp_path_factory):
     truncated = shutil.copy(get_testdata_file("MR_truncated.dcm"), str(d / "MR_truncated.dcm"))
     inputs = {"truncated": [truncated], "not_dicom": [str(d / "series" / "notes.txt")],
               "with_junk": series + [str(d / "series" / "notes.txt"), str(d / "series" / "cut.dcm")]}
-    (d / "m.jsonl").write_text("".join(json.dumps({"id": k, "image": v, "text": "t"}) + "\n" for k, v in inputs.items()))
+    rows = [{"id": k, "image": v, "text": "t"} for k, v in inputs.items()]
+    (d / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     s = run_pipeline("volumes", ["--input", str(d / "m.jsonl"), "--output_dir", str(d / "out"), "--min_slices", "1"])
     errors = {json.loads(x)["row"]: json.loads(x) for x in open(d / "out" / "errors" / "errors-00000-of-00001.jsonl")}
     return inputs, s, errors, list(read_records(str(d / "out" / "parquet")))

@@ -90,7 +90,7 @@ class OpenSlideReader:
         else:
             self.mpp_source = "metadata" if mpp0 else ("assumed" if assume_mpp else "none")
             mpp0 = mpp0 or assume_mpp
-        self.dimensions = [tuple(d) for d in self._slide.level_dimensions]
+        self.dimensions = [(int(w), int(h)) for w, h in self._slide.level_dimensions]
         self.downsamples = [float(d) for d in self._slide.level_downsamples]
         self.mpps = [mpp0 * d if mpp0 else None for d in self.downsamples]
 
