@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
 
-from medprep.transforms.chat import prompt_then_images, user_messages
+from medprep.transforms.chat import Message, prompt_then_images, user_messages
+from medprep.transforms.dicom_render import Rendered
 from medprep.transforms.errors import ItemError, stage
 from medprep.transforms.image import FinishedImage, ImageOptions, finish_rendered
-from medprep.transforms.dicom_render import Rendered
 from medprep.transforms.option_fields import fraction, int_in, option, positive_float
 from medprep.transforms.patches import Patch, grid, sample_patches, select_patches
 from medprep.transforms.slide_reader import SlideReader
@@ -55,7 +56,7 @@ class SlidePlan:
     thumbnail: np.ndarray
     thumb_downsample: float
     mask: np.ndarray | None = None
-    info: dict = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def plan_slide(reader: SlideReader, options: SlideOptions = SlideOptions()) -> SlidePlan:
@@ -96,10 +97,10 @@ def read_patch(reader: SlideReader, level: int, patch: Patch, options: SlideOpti
 class PreparedSlide:
     """Model-ready patches of one slide and the chat messages (prompt first, then the patches)."""
 
-    images: list
+    images: list[Image.Image]
     encoded: list[bytes]
-    image_info: list[dict]
-    messages: list[dict]
+    image_info: list[dict[str, Any]]
+    messages: list[Message]
     plan: SlidePlan
 
 
@@ -119,6 +120,6 @@ def prepare_slide(path: str, prompt: str = "", options: SlideOptions = SlideOpti
         finished = [read_patch(reader, plan.choice.level, p, options) for p in plan.patches]
     finally:
         reader.close()
-    images = [f.image for f in finished]
+    images = cast(list[Image.Image], [f.image for f in finished])   # finished here: each has its image
     messages = user_messages(prompt_then_images(prompt, len(images)), images, system_prompt)
     return PreparedSlide(images, [f.encoded for f in finished], [f.info for f in finished], messages, plan)

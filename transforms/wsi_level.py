@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from medprep.transforms.errors import ItemError
 
@@ -21,13 +22,14 @@ class LevelChoice:
         return self.level_mpp / self.target_mpp
 
 
-def choose_level(level_mpps: Sequence[float], target_mpp: float, tolerance: float = 0.02) -> LevelChoice:
+def choose_level(level_mpps: Sequence[float | None], target_mpp: float, tolerance: float = 0.02) -> LevelChoice:
     """The coarsest level at least as fine as the target (within `tolerance`), so patches are only
     ever downsampled; level 0 (upsampled) when the target is finer than the slide."""
     if target_mpp <= 0:
         raise ItemError("transform", f"target resolution must be > 0 µm/px, got {target_mpp}")
     if not level_mpps or any(m is None or m <= 0 for m in level_mpps):
         raise ItemError("transform", "the slide has no usable resolution (µm/px) for its levels; pass --assume_mpp")
-    fine_enough = [i for i, m in enumerate(level_mpps) if m <= target_mpp * (1 + tolerance)]
-    level = max(fine_enough, key=lambda i: level_mpps[i]) if fine_enough else 0
-    return LevelChoice(level, float(level_mpps[level]), float(target_mpp))
+    mpps = cast(Sequence[float], level_mpps)   # none is None (checked above)
+    fine_enough = [i for i, m in enumerate(mpps) if m <= target_mpp * (1 + tolerance)]
+    level = max(fine_enough, key=lambda i: mpps[i]) if fine_enough else 0
+    return LevelChoice(level, float(mpps[level]), float(target_mpp))
