@@ -7,7 +7,9 @@ the slice normal, cross(row cosines, column cosines)). InstanceNumber is the fal
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -25,8 +27,8 @@ class SliceHeader:
     series_uid: str
     series_number: str
     instance_number: int | None
-    position: tuple | None      # ImagePositionPatient (mm)
-    orientation: tuple | None   # ImageOrientationPatient (6 direction cosines)
+    position: tuple[float, ...] | None      # ImagePositionPatient (mm)
+    orientation: tuple[float, ...] | None   # ImageOrientationPatient (6 direction cosines)
     rows: int
     columns: int
     localizer: bool
@@ -36,11 +38,11 @@ class SliceHeader:
     thickness: float | None = None
     patient_id: str = field(default="", repr=False)   # raw identifiers: hashed before any output
     study_uid: str = field(default="", repr=False)
-    identifiers: tuple = field(default=(), repr=False)   # (keyword, value) pairs for scrubbing
+    identifiers: tuple[tuple[str, str], ...] = field(default=(), repr=False)   # (keyword, value) pairs for scrubbing
     burned_in: bool = False
 
 
-def _floats(value, n: int) -> tuple | None:
+def _floats(value: Any, n: int) -> tuple[float, ...] | None:
     try:
         out = tuple(float(v) for v in value)
     except (TypeError, ValueError):
@@ -48,25 +50,26 @@ def _floats(value, n: int) -> tuple | None:
     return out if len(out) == n and all(np.isfinite(out)) else None
 
 
-def _float_or_none(value) -> float | None:
+def _float_or_none(value: Any) -> float | None:
     one = _floats([value], 1)
     return one[0] if one else None
 
 
-def _int_or_none(value) -> int | None:
+def _int_or_none(value: Any) -> int | None:
     try:
         return int(value)
     except (TypeError, ValueError):
         return None
 
 
-def _plane(ds) -> tuple[tuple | None, tuple | None]:
+def _plane(ds: Dataset) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
     return _floats(ds.get("ImagePositionPatient"), 3), _floats(ds.get("ImageOrientationPatient"), 6)
 
 
 def slice_headers(ds: Dataset, key: object) -> list[SliceHeader]:
     """Headers of one instance: one per frame for multi-frame (Enhanced CT/MR) objects."""
     image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    common: dict[str, Any]   # keyword arguments of every SliceHeader of this instance
     common = dict(series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
                   series_number=str(ds.get("SeriesNumber", "") or ""),
                   rows=_int_or_none(ds.get("Rows")) or 0, columns=_int_or_none(ds.get("Columns")) or 0,
@@ -96,7 +99,7 @@ def slice_headers(ds: Dataset, key: object) -> list[SliceHeader]:
     return out
 
 
-def series_attributes(header: SliceHeader) -> dict:
+def series_attributes(header: SliceHeader) -> dict[str, Any]:
     """The attributes series filters test (medprep.transforms.series_filter.ATTRIBUTES)."""
     return {"SeriesDescription": header.description, "ImageType": header.image_type,
             "SliceThickness": header.thickness, "Modality": header.modality, "SeriesNumber": header.series_number}
@@ -119,8 +122,8 @@ class OrderedSeries:
     order_by: str                        # "position" | "instance_number"
     spacing: float | None                # median step (mm)
     duplicates: int = 0
-    gaps: list[dict] = field(default_factory=list)
-    excluded: dict = field(default_factory=dict)   # reason -> count
+    gaps: list[dict[str, Any]] = field(default_factory=list)
+    excluded: dict[str, int] = field(default_factory=dict)   # reason -> count
     irregular_spacing: bool = False
 
     @property
@@ -128,7 +131,7 @@ class OrderedSeries:
         """The series' modality (from its first slice)."""
         return self.slices[0].modality
 
-    def qc(self) -> dict:
+    def qc(self) -> dict[str, Any]:
         """JSON-ready findings, as stored in image_info['series']."""
         return {"order_by": self.order_by, "slices": len(self.slices),
                 "spacing_mm": None if self.spacing is None else round(self.spacing, 4),
@@ -139,7 +142,8 @@ class OrderedSeries:
 _AXIS_SIGN = {0: 1.0, 1: 1.0, 2: -1.0}   # sagittal R→L (+x), coronal A→P (+y), axial S→I (−z)
 
 
-def _majority(slices: list[SliceHeader], key, reason: str, excluded: dict) -> list[SliceHeader]:
+def _majority(slices: list[SliceHeader], key: Callable[[SliceHeader], Hashable], reason: str,
+              excluded: dict[str, int]) -> list[SliceHeader]:
     counts = Counter(key(s) for s in slices)
     if len(counts) <= 1:
         return slices
@@ -152,7 +156,7 @@ def _majority(slices: list[SliceHeader], key, reason: str, excluded: dict) -> li
 
 def order_series(slices: list[SliceHeader], min_slices: int = 2) -> OrderedSeries:
     """Order one series' slices and report duplicates, gaps, localizers, mixed orientation/size."""
-    excluded: dict = {}
+    excluded: dict[str, int] = {}
     kept = [s for s in slices if not s.localizer]
     if len(kept) < len(slices):
         excluded["localizer"] = len(slices) - len(kept)
@@ -160,8 +164,10 @@ def order_series(slices: list[SliceHeader], min_slices: int = 2) -> OrderedSerie
         raise ItemError("transform", "series is empty (no non-localizer slices)")
     kept = _majority(kept, lambda s: (s.rows, s.columns), "matrix size", excluded)
     have_plane = all(s.position is not None and s.orientation is not None for s in kept)
+    # with have_plane, no position or orientation is None
     if have_plane:
-        kept = _majority(kept, lambda s: tuple(round(c, 3) for c in s.orientation), "orientation", excluded)
+        kept = _majority(kept, lambda s: tuple(round(c, 3) for c in cast(tuple[float, ...], s.orientation)),
+                         "orientation", excluded)
     if len(kept) < min_slices:
         raise ItemError("transform", f"series has {len(kept)} usable slice(s); at least {min_slices} needed "
                                      "(use `medprep images` for single images)")
@@ -170,8 +176,9 @@ def order_series(slices: list[SliceHeader], min_slices: int = 2) -> OrderedSerie
         normal = np.cross(ori[:3], ori[3:])
         axis = int(np.argmax(np.abs(normal)))
         sign = float(np.sign(normal[axis]) * _AXIS_SIGN[axis])
-        keyed = sorted(((sign * float(np.dot(s.position, normal)), s.instance_number or 0, i, s)
-                        for i, s in enumerate(kept)), key=lambda t: t[:3])
+        keyed: list[tuple[float, int | None, int, SliceHeader]] = sorted(
+            ((sign * float(np.dot(cast(tuple[float, ...], s.position), normal)), s.instance_number or 0, i, s)
+             for i, s in enumerate(kept)), key=lambda t: t[:3])
         order_by = "position"
     else:
         if any(s.instance_number is None for s in kept):
@@ -180,7 +187,9 @@ def order_series(slices: list[SliceHeader], min_slices: int = 2) -> OrderedSerie
         sign = 0.0
         keyed = sorted(((0.0, s.instance_number, i, s) for i, s in enumerate(kept)), key=lambda t: t[1:3])
         order_by = "instance_number"
-    ordered, z, duplicates = [], [], 0
+    ordered: list[SliceHeader] = []
+    z: list[float] = []
+    duplicates = 0
     for key, _, _, s in keyed:
         location = key * sign  # back to position · normal
         if order_by == "position" and z and abs(location - z[-1]) < 1e-3:
@@ -189,8 +198,11 @@ def order_series(slices: list[SliceHeader], min_slices: int = 2) -> OrderedSerie
         ordered.append(s)
         z.append(location)
     if len(ordered) < min_slices:
-        raise ItemError("transform", f"series has {len(ordered)} distinct slice position(s); at least {min_slices} needed")
-    spacing, gaps, irregular = None, [], False
+        raise ItemError("transform",
+                        f"series has {len(ordered)} distinct slice position(s); at least {min_slices} needed")
+    spacing: float | None = None
+    gaps: list[dict[str, Any]] = []
+    irregular = False
     if order_by == "position":
         steps = np.abs(np.diff(z))
         spacing = float(np.median(steps))
