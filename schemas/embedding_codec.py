@@ -12,7 +12,14 @@ import numpy as np
 import pyarrow as pa
 
 from medprep.schemas.embedding_fields import EMBEDDING_FIELD_BY_NAME, EMBEDDING_FIELDS, empty_embedding_value
-from medprep.schemas.example_codec import _bytes_list, _field, _fields, _int64_list, _message, unpack_varints
+from medprep.schemas.example_codec import (
+    bytes_list_feature,
+    int64_list_feature,
+    length_delimited,
+    nested_message,
+    unpack_varints,
+    wire_fields,
+)
 
 _ARROW = {
     "str": pa.string(),
@@ -25,20 +32,20 @@ _ARROW = {
 
 def _floats(values: Any) -> bytes:
     arr = np.ascontiguousarray(values, dtype="<f4").reshape(-1)
-    return _field(2, _field(1, arr.tobytes()) if arr.size else b"")
+    return length_delimited(2, length_delimited(1, arr.tobytes()) if arr.size else b"")
 
 
 def _feature(kind: str, value: Any) -> bytes:
     if kind == "str":
-        return _bytes_list([value.encode("utf-8")])
+        return bytes_list_feature([value.encode("utf-8")])
     if kind == "int":
-        return _int64_list([int(value)])
+        return int64_list_feature([int(value)])
     if kind == "float":
         return _floats([value])
     if kind == "floats":
         return _floats(value)
     if kind == "int_list":
-        return _int64_list(value)
+        return int64_list_feature(value)
     raise ValueError(f"unknown embedding field kind {kind!r}")
 
 
@@ -46,24 +53,25 @@ def encode_embedding_row(row: dict[str, Any]) -> bytes:
     """Row dict (schemas.embedding_fields) -> serialized tf.train.Example bytes (deterministic)."""
     entries = []
     for f in sorted(EMBEDDING_FIELDS, key=lambda f: f.name):
-        entry = _field(1, f.name.encode("utf-8")) + _field(2, _feature(f.kind, row[f.name]))
-        entries.append(_field(1, entry))
-    return _field(1, b"".join(entries))
+        entry = length_delimited(1, f.name.encode("utf-8")) + length_delimited(2, _feature(f.kind, row[f.name]))
+        entries.append(length_delimited(1, entry))
+    return length_delimited(1, b"".join(entries))
 
 
 def _feature_values(buf: memoryview) -> Any:
     """Feature bytes -> list of bytes | float32 array | list of ints."""
-    for number, wire, value in _fields(buf):
+    for number, wire, value in wire_fields(buf):
         if number not in (1, 2, 3):
             continue
-        inner = _message(wire, value)
+        inner = nested_message(wire, value)
         if number == 1:
-            return [bytes(_message(w, v)) for n, w, v in _fields(inner) if n == 1]
+            return [bytes(nested_message(w, v)) for n, w, v in wire_fields(inner) if n == 1]
         if number == 2:
-            parts = [np.frombuffer(bytes(_message(w, v)), dtype="<f4") for n, w, v in _fields(inner) if n == 1]
+            parts = [np.frombuffer(bytes(nested_message(w, v)), dtype="<f4")
+                     for n, w, v in wire_fields(inner) if n == 1]
             return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
         ints: list[int] = []
-        for n, _, v in _fields(inner):
+        for n, _, v in wire_fields(inner):
             if n == 1:
                 ints.extend(unpack_varints(v) if isinstance(v, memoryview) else [v])
         return ints
@@ -97,18 +105,18 @@ def decode_embedding_row(data: bytes) -> dict[str, Any]:
     """Serialized tf.train.Example -> row dict: `embedding` float32 (D,), `tokens` float32 token_shape
     (rows, cols, dim), each None when not written; missing fields get empty values."""
     raw: dict[str, Any] = {}
-    for n, wire, features in _fields(memoryview(data)):
+    for n, wire, features in wire_fields(memoryview(data)):
         if n != 1:
             continue
-        for m, w, entry in _fields(_message(wire, features)):
+        for m, w, entry in wire_fields(nested_message(wire, features)):
             if m != 1:
                 continue
             key, value = "", memoryview(b"")
-            for k, kw, v in _fields(_message(w, entry)):
+            for k, kw, v in wire_fields(nested_message(w, entry)):
                 if k == 1:
-                    key = bytes(_message(kw, v)).decode("utf-8")
+                    key = bytes(nested_message(kw, v)).decode("utf-8")
                 elif k == 2:
-                    value = _message(kw, v)
+                    value = nested_message(kw, v)
             raw[key] = _feature_values(value)
     return _finish(raw)
 

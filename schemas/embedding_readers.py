@@ -18,7 +18,8 @@ from medprep.schemas.embedding_codec import decode_embedding_row, rows_from_batc
 from medprep.schemas.readers import ARRAYRECORD_SUFFIX, shard_files
 
 
-def _read_arrayrecord(path: str) -> Iterator[dict[str, Any]]:
+def read_embedding_arrayrecord_shard(path: str) -> Iterator[dict[str, Any]]:
+    """The embedding rows of one ArrayRecord shard, in order."""
     from array_record.python.array_record_module import ArrayRecordReader
 
     reader = ArrayRecordReader(path)
@@ -31,7 +32,8 @@ def _read_arrayrecord(path: str) -> Iterator[dict[str, Any]]:
         reader.close()
 
 
-def _read_parquet(path: str) -> Iterator[dict[str, Any]]:
+def read_embedding_parquet_shard(path: str) -> Iterator[dict[str, Any]]:
+    """The embedding rows of one Parquet shard, in order."""
     for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
         yield from rows_from_batch(batch)
 
@@ -40,7 +42,8 @@ def read_embeddings(path: str, split: str | None = None) -> Iterator[dict[str, A
     """Embedding rows (schemas.embedding_fields; `embedding` and `tokens` as float32 arrays or None)
     from a shard file or an output folder (local)."""
     for f in shard_files(path, split):
-        yield from (_read_arrayrecord(f) if f.endswith(ARRAYRECORD_SUFFIX) else _read_parquet(f))
+        arrayrecord = f.endswith(ARRAYRECORD_SUFFIX)
+        yield from (read_embedding_arrayrecord_shard(f) if arrayrecord else read_embedding_parquet_shard(f))
 
 
 def embedding_matrix(path: str, split: str | None = None,

@@ -31,12 +31,14 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _field(number: int, payload: bytes) -> bytes:
+def length_delimited(number: int, payload: bytes) -> bytes:
+    """A protobuf length-delimited field (wire type 2): key, length, payload."""
     return _varint((number << 3) | _LEN) + _varint(len(payload)) + payload
 
 
-def _bytes_list(values: Iterable[bytes]) -> bytes:
-    return _field(1, b"".join(_field(1, v) for v in values))
+def bytes_list_feature(values: Iterable[bytes]) -> bytes:
+    """The payload of a tf.train.Feature holding a BytesList."""
+    return length_delimited(1, b"".join(length_delimited(1, v) for v in values))
 
 
 def packed_varints(values: Iterable[int]) -> bytes:
@@ -79,25 +81,26 @@ def unpack_varints(payload: memoryview) -> list[int]:
     return signed
 
 
-def _int64_list(values: Iterable[int]) -> bytes:
+def int64_list_feature(values: Iterable[int]) -> bytes:
+    """The payload of a tf.train.Feature holding an Int64List (packed varints)."""
     packed = packed_varints(values)
-    return _field(3, _field(1, packed) if packed else b"")
+    return length_delimited(3, length_delimited(1, packed) if packed else b"")
 
 
 def _float_list(values: Iterable[float]) -> bytes:
     arr = np.asarray(list(values), dtype="<f4")
-    return _field(2, _field(1, arr.tobytes()) if arr.size else b"")
+    return length_delimited(2, length_delimited(1, arr.tobytes()) if arr.size else b"")
 
 
 def _feature(kind: str, value: Any) -> bytes:
     if kind == "str":
-        return _bytes_list([value.encode("utf-8")])
+        return bytes_list_feature([value.encode("utf-8")])
     if kind == "str_list":
-        return _bytes_list(v.encode("utf-8") for v in value)
+        return bytes_list_feature(v.encode("utf-8") for v in value)
     if kind == "images":
-        return _bytes_list(bytes(v) for v in value)
+        return bytes_list_feature(bytes(v) for v in value)
     if kind in ("int_list", "mask"):
-        return _int64_list(value)
+        return int64_list_feature(value)
     if kind == "boxes":
         return _float_list(c for box in value for c in box)
     raise ValueError(f"unknown field kind {kind!r}")
@@ -107,9 +110,9 @@ def encode_example(record: dict[str, Any]) -> bytes:
     """Record dict (medprep.schemas.fields) -> serialized tf.train.Example bytes (deterministic)."""
     entries = []
     for f in sorted(FIELDS, key=lambda f: f.name):
-        entry = _field(1, f.name.encode("utf-8")) + _field(2, _feature(f.kind, record[f.name]))
-        entries.append(_field(1, entry))
-    return _field(1, b"".join(entries))
+        entry = length_delimited(1, f.name.encode("utf-8")) + length_delimited(2, _feature(f.kind, record[f.name]))
+        entries.append(length_delimited(1, entry))
+    return length_delimited(1, b"".join(entries))
 
 
 # ---- decoding -------------------------------------------------------------------------
@@ -129,7 +132,7 @@ def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
             raise ValueError("varint too long")
 
 
-def _fields(buf: memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
+def wire_fields(buf: memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
     """Yield (field number, wire type, value) over a message; value is int or memoryview."""
     pos = 0
     while pos < len(buf):
@@ -156,24 +159,24 @@ def _signed64(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
-def _message(wire: int, value: int | memoryview) -> memoryview:
+def nested_message(wire: int, value: int | memoryview) -> memoryview:
     """A nested message's bytes; ValueError if the field is not length-delimited."""
     if wire != 2:
         raise ValueError(f"expected a length-delimited field, got wire type {wire}")
-    return cast(memoryview, value)  # wire type 2 is the one _fields yields as a memoryview
+    return cast(memoryview, value)  # wire type 2 is the one wire_fields yields as a memoryview
 
 
 def _decode_feature(buf: memoryview) -> tuple[str, list[Any]]:
     """Feature bytes -> ('bytes'|'float'|'int64', list of values)."""
-    for number, wire, value in _fields(buf):
+    for number, wire, value in wire_fields(buf):
         if number not in (1, 2, 3):
             continue
-        message = _message(wire, value)
+        message = nested_message(wire, value)
         if number == 1:
-            return "bytes", [bytes(_message(w, v)) for n, w, v in _fields(message) if n == 1]
+            return "bytes", [bytes(nested_message(w, v)) for n, w, v in wire_fields(message) if n == 1]
         if number == 2:
             floats: list[float] = []
-            for n, wire, v in _fields(message):
+            for n, wire, v in wire_fields(message):
                 if n == 1 and wire == 2:
                     floats.extend(np.frombuffer(bytes(v), dtype="<f4").tolist())
                 elif n == 1 and wire == 5:
@@ -181,7 +184,7 @@ def _decode_feature(buf: memoryview) -> tuple[str, list[Any]]:
             return "float", floats
         if number == 3:
             ints: list[int] = []
-            for n, wire, v in _fields(message):
+            for n, wire, v in wire_fields(message):
                 if n == 1 and wire == 2:
                     ints.extend(unpack_varints(cast(memoryview, v)))
                 elif n == 1 and wire == 0:
@@ -193,18 +196,18 @@ def _decode_feature(buf: memoryview) -> tuple[str, list[Any]]:
 def decode_example(data: bytes) -> dict[str, Any]:
     """Serialized tf.train.Example -> record dict (missing fields get empty values)."""
     raw: dict[str, list[Any]] = {}
-    for n, wire, features in _fields(memoryview(data)):
+    for n, wire, features in wire_fields(memoryview(data)):
         if n != 1:
             continue
-        for m, w, entry in _fields(_message(wire, features)):
+        for m, w, entry in wire_fields(nested_message(wire, features)):
             if m != 1:
                 continue
             key, value = "", memoryview(b"")
-            for k, kw, v in _fields(_message(w, entry)):
+            for k, kw, v in wire_fields(nested_message(w, entry)):
                 if k == 1:
-                    key = bytes(_message(kw, v)).decode("utf-8")
+                    key = bytes(nested_message(kw, v)).decode("utf-8")
                 elif k == 2:
-                    value = _message(kw, v)
+                    value = nested_message(kw, v)
             raw[key] = _decode_feature(value)[1]
     record: dict[str, Any] = {}
     for name, f in FIELD_BY_NAME.items():

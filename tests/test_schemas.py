@@ -78,12 +78,12 @@ def _tf_example_classes():
 
 
 def _key_order(data: bytes) -> list:
-    from medprep.schemas.example_codec import _fields
+    from medprep.schemas.example_codec import wire_fields
 
     keys = []
-    for _, _, features in _fields(memoryview(data)):
-        for _, _, entry in _fields(features):
-            keys += [bytes(v).decode() for k, _, v in _fields(entry) if k == 1]
+    for _, _, features in wire_fields(memoryview(data)):
+        for _, _, entry in wire_fields(features):
+            keys += [bytes(v).decode() for k, _, v in wire_fields(entry) if k == 1]
     return keys
 
 

@@ -17,10 +17,10 @@ from collections import defaultdict
 import numpy as np
 
 from medprep.pipelines.io.outputs import join, localize
-from medprep.schemas.embedding_readers import _read_arrayrecord, _read_parquet
+from medprep.schemas.embedding_readers import read_embedding_arrayrecord_shard, read_embedding_parquet_shard
 from medprep.schemas.readers import read_records
 
-READERS = {"arrayrecord": _read_arrayrecord, "parquet": _read_parquet}
+READERS = {"arrayrecord": read_embedding_arrayrecord_shard, "parquet": read_embedding_parquet_shard}
 
 
 def _input_images(path: str, fmt: str) -> dict[tuple[str, int], str]:
