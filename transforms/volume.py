@@ -7,19 +7,21 @@ or percentiles, from histograms accumulated one slice at a time (memory: one sli
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence, Union
+from typing import Any, cast
 
 import numpy as np
+from PIL import Image
 from pydicom.dataset import Dataset
 
+from medprep.transforms.chat import Message, prompt_then_images, user_messages
 from medprep.transforms.dicom_io import image_header, is_image_header, no_series, read_dataset
 from medprep.transforms.dicom_render import Rendered, StoredValues, decode_frame, render_dataset
 from medprep.transforms.errors import ItemError, stage
 from medprep.transforms.image import FinishedImage, ImageOptions, finish_rendered
-from medprep.transforms.series import OrderedSeries, SliceHeader, group_series, order_series, slice_headers
-from medprep.transforms.chat import prompt_then_images, user_messages
 from medprep.transforms.option_fields import int_in, number_pair, option
+from medprep.transforms.series import OrderedSeries, SliceHeader, group_series, order_series, slice_headers
 from medprep.transforms.slice_selection import DEFAULT_MAX_SLICES, report_indices, uniform_indices
 from medprep.transforms.windowing import ct_to_rgb, describe_windows, minmax_to_uint8
 
@@ -47,7 +49,7 @@ class VolumeOptions:
 class Histogram:
     """Exact value histogram of a volume, merged slice by slice; min/max/percentiles (numpy 'linear')."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._values: list[np.ndarray] = []
         self._counts: list[np.ndarray] = []
 
@@ -94,7 +96,7 @@ class SliceSource:
     modality: str
     n: int
 
-    def slice_info(self, index: int) -> dict:
+    def slice_info(self, index: int) -> dict[str, Any]:
         raise NotImplementedError
 
     def histogram(self) -> Histogram:
@@ -114,7 +116,7 @@ class SliceSubset:
     modality: str
 
     @classmethod
-    def of(cls, ordered: OrderedSeries, indices) -> "SliceSubset":
+    def of(cls, ordered: OrderedSeries, indices: Iterable[int]) -> SliceSubset:
         """The slices at `indices` of an ordered series."""
         return cls({i: ordered.slices[i] for i in indices}, {i: ordered.z[i] for i in indices}, ordered.modality)
 
@@ -122,7 +124,7 @@ class SliceSubset:
 class DicomSeriesSource(SliceSource):
     """Slices of one ordered DICOM series; `load(key)` returns the full dataset of an instance."""
 
-    def __init__(self, ordered: "OrderedSeries | SliceSubset", load: Callable[[object], Dataset], options: ImageOptions):
+    def __init__(self, ordered: OrderedSeries | SliceSubset, load: Callable[[Any], Dataset], options: ImageOptions):
         self.ordered, self._load, self.options = ordered, load, options
         self.n = len(ordered.slices)
         self.modality = ordered.modality
@@ -133,23 +135,24 @@ class DicomSeriesSource(SliceSource):
             self._cache = (header.key, self._load(header.key))
         return self._cache[1]
 
-    def slice_info(self, index: int) -> dict:
+    def slice_info(self, index: int) -> dict[str, Any]:
         h = self.ordered.slices[index]
-        info = {"instance_number": h.instance_number, "z_mm": self.ordered.z[index], "frame": h.frame}
+        info: dict[str, Any] = {"instance_number": h.instance_number, "z_mm": self.ordered.z[index], "frame": h.frame}
         if isinstance(h.key, str):
             info["file"] = h.key
         return info
 
     def histogram(self) -> Histogram:
         hist = Histogram()
-        for h in self.ordered.slices:
+        # the plan measures whole series (a SliceSubset is only rendered)
+        for h in cast(OrderedSeries, self.ordered).slices:
             ds = self._dataset(h)
             with stage("decode"):
                 arr = decode_frame(ds, h.frame, self.options.render.max_pixels)
                 hist.add(*StoredValues(arr, ds, h.frame).histogram())
         return hist
 
-    def render(self, index: int, value_range=None) -> Rendered:
+    def render(self, index: int, value_range: tuple[float, float] | None = None) -> Rendered:
         h = self.ordered.slices[index]
         render = replace(self.options.render, frame=h.frame, value_range=value_range)
         return render_dataset(self._dataset(h), render)
@@ -162,7 +165,7 @@ class ArrayVolumeSource(SliceSource):
         self.volume, self.modality, self.z, self.options = volume, modality, list(z_mm), options
         self.n = volume.shape[0]
 
-    def slice_info(self, index: int) -> dict:
+    def slice_info(self, index: int) -> dict[str, Any]:
         return {"instance_number": None, "z_mm": self.z[index]}
 
     def histogram(self) -> Histogram:
@@ -171,16 +174,18 @@ class ArrayVolumeSource(SliceSource):
             hist.add(*np.unique(self.volume[k], return_counts=True))
         return hist
 
-    def render(self, index: int, value_range=None) -> Rendered:
+    def render(self, index: int, value_range: tuple[float, float] | None = None) -> Rendered:
         values = self.volume[index]
         if self.modality == "CT":
             windows = self.options.render.ct_windows
-            return Rendered(pixels=ct_to_rgb(values, windows), info={"format": "volume", "intensity": describe_windows(windows)})
+            return Rendered(pixels=ct_to_rgb(values, windows),
+                            info={"format": "volume", "intensity": describe_windows(windows)})
         lo, hi = value_range if value_range else (values.min(), values.max())
         return Rendered(pixels=minmax_to_uint8(values, lo, hi), info={"format": "volume"})
 
 
-def select_indices(source: SliceSource, options: VolumeOptions, report: str = "", series_number: str = "") -> tuple[list[int], str]:
+def select_indices(source: SliceSource, options: VolumeOptions, report: str = "",
+                   series_number: str = "") -> tuple[list[int], str]:
     """(selected slice indices in order, how they were chosen)."""
     if options.selection == "all":
         return list(range(source.n)), "all"
@@ -189,7 +194,8 @@ def select_indices(source: SliceSource, options: VolumeOptions, report: str = ""
         picked = report_indices(report, numbers, series_number)
         if picked:
             return picked[: options.max_slices], "report"
-        return uniform_indices(source.n, options.max_slices), "report→uniform (no slice of this series named in the report)"
+        return (uniform_indices(source.n, options.max_slices),
+                "report→uniform (no slice of this series named in the report)")
     return uniform_indices(source.n, options.max_slices), "uniform"
 
 
@@ -222,7 +228,7 @@ def plan_volume(source: SliceSource, options: VolumeOptions, report: str = "", s
 
 
 def finish_slice(source: SliceSource, options: VolumeOptions, plan: VolumePlan, n: int,
-                 volume_info: dict | None = None) -> FinishedImage:
+                 volume_info: dict[str, Any] | None = None) -> FinishedImage:
     """The n-th selected slice (from 1) of a planned volume -> finished image with its slice info."""
     index = plan.indices[n - 1]
     finished = finish_rendered(source.render(index, plan.value_range), options.image)
@@ -238,7 +244,7 @@ def finish_slice(source: SliceSource, options: VolumeOptions, plan: VolumePlan, 
 
 
 def prepare_volume(source: SliceSource, options: VolumeOptions, report: str = "", series_number: str = "",
-                   volume_info: dict | None = None) -> list[FinishedImage]:
+                   volume_info: dict[str, Any] | None = None) -> list[FinishedImage]:
     """Selected slices of a volume -> finished images, each with slice index/InstanceNumber/z in its info."""
     plan = plan_volume(source, options, report, series_number)
     return [finish_slice(source, options, plan, n, volume_info) for n in range(1, len(plan.indices) + 1)]
@@ -246,21 +252,21 @@ def prepare_volume(source: SliceSource, options: VolumeOptions, report: str = ""
 
 # ---- inference-time API ------------------------------------------------------------------------
 
-SeriesSource = Union[str, os.PathLike, Sequence[Union[str, os.PathLike, bytes, Dataset]]]
+SeriesSource = str | os.PathLike[str] | Sequence[str | os.PathLike[str] | bytes | Dataset]
 
 
 @dataclass
 class PreparedSeries:
     """Model-ready slices of one series and the chat messages for a Hugging Face processor."""
 
-    images: list
+    images: list[Image.Image]
     encoded: list[bytes]
-    image_info: list[dict]
-    messages: list[dict]
-    series: dict = field(default_factory=dict)
+    image_info: list[dict[str, Any]]
+    messages: list[Message]
+    series: dict[str, Any] = field(default_factory=dict)
 
 
-def _read_header(item) -> tuple[Dataset | None, object]:
+def _read_header(item: str | os.PathLike[str] | bytes | bytearray | Dataset) -> tuple[Dataset | None, object]:
     """(the header of a DICOM image or None, the key its pixels load by): a file is read as the pipeline reads it."""
     if isinstance(item, Dataset):
         return (item if is_image_header(item) else None), item
@@ -283,7 +289,7 @@ def _file_bytes(path: str) -> bytes:
         raise ItemError("read", f"cannot read {path}: {reason}") from None
 
 
-def _load_full(key) -> Dataset:
+def _load_full(key: Dataset | bytes | str) -> Dataset:
     if isinstance(key, Dataset):
         return key
     return read_dataset(key if isinstance(key, bytes) else _file_bytes(key))
@@ -309,10 +315,10 @@ def prepare_series(source: SeriesSource, prompt: str = "", report: str = "",
                 volume, info = read_nifti(fh.read(), path)
             if modality.upper() not in VOLUME_MODALITIES:
                 raise ItemError("transform", "a NIfTI input needs modality='CT' or 'MR'")
-            src = ArrayVolumeSource(volume, modality.upper(), info["z_mm"], options.image)
+            src: SliceSource = ArrayVolumeSource(volume, modality.upper(), info["z_mm"], options.image)
             finished = prepare_volume(src, options, report)
             return _prepared(finished, prompt, {"format": info["format"]}, system_prompt)
-        items: list = [path]
+        items: Sequence[str | os.PathLike[str] | bytes | Dataset] = [path]
     elif isinstance(source, (str, os.PathLike)):
         folder = os.fspath(source)
         items = sorted(os.path.join(root, f) for root, _, files in os.walk(folder) for f in files)
@@ -336,8 +342,8 @@ def prepare_series(source: SeriesSource, prompt: str = "", report: str = "",
     return _prepared(finished, prompt, qc, system_prompt)
 
 
-def _prepared(finished: list[FinishedImage], prompt: str, series: dict, system_prompt: str) -> PreparedSeries:
-    images = [f.image for f in finished]
+def _prepared(finished: list[FinishedImage], prompt: str, series: dict[str, Any], system_prompt: str) -> PreparedSeries:
+    images = cast(list[Image.Image], [f.image for f in finished])   # finished here: each has its image
     content = prompt_then_images(prompt, len(images), [f.info["slice_label"] for f in finished])
     return PreparedSeries(images, [f.encoded for f in finished], [f.info for f in finished],
                           user_messages(content, images, system_prompt), series)
