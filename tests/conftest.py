@@ -8,6 +8,24 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+# Tests mirror the modules: tests/transforms/, tests/schemas/, tests/pipelines/ hold unit and component tests;
+# tests/e2e/ whole pipeline runs, tests/services/ runs against real services (Orthanc, a GCS emulator).
+# Select with `-m e2e`, `-m service`, or `-m "not e2e and not service"` for the fast ones.
+FOLDER_MARKS = {"e2e": "e2e", "services": "service"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "e2e: whole pipeline runs end to end (tests/e2e/)")
+    config.addinivalue_line("markers", "service: runs against a real service started by the test (tests/services/)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        folder = os.path.basename(os.path.dirname(str(item.fspath)))
+        if folder in FOLDER_MARKS:
+            item.add_marker(getattr(pytest.mark, FOLDER_MARKS[folder]))
+
+
 @pytest.fixture(scope="session")
 def demo_model_bytes():
     from medprep.samples.tokenizer import train_demo_tokenizer

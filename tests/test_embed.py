@@ -193,6 +193,28 @@ def test_embed_images_gives_the_pipeline_vectors(siglip_emb, images_out, siglip_
         assert np.abs(alone - pooled).max() <= 1e-5
 
 
+def test_pixel_values_are_the_processors_bit_for_bit(siglip_folder, tmp_path):
+    """Another mean/std/resample in preprocessor_config.json: the encoder follows it, value for value."""
+    from transformers import AutoImageProcessor
+
+    folder = tmp_path / "custom"
+    shutil.copytree(siglip_folder, folder)
+    config = json.load(open(folder / "preprocessor_config.json"))
+    config.update(image_mean=[0.1, 0.2, 0.3], image_std=[0.9, 0.8, 0.7], resample=2)
+    json.dump(config, open(folder / "preprocessor_config.json", "w"))
+    encoder = load_encoder(str(folder))
+    processor = AutoImageProcessor.from_pretrained(str(folder), backend="pil")
+    rng = np.random.default_rng(5)
+    for image in (Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)),
+                  Image.fromarray(rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)),
+                  Image.fromarray(rng.integers(0, 256, (50, 40), dtype=np.uint8))):   # grey: the processor itself
+        expected = processor(images=[image], return_tensors="np")["pixel_values"][0]
+        assert np.array_equal(encoder.pixel_values(image), expected)
+    assert json.loads(encoder.info.normalization)["image_mean"] == [0.1, 0.2, 0.3]
+    assert json.loads(encoder.info.normalization)["resample"] == "bilinear"
+    assert encoder.info.model_hash != load_encoder(siglip_folder).info.model_hash
+
+
 def test_vision_only_folder_and_dtypes(tmp_path, images_out):
     from transformers import SiglipVisionModel
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil

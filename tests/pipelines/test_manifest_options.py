@@ -260,7 +260,7 @@ def test_importing_transforms_stays_light():
     code = ("import sys, transforms; "
             "print(sorted(m for m in ('openslide', 'apache_beam', 'wsidicom', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert out.stdout == "[]\n"
 
 

@@ -198,7 +198,7 @@ def test_grey_resize_equals_rgb_resize():
 
 def test_decoder_that_aborts_the_process_is_isolated():
     """Found by atheris: corrupt JPEG 2000 that openjpeg rejects and GDCM answers with abort()."""
-    data = open(os.path.join(os.path.dirname(__file__), "data", "j2k_gdcm_abort.dcm"), "rb").read()
+    data = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "j2k_gdcm_abort.dcm"), "rb").read()
     with pytest.raises(ItemError, match="gdcm decoder crashed") as e:
         decode_any(data, "x.dcm")
     assert e.value.stage == "decode" and "pylibjpeg" in e.value.message
