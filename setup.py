@@ -5,7 +5,7 @@ from setuptools import setup
 
 VERSION = "0.1.0"
 
-# One list, read by the Dockerfile check in tests/test_packaging.py as well.
+# One list, read by the Dockerfile check in tests/pipelines/test_packaging.py as well.
 INSTALL_REQUIRES = [
     # Pinned to the Dockerfile base image: Dataflow needs launcher and worker on one SDK version.
     "apache-beam[gcp]==2.77.0",
