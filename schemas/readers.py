@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pyarrow.parquet as pq
 
@@ -15,7 +16,7 @@ PARQUET_SUFFIX = ".parquet"
 
 
 def shard_files(path: str, split: str | None = None,
-                suffixes: tuple = (ARRAYRECORD_SUFFIX, PARQUET_SUFFIX)) -> list[str]:
+                suffixes: tuple[str, ...] = (ARRAYRECORD_SUFFIX, PARQUET_SUFFIX)) -> list[str]:
     """Shard files with one of `suffixes` under `path` (a file, a format folder, or an output folder), sorted."""
     if os.path.isfile(path):
         return [path]
@@ -32,7 +33,7 @@ def shard_files(path: str, split: str | None = None,
                             + (f" for split {split!r}" if split else ""))
 
 
-def read_arrayrecord_shard(path: str) -> Iterator[dict]:
+def read_arrayrecord_shard(path: str) -> Iterator[dict[str, Any]]:
     """The records of one ArrayRecord shard, in order."""
     from array_record.python.array_record_module import ArrayRecordReader
 
@@ -46,7 +47,7 @@ def read_arrayrecord_shard(path: str) -> Iterator[dict]:
         reader.close()
 
 
-def read_parquet_shard(path: str) -> Iterator[dict]:
+def read_parquet_shard(path: str) -> Iterator[dict[str, Any]]:
     """The records of one Parquet shard, in order."""
     pf = pq.ParquetFile(path)
     for batch in pf.iter_batches(batch_size=16):
@@ -54,7 +55,7 @@ def read_parquet_shard(path: str) -> Iterator[dict]:
             yield row_to_record(row)
 
 
-def read_records(path: str, split: str | None = None) -> Iterator[dict]:
+def read_records(path: str, split: str | None = None) -> Iterator[dict[str, Any]]:
     """Iterate record dicts (images as encoded bytes) from a shard file or folder."""
     for f in shard_files(path, split):
         yield from (read_arrayrecord_shard(f) if f.endswith(ARRAYRECORD_SUFFIX) else read_parquet_shard(f))
@@ -74,18 +75,18 @@ class ArrayRecordSource:
             raise FileNotFoundError(f"no ArrayRecord shards in {paths}")
         from array_record.python.array_record_module import ArrayRecordReader
 
-        self._counts = []
+        self._counts: list[int] = []
         for f in self._files:
             r = ArrayRecordReader(f)
             self._counts.append(r.num_records())
             r.close()
         self._starts = [sum(self._counts[:i]) for i in range(len(self._counts))]
-        self._readers: dict = {}
+        self._readers: dict[int, Any] = {}   # shard -> ArrayRecordReader, opened in this process
 
     def __len__(self) -> int:
         return sum(self._counts)
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_readers"] = {}
         return state
@@ -106,9 +107,10 @@ class ArrayRecordSource:
         reader = self._readers.get(shard)
         if reader is None:
             reader = self._readers[shard] = ArrayRecordReader(self._files[shard], "readahead_buffer_size:0")
-        return reader.read([offset])[0]
+        data: bytes = reader.read([offset])[0]
+        return data
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         return decode_example(self.read_bytes(index))
 
     def __repr__(self) -> str:
@@ -125,7 +127,7 @@ def arrayrecord_files(path: str, split: str | None = None) -> list[str]:
     return shard_files(path, split, (ARRAYRECORD_SUFFIX,))
 
 
-def hf_dataset(path: str, split: str = "train"):
+def hf_dataset(path: str, split: str = "train") -> Any:   # a datasets.Dataset (imported when called)
     """The Parquet shards of one split as a Hugging Face `datasets.Dataset` (images decode to PIL)."""
     import datasets
 

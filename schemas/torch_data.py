@@ -7,16 +7,17 @@
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch.utils.data as tud
 
 from medprep.schemas.readers import ArrayRecordSource, read_arrayrecord_shard, read_parquet_shard, shard_files
 
-Transform = Callable[[dict], object]
+Transform = Callable[[dict[str, Any]], object]
 
 
-class RecordDataset(tud.Dataset):
+class RecordDataset(tud.Dataset[object]):
     """Map-style dataset over ArrayRecord shards: [i] -> transform(record dict)."""
 
     def __init__(self, path: str, split: str | None = None, transform: Transform | None = None):
@@ -26,12 +27,12 @@ class RecordDataset(tud.Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int) -> object:
         record = self.source[index]
         return self.transform(record) if self.transform else record
 
 
-class ShardIterableDataset(tud.IterableDataset):
+class ShardIterableDataset(tud.IterableDataset[object]):
     """Streams records from ArrayRecord or Parquet shards; each DataLoader worker reads its own shards
     (or, with fewer shards than workers, every n-th record), so no record is read twice."""
 
@@ -39,7 +40,7 @@ class ShardIterableDataset(tud.IterableDataset):
         self.files = shard_files(path, split)
         self.transform = transform
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[object]:
         info = tud.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         by_file = len(self.files) >= workers
