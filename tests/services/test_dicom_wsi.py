@@ -78,7 +78,8 @@ def test_missing_pyramid_level_uses_the_levels_present(pair, tmp_path):
     broken = str(tmp_path / "broken")
     shutil.copytree(folder, broken)
     for name in os.listdir(broken):
-        if int(pydicom.dcmread(os.path.join(broken, name), stop_before_pixels=True).TotalPixelMatrixColumns) == SIDE // 4:
+        header = pydicom.dcmread(os.path.join(broken, name), stop_before_pixels=True)
+        if int(header.TotalPixelMatrixColumns) == SIDE // 4:
             os.remove(os.path.join(broken, name))
     p = prepare_slide(broken, options=OPTS)
     assert p.plan.info["level"] == 0 and p.plan.info["resize"] == 0.25 and len(p.encoded) == 12
@@ -91,8 +92,9 @@ def test_slides_pipeline_reads_dicom_wsi_like_the_svs(pair, tmp_path):
             {"id": "ct", "image": str(tmp_path / "ct"), "text": "not a slide"}]
     write_series(str(tmp_path / "ct"), 3)
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    s = run_pipeline("slides", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o"), "--keep_source",
-                                "--patch_size", "112", "--stride", "112", "--image_size", "112", "--max_patches", "12"])
+    s = run_pipeline("slides", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o"),
+                                "--keep_source", "--patch_size", "112", "--stride", "112", "--image_size", "112",
+                                "--max_patches", "12"])
     assert (s["examples"], s["errors"]) == (2, 1)
     recs = {os.path.normpath(os.path.join(str(tmp_path), r["source"][0])): r   # relative to the manifest
             for r in read_records(str(tmp_path / "o" / "arrayrecord"))}
@@ -111,7 +113,8 @@ def test_dicom_wsi_from_dicomweb_series(pair, tmp_path):
         assert prepare_slide(url, options=OPTS).encoded == prepare_slide(folder, options=OPTS).encoded
         (tmp_path / "m.jsonl").write_text(json.dumps({"id": "web", "image": url, "text": "t"}) + "\n")
         s = run_pipeline("slides", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o"),
-                                    "--patch_size", "112", "--stride", "112", "--image_size", "112", "--max_patches", "12"])
+                                    "--patch_size", "112", "--stride", "112", "--image_size", "112",
+                                    "--max_patches", "12"])
         assert (s["examples"], s["errors"]) == (1, 0)
         rec = next(read_records(str(tmp_path / "o" / "arrayrecord")))
         assert rec["images"] == prepare_slide(folder, options=OPTS).encoded

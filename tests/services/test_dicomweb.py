@@ -8,16 +8,16 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from medprep.pipelines.cli.main import run_pipeline
-from medprep.samples import make_images_samples, write_series
-from medprep.pipelines.io.sources.dicomweb import client_for
-from medprep.transforms.dicomweb_ref import DicomWebRef, parse_ref
-from medprep.schemas import read_records
-
 import orthanc  # tests/orthanc.py
+from medprep.pipelines.cli.main import run_pipeline
+from medprep.pipelines.io.sources.dicomweb import client_for
+from medprep.samples import make_images_samples, write_series
+from medprep.schemas import read_records
+from medprep.transforms.dicomweb_ref import DicomWebRef, parse_ref
 
 pytestmark = pytest.mark.skipif(not orthanc.available() and os.environ.get("MEDPREP_REQUIRE_ORTHANC") != "1",
-                                reason="Orthanc + DICOMweb plugin not installed (apt-get install orthanc orthanc-dicomweb)")
+                                reason="Orthanc + DICOMweb plugin not installed "
+                                       "(apt-get install orthanc orthanc-dicomweb)")
 
 
 @pytest.fixture(scope="module")
@@ -92,10 +92,10 @@ def test_images_from_dicomweb_equal_local(loaded, tmp_path):
 
 def test_volume_from_dicomweb_series_equal_local(loaded, tmp_path):
     d, series_url = loaded
-    run_pipeline("volumes", ["--input", str(d / "vol_local.jsonl"), "--output_dir", str(tmp_path / "l"), "--max_slices", "6",
-                             "--keep_source"])
-    run_pipeline("volumes", ["--input", str(d / "vol_web.jsonl"), "--output_dir", str(tmp_path / "w"), "--max_slices", "6",
-                             "--keep_source"])
+    run_pipeline("volumes", ["--input", str(d / "vol_local.jsonl"), "--output_dir", str(tmp_path / "l"),
+                             "--max_slices", "6", "--keep_source"])
+    run_pipeline("volumes", ["--input", str(d / "vol_web.jsonl"), "--output_dir", str(tmp_path / "w"),
+                             "--max_slices", "6", "--keep_source"])
     web = _by_id(str(tmp_path / "w"))
     _same_but_source(_by_id(str(tmp_path / "l")), web)
     assert all(s.startswith(series_url + "/instances/") for r in web.values() for s in r["source"])
@@ -218,8 +218,8 @@ def test_discovery_of_series_with_reports_joined(loaded, server, tmp_path):
     ct_study = series_url.split("/studies/")[1].split("/")[0]
     (tmp_path / "reports.csv").write_text(f"study_uid,text\n{ct_study},Discovered CT: no acute findings.\n")
     s = run_pipeline("volumes", ["--dicomweb_url", server.dicomweb, "--query", "Modality=CT", "--reports",
-                                 str(tmp_path / "reports.csv"), "--output_dir", str(tmp_path / "o"), "--max_slices", "4",
-                                 "--keep_source"])
+                                 str(tmp_path / "reports.csv"), "--output_dir", str(tmp_path / "o"),
+                                 "--max_slices", "4", "--keep_source"])
     # two CT series on the server: the 20-slice phantom and CT_small (a single slice: an error line)
     assert (s["inputs"], s["examples"], s["errors"], s["reconciled"]) == (2, 1, 1, True)
     rec = next(iter(_by_id(str(tmp_path / "o")).values()))

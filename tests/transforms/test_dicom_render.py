@@ -68,8 +68,9 @@ def test_real_monochrome1_cr_from_pydicom():
     r = decode_any(_bytes("dicomdirtests/77654033/CR1/6154"))
     assert r.info["photometric"] == "MONOCHROME1" and "inverted" in r.info["intensity"]
     ds = pydicom.dcmread(_file("dicomdirtests/77654033/CR1/6154"))
-    from medprep.transforms.windowing import voi_linear_to_uint8
     from pydicom.pixels import apply_modality_lut
+
+    from medprep.transforms.windowing import voi_linear_to_uint8
     c = float(ds.WindowCenter[0] if isinstance(ds.WindowCenter, pydicom.multival.MultiValue) else ds.WindowCenter)
     w = float(ds.WindowWidth[0] if isinstance(ds.WindowWidth, pydicom.multival.MultiValue) else ds.WindowWidth)
     expected = 255 - voi_linear_to_uint8(apply_modality_lut(ds.pixel_array, ds), c, w)
