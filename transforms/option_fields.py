@@ -7,7 +7,8 @@ the run configuration, config_hash and summary.json are all derived from those f
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 Parser = Callable[[str], Any]
 
