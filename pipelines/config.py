@@ -13,8 +13,14 @@ import hashlib
 import json
 from typing import Any
 
-from medprep.pipelines.run_options import (InputOptions, OutputOptions, PrivacyOptions, SlideRecordOptions,
-                                           TextOptions, VolumeRecordOptions)
+from medprep.pipelines.run_options import (
+    InputOptions,
+    OutputOptions,
+    PrivacyOptions,
+    SlideRecordOptions,
+    TextOptions,
+    VolumeRecordOptions,
+)
 from medprep.transforms.dicom_render import RenderOptions
 from medprep.transforms.errors import strip_credentials
 from medprep.transforms.image import ImageOptions

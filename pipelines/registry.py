@@ -8,8 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medprep.pipelines.run_options import (InputOptions, OutputOptions, PrivacyOptions, SlideRecordOptions,
-                                           TextOptions, VolumeRecordOptions)
+from medprep.pipelines.run_options import (
+    InputOptions,
+    OutputOptions,
+    PrivacyOptions,
+    SlideRecordOptions,
+    TextOptions,
+    VolumeRecordOptions,
+)
 from medprep.transforms.dicom_render import RenderOptions
 from medprep.transforms.image import ImageOptions
 from medprep.transforms.slide import SlideOptions

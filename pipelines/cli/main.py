@@ -47,8 +47,9 @@ def run_pipeline_with_result(name: str, argv: list[str], wait: bool = True):
     check_beam_args(beam_args)
     config = config_from_args(args)
     module = importlib.import_module(PIPELINES[name].module)
-    from medprep.pipelines.io.outputs import commit_outputs, join
     from apache_beam.io.filesystems import FileSystems
+
+    from medprep.pipelines.io.outputs import commit_outputs, join
 
     if not wait:
         config = dataclasses.replace(config, commit_in_pipeline=True)

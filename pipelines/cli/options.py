@@ -10,8 +10,8 @@ import os
 from medprep.pipelines.config import Config
 from medprep.pipelines.io.manifest import ManifestError, inspect_manifest
 from medprep.pipelines.io.outputs import existing_outputs, join, new_staging_dir, write_bytes
-from medprep.pipelines.records.privacy import DEFAULT_SALT
 from medprep.pipelines.io.sources.files import exists
+from medprep.pipelines.records.privacy import DEFAULT_SALT
 from medprep.transforms.errors import ItemError
 from medprep.transforms.option_fields import option_fields
 

@@ -1,16 +1,14 @@
 """The common tail of every pipeline: shards, errors, summary.json and preview.png."""
 from __future__ import annotations
 
-from typing import Tuple
-
 import apache_beam as beam
 
 from medprep.pipelines.config import Config
 from medprep.pipelines.io.outputs import commit_outputs, join, write_bytes
-from medprep.pipelines.tools.preview import caption_of, contact_sheet
 from medprep.pipelines.io.sinks import WriteErrors, WriteShards, image_bytes_estimate, plan_shards, serialize
 from medprep.pipelines.records.split import split_fractions
 from medprep.pipelines.records.summary import build_summary, sum_counts, summary_json
+from medprep.pipelines.tools.preview import caption_of, contact_sheet
 from medprep.transforms.encode import file_extension
 
 
@@ -59,7 +57,7 @@ class WriteDataset(beam.PTransform):
         cfg = self.config
         # Records are serialized once, where they are made: shuffles then move one bytes object
         # per example (cheap to code) instead of a dict of lists, on any runner.
-        examples = records | "Serialize" >> beam.Map(serialize).with_output_types(Tuple[str, str, bytes])
+        examples = records | "Serialize" >> beam.Map(serialize).with_output_types(tuple[str, str, bytes])
         n_inputs = inputs | "CountInputs" >> beam.combiners.Count.Globally()
         per_input = self.images_per_input * image_bytes_estimate(cfg.image_size, cfg.image_format)
         fractions = split_fractions(cfg.val_fraction, cfg.test_fraction)

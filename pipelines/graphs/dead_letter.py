@@ -9,9 +9,10 @@ import logging
 import threading
 import time
 import traceback
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
+
 from medprep.pipelines.graphs.metrics import PipelineMetrics
 from medprep.pipelines.graphs.progress import WorkerProgress, mark_done
 from medprep.transforms.errors import ItemError, strip_credentials, timed_stages

@@ -11,8 +11,8 @@ from medprep.pipelines.config import Config
 from medprep.pipelines.graphs.dataset_writer import manifest_pipeline
 from medprep.pipelines.graphs.row_dofn import ManifestRowDoFn
 from medprep.pipelines.io.manifest import resolve_ref
-from medprep.pipelines.records.example import ExampleParts, build_record, name_values, row_input_key
 from medprep.pipelines.io.sources.files import read_bytes
+from medprep.pipelines.records.example import ExampleParts, build_record, name_values, row_input_key
 from medprep.transforms.errors import ItemError, stage
 from medprep.transforms.geometry import map_boxes, validate_boxes
 from medprep.transforms.image import decode_any, finish_rendered

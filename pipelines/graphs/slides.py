@@ -14,16 +14,15 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 
 from medprep.pipelines.config import Config
 from medprep.pipelines.graphs.fan_out import UnitFailure, WorkDoFn, batches, failure_of, fan_out_pipeline, input_key
-from medprep.pipelines.io.manifest import resolve_ref
-from medprep.pipelines.records.example import ExampleParts, build_record, name_values, row_input_key
 from medprep.pipelines.graphs.row_dofn import ManifestRowDoFn
+from medprep.pipelines.io.manifest import resolve_ref
 from medprep.pipelines.io.sources.dicomweb import wsi_web_client
-from apache_beam.io.filesystems import FileSystems
-
 from medprep.pipelines.io.sources.files import LocalFile, RemoteStreams, localize_file
+from medprep.pipelines.records.example import ExampleParts, build_record, name_values, row_input_key
 from medprep.transforms.dicomweb_ref import parse_ref
 from medprep.transforms.errors import ItemError, stage
 from medprep.transforms.image import FinishedImage

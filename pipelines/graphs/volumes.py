@@ -21,9 +21,9 @@ from medprep.pipelines.config import Config
 from medprep.pipelines.graphs.fan_out import UnitFailure, WorkDoFn, batches, fan_out_pipeline, input_key
 from medprep.pipelines.graphs.row_dofn import ManifestRowDoFn
 from medprep.pipelines.io.manifest import resolve_ref
-from medprep.pipelines.records.example import ExampleParts, build_record, name_values, portable_ref, row_input_key
 from medprep.pipelines.io.sources.dicomweb import client_for
 from medprep.pipelines.io.sources.files import read_bytes, read_head
+from medprep.pipelines.records.example import ExampleParts, build_record, name_values, portable_ref, row_input_key
 from medprep.transforms.dicom_io import header_from_json, image_header, no_series, read_dataset
 from medprep.transforms.dicomweb_ref import DicomWebRef, parse_ref
 from medprep.transforms.errors import ItemError, stage
@@ -31,8 +31,15 @@ from medprep.transforms.formats import detect_format
 from medprep.transforms.image import FinishedImage
 from medprep.transforms.series import SliceHeader, group_series, order_series, series_attributes, slice_headers
 from medprep.transforms.series_filter import matches, parse_filter
-from medprep.transforms.volume import (ArrayVolumeSource, DicomSeriesSource, SliceSubset, VolumePlan, finish_slice,
-                               plan_volume, prepare_volume)
+from medprep.transforms.volume import (
+    ArrayVolumeSource,
+    DicomSeriesSource,
+    SliceSubset,
+    VolumePlan,
+    finish_slice,
+    plan_volume,
+    prepare_volume,
+)
 
 _LOG = logging.getLogger(__name__)
 

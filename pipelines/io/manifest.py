@@ -14,7 +14,8 @@ import json
 import math
 import os
 import posixpath
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Tuple
 
 import apache_beam as beam
 import pyarrow.parquet as pq
@@ -146,7 +146,7 @@ class WriteShards(beam.PTransform):
         written = (
             examples
             | "AssignShard" >> beam.Map(_assign_shard, beam.pvalue.AsSingleton(plan))
-            .with_output_types(Tuple[Tuple[str, int, int], Tuple[str, bytes]])
+            .with_output_types(tuple[tuple[str, int, int], tuple[str, bytes]])
             | "GroupShards" >> beam.GroupByKey()
             | "WriteShard" >> beam.ParDo(_WriteShard(self.output_dir, self.formats, self.extension))
         )

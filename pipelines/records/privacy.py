@@ -11,7 +11,7 @@ def keyed_hash(salt: str, kind: str, value: str) -> str:
     """HMAC-SHA-256(salt, kind + ':' + value) as 64 hex chars; '' for an empty value."""
     if not value:
         return ""
-    return hmac.new(salt.encode("utf-8"), f"{kind}:{value}".encode("utf-8"), hashlib.sha256).hexdigest()
+    return hmac.new(salt.encode("utf-8"), f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
 
 
 def unit_interval(key_hex: str) -> float:

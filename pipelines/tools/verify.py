@@ -21,7 +21,7 @@ import posixpath
 import re
 from array import array
 from collections import defaultdict
-from typing import Iterator
+from collections.abc import Iterator
 from urllib.parse import unquote, urlsplit
 
 import numpy as np

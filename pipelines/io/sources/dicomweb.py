@@ -34,7 +34,7 @@ class RetryPolicy:
     timeout: float = 60.0
 
     @classmethod
-    def from_env(cls) -> "RetryPolicy":
+    def from_env(cls) -> RetryPolicy:
         """MEDPREP_DICOMWEB_ATTEMPTS, _BASE_DELAY, _TIMEOUT override the defaults (workers inherit them)."""
         env = os.environ.get
         return cls(int(env("MEDPREP_DICOMWEB_ATTEMPTS", cls.attempts)),
