@@ -59,7 +59,8 @@ def register(spec: PipelineSpec | ToolSpec) -> None:
 register(PipelineSpec("images", "2D images (CXR, fundus, skin, other) from a manifest",
                       "medprep.pipelines.graphs.images", COMMON + (CtWindowOptions,)))
 register(PipelineSpec("volumes", "CT and MR series (DICOM folders/prefixes, instance lists, NIfTI)",
-                      "medprep.pipelines.graphs.volumes", COMMON + (CtWindowOptions, VolumeOptions, VolumeRecordOptions)))
+                      "medprep.pipelines.graphs.volumes",
+                      COMMON + (CtWindowOptions, VolumeOptions, VolumeRecordOptions)))
 register(PipelineSpec("slides", "whole-slide images (SVS, NDPI, MRXS, tiled TIFF, DICOM WSI…) from a manifest",
                       "medprep.pipelines.graphs.slides", COMMON + (SlideOptions, SlideRecordOptions)))
 register(ToolSpec("verify", "check an output folder (counts, shards, records, splits, identifiers)",

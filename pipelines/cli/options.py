@@ -118,7 +118,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     expected_inputs, extra_columns = 0, ()
     input_ref, reports = args.input, args.reports
     if bool(args.input) == bool(args.dicomweb_url):
-        raise OptionError("--input/--dicomweb_url", "give exactly one: a manifest or folder (--input), or a DICOMweb service")
+        raise OptionError("--input/--dicomweb_url",
+                          "give exactly one: a manifest or folder (--input), or a DICOMweb service")
     discovery = bool(args.dicomweb_url) or is_folder_input(args.input)
     if discovery and getattr(args, "command", "") == "slides":
         raise OptionError("--dicomweb_url" if args.dicomweb_url else "--input",
@@ -145,7 +146,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     except ValueError as exc:
         raise OptionError("--query", str(exc)) from None
     if args.query and not args.dicomweb_url:
-        raise OptionError("--query", "QIDO filters apply to --dicomweb_url discovery only (give --dicomweb_url, or drop --query)")
+        raise OptionError("--query",
+                          "QIDO filters apply to --dicomweb_url discovery only (give --dicomweb_url, or drop --query)")
     if discovery and not args.reports:
         raise OptionError("--reports", "discovery (a folder --input or --dicomweb_url) takes each example's text from "
                                        "a reports file: give --reports (CSV/JSONL/Parquet with study_uid and/or "

@@ -115,7 +115,8 @@ class ItemDoFn(beam.DoFn):
             ref, row = self.ref_of(element)
             line = error_line(ref, row, self.default_stage, exc)
             if not isinstance(exc, ItemError):
-                _LOG.warning("unexpected %s on %s:\n%s", type(exc).__name__, line["ref"], strip_credentials(traceback.format_exc()))
+                _LOG.warning("unexpected %s on %s:\n%s", type(exc).__name__, line["ref"],
+                             strip_credentials(traceback.format_exc()))
             self.metrics.inc(f"errors_{line['stage']}")
             self._finished(False)
             yield beam.pvalue.TaggedOutput(ERRORS, line)
@@ -126,8 +127,8 @@ class ItemDoFn(beam.DoFn):
             ref, row = self.ref_of(element)
             self.metrics.inc(f"errors_{self.default_stage}")
             self._finished(False)
-            yield beam.pvalue.TaggedOutput(ERRORS, error_line(ref, row, self.default_stage,
-                                                              ItemError(self.default_stage, "input produced no example")))
+            empty = ItemError(self.default_stage, "input produced no example")
+            yield beam.pvalue.TaggedOutput(ERRORS, error_line(ref, row, self.default_stage, empty))
             return
         if not self.final:
             yield from (out for out, _ in produced)

@@ -76,5 +76,6 @@ def format_latency(result) -> str:
     lines = [f"medprep latency (ms)  {'step':<14} {'stage':<16} {'n':>7} {'mean':>8} {'max':>7}"]
     for (step, name), (count, total, _, high) in sorted(distributions.items()):
         if name.endswith("_ms"):
-            lines.append(f"{'':<21} {step.split('/')[0]:<14} {name[:-3]:<16} {count:>7} {total / count:>8.1f} {high:>7}")
+            stage = name[:-3]
+            lines.append(f"{'':<21} {step.split('/')[0]:<14} {stage:<16} {count:>7} {total / count:>8.1f} {high:>7}")
     return "\n".join(lines)

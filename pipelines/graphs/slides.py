@@ -136,12 +136,12 @@ class ReadPatches(WorkDoFn):
         try:
             reader = self.readers.get(path, options.assume_mpp, options.override_mpp)
         except Exception as exc:  # the slide vanished or broke between planning and reading
-            for index, patch in batch.patches:
+            for index, _ in batch.patches:
                 yield batch.key, PatchResult(batch.row, batch.info, batch.total, index, None, failure_of(exc))
             return
         for index, patch in batch.patches:
             finished, failure = self.run_unit(
-                lambda: read_patch(reader, batch.info["level"], patch, options).without_pixels())
+                lambda patch=patch: read_patch(reader, batch.info["level"], patch, options).without_pixels())
             if failure:
                 failure = replace(failure, message=f"patch at ({patch.x}, {patch.y}): {failure.message}")
             yield batch.key, PatchResult(batch.row, batch.info, batch.total, index, finished, failure)
@@ -171,7 +171,7 @@ class AssembleSlide(ManifestRowDoFn):
         common = dict(modality=row["modality"] or "SM", prompt=row["prompt"], text=row["text"],
                       patient_id=row["patient_id"], label=row["label"], input_key=row_input_key(row),
                       extra_names=name_values(row), layout="prompt_first")
-        for index, f in good:
+        for _, f in good:
             f.info["slide"] = info
         k = self.config.patches_per_example
         if "slide" in self.config.slide_granularity:

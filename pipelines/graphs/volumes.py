@@ -216,7 +216,7 @@ class RenderSlices(WorkDoFn):
         source = DicomSeriesSource(batch.subset, load_dataset, self.options.image)
         for n in batch.numbers:
             finished, failure = self.run_unit(
-                lambda: finish_slice(source, self.options, batch.meta.plan, n, batch.meta.info).without_pixels())
+                lambda n=n: finish_slice(source, self.options, batch.meta.plan, n, batch.meta.info).without_pixels())
             yield batch.key, SliceResult(batch.row, batch.meta, n, finished, failure)
 
 

@@ -1,1 +1,2 @@
-"""Where data comes from and goes: manifests, discovery, sources (files, gs://, DICOMweb), sinks, the output commit, tokenizers."""
+"""Where data comes from and goes: manifests, discovery, sources (files, gs://, DICOMweb), sinks, the output
+commit, tokenizers."""

@@ -77,7 +77,8 @@ def _file_header(path: str):
     except Exception:
         return  # not DICOM: not discovered
     if "SeriesInstanceUID" in ds and "SOPClassUID" in ds:
-        yield (str(ds.SeriesInstanceUID), (path, str(ds.get("StudyInstanceUID", "")), str(ds.get("AccessionNumber", ""))))
+        study, accession = str(ds.get("StudyInstanceUID", "")), str(ds.get("AccessionNumber", ""))
+        yield (str(ds.SeriesInstanceUID), (path, study, accession))
 
 
 def _folder_rows(groups: list, config: Config, per_series: bool):
@@ -110,7 +111,8 @@ class DiscoverRows(beam.PTransform):
         prefix = folder_prefix(cfg.input)
         return (p
                 | "Prefix" >> beam.Create([prefix + "/**"])
-                | "List" >> beam.FlatMap(lambda pattern: [m.path for m in FileSystems.match([pattern])[0].metadata_list])
+                | "List" >> beam.FlatMap(
+                    lambda pattern: [m.path for m in FileSystems.match([pattern])[0].metadata_list])
                 | "SpreadFiles" >> beam.Reshuffle()
                 | "Headers" >> beam.FlatMap(_file_header)
                 | "BySeries" >> beam.GroupByKey()

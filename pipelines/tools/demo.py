@@ -13,7 +13,8 @@ _COMMON = ["--val_fraction", "0.2", "--test_fraction", "0.2", "--split_salt", "d
 def _report(name: str, out: str, summary: dict) -> None:
     print(f"{name}: {summary['inputs']} inputs -> {summary['examples']} examples, {summary['images']} images, "
           f"{summary['errors']} errors {summary['errors_by_stage']}; reconciled={summary['reconciled']}")
-    print(f"  outputs in {out}: arrayrecord/ parquet/ errors/ summary.json preview.png; tasks {json.dumps(summary['by_task'])}")
+    print(f"  outputs in {out}: arrayrecord/ parquet/ errors/ summary.json preview.png; "
+          f"tasks {json.dumps(summary['by_task'])}")
 
 
 def main(output_dir: str) -> int:

@@ -28,6 +28,20 @@ SAMPLES_PER_GROUP = 4
 THUMB = 192
 SLICE_THUMB = 96
 PAIR_ROWS = 24   # duplicate rows shown with thumbnails; the rest are counted
+# The report's style sheet, a line per group of rules as the page carries it.
+_STYLE = "\n".join((
+    "body{font:14px system-ui,sans-serif;margin:24px;color:#222} h1{margin:0 0 4px} "
+    "table{border-collapse:collapse;margin:8px 16px 16px 0;display:inline-table;vertical-align:top}",
+    "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left} td.n{text-align:right} .ok{color:#070} "
+    ".bad{color:#b00}",
+    ".sample{display:inline-block;vertical-align:top;width:420px;margin:0 12px 16px 0} "
+    ".imgs img{margin:0 2px 2px 0;background:#000}",
+    "figure.slice,figure.slidemap{display:inline-block;margin:0 3px 3px 0} figure.slice figcaption{font-size:10px} "
+    ".chan figure{display:inline-block;margin:0 4px 0 0} .chan figcaption{font-size:11px}",
+    ".meta{color:#666;font-size:12px;margin:2px 0} .prompt{font-style:italic;margin:2px 0} "
+    ".text{margin:2px 0;white-space:pre-wrap}",
+    ".hist{display:inline-block;margin:0 16px 16px 0} .hist rect{fill:#4a7} svg{background:#f6f6f6}",
+))
 
 
 def _data_uri(img: Image.Image) -> str:
@@ -43,7 +57,8 @@ def _thumb(data: bytes, size: int) -> Image.Image:
 
 
 def _img_tag(img: Image.Image, alt: str, cls: str = "") -> str:
-    return f'<img class="{cls}" alt="{html.escape(alt)}" src="{_data_uri(img)}" width="{img.width}" height="{img.height}">'
+    return (f'<img class="{cls}" alt="{html.escape(alt)}" src="{_data_uri(img)}" '
+            f'width="{img.width}" height="{img.height}">')
 
 
 _URL_USER = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
@@ -286,30 +301,31 @@ def build_report(folder: str, near_duplicates: bool = False, phash_distance: int
     config = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(json.dumps(v))}</td></tr>"
                      for k, v in sorted(summary["config"].items()))
     versions = ", ".join(f"{k} {v}" for k, v in sorted(summary.get("versions", {}).items()))
+    output_dir = html.escape(summary["config"].get("output_dir", ""))
+    status_class = "ok" if summary["reconciled"] else "bad"
+    tables = (_table(summary["by_split"], "split") + _table(summary["by_task"], "task")
+              + _table(summary["by_modality"], "modality"))
+    sheet_base64 = base64.b64encode(sheet_png).decode("ascii")
+    error_headers = "".join(f"<th>{h}</th>" for h in ("stage", "error", "reason", "count", "examples"))
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>medprep report — {html.escape(summary['pipeline'])}</title>
 <style>
-body{{font:14px system-ui,sans-serif;margin:24px;color:#222}} h1{{margin:0 0 4px}} table{{border-collapse:collapse;margin:8px 16px 16px 0;display:inline-table;vertical-align:top}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}} td.n{{text-align:right}} .ok{{color:#070}} .bad{{color:#b00}}
-.sample{{display:inline-block;vertical-align:top;width:420px;margin:0 12px 16px 0}} .imgs img{{margin:0 2px 2px 0;background:#000}}
-figure.slice,figure.slidemap{{display:inline-block;margin:0 3px 3px 0}} figure.slice figcaption{{font-size:10px}} .chan figure{{display:inline-block;margin:0 4px 0 0}} .chan figcaption{{font-size:11px}}
-.meta{{color:#666;font-size:12px;margin:2px 0}} .prompt{{font-style:italic;margin:2px 0}} .text{{margin:2px 0;white-space:pre-wrap}}
-.hist{{display:inline-block;margin:0 16px 16px 0}} .hist rect{{fill:#4a7}} svg{{background:#f6f6f6}}
+{_STYLE}
 </style></head>
 <body data-pipeline="{html.escape(summary['pipeline'])}">
 <h1>medprep {html.escape(summary['pipeline'])}</h1>
-<p>{html.escape(summary['config'].get('output_dir', ''))} · <span class="{'ok' if summary['reconciled'] else 'bad'}" id="status">{status}</span>
+<p>{output_dir} · <span class="{status_class}" id="status">{status}</span>
 · config {summary['config_hash'][:12]}</p>
 <h2>Counts</h2>
 <table class="counts"><tr><th>what</th><th>count</th></tr>{counts}</table>
-{_table(summary['by_split'], 'split')}{_table(summary['by_task'], 'task')}{_table(summary['by_modality'], 'modality')}
+{tables}
 <h2>Samples</h2>{samples or '<p>no examples</p>'}
 <h2>Lengths</h2>{hists}
 <h2>Errors ({len(errors)})</h2>
-<table id="errors"><tr><th>stage</th><th>error</th><th>reason</th><th>count</th><th>examples</th></tr>{error_rows}</table>
+<table id="errors"><tr>{error_headers}</tr>{error_rows}</table>
 {_skipped_series_html(summary.get('series_skipped') or {})}
 <h2 id="duplicates">Duplicates across splits</h2>{_duplicates_html(dups, shards)}
-<h2>Contact sheet</h2><img id="contact-sheet" alt="contact sheet" src="data:image/png;base64,{base64.b64encode(sheet_png).decode('ascii')}">
+<h2>Contact sheet</h2><img id="contact-sheet" alt="contact sheet" src="data:image/png;base64,{sheet_base64}">
 <h2>Configuration</h2><table>{config}</table>
 <p class="meta">{html.escape(versions)}</p>
 <script>

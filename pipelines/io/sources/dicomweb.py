@@ -112,7 +112,8 @@ class DicomWebClient:
     def search(self, level: str, query: dict) -> list[dict]:
         """QIDO-RS search at 'studies', 'series' or 'instances' level with attribute filters."""
         params = "&".join(f"{k}={requests.utils.quote(str(v))}" for k, v in sorted(query.items()))
-        return self._get(f"{self.base}/{level}" + (f"?{params}" if params else ""), "application/dicom+json").json() or []
+        url = f"{self.base}/{level}" + (f"?{params}" if params else "")
+        return self._get(url, "application/dicom+json").json() or []
 
     def metadata(self, ref: DicomWebRef) -> list[dict]:
         """WADO-RS metadata (DICOM JSON, no pixels) of a study, series or instance."""

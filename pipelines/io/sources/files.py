@@ -17,7 +17,8 @@ use_emulator_if_configured()  # on import, so every worker process gets it
 
 def _not_found(exc: BaseException) -> bool:
     text = f"{type(exc).__name__} {exc}"
-    return isinstance(exc, FileNotFoundError) or any(s in text for s in ("No such file", "Not found", "NotFound", " 404 "))
+    markers = ("No such file", "Not found", "NotFound", " 404 ")
+    return isinstance(exc, FileNotFoundError) or any(s in text for s in markers)
 
 
 def described(ref: str, name: str = "") -> str:
