@@ -11,7 +11,7 @@ import dataclasses
 import functools
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from medprep.pipelines.run_options import (
     InputOptions,
@@ -94,7 +94,7 @@ class _ConfigMethods:
 
     def public(self) -> dict:
         """The configuration as written to summary.json (no salt, no credentials in URLs)."""
-        d = {k: list(v) if isinstance(v, tuple) else v for k, v in self.values().items()}
+        d: dict[str, Any] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.values().items()}
         for key in ("salt", "staging_dir", "progress_file"):
             d.pop(key)
         d["tokenizer_info"] = json.loads(self.tokenizer_info) if self.tokenizer_info else None  # type: ignore
@@ -114,6 +114,18 @@ class _ConfigMethods:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-Config = dataclasses.make_dataclass("Config", _option_specs() + _DERIVED, bases=(_ConfigMethods,), frozen=True)
-Config.__module__ = __name__   # pickled by reference to this module (Beam workers)
-Config.__doc__ = "Options of one run: every declared option by name, plus start-up facts. The salt is never serialized."
+if TYPE_CHECKING:
+    class Config(_ConfigMethods):
+        """How a type checker sees Config: a frozen dataclass whose fields are made from OPTION_GROUPS at
+        import, each one Any."""
+
+        __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+        def __init__(self, **values: Any) -> None: ...
+
+        def __getattr__(self, name: str) -> Any: ...
+else:
+    Config = dataclasses.make_dataclass("Config", _option_specs() + _DERIVED, bases=(_ConfigMethods,), frozen=True)
+    Config.__module__ = __name__   # pickled by reference to this module (Beam workers)
+    Config.__doc__ = ("Options of one run: every declared option by name, plus start-up facts. The salt is never "
+                      "serialized.")

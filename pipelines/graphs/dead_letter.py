@@ -10,6 +10,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterable, Iterator
+from typing import cast
 
 import apache_beam as beam
 
@@ -55,7 +56,8 @@ def run_with_limit(fn, timeout: float | None):
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(ItemTimeout))
+        ident = cast(int, thread.ident)   # set once the thread has started
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(ItemTimeout))
         raise ItemError("timeout", f"input took longer than the {timeout:g} s limit (--item_timeout); abandoned")
     if "error" in box:
         raise box["error"]

@@ -63,8 +63,8 @@ def dicomweb_rows(config: Config, level: str):
     found = []
     for item in client.search(level, parse_query(config.query)):
         study, series = _json_value(item, STUDY), _json_value(item, SERIES)
-        ref = DicomWebRef(config.dicomweb_url, study, series, _json_value(item, SOP) if level == "instances" else None)
-        found.append((ref.url(), study, _json_value(item, ACCESSION)))
+        web = DicomWebRef(config.dicomweb_url, study, series, _json_value(item, SOP) if level == "instances" else None)
+        found.append((web.url(), study, _json_value(item, ACCESSION)))
     reports = read_reports(config.reports)
     for n, (ref, study, accession) in enumerate(sorted(found), start=1):
         yield _row(n, ref, study, accession, reports)

@@ -130,7 +130,7 @@ def normalize_row(raw: dict, row: int) -> dict:
     if prior and len(images) != 1:
         raise ManifestError(f"{where}: a 'prior' needs exactly one current 'image'")
     text = {c: _as_str(raw.get(c), where, c) for c in ("id", "text", "prompt", "label", "patient_id", "modality")}
-    mpp = raw.get("mpp")
+    mpp: Any = raw.get("mpp")
     if _is_missing(mpp):
         mpp = None
     else:

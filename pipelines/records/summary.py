@@ -22,7 +22,7 @@ def sum_counts(dicts) -> dict:
 
 def versions() -> dict:
     """Installed versions of the packages that shape the output."""
-    out = {"medprep": PIPELINE_VERSION, "python": platform.python_version()}
+    out: dict[str, str | None] = {"medprep": PIPELINE_VERSION, "python": platform.python_version()}
     for name in _PACKAGES:
         try:
             out[name] = metadata.version(name)

@@ -22,6 +22,7 @@ import re
 from array import array
 from collections import defaultdict
 from collections.abc import Iterator
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
@@ -108,7 +109,8 @@ class IdentifierSet:
         if not worth_checking(value) or key in self.values:
             return
         self.values[key] = (what, kind)
-        self._by_run[_ALNUM_RUN.match(key).group(0)].append(key)
+        first_run = cast(re.Match[str], _ALNUM_RUN.match(key))   # a cleaned value starts with a letter or digit
+        self._by_run[first_run.group(0)].append(key)
 
     def counts(self) -> dict[str, int]:
         """How many values of each kind are checked."""
@@ -332,7 +334,8 @@ class Inputs:
         """What an error line may show: the components of its own input (naming it is its job)."""
         ref = str(line.get("ref", ""))
         mine = {c.casefold() for c in path_components(ref, self.manifest, self.skip)}
-        return frozenset(mine) | self.own.get(line.get("row"), frozenset())
+        row: Any = line.get("row")
+        return frozenset(mine) | self.own.get(row, frozenset())
 
 
 def _strings(value, path: str) -> Iterator[tuple[str, str]]:
@@ -402,7 +405,7 @@ def pixel_digest(img: Image.Image) -> bytes | None:
     if flat.size == 0 or bool((flat == flat[0]).all()):
         return None
     h = hashlib.blake2b(f"{arr.dtype.str}{arr.shape}".encode(), digest_size=16)
-    h.update(memoryview(arr).cast("B"))
+    h.update(arr.data.cast("B"))
     return h.digest()
 
 
@@ -413,7 +416,8 @@ class ImageIndex:
         self.near = near
         self.records: list[tuple[str, str, int]] = []   # record no -> (example_id, split, patient no)
         self._patients: dict[str, int] = {}
-        self._exact: dict[bytes, object] = {}   # digest -> packed ref, or a list of them (distinct split/patient)
+        # digest -> packed ref, or a list of them (distinct split/patient)
+        self._exact: dict[bytes, int | list[int]] = {}
         self._phash, self._refs, self._digest64 = array("Q"), array("q"), array("Q")
 
     def add_record(self, example_id: str, split: str, patient_key: str) -> int:
@@ -554,7 +558,8 @@ class _Scan:
         self.found: dict[str, None] = {}
 
     def _look(self, text: str, where: str, skip: frozenset = frozenset(), skip_kinds: tuple = ()) -> None:
-        for what, _ in self.inputs.identifiers.find(text, skip, skip_kinds):
+        inputs = cast(Inputs, self.inputs)   # the callers return first when there are none
+        for what, _ in inputs.identifiers.find(text, skip, skip_kinds):
             self.found.setdefault(f"identifier '{what}' found in {where}")
 
     def record(self, rec: dict) -> None:
@@ -694,7 +699,7 @@ def _check_record(rec: dict, shard: dict, problems: list[str], seen: dict, index
             out = json.loads(info_json)["pad_resize"]["out"]
             if img.size != (out, out):
                 problems.append(f"{where}: image {i} is {img.size}, image_info says {out}x{out}")
-            if number is not None:
+            if index is not None and number is not None:
                 index.add_image(number, i, img)
         except Exception as exc:
             problems.append(f"{where}: image {i} does not decode: {type(exc).__name__}: {exc}")
