@@ -277,6 +277,25 @@ def _normalization(processor: Any) -> dict[str, Any]:
     }
 
 
+def _value_table(processor: Any) -> Floats | None:
+    """(3, 256) float32: what the processor's own rescale and normalize make of each uint8 value per channel,
+    for processors whose steps are resize -> rescale -> normalize (PIL backend, no crop, pad or pan-and-scan);
+    None for any other processor."""
+    from transformers.image_utils import ChannelDimension
+
+    if (getattr(processor, "backend", None) != "pil" or getattr(processor, "do_center_crop", None)
+            or getattr(processor, "do_pad", None) or getattr(processor, "do_pan_and_scan", None)
+            or getattr(processor, "resample", None) is None):
+        return None
+    values: Any = np.broadcast_to(np.arange(256, dtype=np.uint8), (3, 1, 256)).copy()
+    first = ChannelDimension.FIRST
+    if getattr(processor, "do_rescale", False):
+        values = processor.rescale(values, processor.rescale_factor, input_data_format=first)
+    if getattr(processor, "do_normalize", False):
+        values = processor.normalize(values, processor.image_mean, processor.image_std, input_data_format=first)
+    return np.ascontiguousarray(np.asarray(values, dtype=np.float32)[:, 0, :])
+
+
 def _load_processor(folder: str, image_size: int) -> Any:
     import transformers
 
@@ -304,16 +323,54 @@ class VisionEncoder:
 
     def __init__(self, module: Any, processor: Any, info: EncoderInfo) -> None:
         self.module, self.processor, self.info = module, processor, info
+        self._lut = _value_table(processor)
+        if self._lut is not None and not self._table_matches_processor():
+            self._lut = None
 
-    def pixel_values(self, image: Any) -> Floats:
-        """One image (PIL, HxWxC uint8 array, or encoded bytes) through the folder's image processor:
-        float32 (3, H, W)."""
-        if isinstance(image, (bytes, bytearray, memoryview)):
-            image = decode_image(bytes(image))
+    def processor_pixel_values(self, image: Any) -> Floats:
+        """One image through the folder's image processor itself: float32 (3, H, W)."""
         out = self.processor(images=[image], return_tensors="np")["pixel_values"]
         if out.shape[0] != 1:
             raise ValueError(f"the image processor made {out.shape[0]} inputs of one image")
         return np.ascontiguousarray(out[0], dtype=np.float32)
+
+    def _table_pixel_values(self, image: Any) -> Floats:
+        """The processor's steps for an RGB PIL image, its per-value arithmetic read from a table."""
+        from PIL import Image
+
+        assert self._lut is not None
+        height, width = self.info.image_size
+        if image.size != (width, height):
+            image = image.resize((width, height), resample=Image.Resampling(int(self.processor.resample)))
+        pixels = np.asarray(image)
+        out = np.empty((3, height, width), np.float32)
+        for c in range(3):
+            np.take(self._lut[c], pixels[:, :, c], out=out[c])
+        return out
+
+    def _table_matches_processor(self) -> bool:
+        """The table path equals the processor bit for bit on probe images (the model's size and another)."""
+        from PIL import Image
+
+        rng = np.random.default_rng(0)
+        height, width = self.info.image_size
+        for h, w in ((height, width), (61, 97)):
+            probe = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+            if not np.array_equal(self._table_pixel_values(probe), self.processor_pixel_values(probe)):
+                return False
+        return True
+
+    def pixel_values(self, image: Any) -> Floats:
+        """One image (PIL, HxWxC uint8 array, or encoded bytes) as the folder's image processor makes it:
+        float32 (3, H, W). RGB PIL images take a faster path that gives the processor's exact values: the
+        same PIL resize, then a 256-entry table per channel that the processor's own rescale and normalize
+        computed (checked bit for bit against the processor when the encoder is loaded); anything else goes
+        through the processor."""
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            image = decode_image(bytes(image))
+        if self._lut is not None and getattr(image, "mode", None) == "RGB":
+            return self._table_pixel_values(image)
+        return self.processor_pixel_values(image)
 
     def forward(self, pixel_values: Floats, pooling: str = "both") -> tuple[Floats | None, Floats | None]:
         """(pooled (B, D) | None, tokens (B, rows, cols, D) | None) as float32 numpy, for pixel_values (B, 3, H, W)."""

@@ -132,8 +132,9 @@ def _ranges(shards: list[dict], images_per_record: float, batch_size: int) -> tu
                  for f in shards for start in range(0, int(f["records"]), per_range))
 
 
-def _load_model(path: str, dtype: str, device: str):
-    """Load the encoder (CPU unless --device cuda) and run it on one blank image; OptionError('--model')."""
+def _load_model(path: str, dtype: str):
+    """Load the encoder on the CPU (the launcher may have no GPU) and run it on one blank image, in --dtype
+    (float16 in float32: CPUs lack some half-precision kernels that GPUs have); OptionError('--model')."""
     import numpy as np
 
     from medprep.pipelines.io.model_folder import local_model_folder
@@ -146,7 +147,7 @@ def _load_model(path: str, dtype: str, device: str):
     if "://" not in path and not os.path.isdir(path):
         raise OptionError("--model", f"{path}: model folder not found")
     try:
-        encoder = load_encoder(folder, dtype, "cuda" if device == "cuda" else "cpu")
+        encoder = load_encoder(folder, "float32" if dtype == "float16" else dtype, "cpu")
         blank = np.full((*encoder.info.image_size, 3), 128, np.uint8)
         encoder.forward(encoder.pixel_values(blank)[None], "pooled")
     except ModelFolderError as exc:
@@ -183,7 +184,7 @@ def config_from_args(args: argparse.Namespace) -> EmbedConfig:
     summary = _read_input_summary(args.input)
     fmt, shards = _input_shards(args.input, summary, args.input_format)
     _check_output_dir(args.output_dir, args.input, args.overwrite)
-    info = _load_model(args.model, args.dtype, args.device)
+    info = _load_model(args.model, args.dtype)
     examples, images = int(summary.get("examples") or 0), int(summary.get("images") or 0)
     per_record = images / examples if examples else 1.0
     expected_rows: dict[str, int] = {}
@@ -198,7 +199,8 @@ def config_from_args(args: argparse.Namespace) -> EmbedConfig:
     name = args.model_name or os.path.basename(args.model.rstrip("/")) or "model"
     return EmbedConfig(
         input=args.input, model=args.model, output_dir=args.output_dir, model_name=name,
-        model_hash=info.model_hash, encoder_info=json.dumps(info.as_dict(), sort_keys=True), input_format=fmt,
+        model_hash=info.model_hash, encoder_info=json.dumps({**info.as_dict(), "dtype": args.dtype}, sort_keys=True),
+        input_format=fmt,
         input_ranges=_ranges(shards, per_record, args.batch_size), input_summary=json.dumps(input_summary),
         pooling=args.pooling, batch_size=args.batch_size, dtype=args.dtype,
         device="" if args.device == "auto" else args.device, formats=args.formats, num_shards=args.num_shards,
