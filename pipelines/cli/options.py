@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import os
+from typing import cast
 
 from medprep.pipelines.config import Config
 from medprep.pipelines.io.manifest import ManifestError, inspect_manifest
@@ -86,11 +87,12 @@ def _check_tokenizer(path: str, text_ids_only: bool, system_prompt: str) -> tupl
     chat sequence is refused unless --text_ids_only; the chat template is tried on a sample conversation."""
     from medprep.pipelines.io.tokenizer import load_tokenizer
     from medprep.transforms.chat import conversation, images_then_prompt
+    from medprep.transforms.text import Tokenizer
 
     if not path:
         return "", ""
     try:
-        tokenizer = load_tokenizer(path)
+        tokenizer = cast(Tokenizer, load_tokenizer(path))   # None only without a path
     except ItemError as exc:
         raise OptionError("--tokenizer", exc.message) from None
     except (ValueError, KeyError, UnicodeDecodeError) as exc:
@@ -115,7 +117,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         raise OptionError("--val_fraction/--test_fraction", "together they must leave some patients for train (< 1)")
     from medprep.pipelines.io.discovery import is_folder_input, parse_query, read_reports
 
-    expected_inputs, extra_columns = 0, ()
+    expected_inputs = 0
+    extra_columns: tuple[str, ...] = ()
     input_ref, reports = args.input, args.reports
     if bool(args.input) == bool(args.dicomweb_url):
         raise OptionError("--input/--dicomweb_url",

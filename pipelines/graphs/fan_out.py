@@ -8,6 +8,7 @@ A unit that fails is reported to Assemble, and the other units of the input go o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import apache_beam as beam
 
@@ -57,7 +58,7 @@ class WorkDoFn(beam.DoFn):
         self.config = config
         self.metrics = PipelineMetrics()
 
-    def run_unit(self, fn) -> tuple[object, UnitFailure | None]:
+    def run_unit(self, fn) -> tuple[Any, UnitFailure | None]:
         """(result, None) or (None, the failure)."""
         try:
             with timed_stages() as times:

@@ -60,7 +60,8 @@ class _Readers:
     """A few open slides per worker (OpenSlide handles are not shared across processes)."""
 
     def __init__(self, size: int = 2):
-        self.size, self._open = size, OrderedDict()
+        self.size = size
+        self._open: OrderedDict[tuple, tuple[LocalFile | RemoteStreams, SlideReader]] = OrderedDict()
 
     def get(self, path: str, assume, override) -> SlideReader:
         key = (path, assume, override)   # the same file with another resolution is another reader
@@ -68,6 +69,7 @@ class _Readers:
             self._open.move_to_end(key)
             return self._open[key][1]
         web = parse_ref(path)
+        local: LocalFile | RemoteStreams
         if web is not None:   # a DICOM WSI series on a DICOMweb server: frames fetched as read
             local = LocalFile(path, False)
             reader = open_web_wsi(path, wsi_web_client(web.base), assume, override)

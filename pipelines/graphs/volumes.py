@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -214,9 +215,10 @@ class RenderSlices(WorkDoFn):
         if batch.subset is None:
             return
         source = DicomSeriesSource(batch.subset, load_dataset, self.options.image)
+        plan = cast(VolumePlan, batch.meta.plan)   # a planned DICOM series carries its plan
         for n in batch.numbers:
             finished, failure = self.run_unit(
-                lambda n=n: finish_slice(source, self.options, batch.meta.plan, n, batch.meta.info).without_pixels())
+                lambda n=n: finish_slice(source, self.options, plan, n, batch.meta.info).without_pixels())
             yield batch.key, SliceResult(batch.row, batch.meta, n, finished, failure)
 
 
@@ -243,7 +245,7 @@ class AssembleVolume(ManifestRowDoFn):
         for series_key in sorted(by_series):
             items = sorted(by_series[series_key], key=lambda result: result.number)
             meta = items[0].meta
-            bad = [r.failure for r in items if r.finished is None]
+            bad = [cast(UnitFailure, r.failure) for r in items if r.finished is None]   # a slice without image failed
             try:
                 if bad:
                     raise bad[0].error()

@@ -268,7 +268,7 @@ def build_report(folder: str, near_duplicates: bool = False, phash_distance: int
         shards = shard_files(folder, None, (".array_record",))
     groups: dict = defaultdict(list)
     lengths = defaultdict(list)
-    sheet = []
+    sheet: list[tuple[str, bytes, str]] = []
     for shard in shards:
         for rec in (read_parquet_shard(shard) if shard.endswith(".parquet") else read_arrayrecord_shard(shard)):
             lengths["text tokens"].append(len(rec["text_ids"]))
