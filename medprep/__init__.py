@@ -11,7 +11,17 @@ record and its readers) and medprep.pipelines (Beam graphs, I/O, the command lin
 from __future__ import annotations
 
 import os as _os
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:   # type checkers see the real signatures; at run time the names load on first use
+    from medprep.pipelines.options_io import load_options
+    from medprep.schemas.batch import image_token_id, model_batch
+    from medprep.schemas.model_input import to_model_input
+    from medprep.schemas.readers import grain_source, hf_dataset, read_records
+    from medprep.transforms.image import ImageOptions, prepare_image
+    from medprep.transforms.inference import InferenceOptions
+    from medprep.transforms.slide import SlideOptions, prepare_slide
+    from medprep.transforms.volume import VolumeOptions, prepare_series
 
 # In a source checkout the subpackages are the top-level folders transforms/, schemas/, pipelines/
 # (installed, setup.py maps them under medprep/): let this package find them there too.
@@ -33,8 +43,13 @@ _API = {
     "model_batch": "medprep.schemas.batch",
     "image_token_id": "medprep.schemas.batch",
     "load_options": "medprep.pipelines.options_io",
+    "InferenceOptions": "medprep.transforms.inference",
 }
-__all__ = sorted(_API)
+__all__ = [
+    "ImageOptions", "InferenceOptions", "SlideOptions", "VolumeOptions", "grain_source", "hf_dataset",
+    "image_token_id", "load_options", "model_batch", "prepare_image", "prepare_series", "prepare_slide",
+    "read_records", "to_model_input",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -92,3 +92,11 @@ def test_output_formats_are_a_table():
 
     assert {name: (f.folder, f.suffix) for name, f in FORMATS.items()} == {
         "arrayrecord": ("arrayrecord", ".array_record"), "parquet": ("parquet", ".parquet")}
+
+
+def test_public_api_names_resolve():
+    import medprep
+
+    assert sorted(medprep.__all__) == sorted(medprep._API)
+    for name in medprep.__all__:
+        assert getattr(medprep, name).__name__ == name
