@@ -286,6 +286,7 @@ class EncoderModelHandler(ModelHandler):
         from medprep.transforms.embed import decode_image
 
         results, kept, pixels = [], [], []
+        start = time.perf_counter()
         for item in batch:
             bare = item._replace(data=b"")
             ref = image_ref(item.example_id, item.image_index)
@@ -294,14 +295,13 @@ class EncoderModelHandler(ModelHandler):
             except Exception as exc:
                 results.append(EmbedResult(bare, error=error_line(ref, -1, "decode", exc)))
                 continue
-            start = time.perf_counter()
             try:
                 pixels.append(model.pixel_values(image))
             except Exception as exc:
                 results.append(EmbedResult(bare, error=error_line(ref, -1, "transform", exc)))
                 continue
-            self.metrics.observe("preprocess_ms", round((time.perf_counter() - start) * 1000))
             kept.append(bare)
+        self.metrics.observe("preprocess_ms", round((time.perf_counter() - start) * 1000))   # decode + processor
         if kept:
             start = time.perf_counter()
             pooled, tokens = model.forward(np.stack(pixels), self.config.pooling)
