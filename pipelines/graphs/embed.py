@@ -165,6 +165,8 @@ def _parquet_range(fh, start: int, stop: int):
     from medprep.schemas.arrow import row_to_record
 
     pf = pq.ParquetFile(fh)
+    if pf.metadata.num_rows < stop:
+        raise ValueError(f"the shard holds {pf.metadata.num_rows} records, its summary entry more")
     first = 0
     for group in range(pf.metadata.num_row_groups):
         n = pf.metadata.row_group(group).num_rows
