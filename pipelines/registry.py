@@ -67,3 +67,5 @@ register(ToolSpec("verify", "check an output folder (counts, shards, records, sp
                   "medprep.pipelines.tools.verify"))
 register(ToolSpec("inspect", "write OUT/report.html: counts, sample grids, histograms, errors",
                   "medprep.pipelines.tools.inspect"))
+register(ToolSpec("embed", "image embeddings / visual tokens of a finished output (RunInference; medprep[embed])",
+                  "medprep.pipelines.tools.embed_cli"))

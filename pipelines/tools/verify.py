@@ -719,6 +719,15 @@ def phash_distance_option(text: str) -> int:
     return value
 
 
+def _pipeline_of(output_dir: str) -> str:
+    """summary.json's `pipeline`, or '' when it cannot be read (verify then reports that)."""
+    try:
+        with _open_ref(join(output_dir, "summary.json")) as fh:
+            return str(json.loads(fh.read()).get("pipeline", ""))
+    except Exception:  # missing or unreadable: verify() names the problem
+        return ""
+
+
 def main(argv: list[str]) -> int:
     """CLI entry: prints the problems (exit 1) or a one-line OK (exit 0); near-duplicates as NEAR lines."""
     import argparse
@@ -733,6 +742,10 @@ def main(argv: list[str]) -> int:
                     help=f"with --near_duplicates: at most this many of 64 pHash bits differ "
                          f"(default {DEFAULT_PHASH_DISTANCE}, at most {MAX_PHASH_DISTANCE})")
     args = ap.parse_args(argv)
+    if _pipeline_of(args.output_dir) == "embed":   # a `medprep embed` output has its own checks
+        from medprep.pipelines.tools.embed_verify import main as verify_embeddings_main
+
+        return verify_embeddings_main([args.output_dir])
     problems, facts = verify(args.output_dir, not args.no_phi_scan, args.near_duplicates, args.phash_distance)
     for p in problems:
         print("FAIL", p)

@@ -15,7 +15,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from medprep.pipelines.cli.main import run_pipeline  # noqa: E402
-from medprep.pipelines.tools.embed_cli import main as embed_main  # noqa: E402
 from medprep.pipelines.tools.embed_verify import verify_embeddings  # noqa: E402
 from medprep.schemas import read_records  # noqa: E402
 from medprep.schemas.embedding_readers import embedding_matrix, read_embeddings  # noqa: E402
@@ -100,7 +99,10 @@ def _records(out: str, fmt: str = "arrayrecord") -> list[dict]:
 
 
 def _embed(args: list[str]) -> int:
-    return embed_main(args)
+    """`medprep embed …` through the command line (the registry's tool entry)."""
+    from medprep.pipelines.cli.main import main
+
+    return main(["embed", *args])
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +164,9 @@ def test_both_formats_hold_the_same_rows_and_verify(siglip_emb):
         assert np.array_equal(a[key]["embedding"], b[key]["embedding"])
         assert np.array_equal(a[key]["tokens"], b[key]["tokens"])
     problems, facts = verify_embeddings(siglip_emb)
+    from medprep.pipelines.cli.main import main
+
+    assert main(["verify", siglip_emb]) == 0   # `medprep verify` recognizes an embed output
     assert problems == [] and facts["input_checked"] and facts["input_images"] == 7
 
 
