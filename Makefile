@@ -30,6 +30,7 @@ test: $(BIN)/.installed
 # top-level folders are linked under build/mypy/medprep/ by the names they install as.
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	rm -rf build/mypy && mkdir -p build/mypy/medprep
 	for f in medprep/* transforms schemas pipelines; do \
 	  [ "$${f##*/}" = __pycache__ ] || ln -s "$(CURDIR)/$$f" build/mypy/medprep/; done

@@ -1,4 +1,5 @@
 """medprep: imaging data preparation for MedGemma-style vision-language models."""
+
 import os
 
 from setuptools import setup
@@ -11,8 +12,8 @@ INSTALL_REQUIRES = [
     "apache-beam[gcp]==2.77.0",
     "array-record>=0.5,<1",
     "google-cloud-storage>=2.14,<4",
-    "isal>=1.6,<2",   # ISA-L deflate for the fast PNG encoder (transforms/png.py)
-    "jinja2>=3.1,<4",   # Hugging Face chat templates (a tokenizer folder's chat_template.jinja)
+    "isal>=1.6,<2",  # ISA-L deflate for the fast PNG encoder (transforms/png.py)
+    "jinja2>=3.1,<4",  # Hugging Face chat templates (a tokenizer folder's chat_template.jinja)
     "numpy>=1.26,<3",
     "openslide-bin>=4,<5",
     "openslide-python>=1.3,<2",
@@ -29,14 +30,14 @@ INSTALL_REQUIRES = [
     "python-gdcm>=3.0.24,<4",
     "sentencepiece>=0.2,<0.3",
     "SimpleITK>=2.3,<3",
-    "tokenizers>=0.21,<1",   # Hugging Face tokenizer.json, run by the library transformers itself uses
+    "tokenizers>=0.21,<1",  # Hugging Face tokenizer.json, run by the library transformers itself uses
     # DICOM WSI. wsidicom >= 0.30 needs cachetools >= 7.1.3, which apache-beam[gcp] forbids (< 7);
     # 0.29.0 is the newest release that installs beside Beam without a conflict.
     "wsidicom==0.29.0",
-    "dicomweb-client>=0.59,<1",   # DICOM WSI over DICOMweb (wsidicom's web client)
+    "dicomweb-client>=0.59,<1",  # DICOM WSI over DICOMweb (wsidicom's web client)
 ]
 
-DEMO_REQUIRES = [   # `medprep demo` writes its sample slides as tiled JPEG TIFF pyramids
+DEMO_REQUIRES = [  # `medprep demo` writes its sample slides as tiled JPEG TIFF pyramids
     "imagecodecs>=2024.1",
     "tifffile>=2024.1",
 ]
@@ -49,17 +50,18 @@ EXTRAS_REQUIRE = {
         *DEMO_REQUIRES,
         "datasets>=3,<6",
         "gcp-storage-emulator>=2024.0",  # local GCS for gs:// tests
-        "grain>=0.2.10,<0.3",   # Grain loader tests
-        "torch==2.13.0",        # PyTorch loader tests (CPU wheel)
+        "grain>=0.2.10,<0.3",  # Grain loader tests
+        "torch==2.13.0",  # PyTorch loader tests (CPU wheel)
         "pydicom-data>=1.0,<2",  # real multi-frame MR, full-size MONOCHROME1 CRs for tests
         "hypothesis>=6.100,<7",
         "pytest>=8,<10",
         "pytest-xdist>=3.5,<4",
-        "ruff>=0.17,<0.18",   # make lint (pyproject.toml); a new minor release may add rules: raise it on purpose
-        "mypy>=2.4,<3",       # make lint: types, strict on medprep.transforms, medprep.schemas and the API
-        "transformers>=5.20,<6",   # the reference: Gemma3Processor's chat ids, a tiny Gemma 3 trained in tests
+        "ruff>=0.17,<0.18",  # make lint (pyproject.toml); a new minor release may add rules: raise it on purpose
+        "mypy>=2.4,<3",  # make lint: types, strict on medprep.transforms, medprep.schemas and the API
+        "transformers>=5.20,<6",  # the reference: Gemma3Processor's chat ids, a tiny Gemma 3 trained in tests
     ],
 }
+
 
 def _subpackages(folder: str) -> list[str]:
     """medprep.<folder> and every package below it."""
@@ -85,8 +87,13 @@ setup(
     python_requires=">=3.10,<3.13",
     # One namespace: the top-level folders install as medprep.transforms, medprep.schemas, medprep.pipelines
     # (no generic top-level names in site-packages).
-    packages=["medprep", "medprep.samples", *_subpackages("transforms"), *_subpackages("schemas"),
-              *_subpackages("pipelines")],
+    packages=[
+        "medprep",
+        "medprep.samples",
+        *_subpackages("transforms"),
+        *_subpackages("schemas"),
+        *_subpackages("pipelines"),
+    ],
     package_dir={"medprep": "medprep", **{f"medprep.{p}": p.replace(".", "/") for p in _FOLDERS}},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

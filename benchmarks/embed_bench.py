@@ -24,6 +24,7 @@ Measures (best of two passes):
   (model load included) to the committed outputs, and the share of it inside the forward pass (the
   pipeline's `forward_ms` metric).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,8 +78,12 @@ def prepared_output(folder: str, n: int) -> str:
     paths = make_pngs(folder, n)
     manifest = os.path.join(folder, "m.jsonl")
     with open(manifest, "w") as fh:
-        fh.write("".join(json.dumps({"id": str(i), "image": p, "text": "t", "label": str(i % 2)}) + "\n"
-                         for i, p in enumerate(paths)))
+        fh.write(
+            "".join(
+                json.dumps({"id": str(i), "image": p, "text": "t", "label": str(i % 2)}) + "\n"
+                for i, p in enumerate(paths)
+            )
+        )
     out = os.path.join(folder, "prepared")
     run_pipeline("images", ["--input", manifest, "--output_dir", out, "--image_size", str(SIDE), "--split_salt", "b"])
     return out
@@ -101,8 +106,9 @@ def preprocessing_rows(folder: str) -> list[str]:
         for side, encoder in encoders.items():
             slow = 1000 * best(lambda e=encoder, i=image: [e.processor_pixel_values(i) for _ in range(5)], repeat=3) / 5
             fast = 1000 * best(lambda e=encoder, i=image: [e.pixel_values(i) for _ in range(5)], repeat=3) / 5
-            rows.append(f"| {out_side}² PNG ({len(data) / 1024:.0f} kB) | {side}² | {decode_ms:.1f} | "
-                        f"{slow:.1f} | {fast:.1f} |")
+            rows.append(
+                f"| {out_side}² PNG ({len(data) / 1024:.0f} kB) | {side}² | {decode_ms:.1f} | {slow:.1f} | {fast:.1f} |"
+            )
     return rows
 
 
@@ -139,7 +145,7 @@ def batched(images: list[bytes], encoder, batch_size: int) -> tuple[float, float
         outside = 0.0
         for start in range(0, len(images), batch_size):
             t0 = time.perf_counter()
-            pixels = np.stack([encoder.pixel_values(decode_image(d)) for d in images[start:start + batch_size]])
+            pixels = np.stack([encoder.pixel_values(decode_image(d)) for d in images[start : start + batch_size]])
             t1 = time.perf_counter()
             encoder.forward(pixels, "pooled")
             outside += t1 - t0
@@ -161,8 +167,9 @@ def whole_run(prepared: str, model: str, batch_size: int, out: str) -> tuple[flo
     from medprep.pipelines.io.outputs import commit_outputs
     from medprep.pipelines.tools.embed_cli import config_from_args, parse
 
-    args, beam_args = parse(["--input", prepared, "--model", model, "--output_dir", out, "--batch_size",
-                             str(batch_size), "--overwrite"])
+    args, beam_args = parse(
+        ["--input", prepared, "--model", model, "--output_dir", out, "--batch_size", str(batch_size), "--overwrite"]
+    )
     config = config_from_args(args)
     start = time.perf_counter()
     result = run(build, config, beam_args)
@@ -196,43 +203,64 @@ def main() -> None:
         print("\n".join(preprocessing_rows(folder)))
         sizes = {"tiny": (args.n, args.pipeline_n), "base": (args.base_n, args.base_pipeline_n)}
         prepared = {n: prepared_output(os.path.join(folder, f"in{n}"), n) for _, n in sizes.values()}
-        images = [img for rec in read_records(os.path.join(prepared[max(prepared)], "arrayrecord"))
-                  for img in rec["images"]]
-        print(f"inputs: PNG images {SIDE}x{SIDE} from `medprep images`, mean "
-              f"{np.mean([len(i) for i in images]) / 1024:.0f} kB")
+        images = [
+            img for rec in read_records(os.path.join(prepared[max(prepared)], "arrayrecord")) for img in rec["images"]
+        ]
+        print(
+            f"inputs: PNG images {SIDE}x{SIDE} from `medprep images`, mean "
+            f"{np.mean([len(i) for i in images]) / 1024:.0f} kB"
+        )
         print("\n| model | path | images/s | ms/image | time outside the forward pass |")
         print("|---|---|---|---|---|")
         runs = []
         for kind in args.models.split(","):
             model = make_model(kind, folder)
             encoder = load_encoder(model, device="cpu")
-            sample = images[:sizes[kind][0]]
+            sample = images[: sizes[kind][0]]
             seconds = plain_loop(sample, model)
-            print(f"| {kind} | plain loop, one image at a time | {len(sample) / seconds:.1f} | "
-                  f"{1000 * seconds / len(sample):.2f} | |")
+            print(
+                f"| {kind} | plain loop, one image at a time | {len(sample) / seconds:.1f} | "
+                f"{1000 * seconds / len(sample):.2f} | |"
+            )
             for bs in (1, 8, 32):
                 total, outside = batched(sample, encoder, bs)
-                print(f"| {kind} | embed_images, batch {bs} | {len(sample) / total:.1f} | "
-                      f"{1000 * total / len(sample):.2f} | {100 * outside / total:.0f} % |")
+                print(
+                    f"| {kind} | embed_images, batch {bs} | {len(sample) / total:.1f} | "
+                    f"{1000 * total / len(sample):.2f} | {100 * outside / total:.0f} % |"
+                )
             for bs in (8, 32):
-                wall, forward, pre, rows = whole_run(prepared[sizes[kind][1]], model, bs,
-                                                     os.path.join(folder, f"emb-{kind}-{bs}"))
+                wall, forward, pre, rows = whole_run(
+                    prepared[sizes[kind][1]], model, bs, os.path.join(folder, f"emb-{kind}-{bs}")
+                )
                 runs.append((kind, bs, rows, wall, forward, pre))
         if "tiny" in args.models.split(",") and len(prepared) > 1:
             # the same model over the smaller output: the difference is the cost per image without fixed costs
             small = min(prepared)
-            wall, forward, pre, rows = whole_run(prepared[small], make_model("tiny", folder), 32,
-                                                 os.path.join(folder, "emb-tiny-small"))
+            wall, forward, pre, rows = whole_run(
+                prepared[small], make_model("tiny", folder), 32, os.path.join(folder, "emb-tiny-small")
+            )
             big = next(r for r in runs if r[0] == "tiny" and r[1] == 32)
             runs.append(("tiny", "32, fixed cost: a run of", rows, wall, forward, pre))
-            runs.append(("tiny", f"32, per added image ({big[2]} - {rows} images)", big[2] - rows, big[3] - wall,
-                         big[4] - forward, big[5] - pre))
-        print("\n| model | whole run (in-process), batch | images | seconds | images/s | in forward "
-              "| decode + processor | rest (start-up, model load, rows, shards) |")
+            runs.append(
+                (
+                    "tiny",
+                    f"32, per added image ({big[2]} - {rows} images)",
+                    big[2] - rows,
+                    big[3] - wall,
+                    big[4] - forward,
+                    big[5] - pre,
+                )
+            )
+        print(
+            "\n| model | whole run (in-process), batch | images | seconds | images/s | in forward "
+            "| decode + processor | rest (start-up, model load, rows, shards) |"
+        )
         print("|---|---|---|---|---|---|---|---|")
         for kind, bs, rows, wall, forward, pre in runs:
-            print(f"| {kind} | {bs} | {rows} | {wall:.2f} | {rows / wall:.1f} | {100 * forward / wall:.0f} % | "
-                  f"{100 * pre / wall:.0f} % | {100 * (wall - forward - pre) / wall:.0f} % |")
+            print(
+                f"| {kind} | {bs} | {rows} | {wall:.2f} | {rows / wall:.1f} | {100 * forward / wall:.0f} % | "
+                f"{100 * pre / wall:.0f} % | {100 * (wall - forward - pre) / wall:.0f} % |"
+            )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ process that runs the CLI and, polled every 0.1 s, of every process below it (Be
 multi_processing workers). getrusage's ru_maxrss is not used: Linux carries it across fork and
 exec, so a child of a large process would report its parent's peak.
 """
+
 from __future__ import annotations
 
 import json

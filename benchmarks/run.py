@@ -5,6 +5,7 @@
 Inputs are generated: 16-bit CXR DICOMs (2048×2500, VOI window) and JPEG photos (1600×1200).
 Prints a Markdown table (images/s on one core; ms per image).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,9 @@ def plain_loop(data: bytes) -> bytes:
 def make_inputs(folder: str, n: int) -> tuple[list[bytes], list[bytes], list[str]]:
     dicoms, photos, paths = [], [], []
     for i in range(n):
-        p = write_dicom(os.path.join(folder, f"cxr{i}.dcm"), synthetic_cxr(2048, 2500, seed=i), window=(1800, 3000),
-                        patient=i)
+        p = write_dicom(
+            os.path.join(folder, f"cxr{i}.dcm"), synthetic_cxr(2048, 2500, seed=i), window=(1800, 3000), patient=i
+        )
         dicoms.append(open(p, "rb").read())
         paths.append(p)
         buf = io.BytesIO()
@@ -79,21 +81,37 @@ def stage_table(dicoms: list[bytes], photos: list[bytes]) -> list[tuple[str, str
         resized = [pad_and_resize(r.pixels, 896)[0] for r in rendered]
         rows.append((kind, "decode (bytes → RGB uint8)", _timeit(decode_any, items)))
         if kind.startswith("CXR"):
-            rows.append((kind, "decode floor: pydicom pixel_array only",
-                         _timeit(lambda d: pydicom.dcmread(io.BytesIO(d)).pixel_array, items)))
+            rows.append(
+                (
+                    kind,
+                    "decode floor: pydicom pixel_array only",
+                    _timeit(lambda d: pydicom.dcmread(io.BytesIO(d)).pixel_array, items),
+                )
+            )
         else:
-            rows.append((kind, "decode floor: Pillow JPEG decode only",
-                         _timeit(lambda d: Image.open(io.BytesIO(d)).load(), items)))
+            rows.append(
+                (
+                    kind,
+                    "decode floor: Pillow JPEG decode only",
+                    _timeit(lambda d: Image.open(io.BytesIO(d)).load(), items),
+                )
+            )
         rows.append((kind, "pad + resize to 896", _timeit(lambda r: pad_and_resize(r.pixels, 896), rendered)))
         rows += encoder_rows(kind, resized)
-        rows.append((kind, "**per-item path** (decode → pad/resize → PNG level 1)",
-                     _timeit(lambda d: finish_rgb(decode_any(d).pixels, opts), items)))
+        rows.append(
+            (
+                kind,
+                "**per-item path** (decode → pad/resize → PNG level 1)",
+                _timeit(lambda d: finish_rgb(decode_any(d).pixels, opts), items),
+            )
+        )
         rows.append((kind, "plain per-image loop (baseline)", _timeit(plain_loop, items)))
     return rows
 
 
 def encoder_rows(kind: str, images: list) -> list[tuple[str, str, float]]:
     """Every encoder choice on the same 896×896 images, with mean sizes."""
+
     def pillow_png(im, level):
         buf = io.BytesIO()
         im.save(buf, format="PNG", compress_level=level)
@@ -105,8 +123,10 @@ def encoder_rows(kind: str, images: list) -> list[tuple[str, str, float]]:
         ("encode PNG, Pillow level 1 (the previous default)", lambda im: pillow_png(im, 1)),
         ("encode PNG, Pillow level 6 (zlib default)", lambda im: pillow_png(im, 6)),
         ("encode JPEG q95 4:4:4 (lossy)", lambda im: encode_image(im, "jpeg")),
-        ("encode WebP lossless (method 0)",
-         lambda im: (lambda b: (im.save(b, format="WEBP", lossless=True, method=0), b.getvalue())[1])(io.BytesIO())),
+        (
+            "encode WebP lossless (method 0)",
+            lambda im: (lambda b: (im.save(b, format="WEBP", lossless=True, method=0), b.getvalue())[1])(io.BytesIO()),
+        ),
     ]
     rows = []
     for label, fn in choices:
@@ -118,8 +138,9 @@ def encoder_rows(kind: str, images: list) -> list[tuple[str, str, float]]:
 MP = ["--direct_running_mode=multi_processing"]
 
 
-def whole_runs(pipeline: str, manifest: str, folder: str, unit: str, modes: list[tuple[str, list[str]]],
-               extra: list[str] = ()) -> list[tuple]:
+def whole_runs(
+    pipeline: str, manifest: str, folder: str, unit: str, modes: list[tuple[str, list[str]]], extra: list[str] = ()
+) -> list[tuple]:
     """Whole `medprep` runs in fresh processes: (label, units/s, seconds, peak MiB runner, peak MiB worker)."""
     from benchmarks.measure import run_measured
 
@@ -128,8 +149,15 @@ def whole_runs(pipeline: str, manifest: str, folder: str, unit: str, modes: list
         out = os.path.join(folder, f"out-{pipeline}-{len(rows)}")
         counts, m = run_measured(pipeline, "--input", manifest, "--output_dir", out, "--overwrite", *extra, *mode)
         n = counts[unit]
-        rows.append((f"{pipeline}: {n} {unit}, {label}", n / m["seconds"], m["seconds"], m["self_kb"] / 1024,
-                     m["children_kb"] / 1024))
+        rows.append(
+            (
+                f"{pipeline}: {n} {unit}, {label}",
+                n / m["seconds"],
+                m["seconds"],
+                m["self_kb"] / 1024,
+                m["children_kb"] / 1024,
+            )
+        )
     return rows
 
 
@@ -142,16 +170,21 @@ def image_manifest(paths: list[str], folder: str, n: int) -> str:
     return manifest
 
 
-SCALING_MODES = [("in-process", []), ("multi_processing, 1 worker", MP + ["--direct_num_workers=1"]),
-                 ("multi_processing, 2 workers", MP + ["--direct_num_workers=2"])]
+SCALING_MODES = [
+    ("in-process", []),
+    ("multi_processing, 1 worker", MP + ["--direct_num_workers=1"]),
+    ("multi_processing, 2 workers", MP + ["--direct_num_workers=2"]),
+]
 
 
 def plain_ct_slice(path: str) -> bytes:
     """A straightforward per-slice CT script: pydicom, float HU, three np.clip windows, stack, resize, PNG."""
     ds = pydicom.dcmread(path)
     hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-    chans = [np.round((np.clip(hu, lo, hi) - lo) / (hi - lo) * 255).astype(np.uint8)
-             for lo, hi in ((-1024, 1024), (-135, 215), (0, 80))]
+    chans = [
+        np.round((np.clip(hu, lo, hi) - lo) / (hi - lo) * 255).astype(np.uint8)
+        for lo, hi in ((-1024, 1024), (-135, 215), (0, 80))
+    ]
     img = Image.fromarray(np.stack(chans, axis=-1)).resize((896, 896), Image.BILINEAR)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
@@ -181,8 +214,11 @@ def volume_table(folder: str, n_slices: int) -> tuple[list[tuple[str, str, float
         (kind, "read + decode + 3 HU windows (LUT)", _timeit(lambda p: render_dataset(pydicom.dcmread(p)), paths)),
         (kind, "resize 512 → 896", _timeit(lambda r: pad_and_resize(r.pixels, 896), rendered)),
         *encoder_rows(kind, resized),
-        (kind, "**per-slice path** (read → window → resize → PNG 1)",
-         _timeit(lambda p: finish_rendered(render_dataset(pydicom.dcmread(p)), opts), paths)),
+        (
+            kind,
+            "**per-slice path** (read → window → resize → PNG 1)",
+            _timeit(lambda p: finish_rendered(render_dataset(pydicom.dcmread(p)), opts), paths),
+        ),
         (kind, "plain per-slice loop (baseline, PNG default level)", _timeit(plain_ct_slice, paths)),
     ]
     return rows, series
@@ -197,7 +233,7 @@ def slide_table(folder: str) -> list[tuple[str, str, float]]:
     from medprep.transforms.slide_reader import OpenSlideReader
 
     path = write_svs(os.path.join(folder, "bench.svs"), synthetic_slide_rgb(16384, 12288, seed=0), mpp=0.25)
-    options = SlideOptions(max_patches=24, target_mpp=0.5)           # 20x: read from level 0, resize 0.5
+    options = SlideOptions(max_patches=24, target_mpp=0.5)  # 20x: read from level 0, resize 0.5
     reader = OpenSlideReader(path)
     plan = plan_slide(reader, options)
     patches = plan.patches
@@ -217,16 +253,32 @@ def slide_table(folder: str) -> list[tuple[str, str, float]]:
         jpeg_tiles.append(buf.getvalue())
     kind = "SVS patch 896 @ 0.5 µm/px (from 1792² @ 0.25)"
     rows = [
-        (kind, "plan (thumbnail, tissue, grid, sample) per slide",
-         _timeit(lambda _: plan_slide(reader, options), [0], 1)),
-        (kind, "read_region only (OpenSlide decode)",
-         _timeit(lambda p: slide.read_region((p.x, p.y), 0, (1792, 1792)), patches)),
-        (kind, "floor: one JPEG decode of the source area + resize + PNG-1 encode",
-         _timeit(lambda j: encode_image(Image.open(io.BytesIO(j)).convert("RGB").resize((896, 896), Image.BILINEAR),
-                                        "png", png_level=1), jpeg_tiles)),
+        (
+            kind,
+            "plan (thumbnail, tissue, grid, sample) per slide",
+            _timeit(lambda _: plan_slide(reader, options), [0], 1),
+        ),
+        (
+            kind,
+            "read_region only (OpenSlide decode)",
+            _timeit(lambda p: slide.read_region((p.x, p.y), 0, (1792, 1792)), patches),
+        ),
+        (
+            kind,
+            "floor: one JPEG decode of the source area + resize + PNG-1 encode",
+            _timeit(
+                lambda j: encode_image(
+                    Image.open(io.BytesIO(j)).convert("RGB").resize((896, 896), Image.BILINEAR), "png", png_level=1
+                ),
+                jpeg_tiles,
+            ),
+        ),
         *encoder_rows(kind, [read_patch(reader, plan.choice.level, p, options).image for p in patches[:8]]),
-        (kind, "**per-patch path** (read → resize → PNG 1)",
-         _timeit(lambda p: read_patch(reader, plan.choice.level, p, options), patches)),
+        (
+            kind,
+            "**per-patch path** (read → resize → PNG 1)",
+            _timeit(lambda p: read_patch(reader, plan.choice.level, p, options), patches),
+        ),
         (kind, "plain read_region loop (baseline, PNG default level)", _timeit(plain, patches)),
     ]
     reader.close()
@@ -246,11 +298,15 @@ def text_table(folder: str) -> list[tuple[str, str, float]]:
         fh.write(train_demo_tokenizer())
     tok = SentencePieceTokenizer.from_file(model)
     report = " ".join(f"Slice {k}: hypodense lesion in the liver, no intracranial haemorrhage." for k in range(85))
-    messages = conversation(prompt_then_images("Write the findings.", 85, [f"SLICE {n}" for n in range(1, 86)]),
-                            report)
+    messages = conversation(prompt_then_images("Write the findings.", 85, [f"SLICE {n}" for n in range(1, 86)]), report)
     kind = f"85-slice series, report {len(tok.encode(report)[0])} tokens"
-    rows = [(kind, f"medprep chat ids ({len(tok.chat(messages).input_ids)} ids, SentencePiece .model)",
-             _timeit(tok.chat, [messages], repeat=5))]
+    rows = [
+        (
+            kind,
+            f"medprep chat ids ({len(tok.chat(messages).input_ids)} ids, SentencePiece .model)",
+            _timeit(tok.chat, [messages], repeat=5),
+        )
+    ]
     try:
         import sys
 
@@ -262,13 +318,29 @@ def text_table(folder: str) -> list[tuple[str, str, float]]:
     processor.tokenizer.save_pretrained(os.path.join(folder, "hf_saved"))
     from medprep.pipelines.io.tokenizer import load_tokenizer
 
-    rows.append((kind, "medprep chat ids (tokenizer.json folder)",
-                 _timeit(load_tokenizer(os.path.join(folder, "hf_saved")).chat, [messages], repeat=5)))
-    rows.append((kind, "transformers: render + expand + tokenize (apply_chat_template, tokenize=False, then "
-                       "tokenizer)",
-                 _timeit(lambda m: processor.tokenizer(processor.apply_chat_template(m, tokenize=False).replace(
-                     "<start_of_image>", processor.full_image_sequence), add_special_tokens=False), [messages],
-                         repeat=5)))
+    rows.append(
+        (
+            kind,
+            "medprep chat ids (tokenizer.json folder)",
+            _timeit(load_tokenizer(os.path.join(folder, "hf_saved")).chat, [messages], repeat=5),
+        )
+    )
+    rows.append(
+        (
+            kind,
+            "transformers: render + expand + tokenize (apply_chat_template, tokenize=False, then tokenizer)",
+            _timeit(
+                lambda m: processor.tokenizer(
+                    processor.apply_chat_template(m, tokenize=False).replace(
+                        "<start_of_image>", processor.full_image_sequence
+                    ),
+                    add_special_tokens=False,
+                ),
+                [messages],
+                repeat=5,
+            ),
+        )
+    )
     return rows
 
 
@@ -280,11 +352,16 @@ def print_rows(header: str, rows) -> None:
 
 
 def print_runs(rows) -> None:
-    print("| whole run | items/s | seconds | peak RSS runner (MiB) | peak RSS largest worker (MiB) |\n"
-          "|---|---|---|---|---|")
+    print(
+        "| whole run | items/s | seconds | peak RSS runner (MiB) | peak RSS largest worker (MiB) |\n"
+        "|---|---|---|---|---|"
+    )
     for label, rate, sec, runner, worker in rows:
-        print(f"| {label} | {rate:.1f} | {sec:.1f} | {runner:.0f} | {worker:.0f} |" if worker else
-              f"| {label} | {rate:.1f} | {sec:.1f} | {runner:.0f} | (in the runner) |")
+        print(
+            f"| {label} | {rate:.1f} | {sec:.1f} | {runner:.0f} | {worker:.0f} |"
+            if worker
+            else f"| {label} | {rate:.1f} | {sec:.1f} | {runner:.0f} | (in the runner) |"
+        )
     print()
 
 
@@ -302,8 +379,10 @@ def main() -> None:
             print_rows("patches/s", slide_table(d))
             from medprep.samples import synthetic_slide_rgb, write_svs
 
-            slides = [write_svs(os.path.join(d, f"s{i}.svs"), synthetic_slide_rgb(16384, 12288, seed=i), mpp=0.25)
-                      for i in range(4)]
+            slides = [
+                write_svs(os.path.join(d, f"s{i}.svs"), synthetic_slide_rgb(16384, 12288, seed=i), mpp=0.25)
+                for i in range(4)
+            ]
             manifest = os.path.join(d, "slides.jsonl")
             with open(manifest, "w") as fh:
                 for i, p in enumerate(slides):

@@ -26,6 +26,7 @@ Measures, per kind:
 and over all kinds: detections on clinical text (overlapping no planted identifier) and clinical
 sentences altered, of all clinical sentences.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,31 +40,192 @@ from medprep.transforms.scrub import KINDS, find_identifiers
 
 # ------------------------------------------------------------------------------------------- the labelled set
 
-FIRST = ["James", "Mary", "Robert", "Patricia", "Michael", "Jennifer", "David", "Linda", "Thomas", "Susan",
-         "Daniel", "Margaret", "Mary-Ann", "Jean-Luc", "Aisha", "Mohammed", "Wei", "Priya", "Olumide", "Svetlana",
-         "Hiroshi", "Fatima", "Carlos", "Ingrid", "Rajesh", "Siobhan", "Dmitri", "Lucia", "Kwame", "Anneliese",
-         "Tomasz", "Mei", "Yusuf", "Chiara", "Arjun", "Eleanor", "Mateo", "Nkechi", "Bjorn", "Camille"]
-LAST = ["Smith", "Johnson", "Williams", "Garcia", "Miller", "Davis", "Rodriguez", "Martinez", "Hernandez",
-        "Lopez", "Gonzalez", "Wilson", "Anderson", "Taylor", "Thomas", "Moore", "Jackson", "Martin", "Thompson",
-        "O'Brien", "McDonald", "Smith-Jones", "Nguyen", "Okafor", "Kowalski", "Patel", "Yamamoto", "Haddad",
-        "Ivanova", "Fitzgerald", "Schneider", "Rossi", "Chen", "Mensah", "Lindqvist", "Dubois", "Novak",
-        "Abernathy", "Castellanos", "Whitfield"]
-STREETS = ["Main", "Oak", "Maple", "Cedar", "Elm", "Washington", "Lake", "Hill", "Park", "Pine", "Sunset",
-           "Old Mill", "Martin Luther King Jr", "N Main", "West Elm", "5th", "42nd", "Harbor View", "Baker",
-           "Kingsley", "Riverside", "Mulberry", "Chestnut", "Highland"]
-SUFFIXES = ["Street", "St", "Avenue", "Ave", "Road", "Rd", "Boulevard", "Blvd", "Lane", "Ln", "Drive", "Dr",
-            "Court", "Ct", "Place", "Way", "Terrace", "Parkway", "Circle"]
-CITIES = [("Springfield", "IL", "62704"), ("Boston", "MA", "02115"), ("Houston", "TX", "77030"),
-          ("Rochester", "MN", "55905"), ("San Francisco", "CA", "94143"), ("Ann Arbor", "MI", "48109"),
-          ("Baltimore", "MD", "21287"), ("Salt Lake City", "UT", "84132"), ("Portland", "OR", "97239"),
-          ("Nashville", "TN", "37232")]
+FIRST = [
+    "James",
+    "Mary",
+    "Robert",
+    "Patricia",
+    "Michael",
+    "Jennifer",
+    "David",
+    "Linda",
+    "Thomas",
+    "Susan",
+    "Daniel",
+    "Margaret",
+    "Mary-Ann",
+    "Jean-Luc",
+    "Aisha",
+    "Mohammed",
+    "Wei",
+    "Priya",
+    "Olumide",
+    "Svetlana",
+    "Hiroshi",
+    "Fatima",
+    "Carlos",
+    "Ingrid",
+    "Rajesh",
+    "Siobhan",
+    "Dmitri",
+    "Lucia",
+    "Kwame",
+    "Anneliese",
+    "Tomasz",
+    "Mei",
+    "Yusuf",
+    "Chiara",
+    "Arjun",
+    "Eleanor",
+    "Mateo",
+    "Nkechi",
+    "Bjorn",
+    "Camille",
+]
+LAST = [
+    "Smith",
+    "Johnson",
+    "Williams",
+    "Garcia",
+    "Miller",
+    "Davis",
+    "Rodriguez",
+    "Martinez",
+    "Hernandez",
+    "Lopez",
+    "Gonzalez",
+    "Wilson",
+    "Anderson",
+    "Taylor",
+    "Thomas",
+    "Moore",
+    "Jackson",
+    "Martin",
+    "Thompson",
+    "O'Brien",
+    "McDonald",
+    "Smith-Jones",
+    "Nguyen",
+    "Okafor",
+    "Kowalski",
+    "Patel",
+    "Yamamoto",
+    "Haddad",
+    "Ivanova",
+    "Fitzgerald",
+    "Schneider",
+    "Rossi",
+    "Chen",
+    "Mensah",
+    "Lindqvist",
+    "Dubois",
+    "Novak",
+    "Abernathy",
+    "Castellanos",
+    "Whitfield",
+]
+STREETS = [
+    "Main",
+    "Oak",
+    "Maple",
+    "Cedar",
+    "Elm",
+    "Washington",
+    "Lake",
+    "Hill",
+    "Park",
+    "Pine",
+    "Sunset",
+    "Old Mill",
+    "Martin Luther King Jr",
+    "N Main",
+    "West Elm",
+    "5th",
+    "42nd",
+    "Harbor View",
+    "Baker",
+    "Kingsley",
+    "Riverside",
+    "Mulberry",
+    "Chestnut",
+    "Highland",
+]
+SUFFIXES = [
+    "Street",
+    "St",
+    "Avenue",
+    "Ave",
+    "Road",
+    "Rd",
+    "Boulevard",
+    "Blvd",
+    "Lane",
+    "Ln",
+    "Drive",
+    "Dr",
+    "Court",
+    "Ct",
+    "Place",
+    "Way",
+    "Terrace",
+    "Parkway",
+    "Circle",
+]
+CITIES = [
+    ("Springfield", "IL", "62704"),
+    ("Boston", "MA", "02115"),
+    ("Houston", "TX", "77030"),
+    ("Rochester", "MN", "55905"),
+    ("San Francisco", "CA", "94143"),
+    ("Ann Arbor", "MI", "48109"),
+    ("Baltimore", "MD", "21287"),
+    ("Salt Lake City", "UT", "84132"),
+    ("Portland", "OR", "97239"),
+    ("Nashville", "TN", "37232"),
+]
 UK_CITIES = [("London", "NW1 6XE"), ("Manchester", "M13 9PL"), ("Leeds", "LS1 3EX"), ("Oxford", "OX3 9DU")]
-DOMAINS = ["example.org", "mail.example.com", "hospital.example.net", "uni-klinik.example.de", "clinic.example.co.uk",
-           "example.edu"]
-AREA_CODES = ["212", "312", "415", "617", "713", "206", "303", "404", "503", "602", "702", "919", "860", "507",
-              "734", "410", "801", "615"]
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-          "November", "December"]
+DOMAINS = [
+    "example.org",
+    "mail.example.com",
+    "hospital.example.net",
+    "uni-klinik.example.de",
+    "clinic.example.co.uk",
+    "example.edu",
+]
+AREA_CODES = [
+    "212",
+    "312",
+    "415",
+    "617",
+    "713",
+    "206",
+    "303",
+    "404",
+    "503",
+    "602",
+    "702",
+    "919",
+    "860",
+    "507",
+    "734",
+    "410",
+    "801",
+    "615",
+]
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 
 
 def _ssn(r: random.Random) -> str:
@@ -77,14 +239,28 @@ def _us_number(r: random.Random) -> tuple[str, str, str]:
 
 def make_phone(r: random.Random) -> str:
     a, b, c = _us_number(r)
-    forms = [f"({a}) {b}-{c}", f"{a}-{b}-{c}", f"{a}.{b}.{c}", f"+1 {a} {b} {c}", f"1-{a}-{b}-{c}",
-             f"{a}-{b}-{c} ext. {r.randint(100, 9999)}", f"+1 ({a}) {b}-{c}",
-             f"+44 20 7946 0{r.randint(0, 999):03d}", f"+44 7700 900{r.randint(0, 999):03d}",
-             f"+49 30 {r.randint(1000000, 9999999)}", f"+33 1 {r.randint(10, 99)} {r.randint(10, 99)} "
-             f"{r.randint(10, 99)} {r.randint(10, 99)}", f"+91 9{r.randint(1000, 9999)} {r.randint(10000, 99999)}",
-             f"+61 2 {r.randint(8000, 9999)} {r.randint(1000, 9999)}", f"0044 20 7946 0{r.randint(0, 999):03d}",
-             f"020 7946 0{r.randint(0, 999):03d}", f"{a} {b} {c}", f"+1.{a}.{b}.{c}", f"+1-{a}-{b}-{c}",
-             f"(020) 7946 0{r.randint(0, 999):03d}", f"+353 1 {r.randint(200, 999)} {r.randint(1000, 9999)}"]
+    forms = [
+        f"({a}) {b}-{c}",
+        f"{a}-{b}-{c}",
+        f"{a}.{b}.{c}",
+        f"+1 {a} {b} {c}",
+        f"1-{a}-{b}-{c}",
+        f"{a}-{b}-{c} ext. {r.randint(100, 9999)}",
+        f"+1 ({a}) {b}-{c}",
+        f"+44 20 7946 0{r.randint(0, 999):03d}",
+        f"+44 7700 900{r.randint(0, 999):03d}",
+        f"+49 30 {r.randint(1000000, 9999999)}",
+        f"+33 1 {r.randint(10, 99)} {r.randint(10, 99)} {r.randint(10, 99)} {r.randint(10, 99)}",
+        f"+91 9{r.randint(1000, 9999)} {r.randint(10000, 99999)}",
+        f"+61 2 {r.randint(8000, 9999)} {r.randint(1000, 9999)}",
+        f"0044 20 7946 0{r.randint(0, 999):03d}",
+        f"020 7946 0{r.randint(0, 999):03d}",
+        f"{a} {b} {c}",
+        f"+1.{a}.{b}.{c}",
+        f"+1-{a}-{b}-{c}",
+        f"(020) 7946 0{r.randint(0, 999):03d}",
+        f"+353 1 {r.randint(200, 999)} {r.randint(1000, 9999)}",
+    ]
     return r.choice(forms)
 
 
@@ -94,11 +270,22 @@ def _ordinal(d: int) -> str:
 
 def make_date(r: random.Random) -> str:
     y, m, d = r.randint(1940, 2025), r.randint(1, 12), r.randint(1, 28)
-    forms = [f"{m:02d}/{d:02d}/{y}", f"{y}-{m:02d}-{d:02d}", f"{d} {MONTHS[m - 1]} {y}", f"{MONTHS[m - 1]} {d}, {y}",
-             f"{MONTHS[m - 1][:3]} {d}, {y}", f"{d:02d}.{m:02d}.{y % 100:02d}", f"{m}/{d}/{y}",
-             f"{MONTHS[m - 1]} {y}", f"{d}-{MONTHS[m - 1][:3]}-{y}", f"{y}/{m:02d}/{d:02d}",
-             f"{d}{_ordinal(d)} of {MONTHS[m - 1]} {y}", f"{MONTHS[m - 1]} {d}{_ordinal(d)}, {y}",
-             f"{d} {MONTHS[m - 1][:3]} {y % 100:02d}", f"{y}{m:02d}{d:02d}"]
+    forms = [
+        f"{m:02d}/{d:02d}/{y}",
+        f"{y}-{m:02d}-{d:02d}",
+        f"{d} {MONTHS[m - 1]} {y}",
+        f"{MONTHS[m - 1]} {d}, {y}",
+        f"{MONTHS[m - 1][:3]} {d}, {y}",
+        f"{d:02d}.{m:02d}.{y % 100:02d}",
+        f"{m}/{d}/{y}",
+        f"{MONTHS[m - 1]} {y}",
+        f"{d}-{MONTHS[m - 1][:3]}-{y}",
+        f"{y}/{m:02d}/{d:02d}",
+        f"{d}{_ordinal(d)} of {MONTHS[m - 1]} {y}",
+        f"{MONTHS[m - 1]} {d}{_ordinal(d)}, {y}",
+        f"{d} {MONTHS[m - 1][:3]} {y % 100:02d}",
+        f"{y}{m:02d}{d:02d}",
+    ]
     return r.choice(forms)
 
 
@@ -110,11 +297,18 @@ def make_address(r: random.Random) -> str:
         return f"{number} {street}, {city} {post}"
     if r.random() < 0.05:
         return f"PO Box {r.randint(1, 9999)}, {' '.join(r.choice(CITIES)[:2])}"
-    if r.random() < 0.05:                                          # no street suffix: rules cannot tell
+    if r.random() < 0.05:  # no street suffix: rules cannot tell
         return f"{r.randint(1, 999)} {r.choice(STREETS)}, {r.choice(CITIES)[0]}"
     street = f"{r.randint(1, 99999)} {r.choice(STREETS)} {r.choice(SUFFIXES)}{r.choice(['', '', '.'])}"
-    unit = r.choice(["", "", f", Apt {r.randint(1, 40)}{r.choice('ABCD')}", f", Suite {r.randint(100, 900)}",
-                     f" #{r.randint(1, 30)}"])
+    unit = r.choice(
+        [
+            "",
+            "",
+            f", Apt {r.randint(1, 40)}{r.choice('ABCD')}",
+            f", Suite {r.randint(100, 900)}",
+            f" #{r.randint(1, 30)}",
+        ]
+    )
     city, state, zipc = r.choice(CITIES)
     tail = r.choice(["", f", {city}, {state} {zipc}", f", {city}, {state} {zipc}", f", {city} {state} {zipc}"])
     return street + unit + tail
@@ -122,31 +316,43 @@ def make_address(r: random.Random) -> str:
 
 def make_email(r: random.Random, first: str, last: str) -> str:
     f, s = re.sub(r"[^a-z]", "", first.lower()), re.sub(r"[^a-z]", "", last.lower())
-    local = r.choice([f"{f}.{s}", f"{f[0]}{s}", f"{f[0]}{s}{r.randint(1, 99)}", f"{s}_{f}", f"{f}.{s}+radiology",
-                      f"dr.{s}", "radiology.reports", f"{s}{r.randint(1950, 2005)}",
-                      f"{first[0]}.{re.sub('[^A-Za-z]', '', last)}"])
+    local = r.choice(
+        [
+            f"{f}.{s}",
+            f"{f[0]}{s}",
+            f"{f[0]}{s}{r.randint(1, 99)}",
+            f"{s}_{f}",
+            f"{f}.{s}+radiology",
+            f"dr.{s}",
+            "radiology.reports",
+            f"{s}{r.randint(1950, 2005)}",
+            f"{first[0]}.{re.sub('[^A-Za-z]', '', last)}",
+        ]
+    )
     return f"{local}@{r.choice(DOMAINS)}"
 
 
 def make_id(r: random.Random) -> tuple[str, str]:
     """(label, value) of a record identifier."""
     year = r.randint(15, 25)
-    return r.choice([
-        ("MRN: ", f"{r.randint(1000000, 99999999)}"),
-        ("MRN ", f"{r.choice(['A', 'MR', 'AB'])}{r.randint(100000, 9999999)}"),
-        ("Medical record number ", f"{r.randint(100000, 9999999)}"),
-        ("Accession: ", f"{r.choice(['A', 'RAD', 'CT'])}{r.randint(10000000, 99999999)}"),
-        ("Acc #: ", f"20{year}{r.randint(1000, 9999)}-{r.randint(1, 99):04d}"),
-        ("Case #: ", f"{r.choice(['S', 'SP', 'CH', 'NS'])}{year}-{r.randint(100, 99999):05d}"),
-        ("Patient ID: ", f"{r.randint(1000, 9999)}-{r.randint(10, 99)}-{r.randint(100, 999)}"),
-        ("Specimen #: ", f"SP-{year}-{r.randint(1000, 999999):06d}"),
-        ("Encounter number ", f"{r.randint(10000000, 999999999)}"),
-        ("", f"{r.randint(10000000, 99999999)}"),          # an unlabelled number in a header line
-        ("MRN#", f"{r.randint(1000000, 99999999)}"),
-        ("mrn ", f"{r.randint(1000000, 99999999)}"),
-        ("Accession number: ", f"20{year}-{r.randint(1000000, 9999999)}"),
-        ("Encounter: ", f"E{r.randint(100000, 9999999)}"),
-    ])
+    return r.choice(
+        [
+            ("MRN: ", f"{r.randint(1000000, 99999999)}"),
+            ("MRN ", f"{r.choice(['A', 'MR', 'AB'])}{r.randint(100000, 9999999)}"),
+            ("Medical record number ", f"{r.randint(100000, 9999999)}"),
+            ("Accession: ", f"{r.choice(['A', 'RAD', 'CT'])}{r.randint(10000000, 99999999)}"),
+            ("Acc #: ", f"20{year}{r.randint(1000, 9999)}-{r.randint(1, 99):04d}"),
+            ("Case #: ", f"{r.choice(['S', 'SP', 'CH', 'NS'])}{year}-{r.randint(100, 99999):05d}"),
+            ("Patient ID: ", f"{r.randint(1000, 9999)}-{r.randint(10, 99)}-{r.randint(100, 999)}"),
+            ("Specimen #: ", f"SP-{year}-{r.randint(1000, 999999):06d}"),
+            ("Encounter number ", f"{r.randint(10000000, 999999999)}"),
+            ("", f"{r.randint(10000000, 99999999)}"),  # an unlabelled number in a header line
+            ("MRN#", f"{r.randint(1000000, 99999999)}"),
+            ("mrn ", f"{r.randint(1000000, 99999999)}"),
+            ("Accession number: ", f"20{year}-{r.randint(1000000, 9999999)}"),
+            ("Encounter: ", f"E{r.randint(100000, 9999999)}"),
+        ]
+    )
 
 
 CLINICAL = [
@@ -201,9 +407,9 @@ CLINICAL = [
 @dataclass
 class Report:
     text: str = ""
-    entities: list = field(default_factory=list)      # (start, end, kind)
-    protected: list = field(default_factory=list)     # (start, end) of clinical sentences
-    names: list = field(default_factory=list)         # manifest name-column values (patient, referrer)
+    entities: list = field(default_factory=list)  # (start, end, kind)
+    protected: list = field(default_factory=list)  # (start, end) of clinical sentences
+    names: list = field(default_factory=list)  # manifest name-column values (patient, referrer)
 
     def add(self, s: str) -> None:
         self.text += s
@@ -218,10 +424,24 @@ class Report:
 
 
 def _fill(r: random.Random, template: str) -> str:
-    v = dict(a=r.randint(1, 9), b=r.randint(0, 9), c=r.randint(1, 9), d=r.randint(1, 9), s=r.randint(2, 12),
-             i=r.randint(5, 240), j=r.randint(241, 400), t=r.randint(1, 12), p=r.randint(5, 95), n=r.randint(2, 30),
-             z=r.randint(100, 900), h=r.randint(50, 110), k=r.randint(1, 40), q=r.randint(8, 24), m=r.randint(0, 12),
-             age=r.randint(20, 88))
+    v = dict(
+        a=r.randint(1, 9),
+        b=r.randint(0, 9),
+        c=r.randint(1, 9),
+        d=r.randint(1, 9),
+        s=r.randint(2, 12),
+        i=r.randint(5, 240),
+        j=r.randint(241, 400),
+        t=r.randint(1, 12),
+        p=r.randint(5, 95),
+        n=r.randint(2, 30),
+        z=r.randint(100, 900),
+        h=r.randint(50, 110),
+        k=r.randint(1, 40),
+        q=r.randint(8, 24),
+        m=r.randint(0, 12),
+        age=r.randint(20, 88),
+    )
     return template.format(**v)
 
 
@@ -250,7 +470,7 @@ def make_report(r: random.Random) -> Report:
         rep.add("Name: ")
         rep.ent("name", f"{pl}, {pf}")
     else:
-        rep.ent("name", f"{pf} {pl}")                                         # no cue: only the caller's names help
+        rep.ent("name", f"{pf} {pl}")  # no cue: only the caller's names help
     label, value = make_id(r)
     rep.add(f". {label}") if label else rep.add(". ")
     rep.ent("id", value)
@@ -272,7 +492,7 @@ def make_report(r: random.Random) -> Report:
     # body: clinical sentences, with identifiers in between
     kinds = ["ssn", "phone", "email", "address", "date", "phone", "phone_name", "name_mention"]
     r.shuffle(kinds)
-    extras = kinds[:r.randint(2, 5)]
+    extras = kinds[: r.randint(2, 5)]
     sentences = [("clinical", _fill(r, t)) for t in r.sample(CLINICAL, r.randint(3, 6))] + [(k, None) for k in extras]
     r.shuffle(sentences)
     rep.add("FINDINGS: " if not pathology else "DIAGNOSIS: ")
@@ -281,30 +501,53 @@ def make_report(r: random.Random) -> Report:
             rep.clinical(sentence)
         elif kind == "ssn":
             a, b, c = _ssn(r)
-            label, value = r.choice([("SSN: ", f"{a}-{b}-{c}"), ("SS# ", f"{a} {b} {c}"),
-                                     ("Social security number ", f"{a}{b}{c}"), ("Insurance holder ", f"{a}-{b}-{c}")])
+            label, value = r.choice(
+                [
+                    ("SSN: ", f"{a}-{b}-{c}"),
+                    ("SS# ", f"{a} {b} {c}"),
+                    ("Social security number ", f"{a}{b}{c}"),
+                    ("Insurance holder ", f"{a}-{b}-{c}"),
+                ]
+            )
             rep.add(label)
             rep.ent("ssn", value)
             rep.add(" on file.")
         elif kind == "phone":
-            pre, post = r.choice([("Please call ", " with questions."), ("Pager: ", "."),
-                                  ("Callback number ", "."), ("Patient's daughter can be reached at ", "."),
-                                  ("Results faxed to ", "."), ("Tel. ", " (office).")])
+            pre, post = r.choice(
+                [
+                    ("Please call ", " with questions."),
+                    ("Pager: ", "."),
+                    ("Callback number ", "."),
+                    ("Patient's daughter can be reached at ", "."),
+                    ("Results faxed to ", "."),
+                    ("Tel. ", " (office)."),
+                ]
+            )
             rep.add(pre)
             rep.ent("phone", make_phone(r))
             rep.add(post)
         elif kind == "phone_name":
-            rep.add(r.choice(["Findings discussed with Dr. ", "Critical result communicated to Dr. ",
-                              "Results phoned to Dr. "]))
+            rep.add(
+                r.choice(
+                    ["Findings discussed with Dr. ", "Critical result communicated to Dr. ", "Results phoned to Dr. "]
+                )
+            )
             rep.ent("name", r.choice([rl, f"{rf} {rl}"]))
             rep.add(" at ")
             rep.ent("phone", make_phone(r))
             rep.add(" on ")
             rep.ent("date", make_date(r))
             rep.add(".")
-        elif kind == "name_mention":                               # the patient again, in running text
-            first_word = r.choice([f"{pf} {pl} is", f"Mrs. {pl}'s daughter is", f"Per {pf} {pl}, she is",
-                                   f"Mr {pl} is", f"{pl.upper()}, {pf.upper()} is"])
+        elif kind == "name_mention":  # the patient again, in running text
+            first_word = r.choice(
+                [
+                    f"{pf} {pl} is",
+                    f"Mrs. {pl}'s daughter is",
+                    f"Per {pf} {pl}, she is",
+                    f"Mr {pl} is",
+                    f"{pl.upper()}, {pf.upper()} is",
+                ]
+            )
             start = len(rep.text)
             rep.add(first_word + " aware of the findings.")
             for m in re.finditer(re.escape(pf) + "|" + re.escape(pl), first_word, re.IGNORECASE):
@@ -350,6 +593,7 @@ def make_reports(n: int = 240, seed: int = 13) -> list[Report]:
 
 # ------------------------------------------------------------------- a cross-check on values written by others
 
+
 def fng_reports(csv_path: str, seed: int = 13) -> list[Report]:
     """Short report headers built from presidio-evaluator's FakeNameGenerator.com_3000.csv (3,000 made-up
     people from 30 countries: their names, street addresses, postcodes, phone numbers, birthdays,
@@ -366,8 +610,10 @@ def fng_reports(csv_path: str, seed: int = 13) -> list[Report]:
     with open(csv_path, encoding="utf-8-sig", newline="") as f:
         rows = list(csv.DictReader(f))
     for row in rows:
+
         def clean(v):
             return re.sub(r"\s+", " ", re.sub(r"\[\[w:[^|\]]*\|([^\]]*)\]", r"\1", v)).strip()
+
         name = f"{clean(row['GivenName'])} {clean(row['Surname'])}"
         street = clean(row["StreetAddress"])
         city = clean(f"{row['City']} {row['State']} {row['ZipCode']}")
@@ -424,12 +670,19 @@ def fng_reports(csv_path: str, seed: int = 13) -> list[Report]:
 
 # --------------------------------------------------------------------------------------------------- systems
 
+
 def medprep_detect(reports: list[Report], with_names: bool) -> list[list[tuple[int, int, str]]]:
     return [find_identifiers(rep.text, (), rep.names if with_names else ()) for rep in reports]
 
 
-PRESIDIO_KINDS = {"PERSON": "name", "LOCATION": "address", "US_SSN": "ssn", "PHONE_NUMBER": "phone",
-                  "EMAIL_ADDRESS": "email", "DATE_TIME": "date"}
+PRESIDIO_KINDS = {
+    "PERSON": "name",
+    "LOCATION": "address",
+    "US_SSN": "ssn",
+    "PHONE_NUMBER": "phone",
+    "EMAIL_ADDRESS": "email",
+    "DATE_TIME": "date",
+}
 
 
 def presidio_analyzer():
@@ -447,10 +700,11 @@ def presidio_analyzer():
     offline = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
     tldextract.extract = offline
     import presidio_analyzer.predefined_recognizers.generic.email_recognizer as email_recognizer
+
     email_recognizer.tldextract.extract = offline
 
     engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": "blank:en"}])
-    engine.nlp = {"en": spacy.blank("en")}      # no model: tokens only, no NER, no lemmas
+    engine.nlp = {"en": spacy.blank("en")}  # no model: tokens only, no NER, no lemmas
     return AnalyzerEngine(nlp_engine=engine, supported_languages=["en"])
 
 
@@ -460,8 +714,10 @@ def presidio_detect(analyzer, reports: list[Report], threshold: float = 0.0) -> 
         results = [x for x in analyzer.analyze(rep.text, language="en") if x.score >= threshold]
         spans = []
         for x in results:
-            inside = any(y is not x and y.start <= x.start and x.end <= y.end and (y.end - y.start) > (x.end - x.start)
-                         for y in results)
+            inside = any(
+                y is not x and y.start <= x.start and x.end <= y.end and (y.end - y.start) > (x.end - x.start)
+                for y in results
+            )
             if not inside:
                 spans.append((x.start, x.end, PRESIDIO_KINDS.get(x.entity_type, "id")))
         out.append(sorted(set(spans)))
@@ -474,7 +730,7 @@ _TOKEN = re.compile(r"\d+|[A-Za-z]{2,}")
 
 
 def _covered(taken: bytearray, text: str, s: int, e: int) -> bool:
-    return all(all(taken[s + m.start():s + m.end()]) for m in _TOKEN.finditer(text[s:e]))
+    return all(all(taken[s + m.start() : s + m.end()]) for m in _TOKEN.finditer(text[s:e]))
 
 
 def covered(reports: list[Report], detections: list[list[tuple[int, int, str]]]) -> list[tuple[str, bool]]:
@@ -528,9 +784,12 @@ def evaluate(reports: list[Report], detections: list[list[tuple[int, int, str]]]
     total_planted = sum(planted.values())
     return {
         "kinds": per_kind,
-        "all": {"planted": total_planted, "recall": round(sum(found_any.values()) / total_planted, 3),
-                "detected": sum(detected.values()),
-                "precision": round(sum(correct.values()) / max(1, sum(detected.values())), 3)},
+        "all": {
+            "planted": total_planted,
+            "recall": round(sum(found_any.values()) / total_planted, 3),
+            "detected": sum(detected.values()),
+            "precision": round(sum(correct.values()) / max(1, sum(detected.values())), 3),
+        },
         "detections_on_clinical_text": on_clinical,
         "clinical_sentences": sentences,
         "clinical_sentences_altered": altered,
@@ -543,8 +802,10 @@ def _fmt(x) -> str:
 
 def table(results: dict) -> str:
     systems = list(results)
-    lines = ["| kind | planted | " + " | ".join(f"{s}: recall / precision" for s in systems) + " |",
-             "|---|---|" + "---|" * len(systems)]
+    lines = [
+        "| kind | planted | " + " | ".join(f"{s}: recall / precision" for s in systems) + " |",
+        "|---|---|" + "---|" * len(systems),
+    ]
     first = results[systems[0]]
     for k in KINDS + ("all",):
         row = first["kinds"][k] if k != "all" else first["all"]
@@ -553,10 +814,18 @@ def table(results: dict) -> str:
             m = results[s]["kinds"][k] if k != "all" else results[s]["all"]
             cells.append(f"{_fmt(m['recall'])} / {_fmt(m['precision'])}")
         lines.append(f"| {k} | {row['planted']} | " + " | ".join(cells) + " |")
-    lines.append("| clinical sentences altered | " + str(first["clinical_sentences"]) + " | "
-                 + " | ".join(f"{results[s]['clinical_sentences_altered']}" for s in systems) + " |")
-    lines.append("| detections on clinical text | | "
-                 + " | ".join(f"{results[s]['detections_on_clinical_text']}" for s in systems) + " |")
+    lines.append(
+        "| clinical sentences altered | "
+        + str(first["clinical_sentences"])
+        + " | "
+        + " | ".join(f"{results[s]['clinical_sentences_altered']}" for s in systems)
+        + " |"
+    )
+    lines.append(
+        "| detections on clinical text | | "
+        + " | ".join(f"{results[s]['detections_on_clinical_text']}" for s in systems)
+        + " |"
+    )
     return "\n".join(lines)
 
 
@@ -598,23 +867,33 @@ def main(argv=None) -> int:
                 timings[label] = _best_time(lambda t=threshold: presidio_detect(analyzer, reports, t), 2) / len(reports)
                 results[label] = evaluate(reports, spans[label])
             from importlib.metadata import version
+
             presidio_note = f"presidio-analyzer {version('presidio-analyzer')}, spaCy {version('spacy')} (blank 'en')"
     print(f"{len(reports)} reports, {chars} characters, seed {args.seed}")
     print(table(results))
     print()
-    print("typed recall (the right placeholder): " + "; ".join(
-        f"{s}: " + ", ".join(f"{k} {_fmt(results[s]['kinds'][k]['typed_recall'])}" for k in KINDS) for s in results))
-    print("time per report (best of 2-3, one core): "
-          + ", ".join(f"{s} {t * 1000:.2f} ms" for s, t in timings.items()))
+    print(
+        "typed recall (the right placeholder): "
+        + "; ".join(
+            f"{s}: " + ", ".join(f"{k} {_fmt(results[s]['kinds'][k]['typed_recall'])}" for k in KINDS) for s in results
+        )
+    )
+    print("time per report (best of 2-3, one core): " + ", ".join(f"{s} {t * 1000:.2f} ms" for s, t in timings.items()))
     if presidio_note:
         print(presidio_note)
     for label in [s for s in spans if s.startswith("Presidio")]:
         ours, theirs = covered(reports, spans["medprep rules"]), covered(reports, spans[label])
         extra = [k for (k, a), (_, b) in zip(ours, theirs) if b and not a]
-        print(f"planted identifiers {label} removes that medprep's rules miss: {len(extra)} "
-              f"{dict(sorted((k, extra.count(k)) for k in set(extra)))}")
-    figures = {"n": len(reports), "seed": args.seed, "results": results,
-               "ms_per_report": {s: round(t * 1000, 3) for s, t in timings.items()}}
+        print(
+            f"planted identifiers {label} removes that medprep's rules miss: {len(extra)} "
+            f"{dict(sorted((k, extra.count(k)) for k in set(extra)))}"
+        )
+    figures = {
+        "n": len(reports),
+        "seed": args.seed,
+        "results": results,
+        "ms_per_report": {s: round(t * 1000, 3) for s, t in timings.items()},
+    }
     if args.fng:
         others = fng_reports(args.fng, args.seed)
         fng = {"medprep rules": evaluate(others, medprep_detect(others, False))}

@@ -8,12 +8,13 @@ The public API, importable without Beam:
 The code lives in three subpackages: medprep.transforms (pure per-item code), medprep.schemas (the
 record and its readers) and medprep.pipelines (Beam graphs, I/O, the command line).
 """
+
 from __future__ import annotations
 
 import os as _os
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:   # type checkers see the real signatures; at run time the names load on first use
+if TYPE_CHECKING:  # type checkers see the real signatures; at run time the names load on first use
     from medprep.pipelines.options_io import load_options
     from medprep.schemas.batch import image_token_id, model_batch
     from medprep.schemas.model_input import to_model_input
@@ -46,9 +47,20 @@ _API = {
     "InferenceOptions": "medprep.transforms.inference",
 }
 __all__ = [
-    "ImageOptions", "InferenceOptions", "SlideOptions", "VolumeOptions", "grain_source", "hf_dataset",
-    "image_token_id", "load_options", "model_batch", "prepare_image", "prepare_series", "prepare_slide",
-    "read_records", "to_model_input",
+    "ImageOptions",
+    "InferenceOptions",
+    "SlideOptions",
+    "VolumeOptions",
+    "grain_source",
+    "hf_dataset",
+    "image_token_id",
+    "load_options",
+    "model_batch",
+    "prepare_image",
+    "prepare_series",
+    "prepare_slide",
+    "read_records",
+    "to_model_input",
 ]
 
 

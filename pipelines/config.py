@@ -5,6 +5,7 @@ the option's name, plus what start-up derives (salt, tokenizer description, stag
 transforms' own option objects are rebuilt from it (image_options(), volume_options(), slide_options()),
 and summary.json's `config` is its public part, from which load_options() rebuilds them after the run.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,23 +33,46 @@ from medprep.transforms.windowing import CtWindowOptions, Window
 PIPELINE_VERSION = "0.1.0"
 
 # Every option of every pipeline, in --help order. A subcommand shows the groups its registry entry names.
-OPTION_GROUPS: tuple[type, ...] = (InputOptions, OutputOptions, TextOptions, PrivacyOptions, ImageOptions,
-                                   RenderOptions, CtWindowOptions, VolumeOptions, VolumeRecordOptions, SlideOptions,
-                                   SlideRecordOptions)
-CLI_ONLY = frozenset({"split_salt"})   # read at start-up, never kept (the salt is kept apart, never serialized)
+OPTION_GROUPS: tuple[type, ...] = (
+    InputOptions,
+    OutputOptions,
+    TextOptions,
+    PrivacyOptions,
+    ImageOptions,
+    RenderOptions,
+    CtWindowOptions,
+    VolumeOptions,
+    VolumeRecordOptions,
+    SlideOptions,
+    SlideRecordOptions,
+)
+CLI_ONLY = frozenset({"split_salt"})  # read at start-up, never kept (the salt is kept apart, never serialized)
 # Not part of the records' content: left out of config_hash.
-_NOT_HASHED = ("input", "output_dir", "tokenizer", "overwrite", "preview_count", "formats", "num_shards",
-               "item_timeout", "dicomweb_url", "query", "reports", "expected_inputs", "commit_in_pipeline")
+_NOT_HASHED = (
+    "input",
+    "output_dir",
+    "tokenizer",
+    "overwrite",
+    "preview_count",
+    "formats",
+    "num_shards",
+    "item_timeout",
+    "dicomweb_url",
+    "query",
+    "reports",
+    "expected_inputs",
+    "commit_in_pipeline",
+)
 
 _DERIVED: list[tuple[str, type, Any]] = [
     ("salt", str, dataclasses.field(default="", repr=False)),
     ("salt_is_default", bool, False),
-    ("tokenizer_sha256", str, ""),   # content hash: the same model from any path gives the same records
-    ("tokenizer_info", str, ""),     # JSON: kind, vocabulary size, special ids, chat template hash
-    ("extra_columns", tuple, ()),    # manifest columns let through by --allow_extra_columns
-    ("staging_dir", str, ""),        # where workers write; committed into output_dir when the run succeeds
-    ("progress_file", str, ""),      # local runs: workers mark finished inputs here for the progress bar
-    ("expected_inputs", int, 0),     # manifest rows, known at start-up (0: discovery, not known)
+    ("tokenizer_sha256", str, ""),  # content hash: the same model from any path gives the same records
+    ("tokenizer_info", str, ""),  # JSON: kind, vocabulary size, special ids, chat template hash
+    ("extra_columns", tuple, ()),  # manifest columns let through by --allow_extra_columns
+    ("staging_dir", str, ""),  # where workers write; committed into output_dir when the run succeeds
+    ("progress_file", str, ""),  # local runs: workers mark finished inputs here for the progress bar
+    ("expected_inputs", int, 0),  # manifest rows, known at start-up (0: discovery, not known)
     ("commit_in_pipeline", bool, False),  # the job commits staging into output_dir itself (launchers that exit)
 ]
 
@@ -115,6 +139,7 @@ class _ConfigMethods:
 
 
 if TYPE_CHECKING:
+
     class Config(_ConfigMethods):
         """How a type checker sees Config: a frozen dataclass whose fields are made from OPTION_GROUPS at
         import, each one Any."""
@@ -126,6 +151,7 @@ if TYPE_CHECKING:
         def __getattr__(self, name: str) -> Any: ...
 else:
     Config = dataclasses.make_dataclass("Config", _option_specs() + _DERIVED, bases=(_ConfigMethods,), frozen=True)
-    Config.__module__ = __name__   # pickled by reference to this module (Beam workers)
-    Config.__doc__ = ("Options of one run: every declared option by name, plus start-up facts. The salt is never "
-                      "serialized.")
+    Config.__module__ = __name__  # pickled by reference to this module (Beam workers)
+    Config.__doc__ = (
+        "Options of one run: every declared option by name, plus start-up facts. The salt is never serialized."
+    )

@@ -1,4 +1,5 @@
 """load_options: a finished run's processing options, rebuilt from its summary.json for serving."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,12 @@ def load_options(output: str) -> InferenceOptions:
     path = output if output.endswith(".json") else output.rstrip("/") + "/summary.json"
     saved = json.loads(read_bytes(path).decode("utf-8"))["config"]
     keys = {f for f in Config.__dataclass_fields__}
-    values = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
-              for k, v in saved.items() if k in keys and k != "tokenizer_info"}
+    values = {
+        k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
+        for k, v in saved.items()
+        if k in keys and k != "tokenizer_info"
+    }
     config = Config(**values)
-    return InferenceOptions(config.image_options(), config.volume_options(), config.slide_options(),
-                            config.system_prompt)
+    return InferenceOptions(
+        config.image_options(), config.volume_options(), config.slide_options(), config.system_prompt
+    )

@@ -4,6 +4,7 @@ Each entry names the module whose `build(p, config)` makes the Beam graph and th
 subcommand takes (declared once in their dataclasses; the CLI, the run config and summary.json derive
 from them). Tools over finished outputs (verify, inspect, …) are a table too.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ class PipelineSpec:
 
     name: str
     help: str
-    module: str               # defines build(p: beam.Pipeline, config: Config)
+    module: str  # defines build(p: beam.Pipeline, config: Config)
     groups: tuple[type, ...]  # option dataclasses on its command line, in --help order
 
 
@@ -56,16 +57,46 @@ def register(spec: PipelineSpec | ToolSpec) -> None:
     table[spec.name] = spec
 
 
-register(PipelineSpec("images", "2D images (CXR, fundus, skin, other) from a manifest",
-                      "medprep.pipelines.graphs.images", COMMON + (CtWindowOptions,)))
-register(PipelineSpec("volumes", "CT and MR series (DICOM folders/prefixes, instance lists, NIfTI)",
-                      "medprep.pipelines.graphs.volumes",
-                      COMMON + (CtWindowOptions, VolumeOptions, VolumeRecordOptions)))
-register(PipelineSpec("slides", "whole-slide images (SVS, NDPI, MRXS, tiled TIFF, DICOM WSI…) from a manifest",
-                      "medprep.pipelines.graphs.slides", COMMON + (SlideOptions, SlideRecordOptions)))
-register(ToolSpec("verify", "check an output folder (counts, shards, records, splits, identifiers)",
-                  "medprep.pipelines.tools.verify"))
-register(ToolSpec("inspect", "write OUT/report.html: counts, sample grids, histograms, errors",
-                  "medprep.pipelines.tools.inspect"))
-register(ToolSpec("embed", "image embeddings / visual tokens of a finished output (RunInference; medprep[embed])",
-                  "medprep.pipelines.tools.embed_cli"))
+register(
+    PipelineSpec(
+        "images",
+        "2D images (CXR, fundus, skin, other) from a manifest",
+        "medprep.pipelines.graphs.images",
+        COMMON + (CtWindowOptions,),
+    )
+)
+register(
+    PipelineSpec(
+        "volumes",
+        "CT and MR series (DICOM folders/prefixes, instance lists, NIfTI)",
+        "medprep.pipelines.graphs.volumes",
+        COMMON + (CtWindowOptions, VolumeOptions, VolumeRecordOptions),
+    )
+)
+register(
+    PipelineSpec(
+        "slides",
+        "whole-slide images (SVS, NDPI, MRXS, tiled TIFF, DICOM WSI…) from a manifest",
+        "medprep.pipelines.graphs.slides",
+        COMMON + (SlideOptions, SlideRecordOptions),
+    )
+)
+register(
+    ToolSpec(
+        "verify",
+        "check an output folder (counts, shards, records, splits, identifiers)",
+        "medprep.pipelines.tools.verify",
+    )
+)
+register(
+    ToolSpec(
+        "inspect", "write OUT/report.html: counts, sample grids, histograms, errors", "medprep.pipelines.tools.inspect"
+    )
+)
+register(
+    ToolSpec(
+        "embed",
+        "image embeddings / visual tokens of a finished output (RunInference; medprep[embed])",
+        "medprep.pipelines.tools.embed_cli",
+    )
+)

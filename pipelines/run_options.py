@@ -1,6 +1,7 @@
 """The options of a run that are not per-item processing: inputs, outputs, text, splits, privacy, and the
 volumes' and slides' record layout. Declared once here (transforms.option_fields.option); the processing
 options are declared in the transforms' own option dataclasses."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,15 +26,24 @@ def _series_filter(text: str) -> str:
 class InputOptions:
     """Where the examples come from."""
 
-    input: str = option("", "manifest (.jsonl, .csv, .parquet), or a folder / gs:// prefix (ending in /) to discover "
-                            "DICOM files in; local or gs://")
+    input: str = option(
+        "",
+        "manifest (.jsonl, .csv, .parquet), or a folder / gs:// prefix (ending in /) to discover "
+        "DICOM files in; local or gs://",
+    )
     dicomweb_url: str = option("", "discover on this DICOMweb service instead of --input (…/dicomWeb or …/dicom-web)")
     query: str = option("", "QIDO filters for discovery, e.g. 'Modality=CT&StudyDate=20200101-20201231'")
-    reports: str = option("", "report texts for discovered data (required with discovery): CSV/JSONL/Parquet with "
-                              "study_uid and/or accession_number, text, optional prompt")
-    allow_extra_columns: bool = option(False, "keep manifest columns medprep does not know (refused by default, "
-                                              "naming the closest known column); they are listed in summary.json",
-                                       flag=True)
+    reports: str = option(
+        "",
+        "report texts for discovered data (required with discovery): CSV/JSONL/Parquet with "
+        "study_uid and/or accession_number, text, optional prompt",
+    )
+    allow_extra_columns: bool = option(
+        False,
+        "keep manifest columns medprep does not know (refused by default, "
+        "naming the closest known column); they are listed in summary.json",
+        flag=True,
+    )
     item_timeout: int = option(600, "seconds one input may take (default 600)", int_in(1))
 
 
@@ -42,10 +52,14 @@ class OutputOptions:
     """Where and how records are written."""
 
     output_dir: str = option("", "output folder, local or gs:// (required)")
-    formats: tuple = option(("arrayrecord", "parquet"), "output formats: arrayrecord,parquet (default both)",
-                            names_from(tuple(FORMATS), ", ".join(FORMATS) + " (comma-separated)"))
-    num_shards: int = option(0, "shards per split (0 = automatic, ~128 MiB each, estimated from the input count)",
-                             int_in(0))
+    formats: tuple = option(
+        ("arrayrecord", "parquet"),
+        "output formats: arrayrecord,parquet (default both)",
+        names_from(tuple(FORMATS), ", ".join(FORMATS) + " (comma-separated)"),
+    )
+    num_shards: int = option(
+        0, "shards per split (0 = automatic, ~128 MiB each, estimated from the input count)", int_in(0)
+    )
     overwrite: bool = option(False, "replace outputs already in --output_dir", flag=True)
     preview_count: int = option(16, "examples in preview.png (default 16)", int_in(0, 256))
 
@@ -54,13 +68,20 @@ class OutputOptions:
 class TextOptions:
     """Tokenizer and chat sequence."""
 
-    tokenizer: str = option("", "SentencePiece .model, tokenizer.json or a Hugging Face tokenizer folder (local or "
-                                "gs://); must have the chat tokens (Gemma 3's) for input_ids/loss_mask unless "
-                                "--text_ids_only")
-    text_ids_only: bool = option(False, "accept a tokenizer without the chat tokens: prompt_ids/text_ids only, no "
-                                        "input_ids", flag=True)
-    system_prompt: str = option("", "system message for every example, e.g. 'You are an expert radiologist.' "
-                                    "(Gemma 3's template puts it at the start of the user turn)")
+    tokenizer: str = option(
+        "",
+        "SentencePiece .model, tokenizer.json or a Hugging Face tokenizer folder (local or "
+        "gs://); must have the chat tokens (Gemma 3's) for input_ids/loss_mask unless "
+        "--text_ids_only",
+    )
+    text_ids_only: bool = option(
+        False, "accept a tokenizer without the chat tokens: prompt_ids/text_ids only, no input_ids", flag=True
+    )
+    system_prompt: str = option(
+        "",
+        "system message for every example, e.g. 'You are an expert radiologist.' "
+        "(Gemma 3's template puts it at the start of the user turn)",
+    )
     max_text_tokens: int = option(1024, "truncate prompt and text to this many tokens (default 1024)", int_in(1))
 
 
@@ -71,32 +92,50 @@ class PrivacyOptions:
     val_fraction: float = option(0.0, "fraction of patients in val (default 0)", fraction)
     test_fraction: float = option(0.0, "fraction of patients in test (default 0)", fraction)
     split_salt: str | None = option(None, "secret for patient/study keys and splits (default: $MEDPREP_SALT)")
-    scrub_text: bool = option(False, "replace identifiers in prompt, text, label and box_labels (names, ids, dates, "
-                                     "SSN, phone, e-mail, addresses)", flag=True)
-    allow_burned_in: bool = option(False, "keep DICOMs that declare BurnedInAnnotation=YES (skipped by default: "
-                                          "identifiers may be in the pixels)", flag=True)
-    keep_source: bool = option(False, "write image references relative to the manifest in `source` (default: salted "
-                                      "hashes; paths often hold names and MRNs)", flag=True)
+    scrub_text: bool = option(
+        False,
+        "replace identifiers in prompt, text, label and box_labels (names, ids, dates, SSN, phone, e-mail, addresses)",
+        flag=True,
+    )
+    allow_burned_in: bool = option(
+        False,
+        "keep DICOMs that declare BurnedInAnnotation=YES (skipped by default: identifiers may be in the pixels)",
+        flag=True,
+    )
+    keep_source: bool = option(
+        False,
+        "write image references relative to the manifest in `source` (default: salted "
+        "hashes; paths often hold names and MRNs)",
+        flag=True,
+    )
 
 
 @dataclass(frozen=True)
 class VolumeRecordOptions:
     """Which series become records, and at which granularity."""
 
-    granularity: tuple = option(("series",), "series (one record per series), slice (one per selected slice) or "
-                                             "series,slice", names_from(("series", "slice"), "series, slice or "
-                                                                                            "series,slice"))
-    series_filter: str = option("", "keep series meeting all conditions, e.g. 'SeriesDescription~axial,"
-                                    "SliceThickness<=2.5,ImageType!~LOCALIZER' (attributes: SeriesDescription, "
-                                    "ImageType, SliceThickness, Modality, SeriesNumber)", _series_filter)
+    granularity: tuple = option(
+        ("series",),
+        "series (one record per series), slice (one per selected slice) or series,slice",
+        names_from(("series", "slice"), "series, slice or series,slice"),
+    )
+    series_filter: str = option(
+        "",
+        "keep series meeting all conditions, e.g. 'SeriesDescription~axial,"
+        "SliceThickness<=2.5,ImageType!~LOCALIZER' (attributes: SeriesDescription, "
+        "ImageType, SliceThickness, Modality, SeriesNumber)",
+        _series_filter,
+    )
 
 
 @dataclass(frozen=True)
 class SlideRecordOptions:
     """Slide-level and/or patch-level records."""
 
-    slide_granularity: tuple = option(("slide",), "slide (up to --patches_per_example patches per record), patch "
-                                                  "(one per record), or slide,patch",
-                                      names_from(("slide", "patch"), "slide, patch or slide,patch"),
-                                      cli="granularity")
+    slide_granularity: tuple = option(
+        ("slide",),
+        "slide (up to --patches_per_example patches per record), patch (one per record), or slide,patch",
+        names_from(("slide", "patch"), "slide, patch or slide,patch"),
+        cli="granularity",
+    )
     patches_per_example: int = option(125, "patches in one slide-level record (default 125)", int_in(1))

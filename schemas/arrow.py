@@ -3,6 +3,7 @@
 Images are list<struct<bytes: binary, path: string>>, which `datasets` decodes as a list
 of PIL images; boxes are list<list<float32>>.
 """
+
 from __future__ import annotations
 
 import json

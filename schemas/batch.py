@@ -1,5 +1,6 @@
 """Records -> the model-ready batch Gemma3Processor builds: input_ids, attention_mask, token_type_ids,
 labels and pixel_values, as numpy arrays (torch.from_numpy / jnp.asarray them as they are)."""
+
 from __future__ import annotations
 
 import json
@@ -11,13 +12,13 @@ import numpy as np
 
 from medprep.schemas.model_input import to_model_input
 
-IGNORE_INDEX = -100   # what Hugging Face's losses skip
+IGNORE_INDEX = -100  # what Hugging Face's losses skip
 
 
 def image_token_id(output_dir: str) -> int:
     """The image soft token's id in a finished output (summary.json's tokenizer description)."""
     with open(os.path.join(output_dir, "summary.json"), encoding="utf-8") as fh:
-        info = (json.load(fh)["config"].get("tokenizer_info") or {})
+        info = json.load(fh)["config"].get("tokenizer_info") or {}
     token = (info.get("special_ids") or {}).get("image_soft_token")
     if token is None:
         raise ValueError(f"{output_dir}: the run had no chat tokenizer (summary.json has no image_soft_token id)")
@@ -28,14 +29,19 @@ def _pad(rows: Sequence[Sequence[int]], value: int, length: int, left: bool) -> 
     out = np.full((len(rows), length), value, dtype=np.int64)
     for i, row in enumerate(rows):
         if left:
-            out[i, length - len(row):] = row
+            out[i, length - len(row) :] = row
         else:
-            out[i, :len(row)] = row
+            out[i, : len(row)] = row
     return out
 
 
-def model_batch(records: Sequence[dict[str, Any]], image_token: int, pad_id: int = 0, padding_side: str = "left",
-                image_size: int = 896) -> dict[str, np.ndarray]:
+def model_batch(
+    records: Sequence[dict[str, Any]],
+    image_token: int,
+    pad_id: int = 0,
+    padding_side: str = "left",
+    image_size: int = 896,
+) -> dict[str, np.ndarray]:
     """Records (with input_ids) -> {input_ids, attention_mask, token_type_ids, labels (int64, B×L),
     pixel_values (float32, images×3×size×size in [-1, 1], in record then image order)}.
 

@@ -4,6 +4,7 @@ The wire format is the one of `schemas.example_codec` (features sorted by name, 
 little-endian float32), written and read here with numpy so that token grids of a million values
 move as one buffer.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -67,8 +68,9 @@ def _feature_values(buf: memoryview) -> Any:
         if number == 1:
             return [bytes(nested_message(w, v)) for n, w, v in wire_fields(inner) if n == 1]
         if number == 2:
-            parts = [np.frombuffer(bytes(nested_message(w, v)), dtype="<f4")
-                     for n, w, v in wire_fields(inner) if n == 1]
+            parts = [
+                np.frombuffer(bytes(nested_message(w, v)), dtype="<f4") for n, w, v in wire_fields(inner) if n == 1
+            ]
             return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
         ints: list[int] = []
         for n, _, v in wire_fields(inner):
@@ -154,7 +156,7 @@ def rows_from_batch(batch: pa.RecordBatch) -> list[dict[str, Any]]:
         if f.kind == "floats":
             offsets = column.offsets.to_numpy()
             flat = column.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-            columns[f.name] = [flat[offsets[i]:offsets[i + 1]] for i in range(len(column))]
+            columns[f.name] = [flat[offsets[i] : offsets[i + 1]] for i in range(len(column))]
         else:
             columns[f.name] = column.to_pylist()
     rows = []

@@ -5,6 +5,7 @@ Kinds and the Python value of each in a row as written (readers turn `floats` in
     str     str              int        int            float   float
     floats  list/array of float32       int_list   list[int]
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -21,8 +22,12 @@ EMBEDDING_FIELDS: tuple[Field, ...] = (
     Field("task", "str", "the record's task (slide and patch rows are a slide's feature bag)"),
     Field("patient_key", "str", "the record's patient_key"),
     Field("label", "str", "the record's label (may be empty)"),
-    Field("source", "str", "this image's source: its image_info source (salted hash, or the reference "
-                           "relative to the manifest with --keep_source)"),
+    Field(
+        "source",
+        "str",
+        "this image's source: its image_info source (salted hash, or the reference "
+        "relative to the manifest with --keep_source)",
+    ),
     Field("image_info", "str", "the record's image_info JSON for this image"),
     Field("coords", "int_list", "slide patches: level-0 [x, y] of the patch's top-left corner; else empty"),
     Field("patch_size0", "float", "slide patches: the patch's side in level-0 pixels; else 0"),
@@ -58,9 +63,13 @@ def validate_embedding_row(row: dict[str, Any]) -> None:
         raise ValueError(f"embedding row fields mismatch: missing {sorted(missing)}, unexpected {sorted(extra)}")
     for f in EMBEDDING_FIELDS:
         v = row[f.name]
-        ok = {"str": isinstance(v, str), "int": isinstance(v, int) and not isinstance(v, bool),
-              "float": isinstance(v, float), "floats": isinstance(v, (list, np.ndarray)),
-              "int_list": isinstance(v, list)}[f.kind]
+        ok = {
+            "str": isinstance(v, str),
+            "int": isinstance(v, int) and not isinstance(v, bool),
+            "float": isinstance(v, float),
+            "floats": isinstance(v, (list, np.ndarray)),
+            "int_list": isinstance(v, list),
+        }[f.kind]
         if not ok:
             raise ValueError(f"{f.name} must be of kind {f.kind}, got {type(v).__name__}")
     shape = row["token_shape"]

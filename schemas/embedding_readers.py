@@ -1,10 +1,11 @@
 """Read `medprep embed` outputs back: rows from ArrayRecord or Parquet shards, or one matrix per field.
 
-    from medprep.schemas.embedding_readers import read_embeddings, embedding_matrix
-    for row in read_embeddings("EMB/", split="train"):    # or EMB/parquet, a shard file
-        row["example_id"], row["image_index"], row["embedding"]   # float32 (D,)
-    keys, X = embedding_matrix("EMB/", split="train")        # [(example_id, image_index)], float32 (N, D)
+from medprep.schemas.embedding_readers import read_embeddings, embedding_matrix
+for row in read_embeddings("EMB/", split="train"):    # or EMB/parquet, a shard file
+    row["example_id"], row["image_index"], row["embedding"]   # float32 (D,)
+keys, X = embedding_matrix("EMB/", split="train")        # [(example_id, image_index)], float32 (N, D)
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -46,8 +47,9 @@ def read_embeddings(path: str, split: str | None = None) -> Iterator[dict[str, A
         yield from (read_embedding_arrayrecord_shard(f) if arrayrecord else read_embedding_parquet_shard(f))
 
 
-def embedding_matrix(path: str, split: str | None = None,
-                     field: str = "embedding") -> tuple[list[tuple[str, int]], NDArray[np.float32]]:
+def embedding_matrix(
+    path: str, split: str | None = None, field: str = "embedding"
+) -> tuple[list[tuple[str, int]], NDArray[np.float32]]:
     """([(example_id, image_index), ...], float32 matrix): the pooled embeddings (or, with field="tokens",
     the token grids stacked) of every row, in shard order."""
     keys, values = [], []

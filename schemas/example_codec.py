@@ -4,6 +4,7 @@ Example{features: Features{feature: map<string, Feature>}}; Feature is one of
 bytes_list (1), float_list (2, packed float32), int64_list (3, packed varint).
 Keys are written sorted so the bytes are deterministic.
 """
+
 from __future__ import annotations
 
 import struct
@@ -117,6 +118,7 @@ def encode_example(record: dict[str, Any]) -> bytes:
 
 # ---- decoding -------------------------------------------------------------------------
 
+
 def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
     result = shift = 0
     while True:
@@ -145,11 +147,11 @@ def wire_fields(buf: memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
             length, pos = _read_varint(buf, pos)
             if pos + length > len(buf):
                 raise ValueError("truncated length-delimited field")
-            value, pos = buf[pos:pos + length], pos + length
+            value, pos = buf[pos : pos + length], pos + length
         elif wire == 5:
-            value, pos = buf[pos:pos + 4], pos + 4
+            value, pos = buf[pos : pos + 4], pos + 4
         elif wire == 1:
-            value, pos = buf[pos:pos + 8], pos + 8
+            value, pos = buf[pos : pos + 8], pos + 8
         else:
             raise ValueError(f"unsupported wire type {wire}")
         yield number, wire, value
@@ -219,7 +221,7 @@ def decode_example(data: bytes) -> dict[str, Any]:
         elif f.kind == "str_list":
             record[name] = [v.decode("utf-8") for v in values]
         elif f.kind == "boxes":
-            record[name] = [values[i:i + 4] for i in range(0, len(values), 4)]
+            record[name] = [values[i : i + 4] for i in range(0, len(values), 4)]
         else:
             record[name] = list(values)
     record.update(raw)  # unknown features kept as raw lists

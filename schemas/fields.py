@@ -1,4 +1,5 @@
 """The one definition of a medprep record: field names, kinds and their Arrow/HF types."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,16 +34,27 @@ FIELDS: tuple[Field, ...] = (
     Field("text", "str", "response text: report, caption, answer, or rendered boxes"),
     Field("prompt_ids", "int_list", "SentencePiece ids of prompt (truncated to --max_text_tokens)"),
     Field("text_ids", "int_list", "SentencePiece ids of text (truncated to --max_text_tokens)"),
-    Field("input_ids", "int_list", "the chat sequence: messages rendered by the chat template, images expanded, "
-                                   "tokenized at once (= processor.apply_chat_template(messages, tokenize=True))"),
+    Field(
+        "input_ids",
+        "int_list",
+        "the chat sequence: messages rendered by the chat template, images expanded, "
+        "tokenized at once (= processor.apply_chat_template(messages, tokenize=True))",
+    ),
     Field("loss_mask", "mask", "1 where input_ids is the response (and its <end_of_turn>), else 0"),
-    Field("messages", "str", "the conversation as JSON: [{role, content: [{type: image} | {type: text, text}]}], "
-                             "images as placeholders in the order of `images`"),
+    Field(
+        "messages",
+        "str",
+        "the conversation as JSON: [{role, content: [{type: image} | {type: text, text}]}], "
+        "images as placeholders in the order of `images`",
+    ),
     Field("boxes", "boxes", "normalized x0,y0,x1,y1 in the output (padded, resized) frame"),
     Field("box_labels", "str_list", "one label per box"),
     Field("label", "str", "classification label (may be empty)"),
-    Field("source", "str_list", "salted hash of each image's reference (--keep_source: the reference relative "
-                                "to the manifest)"),
+    Field(
+        "source",
+        "str_list",
+        "salted hash of each image's reference (--keep_source: the reference relative to the manifest)",
+    ),
     Field("config_hash", "str", "SHA-256 of the processing configuration"),
     Field("pipeline_version", "str", "medprep version that wrote the record"),
 )

@@ -1,4 +1,5 @@
 """Stored image bytes -> the float array the Gemma 3 image processor feeds the model."""
+
 from __future__ import annotations
 
 import io

@@ -1,4 +1,5 @@
 """Read medprep outputs back: records from ArrayRecord or Parquet shards, random access for Grain/PyTorch."""
+
 from __future__ import annotations
 
 import glob
@@ -15,8 +16,9 @@ ARRAYRECORD_SUFFIX = ".array_record"
 PARQUET_SUFFIX = ".parquet"
 
 
-def shard_files(path: str, split: str | None = None,
-                suffixes: tuple[str, ...] = (ARRAYRECORD_SUFFIX, PARQUET_SUFFIX)) -> list[str]:
+def shard_files(
+    path: str, split: str | None = None, suffixes: tuple[str, ...] = (ARRAYRECORD_SUFFIX, PARQUET_SUFFIX)
+) -> list[str]:
     """Shard files with one of `suffixes` under `path` (a file, a format folder, or an output folder), sorted."""
     if os.path.isfile(path):
         return [path]
@@ -29,8 +31,9 @@ def shard_files(path: str, split: str | None = None,
             files = [f for f in files if os.path.basename(f).startswith(split + "-")]
         if files:
             return files
-    raise FileNotFoundError(f"no {' or '.join(suffixes)} shards under {path}"
-                            + (f" for split {split!r}" if split else ""))
+    raise FileNotFoundError(
+        f"no {' or '.join(suffixes)} shards under {path}" + (f" for split {split!r}" if split else "")
+    )
 
 
 def read_arrayrecord_shard(path: str) -> Iterator[dict[str, Any]]:
@@ -81,7 +84,7 @@ class ArrayRecordSource:
             self._counts.append(r.num_records())
             r.close()
         self._starts = [sum(self._counts[:i]) for i in range(len(self._counts))]
-        self._readers: dict[int, Any] = {}   # shard -> ArrayRecordReader, opened in this process
+        self._readers: dict[int, Any] = {}  # shard -> ArrayRecordReader, opened in this process
 
     def __len__(self) -> int:
         return sum(self._counts)
@@ -127,7 +130,7 @@ def arrayrecord_files(path: str, split: str | None = None) -> list[str]:
     return shard_files(path, split, (ARRAYRECORD_SUFFIX,))
 
 
-def hf_dataset(path: str, split: str = "train") -> Any:   # a datasets.Dataset (imported when called)
+def hf_dataset(path: str, split: str = "train") -> Any:  # a datasets.Dataset (imported when called)
     """The Parquet shards of one split as a Hugging Face `datasets.Dataset` (images decode to PIL)."""
     import datasets
 

@@ -1,10 +1,11 @@
 """PyTorch datasets over medprep shards (imports torch; schemas itself does not).
 
-    from medprep.schemas.torch_data import RecordDataset, ShardIterableDataset
-    ds = RecordDataset("OUT/arrayrecord", split="train", transform=my_fn)     # map-style, random access
-    it = ShardIterableDataset("OUT/parquet", split="train")                    # streaming, worker-sharded
-    loader = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2, collate_fn=list)
+from medprep.schemas.torch_data import RecordDataset, ShardIterableDataset
+ds = RecordDataset("OUT/arrayrecord", split="train", transform=my_fn)     # map-style, random access
+it = ShardIterableDataset("OUT/parquet", split="train")                    # streaming, worker-sharded
+loader = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2, collate_fn=list)
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator

@@ -50,6 +50,12 @@ def plain_model_bytes():
     from medprep.samples.tokenizer import sample_corpus
 
     buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(sample_corpus()), model_writer=buf, vocab_size=200,
-                                   model_type="unigram", num_threads=1, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sample_corpus()),
+        model_writer=buf,
+        vocab_size=200,
+        model_type="unigram",
+        num_threads=1,
+        minloglevel=2,
+    )
     return buf.getvalue()

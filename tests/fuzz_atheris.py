@@ -6,6 +6,7 @@
 Any exception other than ItemError, or a crash/hang of the interpreter, is a finding. The seed
 corpus is pydicom's test files plus small PNG/JPEG/TIFF images.
 """
+
 import io
 import os
 import sys

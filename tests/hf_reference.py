@@ -4,6 +4,7 @@ GemmaTokenizer is converted from the SentencePiece file by transformers itself; 
 images and tokenizes; the chat template is Gemma 3's as its checkpoints ship it (tests/data; transformers
 5 does not bundle it). Nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,6 +42,10 @@ def hf_processor(model_path: str, folder: str):
     """Gemma3Processor (896 × 896 images, 256 soft tokens per image) over hf_tokenizer, Gemma 3's template."""
     from transformers import Gemma3ImageProcessorPil, Gemma3Processor
 
-    image_processor = Gemma3ImageProcessorPil(size={"height": 896, "width": 896})   # no torchvision here
-    return Gemma3Processor(image_processor=image_processor, tokenizer=hf_tokenizer(model_path, folder),
-                           chat_template=GEMMA3_TEMPLATE, image_seq_length=256)
+    image_processor = Gemma3ImageProcessorPil(size={"height": 896, "width": 896})  # no torchvision here
+    return Gemma3Processor(
+        image_processor=image_processor,
+        tokenizer=hf_tokenizer(model_path, folder),
+        chat_template=GEMMA3_TEMPLATE,
+        image_seq_length=256,
+    )

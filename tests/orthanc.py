@@ -1,4 +1,5 @@
 """Test helpers: a real Orthanc (Debian's orthanc + orthanc-dicomweb) and a fault-injecting proxy."""
+
 from __future__ import annotations
 
 import http.server
@@ -30,11 +31,18 @@ class OrthancServer:
 
     def __init__(self, folder: str, users: dict | None = None):
         self.port = free_port()
-        config = {"Name": "medprep-test", "HttpPort": self.port, "DicomServerEnabled": False,
-                  "RemoteAccessAllowed": False, "AuthenticationEnabled": bool(users),
-                  "RegisteredUsers": users or {}, "StorageDirectory": os.path.join(folder, "storage"),
-                  "IndexDirectory": os.path.join(folder, "index"), "Plugins": [DICOMWEB_PLUGIN],
-                  "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+        config = {
+            "Name": "medprep-test",
+            "HttpPort": self.port,
+            "DicomServerEnabled": False,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": bool(users),
+            "RegisteredUsers": users or {},
+            "StorageDirectory": os.path.join(folder, "storage"),
+            "IndexDirectory": os.path.join(folder, "index"),
+            "Plugins": [DICOMWEB_PLUGIN],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        }
         path = os.path.join(folder, "orthanc.json")
         with open(path, "w") as fh:
             json.dump(config, fh)
@@ -102,8 +110,9 @@ class FaultProxy:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                r = requests.get(proxy.target + self.path, headers={"Accept": self.headers.get("Accept", "*/*")},
-                                 timeout=30)
+                r = requests.get(
+                    proxy.target + self.path, headers={"Accept": self.headers.get("Accept", "*/*")}, timeout=30
+                )
                 body = r.content
                 self.send_response(r.status_code)
                 self.send_header("Content-Type", r.headers.get("Content-Type", "application/octet-stream"))

@@ -5,6 +5,7 @@ an item being {"type": "image"} (a placeholder; the inference API puts the PIL i
 {"type": "text", "text": str}. Records store exactly this (images as placeholders); the chat ids are
 this conversation rendered by the model's template with every image expanded as Gemma3Processor does.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -12,8 +13,8 @@ from typing import Any, NoReturn
 
 IMAGE_TOKENS_PER_IMAGE = 256  # Gemma 3 / MedGemma: mm_tokens_per_image
 
-Item = dict[str, Any]       # a content item: {"type": "image"} or {"type": "text", "text": str}
-Message = dict[str, Any]    # a role message: {"role": …, "content": [Item, …]}
+Item = dict[str, Any]  # a content item: {"type": "image"} or {"type": "text", "text": str}
+Message = dict[str, Any]  # a role message: {"role": …, "content": [Item, …]}
 
 
 def image_item() -> Item:
@@ -55,8 +56,7 @@ def with_images(messages: list[Message], images: Sequence[Any]) -> list[Message]
     it = iter(images)
     out = []
     for message in messages:
-        content = [dict(item, image=next(it)) if item["type"] == "image" else dict(item)
-                   for item in message["content"]]
+        content = [dict(item, image=next(it)) if item["type"] == "image" else dict(item) for item in message["content"]]
         out.append({"role": message["role"], "content": content})
     return out
 
@@ -86,8 +86,12 @@ def _content_text(content: Any, image_marker: str) -> str:
     return "".join(parts)
 
 
-def render_gemma3(messages: list[Message], add_generation_prompt: bool = False, bos: str = "<bos>",
-                  image_marker: str = "<start_of_image>") -> str:
+def render_gemma3(
+    messages: list[Message],
+    add_generation_prompt: bool = False,
+    bos: str = "<bos>",
+    image_marker: str = "<start_of_image>",
+) -> str:
     """Gemma 3's chat template: <bos>, then per turn <start_of_turn>{user|model}\\n{content}<end_of_turn>\\n.
 
     Text items are trimmed and concatenated with images (each one `image_marker`); a leading system
@@ -125,8 +129,9 @@ def render_jinja(template: str, messages: list[Message], add_generation_prompt: 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = raise_exception
     try:
-        return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                                 **tokens)
+        return env.from_string(template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt, **tokens
+        )
     except TemplateError as exc:
         raise ValueError(f"chat template: {exc}") from None
 

@@ -7,6 +7,7 @@ fails the same way through both:
   many is skipped and counted, and an input with no image left is ItemError('read', no_series(n)).
 Pixel data is decoded later (dicom_render.decode_frame), also as ItemError('decode', …).
 """
+
 from __future__ import annotations
 
 import io
@@ -19,7 +20,7 @@ from pydicom.dataset import Dataset
 from medprep.transforms.errors import ItemError
 from medprep.transforms.formats import detect_format
 
-SNIFF_BYTES = 1024   # enough for the preamble and 'DICM' (detect_format reads 512)
+SNIFF_BYTES = 1024  # enough for the preamble and 'DICM' (detect_format reads 512)
 
 # Header identifiers: keyword -> how scrubbing matches its value in free text ('id': the whole value,
 # 'name': each part of a person name). verify looks for all of them in the outputs, scrubbing uses all
@@ -38,7 +39,7 @@ HEADER_IDENTIFIERS = {
 PHI_KEYWORDS = tuple(HEADER_IDENTIFIERS)
 ID_KEYWORDS = tuple(k for k, kind in HEADER_IDENTIFIERS.items() if kind == "id")
 NAME_KEYWORDS = tuple(k for k, kind in HEADER_IDENTIFIERS.items() if kind == "name")
-UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")   # keys (hashed before use)
+UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")  # keys (hashed before use)
 IDENTIFIER_KEYWORDS = PHI_KEYWORDS + UID_KEYWORDS
 
 

@@ -3,6 +3,7 @@
 Units: CT in Hounsfield units after the modality LUT; other monochrome images in the
 modality LUT's output units; colour images are passed through as RGB uint8.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -15,10 +16,12 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
 
 from medprep.transforms.dicom_io import header_identifiers
 from medprep.transforms.errors import ItemError, stage
+from medprep.transforms.formats import DEFAULT_MAX_PIXELS
 from medprep.transforms.option_fields import int_in, option
 from medprep.transforms.pixel_decode import decode_pixels
 from medprep.transforms.windowing import (
     CT_PRESETS,
+    DEFAULT_CT_PRESET,
     Window,
     ct_to_rgb,
     describe_windows,
@@ -29,14 +32,13 @@ from medprep.transforms.windowing import (
 
 # Cross-sectional modalities rendered by min-max (one slice here; per volume in series code).
 MINMAX_MODALITIES = frozenset({"MR", "PT", "NM"})
-DEFAULT_MAX_PIXELS = 200_000_000  # ~ a 14k x 14k image; a DICOM claiming more is refused
 
 
 @dataclass(frozen=True)
 class RenderOptions:
     """How monochrome DICOM becomes uint8: CT windows (R, G, B) and the pixel-count limit."""
 
-    ct_windows: tuple[Window, Window, Window] = CT_PRESETS["medgemma-1.5"]
+    ct_windows: tuple[Window, Window, Window] = CT_PRESETS[DEFAULT_CT_PRESET]
     max_pixels: int = option(DEFAULT_MAX_PIXELS, "refuse images with more pixels than this (default 2e8)", int_in(1))
     frame: int = 0
     value_range: tuple[float, float] | None = None  # min-max modalities: a per-volume range instead of per-frame
@@ -125,8 +127,9 @@ def _color_to_uint8(ds: Dataset, arr: np.ndarray) -> np.ndarray:
     return scaled
 
 
-def _voi_to_uint8(ds: Dataset, values: np.ndarray,
-                  value_range: Callable[[], tuple[float, float]]) -> tuple[np.ndarray, str]:
+def _voi_to_uint8(
+    ds: Dataset, values: np.ndarray, value_range: Callable[[], tuple[float, float]]
+) -> tuple[np.ndarray, str]:
     """Radiograph display: first VOI LUT or window from the header, else min-max over value_range()."""
     if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
         item = ds.VOILUTSequence[0]

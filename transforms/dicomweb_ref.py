@@ -4,13 +4,16 @@ The base is everything before the first `/studies/` that leaves a valid referenc
 root: a Google Cloud Healthcare store path, Orthanc's `/dicom-web`, …). The slide reader (a DICOM
 WSI series) and the pipelines' DICOMweb client (pipelines.io.sources.dicomweb) both use it.
 """
+
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-_REF = re.compile(r"^(?P<base>https?://.+?)/studies/(?P<study>[^/]+)"
-                  r"(?:/series/(?P<series>[^/]+)(?:/instances/(?P<instance>[^/]+))?)?/?$")
+_REF = re.compile(
+    r"^(?P<base>https?://.+?)/studies/(?P<study>[^/]+)"
+    r"(?:/series/(?P<series>[^/]+)(?:/instances/(?P<instance>[^/]+))?)?/?$"
+)
 
 
 @dataclass(frozen=True)

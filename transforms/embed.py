@@ -24,6 +24,7 @@ Results are deterministic on CPU for a given batch composition; a batch of other
 the last bits (~1e-6: matrix kernels depend on the batch size), which is why the pipeline forms its
 batches from a fixed order of images.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -50,9 +51,15 @@ WEIGHTS_INDEX = "model.safetensors.index.json"
 # have, and Gemma 3 checkpoints exist with and without `model.` and the tower's `vision_model.` level.
 _PREFIXES: dict[str, dict[str, tuple[str, ...]]] = {
     "siglip": {"": ("", "vision_model.")},
-    "gemma3": {"vision_tower.": ("vision_tower.", "vision_tower.vision_model.", "model.vision_tower.",
-                                 "model.vision_tower.vision_model."),
-               "multi_modal_projector.": ("multi_modal_projector.", "model.multi_modal_projector.")},
+    "gemma3": {
+        "vision_tower.": (
+            "vision_tower.",
+            "vision_tower.vision_model.",
+            "model.vision_tower.",
+            "model.vision_tower.vision_model.",
+        ),
+        "multi_modal_projector.": ("multi_modal_projector.", "model.multi_modal_projector."),
+    },
 }
 _VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version")
 
@@ -65,15 +72,15 @@ class ModelFolderError(ValueError):
 class EncoderInfo:
     """What an output records about the encoder (picklable, JSON-able)."""
 
-    kind: str                 # siglip | gemma3
-    model_type: str           # config.json's model_type
-    model_hash: str           # SHA-256 over weights_sha256, config.json and preprocessor_config.json
-    weights_sha256: str       # SHA-256 over the encoder's tensors as stored (name, dtype, shape, bytes)
-    image_size: tuple[int, int]          # model input (height, width)
-    embedding_dim: int        # length of the pooled embedding
-    token_grid: tuple[int, int, int]     # (rows, cols, dim) of the token grid
-    pooled_from: str          # "head" (SigLIP's attention pooling) or "token_mean"
-    normalization: str        # JSON: the processor's resize / rescale / normalize settings
+    kind: str  # siglip | gemma3
+    model_type: str  # config.json's model_type
+    model_hash: str  # SHA-256 over weights_sha256, config.json and preprocessor_config.json
+    weights_sha256: str  # SHA-256 over the encoder's tensors as stored (name, dtype, shape, bytes)
+    image_size: tuple[int, int]  # model input (height, width)
+    embedding_dim: int  # length of the pooled embedding
+    token_grid: tuple[int, int, int]  # (rows, cols, dim) of the token grid
+    pooled_from: str  # "head" (SigLIP's attention pooling) or "token_mean"
+    normalization: str  # JSON: the processor's resize / rescale / normalize settings
     dtype: str
     device: str
     parameters: int
@@ -89,8 +96,8 @@ class EncoderInfo:
 class Embeddings:
     """embed_images' result: rows follow the input images."""
 
-    pooled: Floats | None   # float32 (N, D)
-    tokens: Floats | None   # float32 (N, rows, cols, D)
+    pooled: Floats | None  # float32 (N, D)
+    tokens: Floats | None  # float32 (N, rows, cols, D)
     info: EncoderInfo
 
 
@@ -167,7 +174,7 @@ def _build_module(kind: str, config: Any) -> Any:
     import transformers
     from transformers.initialization import no_init_weights
 
-    auto_model: Any = transformers.AutoModel   # transformers' loaders are untyped
+    auto_model: Any = transformers.AutoModel  # transformers' loaders are untyped
     with no_init_weights():
         if kind == "siglip":
             vision = config.vision_config if config.model_type == "siglip" else config
@@ -201,7 +208,7 @@ def _gemma3_vision_class() -> Any:
 def _checkpoint_name(kind: str, key: str, available: dict[str, str]) -> str | None:
     for inner, prefixes in _PREFIXES[kind].items():
         if key.startswith(inner):
-            rest = key[len(inner):]
+            rest = key[len(inner) :]
             for prefix in prefixes:
                 if prefix + rest in available:
                     return prefix + rest
@@ -222,8 +229,10 @@ def _load_weights(module: Any, kind: str, folder: str) -> str:
         name = _checkpoint_name(kind, key, where)
         if name is None:
             missing = [k for k in expected if _checkpoint_name(kind, k, where) is None]
-            raise ModelFolderError(f"{folder}: the checkpoint lacks {len(missing)} of the encoder's "
-                                   f"{len(expected)} tensors (first: {missing[0]})")
+            raise ModelFolderError(
+                f"{folder}: the checkpoint lacks {len(missing)} of the encoder's "
+                f"{len(expected)} tensors (first: {missing[0]})"
+            )
         names[key] = name
     digest = hashlib.sha256()
     loaded: dict[str, Any] = {}
@@ -238,8 +247,10 @@ def _load_weights(module: Any, kind: str, folder: str) -> str:
             except Exception as exc:
                 raise ModelFolderError(f"{path}: cannot read tensor {names[key]} ({exc})") from None
             if tuple(tensor.shape) != tuple(expected[key].shape):
-                raise ModelFolderError(f"{path}: tensor {names[key]} has shape {list(tensor.shape)}, the config "
-                                       f"implies {list(expected[key].shape)}")
+                raise ModelFolderError(
+                    f"{path}: tensor {names[key]} has shape {list(tensor.shape)}, the config "
+                    f"implies {list(expected[key].shape)}"
+                )
             digest.update(f"{key}|{tensor.dtype}|{list(tensor.shape)}|".encode())
             digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
             loaded[key] = tensor
@@ -260,6 +271,7 @@ def _normalization(processor: Any) -> dict[str, Any]:
         resample_name = str(resample)
     size = getattr(processor, "size", None)
     size = dict(size) if size is not None else None
+
     def listed(v: Any) -> Any:
         return [float(x) for x in v] if isinstance(v, (list, tuple)) else v
 
@@ -283,9 +295,13 @@ def _value_table(processor: Any) -> Floats | None:
     None for any other processor."""
     from transformers.image_utils import ChannelDimension
 
-    if (getattr(processor, "backend", None) != "pil" or getattr(processor, "do_center_crop", None)
-            or getattr(processor, "do_pad", None) or getattr(processor, "do_pan_and_scan", None)
-            or getattr(processor, "resample", None) is None):
+    if (
+        getattr(processor, "backend", None) != "pil"
+        or getattr(processor, "do_center_crop", None)
+        or getattr(processor, "do_pad", None)
+        or getattr(processor, "do_pan_and_scan", None)
+        or getattr(processor, "resample", None) is None
+    ):
         return None
     values: Any = np.broadcast_to(np.arange(256, dtype=np.uint8), (3, 1, 256)).copy()
     first = ChannelDimension.FIRST
@@ -304,17 +320,22 @@ def _load_processor(folder: str, image_size: int) -> Any:
     try:
         processor = auto_processor.from_pretrained(folder, backend="pil")
     except Exception as exc:
-        raise ModelFolderError(f"{os.path.join(folder, PREPROCESSOR_FILE)}: cannot build the image processor "
-                               f"({type(exc).__name__}: {exc})") from None
+        raise ModelFolderError(
+            f"{os.path.join(folder, PREPROCESSOR_FILE)}: cannot build the image processor ({type(exc).__name__}: {exc})"
+        ) from None
     size = getattr(processor, "size", None) or {}
     height, width = size.get("height"), size.get("width")
     if not getattr(processor, "do_resize", False) or (height, width) != (image_size, image_size):
-        raise ModelFolderError(f"{os.path.join(folder, PREPROCESSOR_FILE)}: the processor must resize to the "
-                               f"model's {image_size}x{image_size} input (size {dict(size)}, do_resize "
-                               f"{getattr(processor, 'do_resize', None)})")
+        raise ModelFolderError(
+            f"{os.path.join(folder, PREPROCESSOR_FILE)}: the processor must resize to the "
+            f"model's {image_size}x{image_size} input (size {dict(size)}, do_resize "
+            f"{getattr(processor, 'do_resize', None)})"
+        )
     if getattr(processor, "do_pan_and_scan", None):
-        raise ModelFolderError(f"{os.path.join(folder, PREPROCESSOR_FILE)}: do_pan_and_scan would turn one image "
-                               "into several crops; set it to false for embeddings")
+        raise ModelFolderError(
+            f"{os.path.join(folder, PREPROCESSOR_FILE)}: do_pan_and_scan would turn one image "
+            "into several crops; set it to false for embeddings"
+        )
     return processor
 
 
@@ -390,14 +411,15 @@ class VisionEncoder:
                 pooled = out.pooler_output.float() if out.pooler_output is not None else tokens.float().mean(dim=1)
         rows, cols, dim = self.info.token_grid
         pooled_np = pooled.cpu().numpy().astype(np.float32, copy=False) if pooling != "tokens" else None
-        tokens_np = (tokens.float().cpu().numpy().reshape(len(x), rows, cols, dim)
-                     if pooling != "pooled" else None)
+        tokens_np = tokens.float().cpu().numpy().reshape(len(x), rows, cols, dim) if pooling != "pooled" else None
         return pooled_np, tokens_np
 
     def __repr__(self) -> str:
         i = self.info
-        return (f"VisionEncoder({i.kind}, {i.parameters:,} parameters, input {i.image_size[0]}x{i.image_size[1]}, "
-                f"dim {i.embedding_dim}, tokens {i.token_grid}, {i.dtype} on {i.device}, {i.model_hash[:12]})")
+        return (
+            f"VisionEncoder({i.kind}, {i.parameters:,} parameters, input {i.image_size[0]}x{i.image_size[1]}, "
+            f"dim {i.embedding_dim}, tokens {i.token_grid}, {i.dtype} on {i.device}, {i.model_hash[:12]})"
+        )
 
 
 def load_encoder(folder: str, dtype: str = "float32", device: str | None = None) -> VisionEncoder:
@@ -415,8 +437,9 @@ def load_encoder(folder: str, dtype: str = "float32", device: str | None = None)
     model_type = str(raw_config.get("model_type"))
     kind = KINDS.get(model_type)
     if kind is None:
-        raise ModelFolderError(f"{folder}: model_type {model_type!r} is not a supported vision encoder "
-                               f"({', '.join(KINDS)})")
+        raise ModelFolderError(
+            f"{folder}: model_type {model_type!r} is not a supported vision encoder ({', '.join(KINDS)})"
+        )
     try:
         config = auto_config.from_pretrained(folder)
     except Exception as exc:
@@ -429,7 +452,7 @@ def load_encoder(folder: str, dtype: str = "float32", device: str | None = None)
     device = device or default_device()
     module = module.to(device=device, dtype=torch_dtype).eval()
     if kind == "gemma3":
-        side = int(round(config.mm_tokens_per_image ** 0.5))
+        side = int(round(config.mm_tokens_per_image**0.5))
         grid = (side, side, int(config.text_config.hidden_size))
         pooled_from, dim = "token_mean", grid[2]
     else:
@@ -438,13 +461,26 @@ def load_encoder(folder: str, dtype: str = "float32", device: str | None = None)
         pooled_from = "head" if getattr(vision, "vision_use_head", True) else "token_mean"
         dim = grid[2]
     preprocessor = _read_json(folder, PREPROCESSOR_FILE)
-    model_hash = hashlib.sha256(json.dumps({"weights": weights_sha, "config": _canonical(raw_config),
-                                            "preprocessor": _canonical(preprocessor)}, sort_keys=True)
-                                .encode("utf-8")).hexdigest()
-    info = EncoderInfo(kind=kind, model_type=model_type, model_hash=model_hash, weights_sha256=weights_sha,
-                       image_size=(image_size, image_size), embedding_dim=dim, token_grid=grid,
-                       pooled_from=pooled_from, normalization=json.dumps(_normalization(processor), sort_keys=True),
-                       dtype=dtype, device=str(device), parameters=sum(p.numel() for p in module.parameters()))
+    model_hash = hashlib.sha256(
+        json.dumps(
+            {"weights": weights_sha, "config": _canonical(raw_config), "preprocessor": _canonical(preprocessor)},
+            sort_keys=True,
+        ).encode("utf-8")
+    ).hexdigest()
+    info = EncoderInfo(
+        kind=kind,
+        model_type=model_type,
+        model_hash=model_hash,
+        weights_sha256=weights_sha,
+        image_size=(image_size, image_size),
+        embedding_dim=dim,
+        token_grid=grid,
+        pooled_from=pooled_from,
+        normalization=json.dumps(_normalization(processor), sort_keys=True),
+        dtype=dtype,
+        device=str(device),
+        parameters=sum(p.numel() for p in module.parameters()),
+    )
     return VisionEncoder(module, processor, info)
 
 
@@ -462,11 +498,17 @@ def decode_image(data: bytes) -> Any:
 
 def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
-def embed_images(images: Sequence[Any], model: VisionEncoder | str, pooling: str = "pooled", batch_size: int = 8,
-                 dtype: str = "float32", device: str | None = None) -> Embeddings:
+def embed_images(
+    images: Sequence[Any],
+    model: VisionEncoder | str,
+    pooling: str = "pooled",
+    batch_size: int = 8,
+    dtype: str = "float32",
+    device: str | None = None,
+) -> Embeddings:
     """Embed images (PIL images, HxWx3 uint8 arrays or encoded bytes such as a record's `images`) in
     batches of `batch_size`, in order. `model` is a loaded VisionEncoder or a model folder (loaded here,
     with `dtype` and `device`). The pipeline batches the images of an input shard in the same way, so
@@ -483,5 +525,8 @@ def embed_images(images: Sequence[Any], model: VisionEncoder | str, pooling: str
         p, t = encoder.forward(np.stack([encoder.pixel_values(img) for img in chunk]), pooling)
         pooled += [] if p is None else [p]
         tokens += [] if t is None else [t]
-    return Embeddings(pooled=np.concatenate(pooled) if pooling != "tokens" else None,
-                      tokens=np.concatenate(tokens) if pooling != "pooled" else None, info=encoder.info)
+    return Embeddings(
+        pooled=np.concatenate(pooled) if pooling != "tokens" else None,
+        tokens=np.concatenate(tokens) if pooling != "pooled" else None,
+        info=encoder.info,
+    )

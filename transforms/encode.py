@@ -4,6 +4,7 @@ PNG levels 0-3 use medprep.transforms.png (Sub filter + ISA-L deflate: 5-7x fast
 encoder, files as small); levels 4-9 use Pillow's encoder (adaptive filters, zlib) for the
 smallest files.
 """
+
 from __future__ import annotations
 
 import io
@@ -19,8 +20,13 @@ DEFAULT_PNG_LEVEL = 1
 DEFAULT_JPEG_QUALITY = 95
 
 
-def encode_image(img: Image.Image, image_format: str = "png", *, png_level: int = DEFAULT_PNG_LEVEL,
-                 jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> bytes:
+def encode_image(
+    img: Image.Image,
+    image_format: str = "png",
+    *,
+    png_level: int = DEFAULT_PNG_LEVEL,
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+) -> bytes:
     """PIL image -> encoded bytes; png_level 0-3 fast encoder, 4-9 Pillow/zlib; jpeg_quality 1-100 (4:4:4 at >= 90)."""
     if image_format == "png" and png_level <= MAX_FAST_LEVEL and img.mode in ("RGB", "L"):
         return encode_png(np.asarray(img), png_level)

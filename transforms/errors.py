@@ -3,6 +3,7 @@
 `stage(name)` also times its block: inside `timed_stages()`, seconds per stage accumulate
 in the dict it yields (the pipelines turn them into per-stage latency metrics).
 """
+
 import re
 import threading
 import time
@@ -69,8 +70,9 @@ class stage:
         stack.append(self)
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> Literal[False]:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
         elapsed = time.perf_counter() - self._start
         stack = _TIMES.stack
         stack.pop()

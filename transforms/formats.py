@@ -1,4 +1,5 @@
 """Identify an encoded file's format from its first bytes (and, as a hint, its name)."""
+
 from __future__ import annotations
 
 _MAGIC = (
@@ -16,6 +17,7 @@ _MAGIC = (
 )
 
 PHOTO_FORMATS = frozenset({"png", "jpeg", "tiff", "gif", "bmp", "webp"})
+DEFAULT_MAX_PIXELS = 200_000_000  # ~ a 14k x 14k image; a file claiming more is refused before decoding
 
 
 def _looks_like_raw_dicom(head: bytes) -> bool:

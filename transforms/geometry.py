@@ -2,6 +2,7 @@
 
 Pixel coordinates are continuous (a pixel spans [x, x+1)); boxes are [x0, y0, x1, y1].
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass

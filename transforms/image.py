@@ -3,11 +3,12 @@
 This is the code path the images pipeline runs per image and `prepare_image` runs at
 inference time, so both produce byte-identical encoded images.
 """
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 from PIL import Image
@@ -32,13 +33,18 @@ ImageSource = str | os.PathLike[str] | bytes | Dataset | Image.Image | np.ndarra
 class ImageOptions:
     """Output geometry and encoding (size in pixels, png|jpeg) plus DICOM render options."""
 
-    size: int = option(DEFAULT_IMAGE_SIZE, f"output side in pixels (default {DEFAULT_IMAGE_SIZE})",
-                       int_in(16, 8192), name="image_size")
+    size: int = option(
+        DEFAULT_IMAGE_SIZE, f"output side in pixels (default {DEFAULT_IMAGE_SIZE})", int_in(16, 8192), name="image_size"
+    )
     image_format: str = option("png", "png (lossless, default) or jpeg", choices=IMAGE_FORMATS)
-    png_level: int = option(DEFAULT_PNG_LEVEL, f"PNG zlib level 0-9 (default {DEFAULT_PNG_LEVEL}: fastest lossless; "
-                                               "see benchmarks/README.md)", int_in(0, 9))
-    jpeg_quality: int = option(DEFAULT_JPEG_QUALITY, f"JPEG quality 1-100 (default {DEFAULT_JPEG_QUALITY})",
-                               int_in(1, 100))
+    png_level: int = option(
+        DEFAULT_PNG_LEVEL,
+        f"PNG zlib level 0-9 (default {DEFAULT_PNG_LEVEL}: fastest lossless; see benchmarks/README.md)",
+        int_in(0, 9),
+    )
+    jpeg_quality: int = option(
+        DEFAULT_JPEG_QUALITY, f"JPEG quality 1-100 (default {DEFAULT_JPEG_QUALITY})", int_in(1, 100)
+    )
     render: RenderOptions = RenderOptions()
 
 
@@ -46,7 +52,7 @@ class ImageOptions:
 class FinishedImage:
     """A model-ready image: PIL RGB size×size, its encoded bytes, the pad/resize plan, info."""
 
-    image: Image.Image | None   # None after without_pixels()
+    image: Image.Image | None  # None after without_pixels()
     encoded: bytes
     plan: PadResize
     info: dict[str, Any] = field(default_factory=dict)
@@ -57,14 +63,30 @@ class FinishedImage:
         return replace(self, image=None)
 
 
+class ImageDecoder(Protocol):
+    """Encoded bytes of one format -> Rendered (uint8 grey or RGB, info, raw identifiers for scrubbing only)."""
+
+    def __call__(self, data: bytes, options: ImageOptions) -> Rendered: ...
+
+
+def _dicom(data: bytes, options: ImageOptions) -> Rendered:
+    return render_dataset(read_dataset(data), options.render)
+
+
+def _photo(data: bytes, options: ImageOptions) -> Rendered:
+    rgb, info = decode_photo(data, options.render.max_pixels)
+    return Rendered(pixels=rgb, info=info, identifiers={})
+
+
+# Format (transforms.formats.detect_format) -> decoder. A new 2D format is a decoder plus one line here.
+IMAGE_DECODERS: dict[str, ImageDecoder] = {"dicom": _dicom, **{fmt: _photo for fmt in sorted(PHOTO_FORMATS)}}
+
+
 def decode_any(data: bytes, name: str = "", options: ImageOptions = ImageOptions()) -> Rendered:
     """Encoded bytes (DICOM or photo) -> Rendered RGB uint8 with info."""
     fmt = detect_format(data, name)
-    if fmt == "dicom":
-        return render_dataset(read_dataset(data), options.render)
-    if fmt in PHOTO_FORMATS:
-        rgb, info = decode_photo(data, options.render.max_pixels)
-        return Rendered(pixels=rgb, info=info, identifiers={})
+    if fmt in IMAGE_DECODERS:
+        return IMAGE_DECODERS[fmt](data, options)
     if not data:
         raise ItemError("decode", "file is empty")
     raise ItemError("decode", f"unsupported file format ({fmt}) for a 2D image")
@@ -81,8 +103,9 @@ def finish_rgb(pixels: np.ndarray, options: ImageOptions = ImageOptions()) -> tu
             raise ItemError("transform", str(exc)) from None
     with stage("encode"):
         try:
-            encoded = encode_image(img, options.image_format, png_level=options.png_level,
-                                   jpeg_quality=options.jpeg_quality)
+            encoded = encode_image(
+                img, options.image_format, png_level=options.png_level, jpeg_quality=options.jpeg_quality
+            )
         except (OSError, ValueError) as exc:
             raise ItemError("encode", f"cannot encode {options.image_format}: {exc}") from None
     return img, encoded, plan
@@ -143,6 +166,6 @@ def prepare_image(
     options, system_prompt = pick(options, "image", system_prompt)
     sources = list(source) if isinstance(source, (list, tuple)) else [source]
     finished = [finish_rendered(load_rendered(s, options), options) for s in sources]
-    images = cast(list[Image.Image], [f.image for f in finished])   # finished here: each has its image
+    images = cast(list[Image.Image], [f.image for f in finished])  # finished here: each has its image
     messages = user_messages(images_then_prompt(len(images), prompt), images, system_prompt)
     return Prepared(images, [f.encoded for f in finished], [f.info for f in finished], messages)

@@ -1,5 +1,6 @@
 """A finished run's options for serving: the pixels and chat of `prepare_image`, `prepare_series` and
 `prepare_slide` then match the run's records (medprep.load_options builds one from an output folder)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

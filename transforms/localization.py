@@ -1,4 +1,5 @@
 """Localization targets in MedGemma 1.5's answer format: box_2d [y0, x0, y1, x1] on a 0-1000 grid."""
+
 from __future__ import annotations
 
 import json

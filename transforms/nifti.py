@@ -4,6 +4,7 @@ are axial, superior→inferior.
 Values are the file's scaled values (scl_slope/scl_inter applied: HU for CT). Each slice is
 (rows = anterior→posterior, columns = patient right→left), the radiological display convention.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,11 +52,13 @@ def read_nifti(data: bytes, name: str = "volume.nii.gz") -> tuple[np.ndarray, di
         raise ItemError("decode", f"volume must be 3D, got {image.GetDimension()}D {image.GetSize()}")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise ItemError("decode", "volumes with vector pixels are not supported")
-    image = sitk.DICOMOrient(image, "LPS")      # index x→Left, y→Posterior, z→Superior
-    volume = sitk.GetArrayViewFromImage(image).astype(np.float64)[::-1]   # (z, y, x), z now S→I
+    image = sitk.DICOMOrient(image, "LPS")  # index x→Left, y→Posterior, z→Superior
+    volume = sitk.GetArrayViewFromImage(image).astype(np.float64)[::-1]  # (z, y, x), z now S→I
     sx, sy, sz = image.GetSpacing()
     top = image.GetOrigin()[2] + sz * (volume.shape[0] - 1)
-    info = {"format": suffix.lstrip(".").replace(".gz", ""),
-            "spacing_mm": [round(sz, 6), round(sy, 6), round(sx, 6)],
-            "z_mm": [round(top - k * sz, 6) for k in range(volume.shape[0])]}
+    info = {
+        "format": suffix.lstrip(".").replace(".gz", ""),
+        "spacing_mm": [round(sz, 6), round(sy, 6), round(sx, 6)],
+        "z_mm": [round(top - k * sz, 6) for k in range(volume.shape[0])],
+    }
     return volume, info

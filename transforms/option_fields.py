@@ -4,6 +4,7 @@ The option dataclasses (transforms.image.ImageOptions, transforms.volume.VolumeO
 options in medprep.pipelines.run_options) declare their fields with `option(...)`; the command line,
 the run configuration, config_hash and summary.json are all derived from those fields.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,15 +14,28 @@ from typing import Any
 Parser = Callable[[str], Any]
 
 
-def option(default: Any, help: str, parse: Parser | None = None, choices: Sequence[str] | None = None,
-           name: str = "", flag: bool = False, cli: str = "") -> Any:
+def option(
+    default: Any,
+    help: str,
+    parse: Parser | None = None,
+    choices: Sequence[str] | None = None,
+    name: str = "",
+    flag: bool = False,
+    cli: str = "",
+) -> Any:
     """A dataclass field that is also a command-line option `--{cli or name or field name}`.
 
     parse turns the text into the value (raising ValueError with a message); choices restricts it;
     flag=True makes a switch without a value (store_true); name renames the run-config key (and the
     option); cli renames the option only (two subcommands may share an option name with different keys)."""
-    meta = {"help": help, "parse": parse, "choices": tuple(choices) if choices else None, "name": name, "flag": flag,
-            "cli": cli}
+    meta = {
+        "help": help,
+        "parse": parse,
+        "choices": tuple(choices) if choices else None,
+        "name": name,
+        "flag": flag,
+        "cli": cli,
+    }
     if isinstance(default, (list, dict, set)):
         raise TypeError("option defaults must be immutable (use a tuple)")
     return dataclasses.field(default=default, metadata={"option": meta})
@@ -31,9 +45,9 @@ def option(default: Any, help: str, parse: Parser | None = None, choices: Sequen
 class OptionField:
     """One option as the command line and the run config see it."""
 
-    name: str          # the run-config key
-    cli: str           # the option's name on the command line (--cli)
-    attr: str          # the dataclass attribute it sets
+    name: str  # the run-config key
+    cli: str  # the option's name on the command line (--cli)
+    attr: str  # the dataclass attribute it sets
     default: Any
     help: str
     parse: Parser | None
@@ -47,8 +61,9 @@ def option_fields(cls: type) -> Iterator[OptionField]:
         meta = f.metadata.get("option")
         if meta is not None:
             name = meta["name"] or f.name
-            yield OptionField(name, meta["cli"] or name, f.name, f.default, meta["help"], meta["parse"],
-                              meta["choices"], meta["flag"])
+            yield OptionField(
+                name, meta["cli"] or name, f.name, f.default, meta["help"], meta["parse"], meta["choices"], meta["flag"]
+            )
 
 
 def from_values(cls: type, values: dict[str, Any], **fixed: Any) -> Any:
@@ -64,8 +79,10 @@ def to_values(instance: Any) -> dict[str, Any]:
 
 # ---- parsers (text -> value, ValueError naming what was expected) ---------------------------------
 
+
 def int_in(low: int, high: int | None = None) -> Parser:
     """An integer in [low, high]."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -74,6 +91,7 @@ def int_in(low: int, high: int | None = None) -> Parser:
         if value < low or (high is not None and value > high):
             raise ValueError(f"must be in [{low}, {high if high is not None else '∞'}], got {value}")
         return value
+
     return parse
 
 
@@ -102,16 +120,19 @@ def positive_float(text: str) -> float:
 
 def names_from(allowed: Sequence[str], hint: str) -> Parser:
     """A comma-separated, de-duplicated, non-empty list of names from `allowed`, as a tuple."""
+
     def parse(text: str) -> tuple[str, ...]:
         names = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
         if not names or any(n not in allowed for n in names):
             raise ValueError(f"choose {hint}; got {text!r}")
         return names
+
     return parse
 
 
 def number_pair(low: float, high: float) -> Parser:
     """'a,b' with low <= a < b <= high."""
+
     def parse(text: str) -> tuple[float, float]:
         try:
             a, b = (float(v) for v in text.split(","))
@@ -120,4 +141,5 @@ def number_pair(low: float, high: float) -> Parser:
         if not low <= a < b <= high:
             raise ValueError(f"need {low:g} <= low < high <= {high:g}, got {text!r}")
         return a, b
+
     return parse

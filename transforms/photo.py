@@ -3,6 +3,7 @@
 Palette and alpha images are composited on black (the pad colour); CMYK and YCbCr are
 converted by Pillow; 16-bit greyscale is scaled to 8 bits by v / 257, rounded.
 """
+
 from __future__ import annotations
 
 import io
@@ -13,8 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from medprep.transforms.errors import ItemError
-
-DEFAULT_MAX_PIXELS = 200_000_000
+from medprep.transforms.formats import DEFAULT_MAX_PIXELS
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:
@@ -61,6 +61,11 @@ def decode_photo(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.
         raise ItemError("decode", f"decompression bomb refused: {exc}") from None
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError… on bad input
         raise ItemError("decode", f"cannot decode image: {type(exc).__name__}: {exc}") from None
-    info = {"format": fmt, "source_mode": img.mode, "exif_orientation": int(orientation),
-            "rows": int(rgb.shape[0]), "columns": int(rgb.shape[1])}
+    info = {
+        "format": fmt,
+        "source_mode": img.mode,
+        "exif_orientation": int(orientation),
+        "rows": int(rgb.shape[0]),
+        "columns": int(rgb.shape[1]),
+    }
     return np.ascontiguousarray(rgb), info

@@ -11,6 +11,7 @@ When no installed decoder handles the data (12-bit lossy JPEG needs the optional
 pylibjpeg-libjpeg), the error names the transfer syntax, why each installed plugin refused it,
 and which packages pydicom would use to decode it.
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -67,7 +68,7 @@ def missing_decoders(ds: Dataset) -> str:
     """
     decoder = _decoder(ds)
     hints = []
-    for entry in (decoder.missing_dependencies if decoder is not None else []):
+    for entry in decoder.missing_dependencies if decoder is not None else []:
         plugin, _, needs = entry.partition(" - requires ")
         packages = [p.strip() for p in needs.split(" and ") if p.strip()] or [plugin.strip()]
         # the package that does the work is the last one pydicom names (pylibjpeg is only its front end)
@@ -90,7 +91,7 @@ def _reason(exc: BaseException, plugin: str) -> str:
         lines = lines[1:]
     reason = " ".join(lines)
     if reason.startswith(f"{plugin}: "):  # 'gdcm: GDCM does not support …': the caller names the plugin
-        reason = reason[len(plugin) + 2:]
+        reason = reason[len(plugin) + 2 :]
     return reason[:200]
 
 
@@ -135,12 +136,16 @@ def _isolated(ds: Dataset, frame: int | None, plugin: str) -> np.ndarray:
         return future.result(timeout=ISOLATED_TIMEOUT_S)
     except BrokenProcessPool:
         _reset_executor(kill=False)
-        raise ItemError("decode", f"the {plugin} decoder crashed on this pixel data (its isolated process "
-                                  "died); the file is corrupt or unsupported") from None
+        raise ItemError(
+            "decode",
+            f"the {plugin} decoder crashed on this pixel data (its isolated process "
+            "died); the file is corrupt or unsupported",
+        ) from None
     except FutureTimeout:
         _reset_executor(kill=True)
-        raise ItemError("timeout",
-                        f"the {plugin} decoder took over {ISOLATED_TIMEOUT_S:g} s on this pixel data") from None
+        raise ItemError(
+            "timeout", f"the {plugin} decoder took over {ISOLATED_TIMEOUT_S:g} s on this pixel data"
+        ) from None
 
 
 def decode_pixels(ds: Dataset, frame: int | None = None) -> np.ndarray:

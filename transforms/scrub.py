@@ -30,6 +30,7 @@ A safety net, not a de-identification guarantee: names without a cue that the ca
 hospitals) are not recognized; a caller's name part that is also a word ("Gray") is replaced wherever
 the word appears. benchmarks/scrub_eval.py measures recall and precision per kind.
 """
+
 from __future__ import annotations
 
 import re
@@ -42,32 +43,214 @@ PLACEHOLDERS = {kind: f"[{kind.upper()}]" for kind in KINDS}
 
 # Honorifics and post-nominals: never a name part, never replaced on their own.
 _TITLES = {"dr", "doctor", "mr", "mrs", "ms", "miss", "mx", "prof", "professor", "sir", "dame"}
-_POSTNOMINALS = {"md", "do", "phd", "mbbs", "mbchb", "frcr", "frcpc", "facr", "rn", "np", "pa", "pa-c",
-                 "dnp", "crna", "jr", "sr", "ii", "iii", "iv"}
+_POSTNOMINALS = {
+    "md",
+    "do",
+    "phd",
+    "mbbs",
+    "mbchb",
+    "frcr",
+    "frcpc",
+    "facr",
+    "rn",
+    "np",
+    "pa",
+    "pa-c",
+    "dnp",
+    "crna",
+    "jr",
+    "sr",
+    "ii",
+    "iii",
+    "iv",
+}
 # Capitalized words that follow a name cue in reports but are not names.
 _NOT_NAMES = {
-    "a", "an", "the", "and", "or", "of", "on", "at", "in", "to", "for", "with", "by", "from", "is", "was",
-    "has", "had", "are", "were", "be", "been", "this", "that", "these", "there", "he", "she", "they", "it",
-    "his", "her", "their", "no", "not", "none", "unknown", "anonymous", "redacted", "withheld", "same",
-    "male", "female", "man", "woman", "boy", "girl", "child", "infant", "adult", "patient", "pt", "name",
-    "history", "findings", "finding", "impression", "impressions", "technique", "comparison", "indication",
-    "indications", "clinical", "exam", "examination", "study", "report", "results", "result", "note",
-    "notes", "addendum", "diagnosis", "procedure", "specimen", "specimens", "gross", "microscopic",
-    "description", "comment", "comments", "recommendation", "recommendations", "conclusion", "summary",
-    "signed", "reviewed", "discussed", "dictated", "verified", "electronically", "attending", "resident",
-    "radiologist", "pathologist", "physician", "referring", "ordering", "date", "time", "mrn", "dob",
-    "age", "sex", "yes", "ok", "left", "right", "bilateral", "chest", "abdomen", "pelvis", "head", "brain",
-    "ct", "mr", "mri", "pet", "us", "cxr", "xr", "dx", "cr", "nm", "er", "ed", "icu", "hu", "id",
-    "acc", "via", "phone", "telephone", "tel", "page", "pager", "email", "fax", "call", "contact",
-    "today", "yesterday", "prior", "previous", "current", "see", "above", "below", "please", "thank",
-    "thanks", "team", "service", "department", "dept", "clinic", "hospital", "center", "centre",
-    "emergency", "radiology", "pathology", "oncology", "surgery", "medicine", "cardiology", "neurology",
-    "pcp", "ent", "gi", "ob", "obgyn", "ir", "nicu", "picu", "pacu", "ccu", "ems", "nurse", "family",
+    "a",
+    "an",
+    "the",
+    "and",
+    "or",
+    "of",
+    "on",
+    "at",
+    "in",
+    "to",
+    "for",
+    "with",
+    "by",
+    "from",
+    "is",
+    "was",
+    "has",
+    "had",
+    "are",
+    "were",
+    "be",
+    "been",
+    "this",
+    "that",
+    "these",
+    "there",
+    "he",
+    "she",
+    "they",
+    "it",
+    "his",
+    "her",
+    "their",
+    "no",
+    "not",
+    "none",
+    "unknown",
+    "anonymous",
+    "redacted",
+    "withheld",
+    "same",
+    "male",
+    "female",
+    "man",
+    "woman",
+    "boy",
+    "girl",
+    "child",
+    "infant",
+    "adult",
+    "patient",
+    "pt",
+    "name",
+    "history",
+    "findings",
+    "finding",
+    "impression",
+    "impressions",
+    "technique",
+    "comparison",
+    "indication",
+    "indications",
+    "clinical",
+    "exam",
+    "examination",
+    "study",
+    "report",
+    "results",
+    "result",
+    "note",
+    "notes",
+    "addendum",
+    "diagnosis",
+    "procedure",
+    "specimen",
+    "specimens",
+    "gross",
+    "microscopic",
+    "description",
+    "comment",
+    "comments",
+    "recommendation",
+    "recommendations",
+    "conclusion",
+    "summary",
+    "signed",
+    "reviewed",
+    "discussed",
+    "dictated",
+    "verified",
+    "electronically",
+    "attending",
+    "resident",
+    "radiologist",
+    "pathologist",
+    "physician",
+    "referring",
+    "ordering",
+    "date",
+    "time",
+    "mrn",
+    "dob",
+    "age",
+    "sex",
+    "yes",
+    "ok",
+    "left",
+    "right",
+    "bilateral",
+    "chest",
+    "abdomen",
+    "pelvis",
+    "head",
+    "brain",
+    "ct",
+    "mr",
+    "mri",
+    "pet",
+    "us",
+    "cxr",
+    "xr",
+    "dx",
+    "cr",
+    "nm",
+    "er",
+    "ed",
+    "icu",
+    "hu",
+    "id",
+    "acc",
+    "via",
+    "phone",
+    "telephone",
+    "tel",
+    "page",
+    "pager",
+    "email",
+    "fax",
+    "call",
+    "contact",
+    "today",
+    "yesterday",
+    "prior",
+    "previous",
+    "current",
+    "see",
+    "above",
+    "below",
+    "please",
+    "thank",
+    "thanks",
+    "team",
+    "service",
+    "department",
+    "dept",
+    "clinic",
+    "hospital",
+    "center",
+    "centre",
+    "emergency",
+    "radiology",
+    "pathology",
+    "oncology",
+    "surgery",
+    "medicine",
+    "cardiology",
+    "neurology",
+    "pcp",
+    "ent",
+    "gi",
+    "ob",
+    "obgyn",
+    "ir",
+    "nicu",
+    "picu",
+    "pacu",
+    "ccu",
+    "ems",
+    "nurse",
+    "family",
 }
 # A capitalized word in any Latin script ("Smith", "O'Brien", "Smith-Jones", "Ekmečić", "DOE").
 _UPPER = "A-Z\u00c0-\u00d6\u00d8-\u00de\u0100-\u017f"
 _NAME_WORD = rf"(?:[{_UPPER}][^\W\d_]*(?:['\u2019\-][^\W\d_]+)*)"
-_NAME_SEQ = rf"(?:[A-Z]\.[ \t]*)?{_NAME_WORD}(?:(?:,[ \t]*|[ \t]+)(?:[A-Z]\.?[ \t]+)?{_NAME_WORD}){{0,2}}"   # one line
+_NAME_SEQ = rf"(?:[A-Z]\.[ \t]*)?{_NAME_WORD}(?:(?:,[ \t]*|[ \t]+)(?:[A-Z]\.?[ \t]+)?{_NAME_WORD}){{0,2}}"  # one line
 _TITLE_CUE = re.compile(rf"\b(?:Dr|Doctor|Mr|Mrs|Ms|Miss|Mx|Prof|Professor)\.?[ \t]+({_NAME_SEQ})")
 _CUE_TITLE = r"(?:(?:Dr|Doctor|Mr|Mrs|Ms|Miss|Mx|Prof)\.?[ \t]+)?"
 # Noun labels need a colon or dash ("Patient: Jane Doe"; "Patient Education" is no cue) …
@@ -76,14 +259,16 @@ _LABEL_CUE = re.compile(
     r"(?i:\b(?:patient(?:'s)?\s+name|patient|pt|name|referring(?:\s+(?:physician|provider|doctor|clinician))?"
     r"|ordering(?:\s+(?:physician|provider|doctor|clinician))?|attending(?:\s+(?:physician|radiologist))?"
     r"|physician|radiologist|pathologist|resident|fellow|technologist|surgeon|clinician|provider))"
-    rf"[ \t]*[:\-][ \t]*{_CUE_TITLE}({_NAME_SEQ})")
+    rf"[ \t]*[:\-][ \t]*{_CUE_TITLE}({_NAME_SEQ})"
+)
 # … verb phrases do not ("signed by Jane Roe", "discussed with Dr. Smith").
 _VERB_CUE = re.compile(
     r"(?=[EeSsDdRrTtVvIiPpCc])"
     r"(?i:\b(?:(?:electronically\s+)?signed(?:\s+out)?\s+by|dictated\s+by|reviewed\s+by|read\s+by"
     r"|transcribed\s+by|verified\s+by|interpreted\s+by|reported\s+by|prepared\s+by|discussed\s+with"
     r"|communicated\s+to|d/w))"
-    rf"[ \t]*:?[ \t]*{_CUE_TITLE}({_NAME_SEQ})")
+    rf"[ \t]*:?[ \t]*{_CUE_TITLE}({_NAME_SEQ})"
+)
 _WORD = re.compile(r"[^\W\d_]+(?:['\u2019\-][^\W\d_]+)*")
 
 
@@ -105,7 +290,7 @@ def _cue_words(span_text: str, start: int) -> list[tuple[int, int]]:
     out = []
     for m in _WORD.finditer(span_text):
         word = m.group()
-        if word.endswith(("'s", "\u2019s")):                 # possessive: "Smith's" -> "[NAME]'s"
+        if word.endswith(("'s", "\u2019s")):  # possessive: "Smith's" -> "[NAME]'s"
             word = word[:-2]
         if len(word) >= 2 and word.lower() not in _NOT_NAMES | _TITLES | _POSTNOMINALS:
             out.append((start + m.start(), start + m.start() + len(word)))
@@ -115,22 +300,125 @@ def _cue_words(span_text: str, start: int) -> list[tuple[int, int]]:
 # ---------------------------------------------------------------------------------------------- name-like columns
 
 _PERSON_ROLES = {
-    "patient", "pt", "person", "subject", "physician", "doctor", "dr", "author", "radiologist", "pathologist",
-    "surgeon", "clinician", "provider", "referrer", "referring", "attending", "reader", "signer", "technologist",
-    "technician", "operator", "operators", "nurse", "resident", "fellow", "consultant", "practitioner",
-    "guardian", "kin", "parent", "mother", "father", "spouse", "requester", "requestor", "reviewer",
-    "interpreter", "dictator", "performing", "ordering", "contact", "emergency",
+    "patient",
+    "pt",
+    "person",
+    "subject",
+    "physician",
+    "doctor",
+    "dr",
+    "author",
+    "radiologist",
+    "pathologist",
+    "surgeon",
+    "clinician",
+    "provider",
+    "referrer",
+    "referring",
+    "attending",
+    "reader",
+    "signer",
+    "technologist",
+    "technician",
+    "operator",
+    "operators",
+    "nurse",
+    "resident",
+    "fellow",
+    "consultant",
+    "practitioner",
+    "guardian",
+    "kin",
+    "parent",
+    "mother",
+    "father",
+    "spouse",
+    "requester",
+    "requestor",
+    "reviewer",
+    "interpreter",
+    "dictator",
+    "performing",
+    "ordering",
+    "contact",
+    "emergency",
 }
-_NAME_WORDS = {"name", "names", "firstname", "lastname", "surname", "givenname", "familyname", "middlename",
-               "fullname", "maidenname", "fname", "lname", "forename", "nickname"}
-_NAME_QUALIFIERS = {"first", "last", "given", "family", "middle", "full", "maiden", "sur", "fore", "nick",
-                    "preferred", "legal", "display"}
-_ROLE_ONLY = {"physician", "doctor", "author", "radiologist", "pathologist", "surgeon", "clinician", "referrer",
-              "attending", "reader", "signer", "technologist", "operator", "operators", "nurse", "resident",
-              "consultant", "practitioner", "guardian", "reviewer", "interpreter", "dictator", "requester",
-              "requestor", "provider"}
-_BY_VERBS = {"signed", "reported", "dictated", "read", "reviewed", "ordered", "verified", "interpreted",
-             "performed", "prepared", "requested", "referred", "authored", "written", "transcribed", "approved"}
+_NAME_WORDS = {
+    "name",
+    "names",
+    "firstname",
+    "lastname",
+    "surname",
+    "givenname",
+    "familyname",
+    "middlename",
+    "fullname",
+    "maidenname",
+    "fname",
+    "lname",
+    "forename",
+    "nickname",
+}
+_NAME_QUALIFIERS = {
+    "first",
+    "last",
+    "given",
+    "family",
+    "middle",
+    "full",
+    "maiden",
+    "sur",
+    "fore",
+    "nick",
+    "preferred",
+    "legal",
+    "display",
+}
+_ROLE_ONLY = {
+    "physician",
+    "doctor",
+    "author",
+    "radiologist",
+    "pathologist",
+    "surgeon",
+    "clinician",
+    "referrer",
+    "attending",
+    "reader",
+    "signer",
+    "technologist",
+    "operator",
+    "operators",
+    "nurse",
+    "resident",
+    "consultant",
+    "practitioner",
+    "guardian",
+    "reviewer",
+    "interpreter",
+    "dictator",
+    "requester",
+    "requestor",
+    "provider",
+}
+_BY_VERBS = {
+    "signed",
+    "reported",
+    "dictated",
+    "read",
+    "reviewed",
+    "ordered",
+    "verified",
+    "interpreted",
+    "performed",
+    "prepared",
+    "requested",
+    "referred",
+    "authored",
+    "written",
+    "transcribed",
+    "approved",
+}
 
 
 def _column_words(column: str) -> list[str]:
@@ -156,14 +444,14 @@ def name_like_columns(columns: Iterable[str]) -> list[str]:
             continue
         is_name = False
         if words[-1] in _NAME_WORDS and words[-1] not in ("name", "names"):
-            is_name = True                                          # first_name, surname, lastname
+            is_name = True  # first_name, surname, lastname
         elif words[-1] in ("name", "names"):
             before = words[:-1]
             is_name = not before or any(w in _PERSON_ROLES or w in _NAME_QUALIFIERS for w in before)
         elif words[-1] == "by" and len(words) >= 2 and words[-2] in _BY_VERBS:
-            is_name = True                                          # signed_by, reported_by
+            is_name = True  # signed_by, reported_by
         elif words[-1] in _ROLE_ONLY or (len(words) >= 2 and words[-1] in ("of", "kin") and "next" in words):
-            is_name = True                                          # physician, referring_physician, next_of_kin
+            is_name = True  # physician, referring_physician, next_of_kin
         if is_name:
             out.append(column)
     return out
@@ -173,49 +461,63 @@ def name_like_columns(columns: Iterable[str]) -> list[str]:
 # Speed: no pattern carries a global IGNORECASE (it defeats the regex engine's fast scan); labels are
 # case-insensitive in a scoped (?i:…) group behind a lookahead on their possible first letters.
 
-_MONTH = (r"(?i:January|February|March|April|May|June|July|August|September|October|November|December"
-          r"|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)\.?")
+_MONTH = (
+    r"(?i:January|February|March|April|May|June|July|August|September|October|November|December"
+    r"|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)\.?"
+)
 _DATE_PATTERNS = [
-    re.compile(r"\b\d{4}[-/.]\d{1,2}[-/.]\d{1,2}\b"),                                         # 2021-03-04
-    re.compile(r"\b\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}\b"),                                       # 03/04/2021, 4.3.21
+    re.compile(r"\b\d{4}[-/.]\d{1,2}[-/.]\d{1,2}\b"),  # 2021-03-04
+    re.compile(r"\b\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}\b"),  # 03/04/2021, 4.3.21
     re.compile(rf"\b\d{{1,2}}(?:st|nd|rd|th)?(?:\s+of\s+|\s+|-|/){_MONTH}(?:\s*,?\s*|-|/)\d{{2,4}}\b"),
     # ^ 4 March 2021, 4th of March 2021, 4-Mar-21
-    re.compile(rf"(?=[JFMASONDjfmasond])\b{_MONTH}(?:\s+\d{{1,2}}(?:st|nd|rd|th)?\s*,?\s*\d{{4}}"     # March 4, 2021
-               r"|\s*,?\s+(?:19|20)\d{2})\b"),                                                  # March 2021
-    re.compile(r"\b(?:0?[1-9]|1[0-2])/(?:19|20)\d{2}\b"),                                     # 03/2021
-    re.compile(r"\b(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\b"),                # 20210304 (DICOM DA)
+    re.compile(
+        rf"(?=[JFMASONDjfmasond])\b{_MONTH}(?:\s+\d{{1,2}}(?:st|nd|rd|th)?\s*,?\s*\d{{4}}"  # March 4, 2021
+        r"|\s*,?\s+(?:19|20)\d{2})\b"
+    ),  # March 2021
+    re.compile(r"\b(?:0?[1-9]|1[0-2])/(?:19|20)\d{2}\b"),  # 03/2021
+    re.compile(r"\b(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\b"),  # 20210304 (DICOM DA)
 ]
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}\b")
 _SSN = re.compile(r"\b\d{3}([- ])\d{2}\1\d{4}\b")
-_SSN_LABELLED = re.compile(r"(?=[Ss])(?i:\b(?:SSN|SS#|SS\s*No\.?|social\s+security(?:\s+(?:number|no\.?|#))?)"
-                           r"\s*[:#]?\s*)(\d{3}[- ]?\d{2}[- ]?\d{4})\b")
+_SSN_LABELLED = re.compile(
+    r"(?=[Ss])(?i:\b(?:SSN|SS#|SS\s*No\.?|social\s+security(?:\s+(?:number|no\.?|#))?)"
+    r"\s*[:#]?\s*)(\d{3}[- ]?\d{2}[- ]?\d{4})\b"
+)
 _EXTENSION = r"(?:\s*(?:x|ext\.?|extension)\s*\d{1,5}\b)?"
-_PHONE_US = re.compile(r"(?=[+(\d])(?<![\w+])(?:\+?1[\s.\-]?)?(?:\(\d{3}\)\s?|\d{3}[\s.\-])\d{3}[\s.\-]\d{4}\b"
-                       + _EXTENSION)
+_PHONE_US = re.compile(
+    r"(?=[+(\d])(?<![\w+])(?:\+?1[\s.\-]?)?(?:\(\d{3}\)\s?|\d{3}[\s.\-])\d{3}[\s.\-]\d{4}\b" + _EXTENSION
+)
 _PHONE_INTL = re.compile(r"(?=[+0])(?<![\w+])(?:\+|\b00)\d{1,3}(?:[\s.\-]?\(?\d{1,5}\)?){2,6}\b" + _EXTENSION)
-_PHONE_TRUNK = re.compile(r"(?:\b0\d{2,4}[\s\-]|\(0\d{1,4}\)\s?)\d{3,4}[\s\-]?\d{3,4}\b")       # 020 7946 0958
+_PHONE_TRUNK = re.compile(r"(?:\b0\d{2,4}[\s\-]|\(0\d{1,4}\)\s?)\d{3,4}[\s\-]?\d{3,4}\b")  # 020 7946 0958
 _PHONE_LABELLED = re.compile(
     r"(?=[TtPpMmCcFfBb])(?i:\b(?:tel|telephone|phone|ph|mobile|mob|cell|pager|pgr|fax|beeper|call|contact)\.?\s*"
-    r"(?:no\.?|number|#)?\s*[:#]?\s*)(\+?\d{7,15}|\d{3,4}[\s.\-]\d{4})\b")
-_ADDRESS_SUFFIX = (r"(?:Street|St|Avenue|Ave|Av|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Place|Pl|Way"
-                   r"|Terrace|Ter|Parkway|Pkwy|Circle|Cir|Highway|Hwy|Square|Sq|Trail|Trl|Crescent|Close|Row"
-                   r"|Alley|Plaza|Pike|Loop|Mews|Gardens"
-                   r"|STREET|AVENUE|ROAD|BOULEVARD|LANE|DRIVE|COURT|PLACE|TERRACE|PARKWAY|CIRCLE|HIGHWAY)")
-_CITY_STATE = (r"(?:\.?,\s*[A-Z][A-Za-z'.\-]*(?:\s+[A-Z][A-Za-z'.\-]*){0,2},?\s+"          # , City, ST 12345
-               r"(?:[A-Z]{2}(?:\s+\d{5}(?:-\d{4})?)?|\d{5}(?:-\d{4})?|[A-Z]{1,2}\d[A-Z\d]?\s*\d[A-Z]{2})\b)?")
+    r"(?:no\.?|number|#)?\s*[:#]?\s*)(\+?\d{7,15}|\d{3,4}[\s.\-]\d{4})\b"
+)
+_ADDRESS_SUFFIX = (
+    r"(?:Street|St|Avenue|Ave|Av|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Place|Pl|Way"
+    r"|Terrace|Ter|Parkway|Pkwy|Circle|Cir|Highway|Hwy|Square|Sq|Trail|Trl|Crescent|Close|Row"
+    r"|Alley|Plaza|Pike|Loop|Mews|Gardens"
+    r"|STREET|AVENUE|ROAD|BOULEVARD|LANE|DRIVE|COURT|PLACE|TERRACE|PARKWAY|CIRCLE|HIGHWAY)"
+)
+_CITY_STATE = (
+    r"(?:\.?,\s*[A-Z][A-Za-z'.\-]*(?:\s+[A-Z][A-Za-z'.\-]*){0,2},?\s+"  # , City, ST 12345
+    r"(?:[A-Z]{2}(?:\s+\d{5}(?:-\d{4})?)?|\d{5}(?:-\d{4})?|[A-Z]{1,2}\d[A-Z\d]?\s*\d[A-Z]{2})\b)?"
+)
 _ADDRESS = re.compile(
-    r"\b\d{1,6}[A-Za-z]?(?:-\d{1,4})?\s+"                                          # house number
-    r"(?:(?:N|S|E|W|NE|NW|SE|SW|North|South|East|West)\.?\s+)?"                    # direction
+    r"\b\d{1,6}[A-Za-z]?(?:-\d{1,4})?\s+"  # house number
+    r"(?:(?:N|S|E|W|NE|NW|SE|SW|North|South|East|West)\.?\s+)?"  # direction
     r"(?!(?:Views?|Phases?|Series|Images?|Slices?|Levels?|Grade|Segments?|Contrast|Weeks?|Months?)\b)"
     r"(?:[A-Z][A-Za-z'\-]*|\d{1,3}(?:st|nd|rd|th))(?:\s+[A-Z][A-Za-z'\-]*){0,3}?"  # street name
     rf"\s+{_ADDRESS_SUFFIX}\b"
     r"(?:\s+(?:N|S|E|W|NE|NW|SE|SW)\b)?"
-    r"(?:\.?,?\s*(?:Apt|Apartment|Suite|Ste|Unit|Fl|Floor|Rm|Room|#)\.?\s*#?\s*[A-Za-z0-9\-]+)?"  # unit
-    + _CITY_STATE)
+    r"(?:\.?,?\s*(?:Apt|Apartment|Suite|Ste|Unit|Fl|Floor|Rm|Room|#)\.?\s*#?\s*[A-Za-z0-9\-]+)?" + _CITY_STATE  # unit
+)
 _CAP = r"[A-Z\u00c0-\u00de][^\W\d_]*"
 _PARTICLE = r"(?:(?:de|del|della|di|da|do|dos|das|la|le|les|des|du|von|van|der|den)\s+)*"
-_STREET_PREFIX = (r"(?:Rue|Avenue|Av\.|Avda\.|Avenida|Calle|C/|Via|Viale|Piazza|Corso|Largo|Rua|Travessa|Praça"
-                  r"|Plaza|ul\.|Ulica|Boulevard|Bd\.?|Chemin|Route|Quai|Place)")
+_STREET_PREFIX = (
+    r"(?:Rue|Avenue|Av\.|Avda\.|Avenida|Calle|C/|Via|Viale|Piazza|Corso|Largo|Rua|Travessa|Praça"
+    r"|Plaza|ul\.|Ulica|Boulevard|Bd\.?|Chemin|Route|Quai|Place)"
+)
 _EU_TAIL = r"(?:,?\s*(?:[A-Z]{1,2}-)?\d{4,5}(?:\s?[A-Z]{2})?\s+" + _CAP + r"(?:\s+" + _CAP + r")?)?"
 # Continental forms: "Jakobstrasse 89", "Olmstraat 69", "Avenida Noruega 42", "ul. Zamkowa 33",
 # "12 Rue de la Paix", each with an optional ", 4943 Oeschenbach".
@@ -223,11 +525,22 @@ _ADDRESS_EU = re.compile(
     r"\b(?:" + _CAP + r"(?:strasse|straße|str\.|weg|gasse|platz|allee|damm|laan|straat|plein|gracht|kade|vej|gade"
     r"|gata|gatan|vägen|veien|vegen|gaten|katu|utca|ulica)\s+\d{1,5}[A-Za-z]?\b"
     r"|" + _STREET_PREFIX + r"\s+" + _PARTICLE + _CAP + r"(?:\s+" + _PARTICLE + _CAP + r"){0,3},?\s+\d{1,5}[A-Za-z]?\b"
-    r"|\d{1,5}[A-Za-z]?,?\s+" + _STREET_PREFIX + r"\s+" + _PARTICLE + _CAP + r"(?:\s+" + _PARTICLE + _CAP + r"){0,3})"
-    + _EU_TAIL)
+    r"|\d{1,5}[A-Za-z]?,?\s+"
+    + _STREET_PREFIX
+    + r"\s+"
+    + _PARTICLE
+    + _CAP
+    + r"(?:\s+"
+    + _PARTICLE
+    + _CAP
+    + r"){0,3})"
+    + _EU_TAIL
+)
 # A city line on its own: "Springfield, IL 62704", "London NW1 6XE".
-_CITY_LINE = re.compile(r"\b[A-Z][a-z]+(?:[ \t][A-Z][a-z]+){0,2},?[ \t](?:[A-Z]{2}[ \t]\d{5}(?:-\d{4})?"
-                        r"|[A-Z]{1,2}\d[A-Z\d]?[ \t]\d[A-Z]{2})\b")
+_CITY_LINE = re.compile(
+    r"\b[A-Z][a-z]+(?:[ \t][A-Z][a-z]+){0,2},?[ \t](?:[A-Z]{2}[ \t]\d{5}(?:-\d{4})?"
+    r"|[A-Z]{1,2}\d[A-Z\d]?[ \t]\d[A-Z]{2})\b"
+)
 _PO_BOX = re.compile(r"(?=[Pp])\b(?i:P\.?\s?O\.?\s*Box|Post\s+Office\s+Box)\s+\d+\b" + _CITY_STATE)
 _ID_LABELLED = re.compile(
     r"(?=[MmPpAaCcSsEeVvOoRrIiFfNnHh])"
@@ -237,16 +550,21 @@ _ID_LABELLED = re.compile(
     r"|(?:encounter|visit|account|episode|order|requisition|study|exam|admission|member|insurance|policy)"
     r"(?:\s+(?:number|no\.?|id|#)|(?=\s*:))|FIN|CSN|NHS\s+(?:number|no\.?)|health\s+card(?:\s+(?:number|no\.?))?|ID)"
     r"\s*(?:[:#=]|is)?\s*)"
-    r"((?=[A-Za-z0-9\-]*\d)[A-Za-z0-9][A-Za-z0-9\-]{2,}[A-Za-z0-9])\b")
-_ID_PATHOLOGY = re.compile(r"\b[A-Z]{1,3}-?\d{2}-\d{3,7}\b")                                  # S21-12345, SP-21-0123
-_ID_ALNUM = re.compile(r"\b[A-Z]{1,3}\d{6,}\b")                                               # AB1234567
+    r"((?=[A-Za-z0-9\-]*\d)[A-Za-z0-9][A-Za-z0-9\-]{2,}[A-Za-z0-9])\b"
+)
+_ID_PATHOLOGY = re.compile(r"\b[A-Z]{1,3}-?\d{2}-\d{3,7}\b")  # S21-12345, SP-21-0123
+_ID_ALNUM = re.compile(r"\b[A-Z]{1,3}\d{6,}\b")  # AB1234567
 _LONG_NUMBER = re.compile(r"\b\d{7,}\b")
-_UID = re.compile(r"\b\d+(?:\.\d+){3,}\b")                                                  # DICOM UIDs, IP addresses
+_UID = re.compile(r"\b\d+(?:\.\d+){3,}\b")  # DICOM UIDs, IP addresses
 # Clinical codes are not identifiers: a labelled code is claimed first and left as it is.
-_CODES = re.compile(r"(?=[SsCcLlIiRrNn])(?i:\b(?:SNOMED(?:[ \t-]?CT)?|CPT|LOINC|ICD-?(?:9|10|11)(?:-CM)?|RadLex"
-                    r"|NDC)(?:[ \t]+code)?)[ \t]*[:#]?[ \t]*[A-Za-z]*[0-9][0-9A-Za-z.\-]*")
-_POSTNOMINAL = re.compile(r"(?=[MDPFRNCmdpfrnc])\b(?:M\.?D|D\.?O|Ph\.?D|MBBS|MBChB|FRCR|FRCPC|FACR|RN|NP|PA-C|DNP"
-                          r"|CRNA)\b(?!-)")
+_CODES = re.compile(
+    r"(?=[SsCcLlIiRrNn])(?i:\b(?:SNOMED(?:[ \t-]?CT)?|CPT|LOINC|ICD-?(?:9|10|11)(?:-CM)?|RadLex"
+    r"|NDC)(?:[ \t]+code)?)[ \t]*[:#]?[ \t]*[A-Za-z]*[0-9][0-9A-Za-z.\-]*"
+)
+_POSTNOMINAL = re.compile(
+    r"(?=[MDPFRNCmdpfrnc])\b(?:M\.?D|D\.?O|Ph\.?D|MBBS|MBChB|FRCR|FRCPC|FACR|RN|NP|PA-C|DNP"
+    r"|CRNA)\b(?!-)"
+)
 _NAME_BEFORE = re.compile(rf"(?<![\w'\u2019\-])({_NAME_SEQ}),?\s+$")
 _TOKEN = re.compile(r"[^\W_]+(?:['\u2019\-][^\W_]+)*")
 
@@ -290,7 +608,7 @@ def _identifier_spans(text: str, identifiers: Iterable[object]) -> list[tuple[in
             while at >= 0:
                 out.append((at, at + len(needle)))
                 at = lowered.find(needle, at + len(needle))
-        else:                                   # rare: lower() changes lengths (e.g. "İ"); match with re
+        else:  # rare: lower() changes lengths (e.g. "İ"); match with re
             out.extend(m.span() for m in re.finditer(re.escape(value), text, re.IGNORECASE))
     return out
 
@@ -314,8 +632,9 @@ def _token_spans(text: str, known: set[str], found: set[str]) -> list[tuple[int,
     return out
 
 
-def find_identifiers(text: str, identifiers: Iterable[object] = (),
-                     names: Iterable[object] = ()) -> list[tuple[int, int, str]]:
+def find_identifiers(
+    text: str, identifiers: Iterable[object] = (), names: Iterable[object] = ()
+) -> list[tuple[int, int, str]]:
     """The identifier spans of `text` as sorted, non-overlapping (start, end, kind) triples.
 
     `identifiers`: the item's own identifier values (PatientID, AccessionNumber …), matched anywhere,
@@ -340,14 +659,14 @@ def find_identifiers(text: str, identifiers: Iterable[object] = (),
     for pattern in (_TITLE_CUE, _LABEL_CUE, _VERB_CUE):
         for m in pattern.finditer(text):
             candidates.extend((s, e, "name", 11) for s, e in _cue_words(m.group(1), m.start(1)))
-    for m in _POSTNOMINAL.finditer(text):                  # "Jane Roe, MD": find the title, then look back
+    for m in _POSTNOMINAL.finditer(text):  # "Jane Roe, MD": find the title, then look back
         before = _NAME_BEFORE.search(text, max(0, m.start() - 80), m.start())
         if before:
             candidates.extend((s, e, "name", 11) for s, e in _cue_words(before.group(1), before.start(1)))
 
     taken = bytearray(len(text))
     for m in _CODES.finditer(text):
-        taken[m.start():m.end()] = b"\x01" * (m.end() - m.start())
+        taken[m.start() : m.end()] = b"\x01" * (m.end() - m.start())
     accepted: list[tuple[int, int, str]] = []
 
     def accept(items: list[tuple[int, int, str, int]]) -> None:
@@ -367,8 +686,9 @@ def find_identifiers(text: str, identifiers: Iterable[object] = (),
     return accepted
 
 
-def scrub_text(text: str, identifiers: Iterable[object] = (),
-               names: Iterable[object] = ()) -> tuple[str, dict[str, int]]:
+def scrub_text(
+    text: str, identifiers: Iterable[object] = (), names: Iterable[object] = ()
+) -> tuple[str, dict[str, int]]:
     """text -> (scrubbed text, counts per kind: {'name', 'id', 'ssn', 'phone', 'email', 'address', 'date'}).
 
     `identifiers` and `names` as in `find_identifiers`: the item's own header identifier values, and

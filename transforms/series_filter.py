@@ -5,6 +5,7 @@
     Modality=CT                  string equality, case-insensitive (for non-numbers)
 Attributes: SeriesDescription, ImageType (values joined by '\\'), SliceThickness, Modality, SeriesNumber.
 """
+
 from __future__ import annotations
 
 import operator
@@ -16,7 +17,12 @@ from typing import Any
 ATTRIBUTES = ("SeriesDescription", "ImageType", "SliceThickness", "Modality", "SeriesNumber")
 _CONDITION = re.compile(r"^\s*(\w+)\s*(!~|~|<=|>=|!=|<|>|=)\s*(.*?)\s*$")
 _NUMERIC: dict[str, Callable[[float, float], bool]] = {
-    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "=": operator.eq, "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "=": operator.eq,
+    "!=": operator.ne,
 }
 
 

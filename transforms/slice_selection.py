@@ -1,4 +1,5 @@
 """Which slices of an ordered series go into an example: uniform (the MedGemma reference), report-guided, all."""
+
 from __future__ import annotations
 
 import re

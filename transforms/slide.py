@@ -4,6 +4,7 @@ Defaults are the MedGemma 1.5 pathology reference (DESIGN.md): 10x (1.0 µm/px),
 with stride 896, tissue at ~1.25x (8 µm/px) by mean grey in [1, 204], up to 125 patches per
 slide sampled with a seed; the prompt comes first, then the patches.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,17 +34,22 @@ class SlideOptions:
     image: ImageOptions = ImageOptions()
     target_mpp: float = option(1.0, "patch resolution in µm/px (default 1, ~10x)", positive_float)
     patch_size: int = option(896, "patch side in pixels at --target_mpp (default 896)", int_in(16, 8192))
-    stride: int = option(0, "grid step in pixels at --target_mpp (default: --patch_size, patches edge to edge)",
-                         int_in(1, 8192))
-    tissue: str = option("mean_grey", "mean_grey (reference: mean grey in [1, 204] at ~1.25x) or otsu (saturation, "
-                                      "pen marks removed)", choices=TISSUE_METHODS)
+    stride: int = option(
+        0, "grid step in pixels at --target_mpp (default: --patch_size, patches edge to edge)", int_in(1, 8192)
+    )
+    tissue: str = option(
+        "mean_grey",
+        "mean_grey (reference: mean grey in [1, 204] at ~1.25x) or otsu (saturation, pen marks removed)",
+        choices=TISSUE_METHODS,
+    )
     min_tissue: float = option(0.5, "otsu: minimum tissue fraction of a patch (default 0.5)", fraction)
     max_patches: int = option(125, "patches sampled per slide, seeded (default 125)", int_in(1))
     seed: int = option(0, "sampling seed (default 0)", int_in(0))
     thumb_mpp: float = 8.0
-    assume_mpp: float | None = option(None, "resolution to use for slides that declare none (otherwise they are "
-                                            "errors)", positive_float)
-    override_mpp: float | None = None   # replaces the slide's resolution (a manifest row's `mpp`)
+    assume_mpp: float | None = option(
+        None, "resolution to use for slides that declare none (otherwise they are errors)", positive_float
+    )
+    override_mpp: float | None = None  # replaces the slide's resolution (a manifest row's `mpp`)
 
 
 @dataclass
@@ -72,9 +78,17 @@ def plan_slide(reader: SlideReader, options: SlideOptions = SlideOptions()) -> S
     if not kept:
         raise ItemError("transform", f"no tissue found ({len(boxes)} grid cells checked, rule {options.tissue})")
     chosen = sample_patches(kept, options.max_patches, options.seed)
-    info = {"level": choice.level, "level_mpp": choice.level_mpp, "target_mpp": options.target_mpp,
-            "resize": round(choice.scale, 6), "grid_cells": int(len(boxes)), "tissue_cells": len(kept),
-            "sampled": len(chosen), "tissue_rule": options.tissue, "mpp_source": reader.mpp_source}
+    info = {
+        "level": choice.level,
+        "level_mpp": choice.level_mpp,
+        "target_mpp": options.target_mpp,
+        "resize": round(choice.scale, 6),
+        "grid_cells": int(len(boxes)),
+        "tissue_cells": len(kept),
+        "sampled": len(chosen),
+        "tissue_rule": options.tissue,
+        "mpp_source": reader.mpp_source,
+    }
     return SlidePlan(choice, chosen, len(kept), thumb, downsample, mask, info)
 
 
@@ -85,11 +99,21 @@ def read_patch(reader: SlideReader, level: int, patch: Patch, options: SlideOpti
         rgb = reader.read(level, patch.x, patch.y, side, side)
     if side != options.patch_size:
         with stage("transform"):
-            rgb = np.asarray(Image.fromarray(rgb).resize((options.patch_size, options.patch_size),
-                                                         Image.Resampling.BILINEAR))
+            rgb = np.asarray(
+                Image.fromarray(rgb).resize((options.patch_size, options.patch_size), Image.Resampling.BILINEAR)
+            )
     finished = finish_rendered(Rendered(pixels=rgb, info={"format": "slide"}), options.image)
-    finished.info.update({"x": patch.x, "y": patch.y, "size0": round(patch.size0, 3), "level": level,
-                          "mpp": options.target_mpp, "tissue": patch.tissue, "read_side": side})
+    finished.info.update(
+        {
+            "x": patch.x,
+            "y": patch.y,
+            "size0": round(patch.size0, 3),
+            "level": level,
+            "mpp": options.target_mpp,
+            "tissue": patch.tissue,
+            "read_side": side,
+        }
+    )
     return finished
 
 
@@ -104,8 +128,9 @@ class PreparedSlide:
     plan: SlidePlan
 
 
-def prepare_slide(path: str, prompt: str = "", options: SlideOptions = SlideOptions(),
-                  system_prompt: str = "") -> PreparedSlide:
+def prepare_slide(
+    path: str, prompt: str = "", options: SlideOptions = SlideOptions(), system_prompt: str = ""
+) -> PreparedSlide:
     """A slide file -> the same patches and messages the slides pipeline writes (`options`: SlideOptions or a
     run's InferenceOptions)."""
     from medprep.transforms.inference import pick
@@ -120,6 +145,6 @@ def prepare_slide(path: str, prompt: str = "", options: SlideOptions = SlideOpti
         finished = [read_patch(reader, plan.choice.level, p, options) for p in plan.patches]
     finally:
         reader.close()
-    images = cast(list[Image.Image], [f.image for f in finished])   # finished here: each has its image
+    images = cast(list[Image.Image], [f.image for f in finished])  # finished here: each has its image
     messages = user_messages(prompt_then_images(prompt, len(images)), images, system_prompt)
     return PreparedSlide(images, [f.encoded for f in finished], [f.info for f in finished], messages, plan)

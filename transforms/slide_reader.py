@@ -4,6 +4,7 @@ OpenSlide (SVS, NDPI, MRXS, generic tiled TIFF…). Resolution comes from opensl
 else the TIFF resolution tags, else `assume_mpp`; a slide with none has mpp None (callers fail
 clearly). Transparent or out-of-slide areas are composited on white (glass).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -24,10 +25,10 @@ class SlideReader(Protocol):
     implements these). Levels are indexed from 0, the full resolution; regions are addressed in level-0
     pixels. Unreadable input is ItemError('decode') (a DICOMweb series that cannot be opened: 'read')."""
 
-    dimensions: list[tuple[int, int]]   # (width, height) of each level, in its own pixels
-    downsamples: list[float]            # level-0 pixels per level pixel (1.0 for level 0)
-    mpps: list[float | None]            # µm per pixel of each level; None when the slide declares none
-    mpp_source: str                     # 'metadata', 'manifest' (override), 'assumed' or 'none'
+    dimensions: list[tuple[int, int]]  # (width, height) of each level, in its own pixels
+    downsamples: list[float]  # level-0 pixels per level pixel (1.0 for level 0)
+    mpps: list[float | None]  # µm per pixel of each level; None when the slide declares none
+    mpp_source: str  # 'metadata', 'manifest' (override), 'assumed' or 'none'
 
     def read(self, level: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
         """RGB uint8 (height, width, 3) at `level`, top-left at level-0 (x0, y0); outside the slide is white."""
@@ -42,8 +43,9 @@ class SlideReader(Protocol):
         ...
 
 
-def level_thumbnail(reader: SlideReader, target_mpp: float, max_side: int = 4096,
-                    strip: int = 1024) -> tuple[np.ndarray, float]:
+def level_thumbnail(
+    reader: SlideReader, target_mpp: float, max_side: int = 4096, strip: int = 1024
+) -> tuple[np.ndarray, float]:
     """(RGB thumbnail at about target_mpp µm/px, its downsample from level 0), the same for every reader:
     the coarsest level at least that fine, read in strips of `strip` rows (memory bounded), BILINEAR-resized."""
     w0, h0 = reader.dimensions[0]
@@ -102,7 +104,7 @@ class OpenSlideReader:
             region = self._slide.read_region((int(x0), int(y0)), level, (int(width), int(height)))
         except openslide.OpenSlideError as exc:
             raise ItemError("decode", f"cannot read region at ({x0}, {y0}) level {level}: {exc}") from None
-        if region.getchannel("A").getextrema()[0] == 255:   # fully opaque (inside the slide): no compositing
+        if region.getchannel("A").getextrema()[0] == 255:  # fully opaque (inside the slide): no compositing
             return np.asarray(region.convert("RGB"))
         white = Image.new("RGBA", region.size, (255, 255, 255, 255))
         return np.asarray(Image.alpha_composite(white, region).convert("RGB"))
@@ -123,8 +125,9 @@ class DicomWsiReader:
     from each level's PixelSpacing. Regions are addressed in level-0 pixels, as with OpenSlide.
     """
 
-    def __init__(self, folder: str = "", assume_mpp: float | None = None, override_mpp: float | None = None,
-                 wsi: Any = None):
+    def __init__(
+        self, folder: str = "", assume_mpp: float | None = None, override_mpp: float | None = None, wsi: Any = None
+    ):
         """`folder`: local DICOM files; or `wsi`: an already opened wsidicom.WsiDicom (e.g. over DICOMweb)."""
         import wsidicom
 
@@ -171,8 +174,9 @@ class DicomWsiReader:
         self._wsi.close()
 
 
-def open_web_wsi(url: str, client: Any = None, assume_mpp: float | None = None,
-                 override_mpp: float | None = None) -> SlideReader:
+def open_web_wsi(
+    url: str, client: Any = None, assume_mpp: float | None = None, override_mpp: float | None = None
+) -> SlideReader:
     """A DICOM WSI series on a DICOMweb server; `client` a wsidicom.WsiDicomWebClient (default: unauthenticated)."""
     import warnings
 
@@ -192,8 +196,9 @@ def open_web_wsi(url: str, client: Any = None, assume_mpp: float | None = None,
     return DicomWsiReader(assume_mpp=assume_mpp, override_mpp=override_mpp, wsi=wsi)
 
 
-def open_wsi_streams(streams: Sequence[BinaryIO], assume_mpp: float | None = None,
-                     override_mpp: float | None = None) -> SlideReader:
+def open_wsi_streams(
+    streams: Sequence[BinaryIO], assume_mpp: float | None = None, override_mpp: float | None = None
+) -> SlideReader:
     """A DICOM WSI from seekable binary streams (e.g. objects in a bucket): only the headers, offset
     tables and the frames a read needs are read from them."""
     import wsidicom

@@ -7,6 +7,7 @@ Text is split at special tokens (leftmost-longest, as Hugging Face matches added
 stretch between them is encoded as one piece of text; the chat sequence is the whole rendered
 conversation, images expanded, tokenized at once — never part by part.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,7 +42,7 @@ class ChatIds:
 
     input_ids: list[int]
     loss_mask: list[int]
-    prompt_length: int = 0   # ids before the response: what serving feeds the model
+    prompt_length: int = 0  # ids before the response: what serving feeds the model
 
 
 def _trie_pattern(words: Sequence[str]) -> str:
@@ -92,7 +93,7 @@ class Tokenizer:
 
     kind = ""
     tokens = ChatTokens()
-    template: str | None = None   # a Jinja chat template; None: Gemma 3's (medprep.transforms.chat.render_gemma3)
+    template: str | None = None  # a Jinja chat template; None: Gemma 3's (medprep.transforms.chat.render_gemma3)
 
     # -- implemented by each source --------------------------------------------------------------
     def token_id(self, token: str) -> int | None:
@@ -146,8 +147,13 @@ class Tokenizer:
         """The conversation as the chat template writes it (one <start_of_image> per image)."""
         if self.template is None:
             return render_gemma3(messages, add_generation_prompt, bos=self.tokens.bos, image_marker=self.tokens.boi)
-        variables = {"bos_token": self.tokens.bos, "eos_token": self._eos(), "boi_token": self.tokens.boi,
-                     "eoi_token": self.tokens.eoi, "image_token": self.tokens.image}
+        variables = {
+            "bos_token": self.tokens.bos,
+            "eos_token": self._eos(),
+            "boi_token": self.tokens.boi,
+            "eoi_token": self.tokens.eoi,
+            "image_token": self.tokens.image,
+        }
         return render_jinja(self.template, messages, add_generation_prompt, variables)
 
     def _eos(self) -> str:
@@ -188,8 +194,14 @@ class Tokenizer:
     def describe(self) -> dict[str, Any]:
         """What summary.json records: kind, vocabulary size, the special ids used, the template's hash."""
         t = self.tokens
-        names = {"bos": t.bos, "start_of_turn": t.start_of_turn, "end_of_turn": t.end_of_turn,
-                 "start_of_image": t.boi, "end_of_image": t.eoi, "image_soft_token": t.image}
+        names = {
+            "bos": t.bos,
+            "start_of_turn": t.start_of_turn,
+            "end_of_turn": t.end_of_turn,
+            "start_of_image": t.boi,
+            "end_of_image": t.eoi,
+            "image_soft_token": t.image,
+        }
         template = self.template if self.template is not None else "builtin:gemma3"
         return {
             "kind": self.kind,
@@ -268,12 +280,12 @@ class SentencePieceTokenizer(Tokenizer):
             pieces = self._sp.encode(chunk, return_type="proto").pieces
             if chunk.isascii():
                 chars = None
-            else:   # byte offset -> character offset
+            else:  # byte offset -> character offset
                 chars = [0] * (len(chunk.encode("utf-8")) + 1)
                 pos = 0
                 for k, ch in enumerate(chunk):
                     n = len(ch.encode("utf-8"))
-                    chars[pos:pos + n] = [k] * n
+                    chars[pos : pos + n] = [k] * n
                     pos += n
                 chars[pos] = len(chunk)
             for p in pieces:
@@ -320,8 +332,14 @@ def tokens_from_config(config: dict[str, Any]) -> ChatTokens:
     def pick(key: str, default: str) -> str:
         return _token_name(config.get(key)) or _token_name(extra.get(key)) or default
 
-    return ChatTokens(bos=pick("bos_token", d.bos), start_of_turn=d.start_of_turn, end_of_turn=d.end_of_turn,
-                      boi=pick("boi_token", d.boi), eoi=pick("eoi_token", d.eoi), image=pick("image_token", d.image))
+    return ChatTokens(
+        bos=pick("bos_token", d.bos),
+        start_of_turn=d.start_of_turn,
+        end_of_turn=d.end_of_turn,
+        boi=pick("boi_token", d.boi),
+        eoi=pick("eoi_token", d.eoi),
+        image=pick("image_token", d.image),
+    )
 
 
 class HuggingFaceTokenizer(Tokenizer):

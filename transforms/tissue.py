@@ -5,6 +5,7 @@ of its thumbnail footprint lies in [1, 204] (white background and pure black exc
 `otsu` (alternative): saturation, blurred, thresholded by Otsu, closed; pen marks (saturated
 blue/green/black ink) and black borders removed.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -4,6 +4,7 @@ CT slices are windowed per slice (HU windows need no volume statistics). MR uses
 for the whole acquisition: min-max (the MedGemma reference; a constant volume becomes 255)
 or percentiles, from histograms accumulated one slice at a time (memory: one slice).
 """
+
 from __future__ import annotations
 
 import os
@@ -35,14 +36,21 @@ class VolumeOptions:
     """Slice selection (uniform|report|all, at most max_slices) and MR normalization (minmax|percentile)."""
 
     image: ImageOptions = ImageOptions()
-    max_slices: int = option(DEFAULT_MAX_SLICES, f"slices per series example (default {DEFAULT_MAX_SLICES})",
-                             int_in(1, 10000))
-    selection: str = option("uniform", "uniform (reference rule), report (slices named in the text, else uniform) "
-                                       "or all", choices=SELECTIONS, name="slice_selection")
-    mr_normalization: str = option("minmax", "MR intensity over the whole series: minmax (reference) or percentile",
-                                   choices=MR_NORMALIZATIONS)
-    mr_percentiles: tuple[float, float] = option((0.5, 99.5), "low,high for percentile (default 0.5,99.5)",
-                                                 number_pair(0, 100))
+    max_slices: int = option(
+        DEFAULT_MAX_SLICES, f"slices per series example (default {DEFAULT_MAX_SLICES})", int_in(1, 10000)
+    )
+    selection: str = option(
+        "uniform",
+        "uniform (reference rule), report (slices named in the text, else uniform) or all",
+        choices=SELECTIONS,
+        name="slice_selection",
+    )
+    mr_normalization: str = option(
+        "minmax", "MR intensity over the whole series: minmax (reference) or percentile", choices=MR_NORMALIZATIONS
+    )
+    mr_percentiles: tuple[float, float] = option(
+        (0.5, 99.5), "low,high for percentile (default 0.5,99.5)", number_pair(0, 100)
+    )
     min_slices: int = option(2, "fewer usable slices is an error (default 2)", int_in(1))
 
 
@@ -128,7 +136,7 @@ class DicomSeriesSource(SliceSource):
         self.ordered, self._load, self.options = ordered, load, options
         self.n = len(ordered.slices)
         self.modality = ordered.modality
-        self._cache: tuple[object, Dataset] | None = None   # multi-frame: one object serves many slices
+        self._cache: tuple[object, Dataset] | None = None  # multi-frame: one object serves many slices
 
     def _dataset(self, header: SliceHeader) -> Dataset:
         if self._cache is None or self._cache[0] != header.key:
@@ -178,14 +186,16 @@ class ArrayVolumeSource(SliceSource):
         values = self.volume[index]
         if self.modality == "CT":
             windows = self.options.render.ct_windows
-            return Rendered(pixels=ct_to_rgb(values, windows),
-                            info={"format": "volume", "intensity": describe_windows(windows)})
+            return Rendered(
+                pixels=ct_to_rgb(values, windows), info={"format": "volume", "intensity": describe_windows(windows)}
+            )
         lo, hi = value_range if value_range else (values.min(), values.max())
         return Rendered(pixels=minmax_to_uint8(values, lo, hi), info={"format": "volume"})
 
 
-def select_indices(source: SliceSource, options: VolumeOptions, report: str = "",
-                   series_number: str = "") -> tuple[list[int], str]:
+def select_indices(
+    source: SliceSource, options: VolumeOptions, report: str = "", series_number: str = ""
+) -> tuple[list[int], str]:
     """(selected slice indices in order, how they were chosen)."""
     if options.selection == "all":
         return list(range(source.n)), "all"
@@ -194,8 +204,10 @@ def select_indices(source: SliceSource, options: VolumeOptions, report: str = ""
         picked = report_indices(report, numbers, series_number)
         if picked:
             return picked[: options.max_slices], "report"
-        return (uniform_indices(source.n, options.max_slices),
-                "report→uniform (no slice of this series named in the report)")
+        return (
+            uniform_indices(source.n, options.max_slices),
+            "report→uniform (no slice of this series named in the report)",
+        )
     return uniform_indices(source.n, options.max_slices), "uniform"
 
 
@@ -203,10 +215,10 @@ def select_indices(source: SliceSource, options: VolumeOptions, report: str = ""
 class VolumePlan:
     """What rendering any one selected slice needs to know about the whole volume."""
 
-    indices: tuple[int, ...]                      # selected slices, in order (index into the ordered series)
-    how: str                                      # how they were selected
-    n_slices: int                                 # slices in the volume
-    value_range: tuple[float, float] | None = None   # MR: the volume's range (CT: None, windows are fixed)
+    indices: tuple[int, ...]  # selected slices, in order (index into the ordered series)
+    how: str  # how they were selected
+    n_slices: int  # slices in the volume
+    value_range: tuple[float, float] | None = None  # MR: the volume's range (CT: None, windows are fixed)
     intensity: str | None = None
 
 
@@ -227,14 +239,16 @@ def plan_volume(source: SliceSource, options: VolumeOptions, report: str = "", s
     return VolumePlan(tuple(indices), how, source.n, value_range, intensity)
 
 
-def finish_slice(source: SliceSource, options: VolumeOptions, plan: VolumePlan, n: int,
-                 volume_info: dict[str, Any] | None = None) -> FinishedImage:
+def finish_slice(
+    source: SliceSource, options: VolumeOptions, plan: VolumePlan, n: int, volume_info: dict[str, Any] | None = None
+) -> FinishedImage:
     """The n-th selected slice (from 1) of a planned volume -> finished image with its slice info."""
     index = plan.indices[n - 1]
     finished = finish_rendered(source.render(index, plan.value_range), options.image)
     finished.info.update(source.slice_info(index))
-    finished.info.update({"slice_index": index, "slice_label": f"SLICE {n}", "selection": plan.how,
-                          "volume_slices": plan.n_slices})
+    finished.info.update(
+        {"slice_index": index, "slice_label": f"SLICE {n}", "selection": plan.how, "volume_slices": plan.n_slices}
+    )
     if plan.value_range is not None:
         finished.info["intensity"] = plan.intensity
         finished.info["value_range"] = [round(plan.value_range[0], 6), round(plan.value_range[1], 6)]
@@ -243,8 +257,13 @@ def finish_slice(source: SliceSource, options: VolumeOptions, plan: VolumePlan, 
     return finished
 
 
-def prepare_volume(source: SliceSource, options: VolumeOptions, report: str = "", series_number: str = "",
-                   volume_info: dict[str, Any] | None = None) -> list[FinishedImage]:
+def prepare_volume(
+    source: SliceSource,
+    options: VolumeOptions,
+    report: str = "",
+    series_number: str = "",
+    volume_info: dict[str, Any] | None = None,
+) -> list[FinishedImage]:
     """Selected slices of a volume -> finished images, each with slice index/InstanceNumber/z in its info."""
     plan = plan_volume(source, options, report, series_number)
     return [finish_slice(source, options, plan, n, volume_info) for n in range(1, len(plan.indices) + 1)]
@@ -276,7 +295,7 @@ def _read_header(item: str | os.PathLike[str] | bytes | bytearray | Dataset) -> 
     try:
         with open(path, "rb") as fh:
             return image_header(fh, path), path
-    except OSError:   # a folder or an unreadable file among many: skipped, as in the pipeline
+    except OSError:  # a folder or an unreadable file among many: skipped, as in the pipeline
         return None, path
 
 
@@ -295,9 +314,15 @@ def _load_full(key: Dataset | bytes | str) -> Dataset:
     return read_dataset(key if isinstance(key, bytes) else _file_bytes(key))
 
 
-def prepare_series(source: SeriesSource, prompt: str = "", report: str = "",
-                   options: VolumeOptions = VolumeOptions(), series_uid: str | None = None,
-                   modality: str = "", system_prompt: str = "") -> PreparedSeries:
+def prepare_series(
+    source: SeriesSource,
+    prompt: str = "",
+    report: str = "",
+    options: VolumeOptions = VolumeOptions(),
+    series_uid: str | None = None,
+    modality: str = "",
+    system_prompt: str = "",
+) -> PreparedSeries:
     """A DICOM series (folder, paths, bytes or datasets) or a NIfTI path -> selected slices and messages.
 
     With several series in the input, `series_uid` picks one; by default the one with most slices.
@@ -343,7 +368,12 @@ def prepare_series(source: SeriesSource, prompt: str = "", report: str = "",
 
 
 def _prepared(finished: list[FinishedImage], prompt: str, series: dict[str, Any], system_prompt: str) -> PreparedSeries:
-    images = cast(list[Image.Image], [f.image for f in finished])   # finished here: each has its image
+    images = cast(list[Image.Image], [f.image for f in finished])  # finished here: each has its image
     content = prompt_then_images(prompt, len(images), [f.info["slice_label"] for f in finished])
-    return PreparedSeries(images, [f.encoded for f in finished], [f.info for f in finished],
-                          user_messages(content, images, system_prompt), series)
+    return PreparedSeries(
+        images,
+        [f.encoded for f in finished],
+        [f.info for f in finished],
+        user_messages(content, images, system_prompt),
+        series,
+    )

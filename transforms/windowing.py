@@ -5,6 +5,7 @@ modality LUT otherwise) and returns uint8 in [0, 255], computed in float64 (mult
 before dividing, so exact halves stay exact) and rounded half to even (numpy's and
 Python's rule). Never cast HU to an unsigned type.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -43,7 +44,7 @@ CT_PRESETS: dict[str, tuple[Window, Window, Window]] = {
         Window.from_level_width(40, 80),
     ),
 }
-
+DEFAULT_CT_PRESET = "medgemma-1.5"  # the MedGemma 1.5 serving code's windows
 
 
 def parse_ct_windows(text: str) -> tuple[tuple[float, float], ...]:
@@ -63,9 +64,12 @@ def parse_ct_windows(text: str) -> tuple[tuple[float, float], ...]:
 class CtWindowOptions:
     """The three CT windows (R, G, B): a preset by name, or custom (low, high) pairs in HU that override it."""
 
-    ct_preset: str = option("medgemma-1.5", "CT windows preset (default medgemma-1.5)", choices=sorted(CT_PRESETS))
+    ct_preset: str = option(
+        DEFAULT_CT_PRESET, f"CT windows preset (default {DEFAULT_CT_PRESET})", choices=sorted(CT_PRESETS)
+    )
     ct_windows: tuple[tuple[float, float], ...] = option(
-        (), "custom CT windows 'lo,hi;lo,hi;lo,hi' in HU (R;G;B), overrides --ct_preset", parse_ct_windows)
+        (), "custom CT windows 'lo,hi;lo,hi;lo,hi' in HU (R;G;B), overrides --ct_preset", parse_ct_windows
+    )
 
     def windows(self) -> tuple[Window, Window, Window]:
         """The windows in HU, (R, G, B)."""
@@ -87,7 +91,7 @@ def window_to_uint8(values: np.ndarray, window: Window) -> np.ndarray:
     return np.rint(scaled).astype(np.uint8)
 
 
-def ct_to_rgb(hu: np.ndarray, windows: Sequence[Window] = CT_PRESETS["medgemma-1.5"]) -> np.ndarray:
+def ct_to_rgb(hu: np.ndarray, windows: Sequence[Window] = CT_PRESETS[DEFAULT_CT_PRESET]) -> np.ndarray:
     """HU array (H, W) -> uint8 (H, W, 3), one window per channel (R, G, B)."""
     if len(windows) != 3:
         raise ValueError("CT windowing needs exactly three windows (R, G, B)")

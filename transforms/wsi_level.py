@@ -1,4 +1,5 @@
 """Pyramid level choice for a target resolution (µm per pixel) and the resize that follows it."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ def choose_level(level_mpps: Sequence[float | None], target_mpp: float, toleranc
         raise ItemError("transform", f"target resolution must be > 0 µm/px, got {target_mpp}")
     if not level_mpps or any(m is None or m <= 0 for m in level_mpps):
         raise ItemError("transform", "the slide has no usable resolution (µm/px) for its levels; pass --assume_mpp")
-    mpps = cast(Sequence[float], level_mpps)   # none is None (checked above)
+    mpps = cast(Sequence[float], level_mpps)  # none is None (checked above)
     fine_enough = [i for i, m in enumerate(mpps) if m <= target_mpp * (1 + tolerance)]
     level = max(fine_enough, key=lambda i: mpps[i]) if fine_enough else 0
     return LevelChoice(level, float(mpps[level]), float(target_mpp))

@@ -3,6 +3,7 @@
 Everything is deterministic (fixed seeds and UIDs). The synthetic DICOMs carry fake patient
 identifiers on purpose, so privacy checks have something to look for.
 """
+
 from __future__ import annotations
 
 import io
@@ -22,13 +23,27 @@ CR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1"
 
 def fake_identity(n: int) -> dict:
     """Planted, obviously fake identifiers for synthetic patient n."""
-    return {"PatientName": f"DOE^JANE{n:03d}", "PatientID": f"MRN-CANARY-{n:05d}",
-            "PatientBirthDate": "19700101", "AccessionNumber": f"ACC-CANARY-{n:05d}"}
+    return {
+        "PatientName": f"DOE^JANE{n:03d}",
+        "PatientID": f"MRN-CANARY-{n:05d}",
+        "PatientBirthDate": "19700101",
+        "AccessionNumber": f"ACC-CANARY-{n:05d}",
+    }
 
 
-def write_dicom(path: str, pixels: np.ndarray, *, modality: str = "DX", photometric: str = "MONOCHROME2",
-                patient: int = 1, study: int = 1, window: tuple[float, float] | None = None,
-                slope: float = 1.0, intercept: float = 0.0, extra: dict | None = None) -> str:
+def write_dicom(
+    path: str,
+    pixels: np.ndarray,
+    *,
+    modality: str = "DX",
+    photometric: str = "MONOCHROME2",
+    patient: int = 1,
+    study: int = 1,
+    window: tuple[float, float] | None = None,
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    extra: dict | None = None,
+) -> str:
     """Write a single-frame uncompressed DICOM (uint16/int16 greyscale or uint8 RGB) to `path`."""
     ds = Dataset()
     meta = FileMetaDataset()
@@ -68,8 +83,9 @@ def write_dicom(path: str, pixels: np.ndarray, *, modality: str = "DX", photomet
     return path
 
 
-def synthetic_cxr(width: int = 880, height: int = 1024, seed: int = 0,
-                  nodule: tuple[int, int, int] | None = None) -> np.ndarray:
+def synthetic_cxr(
+    width: int = 880, height: int = 1024, seed: int = 0, nodule: tuple[int, int, int] | None = None
+) -> np.ndarray:
     """A chest-radiograph-like uint16 image (12-bit values): body, lungs, mediastinum, ribs."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -78,8 +94,9 @@ def synthetic_cxr(width: int = 880, height: int = 1024, seed: int = 0,
     body = ((x - cx) / (0.46 * width)) ** 2 + ((y - cy) / (0.52 * height)) ** 2 < 1
     img[body] = 2600
     for side in (-1, 1):
-        lung = (((x - cx - side * 0.2 * width) / (0.15 * width)) ** 2
-                + ((y - cy + 0.03 * height) / (0.33 * height)) ** 2 < 1)
+        lung = ((x - cx - side * 0.2 * width) / (0.15 * width)) ** 2 + (
+            (y - cy + 0.03 * height) / (0.33 * height)
+        ) ** 2 < 1
         img[lung] = 900
     heart = ((x - cx + 0.04 * width) / (0.12 * width)) ** 2 + ((y - cy - 0.12 * height) / (0.13 * height)) ** 2 < 1
     img[heart] = 2400
@@ -148,12 +165,14 @@ def make_images_samples(folder: str) -> str:
     """Write the 2D sample files and manifest.jsonl into folder; returns the manifest path."""
     os.makedirs(folder, exist_ok=True)
     p = lambda name: os.path.join(folder, name)  # noqa: E731
-    write_dicom(p("cxr_p1_current.dcm"), synthetic_cxr(seed=1, nodule=(300, 420, 28)), patient=1, study=2,
-                window=(1800, 3000))
+    write_dicom(
+        p("cxr_p1_current.dcm"), synthetic_cxr(seed=1, nodule=(300, 420, 28)), patient=1, study=2, window=(1800, 3000)
+    )
     write_dicom(p("cxr_p1_prior.dcm"), synthetic_cxr(seed=2), patient=1, study=1, window=(1800, 3000))
     inverted = (4095 - synthetic_cxr(seed=3)).astype(np.uint16)
-    write_dicom(p("cxr_p2_mono1.dcm"), inverted, modality="CR", photometric="MONOCHROME1", patient=2,
-                window=(2295, 3000))
+    write_dicom(
+        p("cxr_p2_mono1.dcm"), inverted, modality="CR", photometric="MONOCHROME1", patient=2, window=(2295, 3000)
+    )
     Image.fromarray(synthetic_fundus(seed=4)).save(p("fundus_p3.png"))
     save_jpeg_with_orientation(p("fundus_p4_exif6.jpg"), synthetic_fundus(seed=5), 6)
     Image.fromarray(synthetic_skin(seed=6), "RGBA").save(p("skin_p5.png"))
@@ -163,25 +182,63 @@ def make_images_samples(folder: str) -> str:
     if cr:
         shutil.copyfile(cr, p("cr_mono1_jpegll.dcm"))
     rows = [
-        {"id": "cxr-1", "image": p("cxr_p1_current.dcm"), "patient_id": "p1",
-         "text": "Findings: A 2.5 cm rounded opacity in the right upper lobe. No pleural effusion. Heart size normal.\n"
-                 "Impression: Right upper lobe nodule; CT recommended."},
-        {"id": "cxr-1-long", "image": p("cxr_p1_current.dcm"), "prior": p("cxr_p1_prior.dcm"), "patient_id": "p1",
-         "prompt": "Compare the current chest X-ray with the prior.",
-         "text": "New rounded opacity in the right upper lobe since the prior study."},
-        {"id": "cxr-1-loc", "image": p("cxr_p1_current.dcm"), "patient_id": "p1",
-         "prompt": "Locate the nodule.", "boxes": [[272, 392, 328, 448]], "box_labels": ["nodule"]},
-        {"id": "cxr-2", "image": p("cxr_p2_mono1.dcm"), "patient_id": "p2",
-         "text": "Clear lungs. No focal consolidation, effusion or pneumothorax."},
-        {"id": "fundus-3", "image": p("fundus_p3.png"), "patient_id": "p3", "modality": "fundus",
-         "prompt": "Grade diabetic retinopathy.", "label": "no referable diabetic retinopathy"},
-        {"id": "fundus-4", "image": p("fundus_p4_exif6.jpg"), "patient_id": "p4", "modality": "fundus",
-         "text": "Healthy optic disc and macula; no haemorrhages or exudates."},
-        {"id": "skin-5", "image": p("skin_p5.png"), "patient_id": "p5", "modality": "derm",
-         "prompt": "Describe the lesion.",
-         "text": "Well-circumscribed uniformly brown macule, likely a benign naevus."},
-        {"id": "ct-6", "image": p("CT_small.dcm"),
-         "text": "Single axial CT slice: soft tissue and bone windows unremarkable."},
+        {
+            "id": "cxr-1",
+            "image": p("cxr_p1_current.dcm"),
+            "patient_id": "p1",
+            "text": "Findings: A 2.5 cm rounded opacity in the right upper lobe. No pleural effusion. "
+            "Heart size normal.\nImpression: Right upper lobe nodule; CT recommended.",
+        },
+        {
+            "id": "cxr-1-long",
+            "image": p("cxr_p1_current.dcm"),
+            "prior": p("cxr_p1_prior.dcm"),
+            "patient_id": "p1",
+            "prompt": "Compare the current chest X-ray with the prior.",
+            "text": "New rounded opacity in the right upper lobe since the prior study.",
+        },
+        {
+            "id": "cxr-1-loc",
+            "image": p("cxr_p1_current.dcm"),
+            "patient_id": "p1",
+            "prompt": "Locate the nodule.",
+            "boxes": [[272, 392, 328, 448]],
+            "box_labels": ["nodule"],
+        },
+        {
+            "id": "cxr-2",
+            "image": p("cxr_p2_mono1.dcm"),
+            "patient_id": "p2",
+            "text": "Clear lungs. No focal consolidation, effusion or pneumothorax.",
+        },
+        {
+            "id": "fundus-3",
+            "image": p("fundus_p3.png"),
+            "patient_id": "p3",
+            "modality": "fundus",
+            "prompt": "Grade diabetic retinopathy.",
+            "label": "no referable diabetic retinopathy",
+        },
+        {
+            "id": "fundus-4",
+            "image": p("fundus_p4_exif6.jpg"),
+            "patient_id": "p4",
+            "modality": "fundus",
+            "text": "Healthy optic disc and macula; no haemorrhages or exudates.",
+        },
+        {
+            "id": "skin-5",
+            "image": p("skin_p5.png"),
+            "patient_id": "p5",
+            "modality": "derm",
+            "prompt": "Describe the lesion.",
+            "text": "Well-circumscribed uniformly brown macule, likely a benign naevus.",
+        },
+        {
+            "id": "ct-6",
+            "image": p("CT_small.dcm"),
+            "text": "Single axial CT slice: soft tissue and bone windows unremarkable.",
+        },
         {"id": "mr-7", "image": p("MR_small.dcm"), "text": "Single MR slice without focal abnormality."},
         {"id": "mr-8-j2k", "image": p("MR_small_jp2klossless.dcm"), "text": "Same MR slice, JPEG 2000 lossless."},
         {"id": "cr-9", "image": p("cr_mono1_jpegll.dcm"), "text": "Small MONOCHROME1 computed radiograph."},
@@ -195,22 +252,35 @@ def make_images_samples(folder: str) -> str:
     return manifest
 
 
-PHANTOM_HU = (-1000, -100, 0, 40, 1000)   # air, fat, water, soft tissue, bone
+PHANTOM_HU = (-1000, -100, 0, 40, 1000)  # air, fat, water, soft tissue, bone
 
 
 def ct_phantom_slice(index: int, rows: int = 40, cols: int = 50) -> np.ndarray:
     """HU (int16) slice: five vertical bands of PHANTOM_HU; pixel [0, 0] encodes the slice index (-1000 + 10·i)."""
     hu = np.zeros((rows, cols), np.int16)
     for band, value in enumerate(PHANTOM_HU):
-        hu[:, band * cols // 5:(band + 1) * cols // 5] = value
+        hu[:, band * cols // 5 : (band + 1) * cols // 5] = value
     hu[0, 0] = -1000 + 10 * index
     return hu
 
 
-def write_series(folder: str, n: int, *, modality: str = "CT", spacing: float = 2.5,
-                 orientation: tuple = (1, 0, 0, 0, 1, 0), origin: tuple = (-100.0, -100.0, 0.0),
-                 shuffle_seed: int | None = 0, skip: tuple = (), duplicate: tuple = (), series: int = 1,
-                 patient: int = 1, values=None, description: str = "AXIAL", extra: dict | None = None) -> list[str]:
+def write_series(
+    folder: str,
+    n: int,
+    *,
+    modality: str = "CT",
+    spacing: float = 2.5,
+    orientation: tuple = (1, 0, 0, 0, 1, 0),
+    origin: tuple = (-100.0, -100.0, 0.0),
+    shuffle_seed: int | None = 0,
+    skip: tuple = (),
+    duplicate: tuple = (),
+    series: int = 1,
+    patient: int = 1,
+    values=None,
+    description: str = "AXIAL",
+    extra: dict | None = None,
+) -> list[str]:
     """Write an n-slice series; slice k (anatomical order, superior first for axial) at origin - k·spacing·normal.
 
     Files are named in a shuffled order; `skip` leaves slices out (gaps), `duplicate` writes a copy.
@@ -233,14 +303,29 @@ def write_series(folder: str, n: int, *, modality: str = "CT", spacing: float = 
         content = values(k) if values else ct_phantom_slice(k)
         pos = np.array(origin) + k * step
         stored = (content.astype(np.int32) + 1024).astype(np.uint16) if modality == "CT" else content.astype(np.uint16)
-        fields = {"SeriesInstanceUID": uid, "SeriesNumber": series, "InstanceNumber": k + 1,
-                  "ImagePositionPatient": [float(v) for v in pos], "ImageOrientationPatient": list(map(float, ori)),
-                  "SliceThickness": spacing, "PixelSpacing": [0.7, 0.7], "SeriesDescription": description,
-                  "ImageType": ["ORIGINAL", "PRIMARY", "AXIAL"], **(extra or {})}
+        fields = {
+            "SeriesInstanceUID": uid,
+            "SeriesNumber": series,
+            "InstanceNumber": k + 1,
+            "ImagePositionPatient": [float(v) for v in pos],
+            "ImageOrientationPatient": list(map(float, ori)),
+            "SliceThickness": spacing,
+            "PixelSpacing": [0.7, 0.7],
+            "SeriesDescription": description,
+            "ImageType": ["ORIGINAL", "PRIMARY", "AXIAL"],
+            **(extra or {}),
+        }
         for copy in range(2 if k in duplicate else 1):
             path = os.path.join(folder, f"s{series}_{name_index:04d}{'_dup' if copy else ''}.dcm")
-            write_dicom(path, stored, modality=modality, patient=patient, study=series,
-                        intercept=-1024.0 if modality == "CT" else 0.0, extra=fields)
+            write_dicom(
+                path,
+                stored,
+                modality=modality,
+                patient=patient,
+                study=series,
+                intercept=-1024.0 if modality == "CT" else 0.0,
+                extra=fields,
+            )
             paths.append(path)
     return paths
 
@@ -268,25 +353,54 @@ def make_volume_samples(folder: str) -> str:
 
     os.makedirs(folder, exist_ok=True)
     n = 60
-    write_series(os.path.join(folder, "ct_p6"), n, series=1, patient=6, values=lambda k: ct_body_slice(k, n),
-                 description="AX CHEST 2.5mm")
+    write_series(
+        os.path.join(folder, "ct_p6"),
+        n,
+        series=1,
+        patient=6,
+        values=lambda k: ct_body_slice(k, n),
+        description="AX CHEST 2.5mm",
+    )
     y, x = np.mgrid[0:96, 0:96]
-    head = lambda k: (np.clip(1 - ((x - 48) / 40.0) ** 2 - ((y - 48) / 44.0) ** 2, 0, 1)  # noqa: E731
-                      * (800 + 30 * k)).astype(np.int16)
-    write_series(os.path.join(folder, "mr_p7"), 24, series=2, patient=7, modality="MR", values=head,
-                 description="AX T2", spacing=5.0)
+
+    def head(k: int) -> np.ndarray:
+        return (np.clip(1 - ((x - 48) / 40.0) ** 2 - ((y - 48) / 44.0) ** 2, 0, 1) * (800 + 30 * k)).astype(np.int16)
+
+    write_series(
+        os.path.join(folder, "mr_p7"),
+        24,
+        series=2,
+        patient=7,
+        modality="MR",
+        values=head,
+        description="AX T2",
+        spacing=5.0,
+    )
     vol = np.stack([ct_body_slice(k, 30, 96) for k in range(30)])
     img = sitk.GetImageFromArray(vol)
     img.SetSpacing((0.8, 0.8, 3.0))
     sitk.WriteImage(img, os.path.join(folder, "ct_p8.nii.gz"))
     rows = [
-        {"id": "ct-6", "image": os.path.join(folder, "ct_p6"), "patient_id": "p6",
-         "prompt": "Write the findings of this chest CT.",
-         "text": "Findings: 2 cm soft-tissue nodule in the right lung on series 1, image 31. No effusion."},
-        {"id": "mr-7", "image": os.path.join(folder, "mr_p7"), "patient_id": "p7",
-         "text": "Brain MR: no focal signal abnormality."},
-        {"id": "nii-8", "image": os.path.join(folder, "ct_p8.nii.gz"), "modality": "CT", "patient_id": "p8",
-         "text": "Chest CT (NIfTI): right lung nodule mid-volume."},
+        {
+            "id": "ct-6",
+            "image": os.path.join(folder, "ct_p6"),
+            "patient_id": "p6",
+            "prompt": "Write the findings of this chest CT.",
+            "text": "Findings: 2 cm soft-tissue nodule in the right lung on series 1, image 31. No effusion.",
+        },
+        {
+            "id": "mr-7",
+            "image": os.path.join(folder, "mr_p7"),
+            "patient_id": "p7",
+            "text": "Brain MR: no focal signal abnormality.",
+        },
+        {
+            "id": "nii-8",
+            "image": os.path.join(folder, "ct_p8.nii.gz"),
+            "modality": "CT",
+            "patient_id": "p8",
+            "text": "Chest CT (NIfTI): right lung nodule mid-volume.",
+        },
     ]
     manifest = os.path.join(folder, "volumes.jsonl")
     with open(manifest, "w", encoding="utf-8") as fh:
@@ -305,8 +419,12 @@ def synthetic_slide_rgb(width: int, height: int, seed: int = 0) -> np.ndarray:
         img[island] = (222, 150, 190)
         nuclei = island & (rng.random((height, width)) < 0.02)
         img[nuclei] = (110, 60, 150)
-    img[int(0.1 * height):int(0.1 * height) + max(2, height // 60), int(0.5 * width):int(0.85 * width)] = (30, 60, 200)
-    img[:, int(0.95 * width):] = 0
+    img[int(0.1 * height) : int(0.1 * height) + max(2, height // 60), int(0.5 * width) : int(0.85 * width)] = (
+        30,
+        60,
+        200,
+    )
+    img[:, int(0.95 * width) :] = 0
     return img
 
 
@@ -320,8 +438,14 @@ def write_svs(path: str, rgb: np.ndarray, mpp: float | None = 0.25, levels: int 
     with tifffile.TiffWriter(path, bigtiff=False) as tif:
         level = rgb
         for i in range(levels):
-            tif.write(level, tile=(tile, tile), compression="jpeg", photometric="rgb", metadata=None,
-                      description=description if i == 0 else None)
+            tif.write(
+                level,
+                tile=(tile, tile),
+                compression="jpeg",
+                photometric="rgb",
+                metadata=None,
+                description=description if i == 0 else None,
+            )
             h, w = level.shape[:2]
             if min(h, w) // 4 < tile // 4:
                 break
@@ -374,8 +498,16 @@ def write_large_svs(path: str, width: int, height: int, mpp: float = 0.25, tile:
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
         w, h, first = width, height, True
         while True:
-            tif.write(tiles(w, h), shape=(h, w, 3), dtype=np.uint8, tile=(tile, tile), compression="jpeg",
-                      photometric="rgb", metadata=None, description=description if first else None)
+            tif.write(
+                tiles(w, h),
+                shape=(h, w, 3),
+                dtype=np.uint8,
+                tile=(tile, tile),
+                compression="jpeg",
+                photometric="rgb",
+                metadata=None,
+                description=description if first else None,
+            )
             first = False
             if min(w, h) // 4 < tile:
                 break
@@ -389,8 +521,13 @@ def make_slide_samples(folder: str) -> str:
     a = write_svs(os.path.join(folder, "slide_p10.svs"), synthetic_slide_rgb(12288, 9216, seed=10), mpp=0.25)
     b = write_svs(os.path.join(folder, "slide_p11_nompp.tif"), synthetic_slide_rgb(6144, 4608, seed=11), mpp=None)
     rows = [
-        {"id": "wsi-10", "image": a, "patient_id": "p10", "prompt": "Describe the histopathology of these patches.",
-         "text": "Invasive ductal carcinoma, grade 2; no lymphovascular invasion seen."},
+        {
+            "id": "wsi-10",
+            "image": a,
+            "patient_id": "p10",
+            "prompt": "Describe the histopathology of these patches.",
+            "text": "Invasive ductal carcinoma, grade 2; no lymphovascular invasion seen.",
+        },
         {"id": "wsi-11", "image": b, "patient_id": "p11", "mpp": 0.5, "text": "Benign breast tissue."},
     ]
     manifest = os.path.join(folder, "slides.jsonl")

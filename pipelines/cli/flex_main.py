@@ -4,6 +4,7 @@ The template launcher calls `python flex_main.py --pipeline=images --input=… -
 with every template parameter as --name=value. The launcher must exit once the job is
 submitted, so the job commits its outputs itself, as its last step.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,5 +1,6 @@
 """`medprep` command line: the registered pipelines and tools (medprep.pipelines.registry), and demo; Beam
 options pass through."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medprep",
         description="Prepare medical images + text for MedGemma-style training. "
-                    "Unrecognized --options are Beam pipeline options (--runner, --direct_num_workers, …).")
+        "Unrecognized --options are Beam pipeline options (--runner, --direct_num_workers, …).",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for spec in PIPELINES.values():
         add_pipeline_options(sub.add_parser(spec.name, help=spec.help), spec.groups)
@@ -58,8 +60,10 @@ def run_pipeline_with_result(name: str, argv: list[str], wait: bool = True):
         result = run(module.build, config, beam_args)
     except BaseException:
         logging.getLogger(__name__).error(
-            "the run failed; %s keeps its previous outputs (partial files are in %s)", config.output_dir,
-            config.staging_dir)
+            "the run failed; %s keeps its previous outputs (partial files are in %s)",
+            config.output_dir,
+            config.staging_dir,
+        )
         raise
     commit_outputs(config.staging_dir, config.output_dir)
 

@@ -1,4 +1,5 @@
 """Command-line options shared by the pipelines, validated before any work starts."""
+
 from __future__ import annotations
 
 import argparse
@@ -32,11 +33,13 @@ class OptionError(SystemExit):
 
 def _argparse_type(parse):
     """An option_fields parser as an argparse type (ValueError -> argparse's error naming the option)."""
+
     def convert(text: str):
         try:
             return parse(text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
+
     convert.__name__ = getattr(parse, "__name__", "value")
     return convert
 
@@ -70,8 +73,11 @@ def add_pipeline_options(parser: argparse.ArgumentParser, groups: tuple) -> None
 def _check_output_dir(path: str, overwrite: bool) -> None:
     present = existing_outputs(path)
     if present and not overwrite:
-        raise OptionError("--output_dir", f"{path} already holds medprep outputs ({', '.join(present)}); "
-                                          "pass --overwrite to replace them or choose another folder")
+        raise OptionError(
+            "--output_dir",
+            f"{path} already holds medprep outputs ({', '.join(present)}); "
+            "pass --overwrite to replace them or choose another folder",
+        )
     if "://" not in path:
         try:
             os.makedirs(path, exist_ok=True)
@@ -92,16 +98,19 @@ def _check_tokenizer(path: str, text_ids_only: bool, system_prompt: str) -> tupl
     if not path:
         return "", ""
     try:
-        tokenizer = cast(Tokenizer, load_tokenizer(path))   # None only without a path
+        tokenizer = cast(Tokenizer, load_tokenizer(path))  # None only without a path
     except ItemError as exc:
         raise OptionError("--tokenizer", exc.message) from None
     except (ValueError, KeyError, UnicodeDecodeError) as exc:
         raise OptionError("--tokenizer", f"{path}: {exc}") from None
     missing = tokenizer.missing_for_chat()
     if missing and not text_ids_only:
-        raise OptionError("--tokenizer", f"{path} cannot build the chat sequence (input_ids, loss_mask): its "
-                                         f"vocabulary has no {', '.join(missing)}; pass --text_ids_only to write "
-                                         "prompt_ids/text_ids only")
+        raise OptionError(
+            "--tokenizer",
+            f"{path} cannot build the chat sequence (input_ids, loss_mask): its "
+            f"vocabulary has no {', '.join(missing)}; pass --text_ids_only to write "
+            "prompt_ids/text_ids only",
+        )
     if not missing:
         try:
             tokenizer.chat(conversation(images_then_prompt(1, "prompt"), "response", system_prompt))
@@ -121,13 +130,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
     extra_columns: tuple[str, ...] = ()
     input_ref, reports = args.input, args.reports
     if bool(args.input) == bool(args.dicomweb_url):
-        raise OptionError("--input/--dicomweb_url",
-                          "give exactly one: a manifest or folder (--input), or a DICOMweb service")
+        raise OptionError(
+            "--input/--dicomweb_url", "give exactly one: a manifest or folder (--input), or a DICOMweb service"
+        )
     discovery = bool(args.dicomweb_url) or is_folder_input(args.input)
     if discovery and getattr(args, "command", "") == "slides":
-        raise OptionError("--dicomweb_url" if args.dicomweb_url else "--input",
-                          "slides take a manifest (.jsonl, .csv, .parquet); discovery without a manifest "
-                          "(a folder --input or --dicomweb_url) is for images and volumes")
+        raise OptionError(
+            "--dicomweb_url" if args.dicomweb_url else "--input",
+            "slides take a manifest (.jsonl, .csv, .parquet); discovery without a manifest "
+            "(a folder --input or --dicomweb_url) is for images and volumes",
+        )
     if args.dicomweb_url:
         if not args.dicomweb_url.startswith(("http://", "https://")):
             raise OptionError("--dicomweb_url", f"expected an http(s):// URL, got {args.dicomweb_url!r}")
@@ -149,15 +161,22 @@ def config_from_args(args: argparse.Namespace) -> Config:
     except ValueError as exc:
         raise OptionError("--query", str(exc)) from None
     if args.query and not args.dicomweb_url:
-        raise OptionError("--query",
-                          "QIDO filters apply to --dicomweb_url discovery only (give --dicomweb_url, or drop --query)")
+        raise OptionError(
+            "--query", "QIDO filters apply to --dicomweb_url discovery only (give --dicomweb_url, or drop --query)"
+        )
     if discovery and not args.reports:
-        raise OptionError("--reports", "discovery (a folder --input or --dicomweb_url) takes each example's text from "
-                                       "a reports file: give --reports (CSV/JSONL/Parquet with study_uid and/or "
-                                       "accession_number, text); without it every input would fail")
+        raise OptionError(
+            "--reports",
+            "discovery (a folder --input or --dicomweb_url) takes each example's text from "
+            "a reports file: give --reports (CSV/JSONL/Parquet with study_uid and/or "
+            "accession_number, text); without it every input would fail",
+        )
     if args.reports and not discovery:
-        raise OptionError("--reports", "report texts are joined to discovered data only; with a manifest, put each "
-                                       "row's text in its 'text' column (or drop --reports)")
+        raise OptionError(
+            "--reports",
+            "report texts are joined to discovered data only; with a manifest, put each "
+            "row's text in its 'text' column (or drop --reports)",
+        )
     if args.reports:
         try:
             read_reports(args.reports)
@@ -175,12 +194,21 @@ def config_from_args(args: argparse.Namespace) -> Config:
     values = {k: v for k, v in vars(args).items() if k in _CONFIG_KEYS}
     if values.get("patch_size") and not values.get("stride"):
         values["stride"] = values["patch_size"]  # --stride defaults to --patch_size
-    return Config(**{
-        **values, "input": input_ref, "reports": reports, "dicomweb_url": args.dicomweb_url.rstrip("/"),
-        "tokenizer_sha256": tokenizer_sha, "tokenizer_info": tokenizer_info, "salt": salt or DEFAULT_SALT,
-        "salt_is_default": not salt, "staging_dir": new_staging_dir(args.output_dir),
-        "extra_columns": extra_columns, "expected_inputs": expected_inputs,
-    })
+    return Config(
+        **{
+            **values,
+            "input": input_ref,
+            "reports": reports,
+            "dicomweb_url": args.dicomweb_url.rstrip("/"),
+            "tokenizer_sha256": tokenizer_sha,
+            "tokenizer_info": tokenizer_info,
+            "salt": salt or DEFAULT_SALT,
+            "salt_is_default": not salt,
+            "staging_dir": new_staging_dir(args.output_dir),
+            "extra_columns": extra_columns,
+            "expected_inputs": expected_inputs,
+        }
+    )
 
 
 _CONFIG_KEYS = frozenset(f.name for f in dataclasses.fields(Config))

@@ -1,4 +1,5 @@
 """Run a pipeline graph with the user's Beam options."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,5 @@
 """The common tail of every pipeline: shards, errors, summary.json and preview.png."""
+
 from __future__ import annotations
 
 import apache_beam as beam
@@ -37,9 +38,11 @@ def manifest_pipeline(p: beam.Pipeline, name: str, config: Config, prepare: beam
     from medprep.pipelines.graphs.dead_letter import ERRORS, STATS
 
     rows = input_rows(p, config)
-    out = (rows
-           | "Spread" >> beam.Reshuffle()
-           | "Prepare" >> beam.ParDo(prepare).with_outputs(ERRORS, STATS, main="records"))
+    out = (
+        rows
+        | "Spread" >> beam.Reshuffle()
+        | "Prepare" >> beam.ParDo(prepare).with_outputs(ERRORS, STATS, main="records")
+    )
     # Inputs are counted before the Reshuffle, so the shard plan exists before records do.
     return (rows, out.records, out[STATS], out[ERRORS]) | "Write" >> WriteDataset(name, config, images_per_input)
 
@@ -65,18 +68,27 @@ class WriteDataset(beam.PTransform):
         files = (examples, plan) | "Shards" >> WriteShards(cfg.write_dir, cfg.formats, file_extension(cfg.image_format))
         error_file = errors | "Errors" >> WriteErrors(cfg.write_dir)
         total = stats | "SumStats" >> beam.CombineGlobally(sum_counts)
-        (records
-         | "PreviewSample" >> beam.Map(lambda r: (r["example_id"], r["images"][0], caption_of(r)))
-         | "PreviewPick" >> beam.combiners.Top.Smallest(cfg.preview_count)
-         | "PreviewWrite" >> beam.Map(_write_preview, cfg.write_dir))
+        (
+            records
+            | "PreviewSample" >> beam.Map(lambda r: (r["example_id"], r["images"][0], caption_of(r)))
+            | "PreviewPick" >> beam.combiners.Top.Smallest(cfg.preview_count)
+            | "PreviewWrite" >> beam.Map(_write_preview, cfg.write_dir)
+        )
         summary = (
             inputs.pipeline
             | "SummaryTrigger" >> beam.Create([None])
-            | "Summary" >> beam.Map(
-                _write_summary, self.pipeline_name, cfg,
-                beam.pvalue.AsSingleton(n_inputs), beam.pvalue.AsSingleton(total),
-                beam.pvalue.AsList(errors), beam.pvalue.AsList(files), beam.pvalue.AsList(error_file))
+            | "Summary"
+            >> beam.Map(
+                _write_summary,
+                self.pipeline_name,
+                cfg,
+                beam.pvalue.AsSingleton(n_inputs),
+                beam.pvalue.AsSingleton(total),
+                beam.pvalue.AsList(errors),
+                beam.pvalue.AsList(files),
+                beam.pvalue.AsList(error_file),
+            )
         )
-        if cfg.commit_in_pipeline:   # the launcher does not wait (flex templates): the job commits itself
+        if cfg.commit_in_pipeline:  # the launcher does not wait (flex templates): the job commits itself
             summary | "Commit" >> beam.Map(lambda _, c: commit_outputs(c.staging_dir, c.output_dir), cfg)
         return summary

@@ -2,6 +2,7 @@
 
 Error lines are dicts {ref, row, stage, error, message}; `error` is the exception class.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -26,10 +27,20 @@ _LOG = logging.getLogger(__name__)
 def error_line(ref: str, row: int, stage: str, exc: BaseException) -> dict:
     """The errors/ JSON line for a failed input."""
     if isinstance(exc, ItemError):
-        return {"ref": strip_credentials(ref), "row": row, "stage": exc.stage, "error": "ItemError",
-                "message": exc.message}
-    return {"ref": strip_credentials(ref), "row": row, "stage": stage, "error": type(exc).__name__,
-            "message": strip_credentials(str(exc))}
+        return {
+            "ref": strip_credentials(ref),
+            "row": row,
+            "stage": exc.stage,
+            "error": "ItemError",
+            "message": exc.message,
+        }
+    return {
+        "ref": strip_credentials(ref),
+        "row": row,
+        "stage": stage,
+        "error": type(exc).__name__,
+        "message": strip_credentials(str(exc)),
+    }
 
 
 class ItemTimeout(Exception):
@@ -56,7 +67,7 @@ def run_with_limit(fn, timeout: float | None):
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
-        ident = cast(int, thread.ident)   # set once the thread has started
+        ident = cast(int, thread.ident)  # set once the thread has started
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(ItemTimeout))
         raise ItemError("timeout", f"input took longer than the {timeout:g} s limit (--item_timeout); abandoned")
     if "error" in box:
@@ -74,13 +85,13 @@ class ItemDoFn(beam.DoFn):
     """
 
     default_stage = "record"
-    timeout: float | None = None   # seconds per item (None: no limit)
-    final = True                   # False for a fan-out stage: inputs are counted done by a later stage
-    progress_file = ""             # local runs: where finished inputs are marked for the launcher's bar
+    timeout: float | None = None  # seconds per item (None: no limit)
+    final = True  # False for a fan-out stage: inputs are counted done by a later stage
+    progress_file = ""  # local runs: where finished inputs are marked for the launcher's bar
 
     def __init__(self):
         self.metrics = PipelineMetrics()
-        self._progress: WorkerProgress | None = None   # per worker process, made on first use
+        self._progress: WorkerProgress | None = None  # per worker process, made on first use
 
     def ref_of(self, element) -> tuple[str, int]:
         """(reference, manifest row from 1; -1 when not from a manifest) naming the element in error lines."""
@@ -117,13 +128,17 @@ class ItemDoFn(beam.DoFn):
             ref, row = self.ref_of(element)
             line = error_line(ref, row, self.default_stage, exc)
             if not isinstance(exc, ItemError):
-                _LOG.warning("unexpected %s on %s:\n%s", type(exc).__name__, line["ref"],
-                             strip_credentials(traceback.format_exc()))
+                _LOG.warning(
+                    "unexpected %s on %s:\n%s",
+                    type(exc).__name__,
+                    line["ref"],
+                    strip_credentials(traceback.format_exc()),
+                )
             self.metrics.inc(f"errors_{line['stage']}")
             self._finished(False)
             yield beam.pvalue.TaggedOutput(ERRORS, line)
             return
-        self.metrics.inc("dicomweb_retries", retries_so_far() - before)   # metrics live in the bundle's thread
+        self.metrics.inc("dicomweb_retries", retries_so_far() - before)  # metrics live in the bundle's thread
         self.metrics.stage_times(times)
         if not produced:
             ref, row = self.ref_of(element)

@@ -11,6 +11,7 @@ other images of its batch (measured: up to 1.5e-6 with SigLIP's pooling head), s
 composition gives byte-identical reruns on any number of workers. Reading, decoding, inference and
 row building are fused after the Reshuffle, so image bytes never cross a shuffle.
 """
+
 from __future__ import annotations
 
 import functools
@@ -36,7 +37,7 @@ from medprep.transforms.errors import strip_credentials
 _LOG = logging.getLogger(__name__)
 PIPELINE = "embed"
 SOURCE_PIPELINES = ("images", "volumes", "slides")
-BATCHES_PER_RANGE = 8   # work per Reshuffle element: about this many batches of --batch_size images
+BATCHES_PER_RANGE = 8  # work per Reshuffle element: about this many batches of --batch_size images
 _EMBED_PACKAGES = ("torch", "transformers", "safetensors")
 
 
@@ -44,26 +45,26 @@ _EMBED_PACKAGES = ("torch", "transformers", "safetensors")
 class EmbedConfig:
     """Options of one `medprep embed` run, resolved and checked at start-up; picklable, hashable."""
 
-    input: str                      # a finished medprep output folder
-    model: str                      # a Hugging Face model folder (local or gs://)
+    input: str  # a finished medprep output folder
+    model: str  # a Hugging Face model folder (local or gs://)
     output_dir: str
     model_name: str
-    model_hash: str                 # from start-up; every worker checks the model it loads against it
-    encoder_info: str               # JSON of transforms.embed.EncoderInfo (start-up load, CPU)
-    input_format: str               # arrayrecord | parquet
-    input_ranges: tuple = ()        # ((shard path relative to input, first record, end record), ...)
-    input_summary: str = ""         # JSON: the input's pipeline, counts and config_hash
+    model_hash: str  # from start-up; every worker checks the model it loads against it
+    encoder_info: str  # JSON of transforms.embed.EncoderInfo (start-up load, CPU)
+    input_format: str  # arrayrecord | parquet
+    input_ranges: tuple = ()  # ((shard path relative to input, first record, end record), ...)
+    input_summary: str = ""  # JSON: the input's pipeline, counts and config_hash
     pooling: str = "pooled"
     batch_size: int = 8
     dtype: str = "float32"
-    device: str = ""                # "" = the GPU when there is one, else the CPU
+    device: str = ""  # "" = the GPU when there is one, else the CPU
     formats: tuple = ("arrayrecord", "parquet")
     num_shards: int = 0
-    shard_plan: tuple = ()          # ((split, shards), ...)
+    shard_plan: tuple = ()  # ((split, shards), ...)
     overwrite: bool = False
     staging_dir: str = ""
     progress_file: str = ""
-    expected_inputs: int = 0        # images in the input (its summary.json)
+    expected_inputs: int = 0  # images in the input (its summary.json)
     commit_in_pipeline: bool = False
 
     @property
@@ -110,8 +111,8 @@ class EmbedResult(NamedTuple):
     """RunInference's output per image: the item (without its bytes) and its vectors, or an error line."""
 
     item: ImageItem
-    pooled: Any = None        # float32 (D,) or None
-    tokens: Any = None        # float32 (rows, cols, D) or None
+    pooled: Any = None  # float32 (D,) or None
+    tokens: Any = None  # float32 (rows, cols, D) or None
     error: dict | None = None
 
 
@@ -152,10 +153,21 @@ def record_items(record: dict) -> list[ImageItem]:
         source = parsed.get("source") if isinstance(parsed, dict) else None
         if not isinstance(source, str):
             source = sources[i] if i < len(sources) else ""
-        items.append(ImageItem(example_id, i, record["split"], str(record.get("modality") or ""),
-                               str(record.get("task") or ""), str(record.get("patient_key") or ""),
-                               str(record.get("label") or ""), source, info,
-                               str(record.get("config_hash") or ""), bytes(data)))
+        items.append(
+            ImageItem(
+                example_id,
+                i,
+                record["split"],
+                str(record.get("modality") or ""),
+                str(record.get("task") or ""),
+                str(record.get("patient_key") or ""),
+                str(record.get("label") or ""),
+                source,
+                info,
+                str(record.get("config_hash") or ""),
+                bytes(data),
+            )
+        )
     return items
 
 
@@ -201,7 +213,7 @@ def read_range(path: str, fmt: str, start: int, stop: int) -> list[tuple[int, di
     from medprep.pipelines.io.sources.files import localize_file
     from medprep.schemas.example_codec import decode_example
 
-    local = localize_file(path)   # the C++ reader needs a local file (gs:// inputs: prefer parquet)
+    local = localize_file(path)  # the C++ reader needs a local file (gs:// inputs: prefer parquet)
     try:
         reader = ArrayRecordReader(local.path, "readahead_buffer_size:0")
         try:
@@ -275,8 +287,10 @@ class EncoderModelHandler(ModelHandler):
 
         encoder = load_encoder(local_model_folder(self.config.model), self.config.dtype, self.config.device or None)
         if encoder.info.model_hash != self.config.model_hash:
-            raise RuntimeError(f"{strip_credentials(self.config.model)} changed after start-up: model hash "
-                               f"{encoder.info.model_hash[:12]}, expected {self.config.model_hash[:12]}")
+            raise RuntimeError(
+                f"{strip_credentials(self.config.model)} changed after start-up: model hash "
+                f"{encoder.info.model_hash[:12]}, expected {self.config.model_hash[:12]}"
+            )
         _LOG.info("loaded %r", encoder)
         return encoder
 
@@ -303,15 +317,16 @@ class EncoderModelHandler(ModelHandler):
                 results.append(EmbedResult(bare, error=error_line(ref, -1, "transform", exc)))
                 continue
             kept.append(bare)
-        self.metrics.observe("preprocess_ms", round((time.perf_counter() - start) * 1000))   # decode + processor
+        self.metrics.observe("preprocess_ms", round((time.perf_counter() - start) * 1000))  # decode + processor
         if kept:
             start = time.perf_counter()
             pooled, tokens = model.forward(np.stack(pixels), self.config.pooling)
             self.metrics.observe("forward_ms", round((time.perf_counter() - start) * 1000))
             self.metrics.observe("batch_images", len(kept))
             for j, item in enumerate(kept):
-                results.append(EmbedResult(item, None if pooled is None else pooled[j],
-                                           None if tokens is None else tokens[j]))
+                results.append(
+                    EmbedResult(item, None if pooled is None else pooled[j], None if tokens is None else tokens[j])
+                )
         return results
 
     def get_num_bytes(self, batch) -> int:
@@ -349,10 +364,14 @@ class ToRows(beam.DoFn):
     def constants(self) -> dict:
         if self._constants is None:
             info = json.loads(self.config.encoder_info)
-            self._constants = {"model": self.config.model_name, "model_hash": self.config.model_hash,
-                               "dtype": self.config.dtype, "image_size": list(info["image_size"]),
-                               "normalization": json.dumps(info["normalization"], sort_keys=True),
-                               "pipeline_version": PIPELINE_VERSION}
+            self._constants = {
+                "model": self.config.model_name,
+                "model_hash": self.config.model_hash,
+                "dtype": self.config.dtype,
+                "image_size": list(info["image_size"]),
+                "normalization": json.dumps(info["normalization"], sort_keys=True),
+                "pipeline_version": PIPELINE_VERSION,
+            }
         return self._constants
 
     def process(self, result: EmbedResult):
@@ -368,18 +387,38 @@ class ToRows(beam.DoFn):
         info = json.loads(item.image_info) if item.image_info else {}
         coords, size0, mpp = _coords(info if isinstance(info, dict) else {})
         tokens = result.tokens
-        row = {"example_id": item.example_id, "image_index": item.image_index, "split": item.split,
-               "modality": item.modality, "task": item.task, "patient_key": item.patient_key, "label": item.label,
-               "source": item.source, "image_info": item.image_info, "coords": coords, "patch_size0": size0,
-               "mpp": mpp, "embedding": [] if result.pooled is None else result.pooled,
-               "tokens": [] if tokens is None else tokens,
-               "token_shape": [] if tokens is None else [int(s) for s in tokens.shape],
-               "record_config_hash": item.record_config_hash, **self.constants()}
+        row = {
+            "example_id": item.example_id,
+            "image_index": item.image_index,
+            "split": item.split,
+            "modality": item.modality,
+            "task": item.task,
+            "patient_key": item.patient_key,
+            "label": item.label,
+            "source": item.source,
+            "image_info": item.image_info,
+            "coords": coords,
+            "patch_size0": size0,
+            "mpp": mpp,
+            "embedding": [] if result.pooled is None else result.pooled,
+            "tokens": [] if tokens is None else tokens,
+            "token_shape": [] if tokens is None else [int(s) for s in tokens.shape],
+            "record_config_hash": item.record_config_hash,
+            **self.constants(),
+        }
         self.metrics.inc("embeddings")
         self._finished(True)
         yield item.split, row_key(item.example_id, item.image_index), encode_embedding_row(row)
-        yield beam.pvalue.TaggedOutput(STATS, {"inputs": 1, "embeddings": 1, f"by_split/{item.split}": 1,
-                                               f"by_task/{item.task}": 1, f"by_modality/{item.modality}": 1})
+        yield beam.pvalue.TaggedOutput(
+            STATS,
+            {
+                "inputs": 1,
+                "embeddings": 1,
+                f"by_split/{item.split}": 1,
+                f"by_task/{item.task}": 1,
+                f"by_modality/{item.modality}": 1,
+            },
+        )
 
 
 def _versions() -> dict:
@@ -408,7 +447,7 @@ def build_summary(config: EmbedConfig, stats: dict, errors: list[dict], files: l
         by_class[line["error"]] = by_class.get(line["error"], 0) + 1
     inputs, embeddings = stats.get("inputs", 0), stats.get("embeddings", 0)
     info = json.loads(config.encoder_info)
-    info.pop("device", None)   # where the start-up check ran; workers pick their own
+    info.pop("device", None)  # where the start-up check ran; workers pick their own
     return {
         "pipeline": PIPELINE,
         "inputs": inputs,
@@ -419,8 +458,11 @@ def build_summary(config: EmbedConfig, stats: dict, errors: list[dict], files: l
         "errors_by_class": dict(sorted(by_class.items())),
         "reconciled": inputs == embeddings + len(errors),
         **{k: dict(sorted(v.items())) for k, v in grouped.items()},
-        "input": {"path": strip_credentials(config.input), "format": config.input_format,
-                  **json.loads(config.input_summary or "{}")},
+        "input": {
+            "path": strip_credentials(config.input),
+            "format": config.input_format,
+            **json.loads(config.input_summary or "{}"),
+        },
         "model": {"name": config.model_name, "path": strip_credentials(config.model), **info},
         "pooling": config.pooling,
         "files": sorted(files, key=lambda f: f["path"]),
@@ -438,10 +480,12 @@ def _write_summary(_, config: EmbedConfig, stats, errors, files, error_files):
 
 def build(p: beam.Pipeline, config: EmbedConfig):
     """The embed graph on pipeline `p` (the runner is the caller's)."""
-    read = (p
-            | "InputRanges" >> beam.Create(list(config.input_ranges))
-            | "SpreadRanges" >> beam.Reshuffle()
-            | "ReadBatches" >> beam.ParDo(ReadBatches(config)).with_outputs(ERRORS, STATS, main="batches"))
+    read = (
+        p
+        | "InputRanges" >> beam.Create(list(config.input_ranges))
+        | "SpreadRanges" >> beam.Reshuffle()
+        | "ReadBatches" >> beam.ParDo(ReadBatches(config)).with_outputs(ERRORS, STATS, main="batches")
+    )
     results = read.batches | "Embed" >> RunInference(EncoderModelHandler(config).with_no_batching())
     rows = results | "Rows" >> beam.ParDo(ToRows(config)).with_outputs(ERRORS, STATS, main="rows")
     errors = (read[ERRORS], rows[ERRORS]) | "AllErrors" >> beam.Flatten()
@@ -450,11 +494,19 @@ def build(p: beam.Pipeline, config: EmbedConfig):
     files = (rows.rows, plan) | "Shards" >> WriteEmbeddingShards(config.write_dir, config.formats)
     error_file = errors | "Errors" >> WriteErrors(config.write_dir)
     total = stats | "SumStats" >> beam.CombineGlobally(sum_counts)
-    summary = (p
-               | "SummaryTrigger" >> beam.Create([None])
-               | "Summary" >> beam.Map(_write_summary, config, beam.pvalue.AsSingleton(total),
-                                       beam.pvalue.AsList(errors), beam.pvalue.AsList(files),
-                                       beam.pvalue.AsList(error_file)))
+    summary = (
+        p
+        | "SummaryTrigger" >> beam.Create([None])
+        | "Summary"
+        >> beam.Map(
+            _write_summary,
+            config,
+            beam.pvalue.AsSingleton(total),
+            beam.pvalue.AsList(errors),
+            beam.pvalue.AsList(files),
+            beam.pvalue.AsList(error_file),
+        )
+    )
     if config.commit_in_pipeline:
         summary | "Commit" >> beam.Map(lambda _, c: commit_outputs(c.staging_dir, c.output_dir), config)
     return summary

@@ -5,6 +5,7 @@
 
 A unit that fails is reported to Assemble, and the other units of the input go on.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from medprep.pipelines.config import Config
 from medprep.pipelines.graphs.metrics import PipelineMetrics
 from medprep.transforms.errors import ItemError, timed_stages
 
-BATCH = 8   # units per work element: enough to amortize per-element cost, small enough to spread
+BATCH = 8  # units per work element: enough to amortize per-element cost, small enough to spread
 
 
 def input_key(row: dict) -> str:
@@ -26,7 +27,7 @@ def input_key(row: dict) -> str:
 
 def batches(items: list, size: int = BATCH) -> list[list]:
     """Consecutive runs of at most `size` items."""
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 @dataclass(frozen=True)
@@ -71,22 +72,33 @@ class WorkDoFn(beam.DoFn):
         return result, None
 
 
-def fan_out_pipeline(p: beam.Pipeline, name: str, config: Config, plan: beam.DoFn, work: beam.DoFn,
-                     assemble: beam.DoFn, work_label: str, per_series: bool = False, images_per_input: int = 1,
-                     discover: bool = True):
+def fan_out_pipeline(
+    p: beam.Pipeline,
+    name: str,
+    config: Config,
+    plan: beam.DoFn,
+    work: beam.DoFn,
+    assemble: beam.DoFn,
+    work_label: str,
+    per_series: bool = False,
+    images_per_input: int = 1,
+    discover: bool = True,
+):
     """Build the fan-out graph (see the module docstring); returns WriteDataset's output."""
     from medprep.pipelines.graphs.dataset_writer import WriteDataset, input_rows
     from medprep.pipelines.graphs.dead_letter import ERRORS, STATS
 
     rows = input_rows(p, config, per_series, discover)
-    planned = (rows
-               | "Spread" >> beam.Reshuffle()
-               | "Plan" >> beam.ParDo(plan).with_outputs(ERRORS, STATS, main="batches"))
-    assembled = (planned.batches
-                 | "SpreadBatches" >> beam.Reshuffle()
-                 | work_label >> beam.ParDo(work)
-                 | "ByInput" >> beam.GroupByKey()
-                 | "Materialize" >> beam.MapTuple(lambda key, results: (key, list(results)))
-                 | "Assemble" >> beam.ParDo(assemble).with_outputs(ERRORS, STATS, main="records"))
+    planned = (
+        rows | "Spread" >> beam.Reshuffle() | "Plan" >> beam.ParDo(plan).with_outputs(ERRORS, STATS, main="batches")
+    )
+    assembled = (
+        planned.batches
+        | "SpreadBatches" >> beam.Reshuffle()
+        | work_label >> beam.ParDo(work)
+        | "ByInput" >> beam.GroupByKey()
+        | "Materialize" >> beam.MapTuple(lambda key, results: (key, list(results)))
+        | "Assemble" >> beam.ParDo(assemble).with_outputs(ERRORS, STATS, main="records")
+    )
     errors = (planned[ERRORS], assembled[ERRORS]) | "AllErrors" >> beam.Flatten()
     return (rows, assembled.records, assembled[STATS], errors) | "Write" >> WriteDataset(name, config, images_per_input)

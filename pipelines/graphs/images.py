@@ -3,6 +3,7 @@
 Tasks per manifest row: image_text (image + report/caption), longitudinal ([prior, current]),
 localization (boxes rendered in MedGemma 1.5's answer format), classification (label).
 """
+
 from __future__ import annotations
 
 import apache_beam as beam
@@ -54,7 +55,7 @@ class PrepareImageRow(ManifestRowDoFn):
             if problem:
                 raise ItemError("transform", problem)
             boxes = map_boxes(row["boxes"], current.plan).tolist()
-            if not text.strip():   # a row's own text is the response; the box answer only stands in for none
+            if not text.strip():  # a row's own text is the response; the box answer only stands in for none
                 text = box_answer(boxes, row["box_labels"])
         elif task == "classification":
             text = row["label"]

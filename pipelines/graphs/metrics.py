@@ -4,6 +4,7 @@ Counters: inputs, inputs_failed, examples, images, image_bytes, errors_<stage>, 
 Distributions (milliseconds): item_ms (one input, end to end) and <stage>_ms for the stages of
 medprep.transforms.errors.STAGES an input went through (exclusive times); image_kb per output image.
 """
+
 from __future__ import annotations
 
 from apache_beam.metrics import Metrics

@@ -5,6 +5,7 @@ append one byte per finished input to a file the launcher names ('.' done, 'x' f
 the launcher's ProgressBar polls its size. Remote workers (Dataflow) only log, and the
 job's counters show progress in its console.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,8 +45,9 @@ class WorkerProgress:
                 return
             self._last = now
             rate = self.done / max(now - self._start, 1e-9)
-        _LOG.info("%s: %d inputs finished in this worker (%d failed), %.2f inputs/s", self.name, self.done,
-                  self.failed, rate)
+        _LOG.info(
+            "%s: %d inputs finished in this worker (%d failed), %.2f inputs/s", self.name, self.done, self.failed, rate
+        )
 
 
 def format_bar(done: int, failed: int, total: int, elapsed: float, width: int = 30) -> str:

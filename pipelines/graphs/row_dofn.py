@@ -1,4 +1,5 @@
 """Base DoFn for manifest rows: the config, the tokenizer opened once per worker, row-based error refs."""
+
 from __future__ import annotations
 
 from medprep.pipelines.config import Config

@@ -7,6 +7,7 @@ whole level, no patch twice. Records are assembled per slide after a GroupByKey,
 where an input is counted done (the graph is medprep.pipelines.graphs.fan_out's). A patch that cannot be read
 is counted and logged; a slide with no readable patch is one error line.
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,11 +38,11 @@ _LOG = logging.getLogger(__name__)
 class PatchBatch:
     """Some planned patches of one slide, read together on one worker (ReadPatches' input)."""
 
-    key: str                              # the input's key (fan_out.input_key): its patches are assembled together
-    row: dict                             # the manifest row
-    info: dict                            # the slide plan's info (level, resolution, tissue…), in every image_info
-    total: int                            # patches planned for the slide
-    patches: tuple[tuple[int, Patch], ...]   # (index in the plan, patch)
+    key: str  # the input's key (fan_out.input_key): its patches are assembled together
+    row: dict  # the manifest row
+    info: dict  # the slide plan's info (level, resolution, tissue…), in every image_info
+    total: int  # patches planned for the slide
+    patches: tuple[tuple[int, Patch], ...]  # (index in the plan, patch)
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,8 @@ class PatchResult:
     row: dict
     info: dict
     total: int
-    index: int                            # its index in the plan
-    finished: FinishedImage | None        # without pixels; None when it failed
+    index: int  # its index in the plan
+    finished: FinishedImage | None  # without pixels; None when it failed
     failure: UnitFailure | None = None
 
 
@@ -64,17 +65,17 @@ class _Readers:
         self._open: OrderedDict[tuple, tuple[LocalFile | RemoteStreams, SlideReader]] = OrderedDict()
 
     def get(self, path: str, assume, override) -> SlideReader:
-        key = (path, assume, override)   # the same file with another resolution is another reader
+        key = (path, assume, override)  # the same file with another resolution is another reader
         if key in self._open:
             self._open.move_to_end(key)
             return self._open[key][1]
         web = parse_ref(path)
         local: LocalFile | RemoteStreams
-        if web is not None:   # a DICOM WSI series on a DICOMweb server: frames fetched as read
+        if web is not None:  # a DICOM WSI series on a DICOMweb server: frames fetched as read
             local = LocalFile(path, False)
             reader = open_web_wsi(path, wsi_web_client(web.base), assume, override)
-        elif "://" in path and not FileSystems.exists(path):   # an object-store prefix: a DICOM WSI folder
-            local = RemoteStreams(path)                          # ranged reads: only the frames needed
+        elif "://" in path and not FileSystems.exists(path):  # an object-store prefix: a DICOM WSI folder
+            local = RemoteStreams(path)  # ranged reads: only the frames needed
             try:
                 reader = open_wsi_streams(local.streams, assume, override)
             except ItemError:
@@ -143,7 +144,8 @@ class ReadPatches(WorkDoFn):
             return
         for index, patch in batch.patches:
             finished, failure = self.run_unit(
-                lambda patch=patch: read_patch(reader, batch.info["level"], patch, options).without_pixels())
+                lambda patch=patch: read_patch(reader, batch.info["level"], patch, options).without_pixels()
+            )
             if failure:
                 failure = replace(failure, message=f"patch at ({patch.x}, {patch.y}): {failure.message}")
             yield batch.key, PatchResult(batch.row, batch.info, batch.total, index, finished, failure)
@@ -170,24 +172,52 @@ class AssembleSlide(ManifestRowDoFn):
         if not row["text"].strip():
             raise ItemError("text", "empty text: a slide example needs its text")
         base = row["id"] or f"row:{row['row']}:{row['images'][0]}"
-        common = dict(modality=row["modality"] or "SM", prompt=row["prompt"], text=row["text"],
-                      patient_id=row["patient_id"], label=row["label"], input_key=row_input_key(row),
-                      extra_names=name_values(row), layout="prompt_first")
+        common = dict(
+            modality=row["modality"] or "SM",
+            prompt=row["prompt"],
+            text=row["text"],
+            patient_id=row["patient_id"],
+            label=row["label"],
+            input_key=row_input_key(row),
+            extra_names=name_values(row),
+            layout="prompt_first",
+        )
         for _, f in good:
             f.info["slide"] = info
         k = self.config.patches_per_example
         if "slide" in self.config.slide_granularity:
             for start in range(0, len(good), k):
-                chunk = [f for _, f in good[start:start + k]]
-                yield self._with_failures(build_record(ExampleParts(
-                    example_key=f"{base}#slide{start // k}", task="slide", images=chunk,
-                    sources=[row["images"][0]] * len(chunk), **common),
-                    self.config, self.tokenizer), len(failed) if start == 0 else 0)
+                chunk = [f for _, f in good[start : start + k]]
+                yield self._with_failures(
+                    build_record(
+                        ExampleParts(
+                            example_key=f"{base}#slide{start // k}",
+                            task="slide",
+                            images=chunk,
+                            sources=[row["images"][0]] * len(chunk),
+                            **common,
+                        ),
+                        self.config,
+                        self.tokenizer,
+                    ),
+                    len(failed) if start == 0 else 0,
+                )
         if "patch" in self.config.slide_granularity:
             for index, f in good:
-                yield self._with_failures(build_record(ExampleParts(
-                    example_key=f"{base}#patch{index}", task="patch", images=[f], sources=[row["images"][0]],
-                    **common), self.config, self.tokenizer), 0)
+                yield self._with_failures(
+                    build_record(
+                        ExampleParts(
+                            example_key=f"{base}#patch{index}",
+                            task="patch",
+                            images=[f],
+                            sources=[row["images"][0]],
+                            **common,
+                        ),
+                        self.config,
+                        self.tokenizer,
+                    ),
+                    0,
+                )
 
     @staticmethod
     def _with_failures(built, failures: int):
@@ -199,6 +229,14 @@ class AssembleSlide(ManifestRowDoFn):
 
 def build(p: beam.Pipeline, config: Config):
     """The slides pipeline graph."""
-    return fan_out_pipeline(p, "slides", config, PlanSlides(config), ReadPatches(config), AssembleSlide(config),
-                            "ReadPatches", images_per_input=config.max_patches * len(config.slide_granularity),
-                            discover=False)
+    return fan_out_pipeline(
+        p,
+        "slides",
+        config,
+        PlanSlides(config),
+        ReadPatches(config),
+        AssembleSlide(config),
+        "ReadPatches",
+        images_per_input=config.max_patches * len(config.slide_granularity),
+        discover=False,
+    )

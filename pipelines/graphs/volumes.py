@@ -7,6 +7,7 @@ per-volume range), one at a time. Each series is planned once (order, QC, MR ran
 then its selected slices are rendered in batches spread over workers behind a Reshuffle and
 assembled per input (medprep.pipelines.graphs.fan_out), so one long series does not sit on one worker.
 """
+
 from __future__ import annotations
 
 import logging
@@ -73,27 +74,27 @@ def load_dataset(path: str) -> Dataset:
 class SeriesMeta:
     """What assembling one series' records needs, carried with each of its batches."""
 
-    key: str                   # SeriesInstanceUID (DICOM) or the file (NIfTI)
+    key: str  # SeriesInstanceUID (DICOM) or the file (NIfTI)
     modality: str
     patient_id: str
     study_uid: str
     identifiers: tuple = ()
     burned_in: bool = False
     plan: VolumePlan | None = None
-    info: dict = field(default_factory=dict)   # image_info['series']: ordering and QC findings
-    skipped: tuple = ()   # why the input's other series were left out at planning (summary.json counts them)
+    info: dict = field(default_factory=dict)  # image_info['series']: ordering and QC findings
+    skipped: tuple = ()  # why the input's other series were left out at planning (summary.json counts them)
 
 
 @dataclass(frozen=True)
 class SliceBatch:
     """Some selected slices of one series, rendered together on one worker (RenderSlices' input)."""
 
-    key: str                         # the input's key (fan_out.input_key): its slices are assembled together
-    row: dict                        # the manifest row
+    key: str  # the input's key (fan_out.input_key): its slices are assembled together
+    row: dict  # the manifest row
     meta: SeriesMeta
-    subset: SliceSubset | None       # the slices' headers; None when rendered at planning (NIfTI)
-    numbers: tuple[int, ...] = ()    # the slices' places among the series' selected slices, from 1
-    rendered: tuple[tuple[int, FinishedImage], ...] = ()   # NIfTI: (number, slice without pixels) rendered at planning
+    subset: SliceSubset | None  # the slices' headers; None when rendered at planning (NIfTI)
+    numbers: tuple[int, ...] = ()  # the slices' places among the series' selected slices, from 1
+    rendered: tuple[tuple[int, FinishedImage], ...] = ()  # NIfTI: (number, slice without pixels) rendered at planning
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,8 @@ class SliceResult:
 
     row: dict
     meta: SeriesMeta
-    number: int                      # its place among the series' selected slices, from 1
-    finished: FinishedImage | None   # without pixels; None when it failed
+    number: int  # its place among the series' selected slices, from 1
+    finished: FinishedImage | None  # without pixels; None when it failed
     failure: UnitFailure | None = None
 
 
@@ -131,7 +132,7 @@ class PlanVolumes(ManifestRowDoFn):
         skipped = 0
         files: list[str] = []
         for ref, w in zip(refs, web):
-            if w is not None and not w.instance:   # DICOMweb study/series: one metadata request, no pixels
+            if w is not None and not w.instance:  # DICOMweb study/series: one metadata request, no pixels
                 for item in client_for(w.base).metadata(w):
                     ds = header_from_json(item)
                     url = DicomWebRef(w.base, w.study, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)).url()
@@ -170,11 +171,20 @@ class PlanVolumes(ManifestRowDoFn):
             except ItemError as exc:
                 failures.append(exc)
                 continue
-            meta = SeriesMeta(uid, first.modality, first.patient_id, first.study_uid,
-                              tuple(first.identifiers), any(s.burned_in for s in slices), plan,
-                              dict(ordered.qc(), files_skipped=skipped))
-            planned += [(meta, SliceSubset.of(ordered, [plan.indices[n - 1] for n in numbers]), tuple(numbers))
-                        for numbers in batches(list(range(1, len(plan.indices) + 1)))]
+            meta = SeriesMeta(
+                uid,
+                first.modality,
+                first.patient_id,
+                first.study_uid,
+                tuple(first.identifiers),
+                any(s.burned_in for s in slices),
+                plan,
+                dict(ordered.qc(), files_skipped=skipped),
+            )
+            planned += [
+                (meta, SliceSubset.of(ordered, [plan.indices[n - 1] for n in numbers]), tuple(numbers))
+                for numbers in batches(list(range(1, len(plan.indices) + 1)))
+            ]
         if not planned:
             if any(f.message != "not matched by --series_filter" for f in failures):
                 raise next(f for f in failures if f.message != "not matched by --series_filter")
@@ -195,7 +205,7 @@ class PlanVolumes(ManifestRowDoFn):
         volume, info = read_nifti(read_bytes(path), path)
         source = ArrayVolumeSource(volume, modality, info["z_mm"], self.options.image)
         finished = prepare_volume(source, self.options, row["text"], "", {**info, "z_mm": None})
-        meta = SeriesMeta(row["images"][0], modality, row["patient_id"], "")   # named as written: moves with the data
+        meta = SeriesMeta(row["images"][0], modality, row["patient_id"], "")  # named as written: moves with the data
         rendered = tuple((n, f.without_pixels()) for n, f in enumerate(finished, start=1))
         return SliceBatch(key, row, meta, None, rendered=rendered)
 
@@ -210,15 +220,16 @@ class RenderSlices(WorkDoFn):
 
     def process(self, element: SliceBatch):
         batch = element
-        for n, finished in batch.rendered:   # rendered at planning (NIfTI)
+        for n, finished in batch.rendered:  # rendered at planning (NIfTI)
             yield batch.key, SliceResult(batch.row, batch.meta, n, finished)
         if batch.subset is None:
             return
         source = DicomSeriesSource(batch.subset, load_dataset, self.options.image)
-        plan = cast(VolumePlan, batch.meta.plan)   # a planned DICOM series carries its plan
+        plan = cast(VolumePlan, batch.meta.plan)  # a planned DICOM series carries its plan
         for n in batch.numbers:
             finished, failure = self.run_unit(
-                lambda n=n: finish_slice(source, self.options, plan, n, batch.meta.info).without_pixels())
+                lambda n=n: finish_slice(source, self.options, plan, n, batch.meta.info).without_pixels()
+            )
             yield batch.key, SliceResult(batch.row, batch.meta, n, finished, failure)
 
 
@@ -245,7 +256,7 @@ class AssembleVolume(ManifestRowDoFn):
         for series_key in sorted(by_series):
             items = sorted(by_series[series_key], key=lambda result: result.number)
             meta = items[0].meta
-            bad = [cast(UnitFailure, r.failure) for r in items if r.finished is None]   # a slice without image failed
+            bad = [cast(UnitFailure, r.failure) for r in items if r.finished is None]  # a slice without image failed
             try:
                 if bad:
                     raise bad[0].error()
@@ -276,20 +287,46 @@ class AssembleVolume(ManifestRowDoFn):
         if not row["text"].strip():
             raise ItemError("text", "empty text: a volume example needs its report")
         base = row["id"] or f"row:{row['row']}:{'|'.join(row['images'])}"
-        common = dict(modality=row["modality"] or meta.modality, prompt=row["prompt"], text=row["text"],
-                      patient_id=row["patient_id"] or meta.patient_id, study_uid=meta.study_uid, label=row["label"],
-                      identifiers=dict(meta.identifiers), burned_in=meta.burned_in, input_key=row_input_key(row),
-                      extra_names=name_values(row), layout="prompt_first")
+        common = dict(
+            modality=row["modality"] or meta.modality,
+            prompt=row["prompt"],
+            text=row["text"],
+            patient_id=row["patient_id"] or meta.patient_id,
+            study_uid=meta.study_uid,
+            label=row["label"],
+            identifiers=dict(meta.identifiers),
+            burned_in=meta.burned_in,
+            input_key=row_input_key(row),
+            extra_names=name_values(row),
+            layout="prompt_first",
+        )
         sources = [self._source(row, f.info.pop("file", "")) for f in finished]
         if "series" in self.config.granularity:
-            yield build_record(ExampleParts(example_key=f"{base}#{meta.key}", task="series", images=finished,
-                                            sources=sources, labels=[f.info["slice_label"] for f in finished],
-                                            **common), self.config, self.tokenizer)
+            yield build_record(
+                ExampleParts(
+                    example_key=f"{base}#{meta.key}",
+                    task="series",
+                    images=finished,
+                    sources=sources,
+                    labels=[f.info["slice_label"] for f in finished],
+                    **common,
+                ),
+                self.config,
+                self.tokenizer,
+            )
         if "slice" in self.config.granularity:
             for f, src in zip(finished, sources):
-                yield build_record(ExampleParts(example_key=f"{base}#{meta.key}#{f.info['slice_index']}",
-                                                task="slice", images=[f], sources=[src], **common),
-                                   self.config, self.tokenizer)
+                yield build_record(
+                    ExampleParts(
+                        example_key=f"{base}#{meta.key}#{f.info['slice_index']}",
+                        task="slice",
+                        images=[f],
+                        sources=[src],
+                        **common,
+                    ),
+                    self.config,
+                    self.tokenizer,
+                )
 
     def _source(self, row, file: str) -> str:
         """A slice's file named from the manifest's reference (so it moves with the data), else the reference."""
@@ -302,6 +339,14 @@ class AssembleVolume(ManifestRowDoFn):
 
 def build(p: beam.Pipeline, config: Config):
     """The volumes pipeline graph: plan per input, slices rendered in batches across workers, assembled per input."""
-    return fan_out_pipeline(p, "volumes", config, PlanVolumes(config), RenderSlices(config), AssembleVolume(config),
-                            "RenderSlices", per_series=True,
-                            images_per_input=config.max_slices * len(config.granularity))
+    return fan_out_pipeline(
+        p,
+        "volumes",
+        config,
+        PlanVolumes(config),
+        RenderSlices(config),
+        AssembleVolume(config),
+        "RenderSlices",
+        per_series=True,
+        images_per_input=config.max_slices * len(config.granularity),
+    )

@@ -5,6 +5,7 @@ instance (images) becomes a row like a manifest row; its text comes from a repor
 (CSV/JSONL/Parquet with `study_uid` and/or `accession_number`, `text`, optional `prompt`)
 joined by StudyInstanceUID, else AccessionNumber. Identifiers are only used for the join.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,8 +54,21 @@ def _json_value(item: dict, tag: str) -> str:
 
 def _row(n: int, ref: str, study: str, accession: str, reports: dict) -> dict:
     report = reports.get(f"study:{study}") or reports.get(f"acc:{accession}") or {"text": "", "prompt": ""}
-    return {"row": n, "id": "", "images": [ref], "prior": "", "text": report["text"], "prompt": report["prompt"],
-            "boxes": [], "box_labels": [], "label": "", "patient_id": "", "modality": "", "mpp": None, "extra": {}}
+    return {
+        "row": n,
+        "id": "",
+        "images": [ref],
+        "prior": "",
+        "text": report["text"],
+        "prompt": report["prompt"],
+        "boxes": [],
+        "box_labels": [],
+        "label": "",
+        "patient_id": "",
+        "modality": "",
+        "mpp": None,
+        "extra": {},
+    }
 
 
 def dicomweb_rows(config: Config, level: str):
@@ -109,15 +123,16 @@ class DiscoverRows(beam.PTransform):
         if cfg.dicomweb_url:
             return p | "Query" >> beam.Create([None]) | "Search" >> beam.FlatMap(lambda _: dicomweb_rows(cfg, level))
         prefix = folder_prefix(cfg.input)
-        return (p
-                | "Prefix" >> beam.Create([prefix + "/**"])
-                | "List" >> beam.FlatMap(
-                    lambda pattern: [m.path for m in FileSystems.match([pattern])[0].metadata_list])
-                | "SpreadFiles" >> beam.Reshuffle()
-                | "Headers" >> beam.FlatMap(_file_header)
-                | "BySeries" >> beam.GroupByKey()
-                | "All" >> beam.combiners.ToList()
-                | "Rows" >> beam.FlatMap(lambda groups: _folder_rows(groups, cfg, per_series)))
+        return (
+            p
+            | "Prefix" >> beam.Create([prefix + "/**"])
+            | "List" >> beam.FlatMap(lambda pattern: [m.path for m in FileSystems.match([pattern])[0].metadata_list])
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "Headers" >> beam.FlatMap(_file_header)
+            | "BySeries" >> beam.GroupByKey()
+            | "All" >> beam.combiners.ToList()
+            | "Rows" >> beam.FlatMap(lambda groups: _folder_rows(groups, cfg, per_series))
+        )
 
 
 def is_folder_input(path: str) -> bool:

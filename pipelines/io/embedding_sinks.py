@@ -5,6 +5,7 @@ slide record's patches stay in one shard), sorted by (example_id, image_index) i
 shards are written by the records' ArrayRecord writer (`sinks.FORMATS`), Parquet shards in the
 embedding schema.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,9 +17,9 @@ from medprep.pipelines.io.outputs import join, shard_name, write_via_local
 from medprep.pipelines.io.sinks import FORMATS, TARGET_SHARD_BYTES, shard_of
 from medprep.schemas.embedding_codec import decode_embedding_row, embedding_arrow_schema, embedding_table
 
-FORMAT_NAMES = ("arrayrecord", "parquet")   # --formats of medprep embed
-ROW_GROUP_BYTES = 16 << 20   # Parquet row groups of about this many serialized bytes
-ROW_METADATA_BYTES = 1536    # keys, model fields, normalization and image_info of one row
+FORMAT_NAMES = ("arrayrecord", "parquet")  # --formats of medprep embed
+ROW_GROUP_BYTES = 16 << 20  # Parquet row groups of about this many serialized bytes
+ROW_METADATA_BYTES = 1536  # keys, model fields, normalization and image_info of one row
 
 
 def row_bytes_estimate(embedding_dim: int, token_values: int) -> int:
@@ -44,14 +45,14 @@ def row_key(example_id: str, image_index: int) -> str:
 def _write_parquet(path: str, rows: list[bytes]) -> int:
     schema = embedding_arrow_schema()
     compression = {name: "zstd" for name in schema.names}
-    compression["embedding"] = compression["tokens"] = "none"   # float32 noise: zstd saves ~7 % for its CPU
+    compression["embedding"] = compression["tokens"] = "none"  # float32 noise: zstd saves ~7 % for its CPU
     per_group = max(1, min(4096, ROW_GROUP_BYTES // max(1, max((len(r) for r in rows), default=1))))
 
     def write(local: str) -> None:
         with pq.ParquetWriter(local, schema, compression=compression) as writer:
             for start in range(0, len(rows), per_group):
-                group = [decode_embedding_row(data) for data in rows[start:start + per_group]]
-                for row in group:   # back to the written form: flat floats
+                group = [decode_embedding_row(data) for data in rows[start : start + per_group]]
+                for row in group:  # back to the written form: flat floats
                     row["embedding"] = [] if row["embedding"] is None else row["embedding"]
                     row["tokens"] = [] if row["tokens"] is None else row["tokens"].reshape(-1)
                 writer.write_table(embedding_table(group), row_group_size=per_group)
@@ -78,8 +79,15 @@ class _WriteEmbeddingShard(beam.DoFn):
             path = join(self.output_dir, rel)
             # ArrayRecord holds serialized tf.train.Examples of any schema: the records' writer serves.
             size = spec.write(path, rows, "") if fmt == "arrayrecord" else _write_parquet(path, rows)
-            yield {"format": fmt, "split": split, "shard": index, "of": count, "path": rel,
-                   "records": len(rows), "bytes": size}
+            yield {
+                "format": fmt,
+                "split": split,
+                "shard": index,
+                "of": count,
+                "path": rel,
+                "records": len(rows),
+                "bytes": size,
+            }
 
 
 def _empty_shards(split_plan, written, output_dir, formats):
@@ -104,13 +112,16 @@ class WriteEmbeddingShards(beam.PTransform):
         rows, plan = pcolls
         written = (
             rows
-            | "AssignShard" >> beam.Map(_assign_shard, beam.pvalue.AsSingleton(plan))
-            .with_output_types(tuple[tuple[str, int, int], tuple[str, bytes]])
+            | "AssignShard"
+            >> beam.Map(_assign_shard, beam.pvalue.AsSingleton(plan)).with_output_types(
+                tuple[tuple[str, int, int], tuple[str, bytes]]
+            )
             | "GroupShards" >> beam.GroupByKey()
             | "WriteShard" >> beam.ParDo(_WriteEmbeddingShard(self.output_dir, self.formats))
         )
-        empty = (plan
-                 | "Splits" >> beam.FlatMap(lambda p: sorted(p.items()))
-                 | "EmptyShards" >> beam.FlatMap(_empty_shards, beam.pvalue.AsList(written), self.output_dir,
-                                                 self.formats))
+        empty = (
+            plan
+            | "Splits" >> beam.FlatMap(lambda p: sorted(p.items()))
+            | "EmptyShards" >> beam.FlatMap(_empty_shards, beam.pvalue.AsList(written), self.output_dir, self.formats)
+        )
         return (written, empty) | "AllShards" >> beam.Flatten()

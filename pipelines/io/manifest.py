@@ -5,6 +5,7 @@ patient_id, id, modality, mpp. List-valued columns may be JSON strings in CSV.
 An unknown column is refused at start-up (check_manifest), naming it and the closest known
 one, unless extra columns are allowed; a normalized row keeps them as text in `extra`.
 """
+
 from __future__ import annotations
 
 import csv
@@ -41,8 +42,10 @@ def unknown_columns_message(columns) -> str:
         near = closest_column(name)
         label = f"column {name!r}" if name else "a column with no name"
         parts.append(f"unknown {label}" + (f" (did you mean {near!r}?)" if near else ""))
-    return (f"{'; '.join(parts)}. Known columns: {', '.join(sorted(KNOWN_COLUMNS))}; "
-            "pass --allow_extra_columns to keep other columns (listed in summary.json)")
+    return (
+        f"{'; '.join(parts)}. Known columns: {', '.join(sorted(KNOWN_COLUMNS))}; "
+        "pass --allow_extra_columns to keep other columns (listed in summary.json)"
+    )
 
 
 def extra_columns(raw: dict) -> list[str]:
@@ -109,7 +112,8 @@ def normalize_row(raw: dict, row: int) -> dict:
     boxes = [] if _is_missing(boxes) else boxes
     bad_boxes = ManifestError(f"{where}: column 'boxes' must be a list of [x0, y0, x1, y1]")
     if not isinstance(boxes, list) or not all(
-            isinstance(b, list) and len(b) == 4 and not any(isinstance(c, bool) for c in b) for b in boxes):
+        isinstance(b, list) and len(b) == 4 and not any(isinstance(c, bool) for c in b) for b in boxes
+    ):
         raise bad_boxes
     try:
         boxes = [[float(c) for c in box] for box in boxes]
@@ -144,8 +148,16 @@ def normalize_row(raw: dict, row: int) -> dict:
         if not mpp > 0:
             raise bad_mpp
     extra = {str(k): _extra_text(raw[k]) for k in extra_columns(raw)}
-    return {"row": row, "images": images, "prior": prior, "boxes": boxes, "box_labels": labels, "mpp": mpp, **text,
-            "extra": extra}
+    return {
+        "row": row,
+        "images": images,
+        "prior": prior,
+        "boxes": boxes,
+        "box_labels": labels,
+        "mpp": mpp,
+        **text,
+        "extra": extra,
+    }
 
 
 def resolve_ref(ref: str, manifest: str) -> str:

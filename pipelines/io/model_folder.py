@@ -1,4 +1,5 @@
 """A model folder as a local path: local folders as they are, gs:// prefixes copied once per process."""
+
 from __future__ import annotations
 
 import hashlib
@@ -31,14 +32,16 @@ def local_model_folder(path: str) -> str:
             return _COPIES[path]
         prefix = path.rstrip("/") + "/"
         matched = FileSystems.match([prefix + "*"])[0].metadata_list
-        files = sorted(m.path for m in matched if _wanted(m.path[len(prefix):]) and "/" not in m.path[len(prefix):])
+        files = sorted(m.path for m in matched if _wanted(m.path[len(prefix) :]) and "/" not in m.path[len(prefix) :])
         if not files:
             raise FileNotFoundError(f"{path}: no config.json, preprocessor_config.json or *.safetensors under it")
         tag = hashlib.sha256(path.encode("utf-8")).hexdigest()[:12]
         local = tempfile.mkdtemp(prefix=f"medprep-model-{tag}-")
         for src in files:
-            with FileSystems.open(src, compression_type="uncompressed") as fh, \
-                    open(os.path.join(local, src[len(prefix):]), "wb") as out:
+            with (
+                FileSystems.open(src, compression_type="uncompressed") as fh,
+                open(os.path.join(local, src[len(prefix) :]), "wb") as out,
+            ):
                 shutil.copyfileobj(fh, out, 8 << 20)
         _COPIES[path] = local
         return local

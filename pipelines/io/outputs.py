@@ -1,4 +1,5 @@
 """Output paths and file writes (local or gs://) under --output_dir."""
+
 from __future__ import annotations
 
 import os
@@ -76,7 +77,7 @@ def _files_under(base: str, part: str) -> list[str]:
     if FileSystems.exists(path):
         return [part]
     root = base.rstrip("/") + "/"
-    return [m.path[len(root):] for m in FileSystems.match([path.rstrip("/") + "/**"])[0].metadata_list]
+    return [m.path[len(root) :] for m in FileSystems.match([path.rstrip("/") + "/**"])[0].metadata_list]
 
 
 def _move_file(src: str, dst: str) -> None:
@@ -122,7 +123,7 @@ def commit_outputs(staging: str, output_dir: str) -> None:
             for rel in _files_under(output_dir, part):
                 if rel not in keep:
                     _delete_file(join(output_dir, rel))
-    for part in OUTPUT_PARTS:   # local folders the new run left empty
+    for part in OUTPUT_PARTS:  # local folders the new run left empty
         folder = join(output_dir, part)
         if "://" not in folder and os.path.isdir(folder) and not _files_under(output_dir, part):
             shutil.rmtree(folder)
@@ -143,7 +144,7 @@ def localize(output_dir: str) -> str:
     base = output_dir.rstrip("/")
     local = tempfile.mkdtemp(prefix="medprep-")
     for m in FileSystems.match([base + "/**"])[0].metadata_list:
-        rel = m.path[len(base) + 1:]
+        rel = m.path[len(base) + 1 :]
         if not rel or rel.startswith(".staging"):
             continue
         target = os.path.join(local, rel)
@@ -156,5 +157,3 @@ def localize(output_dir: str) -> str:
 def existing_outputs(output_dir: str) -> list[str]:
     """The medprep outputs already present in output_dir."""
     return [p for p in OUTPUT_PARTS if present(join(output_dir, p))]
-
-

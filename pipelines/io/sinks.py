@@ -3,6 +3,7 @@
 Examples go to shard hash(example_id) mod N of their split and are sorted by example_id
 inside a shard, so the same inputs and options give byte-identical files on any runner.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,12 +67,12 @@ def _write_parquet(path: str, examples: list[bytes], extension: str) -> int:
     """One row group of PARQUET_ROWS_PER_GROUP examples at a time, so a shard is never held twice."""
     schema = arrow_schema()
     compression = {name: "zstd" for name in schema.names}
-    compression["images"] = "none"   # already-compressed image bytes
+    compression["images"] = "none"  # already-compressed image bytes
 
     def write(local: str) -> None:
         with pq.ParquetWriter(local, schema, compression=compression) as writer:
             for start in range(0, len(examples), PARQUET_ROWS_PER_GROUP):
-                group = [decode_example(data) for data in examples[start:start + PARQUET_ROWS_PER_GROUP]]
+                group = [decode_example(data) for data in examples[start : start + PARQUET_ROWS_PER_GROUP]]
                 writer.write_table(to_table(group, extension), row_group_size=PARQUET_ROWS_PER_GROUP)
 
     return write_via_local(path, write)
@@ -109,9 +110,15 @@ class _WriteShard(beam.DoFn):
             spec = FORMATS[fmt]
             path = join(self.output_dir, spec.folder, shard_name(split, index, count, spec.suffix))
             size = spec.write(path, examples, self.extension)
-            yield {"format": fmt, "split": split, "shard": index, "of": count,
-                   "path": join(spec.folder, shard_name(split, index, count, spec.suffix)),
-                   "records": len(examples), "bytes": size}
+            yield {
+                "format": fmt,
+                "split": split,
+                "shard": index,
+                "of": count,
+                "path": join(spec.folder, shard_name(split, index, count, spec.suffix)),
+                "records": len(examples),
+                "bytes": size,
+            }
 
 
 def _assign_shard(example: tuple[str, str, bytes], plan: dict) -> tuple:
@@ -145,21 +152,27 @@ class WriteShards(beam.PTransform):
         examples, plan = pcolls
         written = (
             examples
-            | "AssignShard" >> beam.Map(_assign_shard, beam.pvalue.AsSingleton(plan))
-            .with_output_types(tuple[tuple[str, int, int], tuple[str, bytes]])
+            | "AssignShard"
+            >> beam.Map(_assign_shard, beam.pvalue.AsSingleton(plan)).with_output_types(
+                tuple[tuple[str, int, int], tuple[str, bytes]]
+            )
             | "GroupShards" >> beam.GroupByKey()
             | "WriteShard" >> beam.ParDo(_WriteShard(self.output_dir, self.formats, self.extension))
         )
-        empty = (plan
-                 | "Splits" >> beam.FlatMap(lambda p: sorted(p.items()))
-                 | "EmptyShards" >> beam.FlatMap(_empty_shards, beam.pvalue.AsList(written), self.output_dir,
-                                                 self.formats, self.extension))
+        empty = (
+            plan
+            | "Splits" >> beam.FlatMap(lambda p: sorted(p.items()))
+            | "EmptyShards"
+            >> beam.FlatMap(_empty_shards, beam.pvalue.AsList(written), self.output_dir, self.formats, self.extension)
+        )
         return (written, empty) | "AllShards" >> beam.Flatten()
 
 
 def _write_errors(lines: list[dict], output_dir: str) -> dict:
-    body = "".join(json.dumps(line, sort_keys=True, ensure_ascii=False) + "\n"
-                   for line in sorted(lines, key=lambda d: (d["row"], d["ref"], d["stage"], d["message"])))
+    body = "".join(
+        json.dumps(line, sort_keys=True, ensure_ascii=False) + "\n"
+        for line in sorted(lines, key=lambda d: (d["row"], d["ref"], d["stage"], d["message"]))
+    )
     path = join("errors", shard_name("errors", 0, 1, ".jsonl"))
     write_bytes(join(output_dir, path), body.encode("utf-8"))
     return {"path": path, "lines": len(lines)}
@@ -173,6 +186,8 @@ class WriteErrors(beam.PTransform):
         self.output_dir = output_dir
 
     def expand(self, errors):
-        return (errors
-                | "AllErrors" >> beam.combiners.ToList()
-                | "WriteErrorFile" >> beam.Map(_write_errors, self.output_dir))
+        return (
+            errors
+            | "AllErrors" >> beam.combiners.ToList()
+            | "WriteErrorFile" >> beam.Map(_write_errors, self.output_dir)
+        )

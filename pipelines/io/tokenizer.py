@@ -1,5 +1,6 @@
 """Load the tokenizer named by --tokenizer (local or gs://): a SentencePiece .model, a tokenizer.json, or a
 Hugging Face tokenizer folder (tokenizer.json, tokenizer_config.json, chat_template.jinja)."""
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,7 @@ def _template(folder: str, config: dict) -> str | None:
     if template is None:
         processor = _optional_text(_join(folder, "chat_template.json"))
         template = json.loads(processor).get("chat_template") if processor else None
-    if isinstance(template, list):   # named templates: the default one
+    if isinstance(template, list):  # named templates: the default one
         template = next((t.get("template") for t in template if t.get("name") == "default"), None)
     return template if isinstance(template, str) else None
 

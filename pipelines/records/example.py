@@ -1,4 +1,5 @@
 """Assemble a record (medprep.schemas.fields) from finished images and text; shared by every pipeline."""
+
 from __future__ import annotations
 
 import json
@@ -24,15 +25,15 @@ from medprep.transforms.text import Tokenizer
 class ExampleParts:
     """Everything a record needs besides the config and tokenizer."""
 
-    example_key: str          # raw, unique per example (hashed before output)
+    example_key: str  # raw, unique per example (hashed before output)
     modality: str
     task: str
     images: Sequence[FinishedImage]
-    sources: Sequence[str]    # references relative to the manifest (as written), one per image
+    sources: Sequence[str]  # references relative to the manifest (as written), one per image
     prompt: str = ""
     text: str = ""
-    patient_id: str = ""      # raw (hashed before output)
-    study_uid: str = ""       # raw (hashed before output)
+    patient_id: str = ""  # raw (hashed before output)
+    study_uid: str = ""  # raw (hashed before output)
     boxes: Sequence[Sequence[float]] = ()
     box_labels: Sequence[str] = ()
     label: str = ""
@@ -40,17 +41,21 @@ class ExampleParts:
     # the prompt, then each image followed by its label, e.g. "SLICE n").
     layout: str = "images_first"
     labels: Sequence[str] = ()
-    input_key: str = ""       # the input this example comes from: its patient key when no patient id is known
-    identifiers: dict = field(default_factory=dict)   # raw header identifiers (scrubbing only)
-    burned_in: bool = False                           # a source declares BurnedInAnnotation=YES
-    extra_names: Sequence[str] = ()                   # name-like manifest values (scrubbing only)
+    input_key: str = ""  # the input this example comes from: its patient key when no patient id is known
+    identifiers: dict = field(default_factory=dict)  # raw header identifiers (scrubbing only)
+    burned_in: bool = False  # a source declares BurnedInAnnotation=YES
+    extra_names: Sequence[str] = ()  # name-like manifest values (scrubbing only)
 
 
 def row_input_key(row: dict) -> str:
     """The key of one manifest row's input: its id, else its references as written (never a row number, so
     the same image listed twice shares a patient key; never a resolved path, so it moves with the data)."""
-    return "id:" + row["id"] if row.get("id") else "refs:" + "|".join(
-        strip_credentials(r) for r in ([row["prior"]] if row.get("prior") else []) + list(row["images"]))
+    return (
+        "id:" + row["id"]
+        if row.get("id")
+        else "refs:"
+        + "|".join(strip_credentials(r) for r in ([row["prior"]] if row.get("prior") else []) + list(row["images"]))
+    )
 
 
 def name_values(row: dict) -> list[str]:
@@ -67,7 +72,7 @@ def portable_ref(path: str, written: str, resolved: str) -> str:
     """A file found under an input reference, named from the reference as the manifest wrote it."""
     if path == resolved or not path.startswith(resolved.rstrip("/") + "/"):
         return path if path != resolved else written
-    return written.rstrip("/") + path[len(resolved.rstrip("/")):]
+    return written.rstrip("/") + path[len(resolved.rstrip("/")) :]
 
 
 def output_source(ref: str, config: Config) -> str:
@@ -78,15 +83,18 @@ def output_source(ref: str, config: Config) -> str:
         return keyed_hash(config.salt, "source", ref)
     if "://" in ref or not os.path.isabs(ref):
         base = config.input.rsplit("/", 1)[0] + "/" if "://" in config.input else ""
-        return ref[len(base):] if base and ref.startswith(base) else ref
+        return ref[len(base) :] if base and ref.startswith(base) else ref
     return os.path.relpath(ref, os.path.dirname(os.path.abspath(config.input)))
 
 
 def apply_privacy(parts: ExampleParts, config: Config) -> dict:
     """Refuse burned-in annotation (unless allowed); scrub every free-text field when asked. Returns scrub counts."""
     if parts.burned_in and not config.allow_burned_in:
-        raise ItemError("privacy", "DICOM declares BurnedInAnnotation=YES (identifiers may be in the pixels); "
-                                   "skipped — pass --allow_burned_in to keep it")
+        raise ItemError(
+            "privacy",
+            "DICOM declares BurnedInAnnotation=YES (identifiers may be in the pixels); "
+            "skipped — pass --allow_burned_in to keep it",
+        )
     if not config.scrub_text:
         return {}
     ids = [parts.identifiers.get(k, "") for k in ID_KEYWORDS] + [parts.patient_id]

@@ -1,4 +1,5 @@
 """Keyed hashes for identifiers: outputs carry HMAC-SHA-256 values, never raw ids."""
+
 from __future__ import annotations
 
 import hashlib

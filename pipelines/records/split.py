@@ -1,4 +1,5 @@
 """Patient-level train/val/test assignment from the salted patient key."""
+
 from __future__ import annotations
 
 from medprep.pipelines.records.privacy import unit_interval

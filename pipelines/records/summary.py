@@ -1,4 +1,5 @@
 """summary.json: counts (inputs, examples, images, errors by stage), reconciliation, config, versions."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,19 @@ from importlib import metadata
 
 from medprep.pipelines.config import PIPELINE_VERSION, Config
 
-_PACKAGES = ("apache-beam", "pydicom", "numpy", "pillow", "pyarrow", "sentencepiece", "array-record",
-             "pylibjpeg-openjpeg", "python-gdcm", "SimpleITK", "openslide-python")
+_PACKAGES = (
+    "apache-beam",
+    "pydicom",
+    "numpy",
+    "pillow",
+    "pyarrow",
+    "sentencepiece",
+    "array-record",
+    "pylibjpeg-openjpeg",
+    "python-gdcm",
+    "SimpleITK",
+    "openslide-python",
+)
 
 
 def sum_counts(dicts) -> dict:
@@ -31,11 +43,19 @@ def versions() -> dict:
     return out
 
 
-def build_summary(pipeline: str, config: Config, inputs: int, stats: dict, errors: list[dict],
-                  files: list[dict]) -> dict:
+def build_summary(
+    pipeline: str, config: Config, inputs: int, stats: dict, errors: list[dict], files: list[dict]
+) -> dict:
     """The summary dict; `reconciled` is true when inputs == inputs with examples + error lines."""
-    grouped: dict = {"by_split": {}, "by_task": {}, "by_modality": {}, "truncated": {}, "scrubbed": {}, "patches": {},
-                     "series_skipped": {}}
+    grouped: dict = {
+        "by_split": {},
+        "by_task": {},
+        "by_modality": {},
+        "truncated": {},
+        "scrubbed": {},
+        "patches": {},
+        "series_skipped": {},
+    }
     flat = {}
     for key, value in sorted(stats.items()):
         group, _, name = key.partition("/")

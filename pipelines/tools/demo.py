@@ -1,4 +1,5 @@
 """`medprep demo`: generate the bundled samples and run the pipelines on them."""
+
 from __future__ import annotations
 
 import json
@@ -11,10 +12,14 @@ _COMMON = ["--val_fraction", "0.2", "--test_fraction", "0.2", "--split_salt", "d
 
 
 def _report(name: str, out: str, summary: dict) -> None:
-    print(f"{name}: {summary['inputs']} inputs -> {summary['examples']} examples, {summary['images']} images, "
-          f"{summary['errors']} errors {summary['errors_by_stage']}; reconciled={summary['reconciled']}")
-    print(f"  outputs in {out}: arrayrecord/ parquet/ errors/ summary.json preview.png; "
-          f"tasks {json.dumps(summary['by_task'])}")
+    print(
+        f"{name}: {summary['inputs']} inputs -> {summary['examples']} examples, {summary['images']} images, "
+        f"{summary['errors']} errors {summary['errors_by_stage']}; reconciled={summary['reconciled']}"
+    )
+    print(
+        f"  outputs in {out}: arrayrecord/ parquet/ errors/ summary.json preview.png; "
+        f"tasks {json.dumps(summary['by_task'])}"
+    )
 
 
 def main(output_dir: str) -> int:
@@ -32,12 +37,15 @@ def main(output_dir: str) -> int:
     with open(tokenizer, "wb") as fh:
         fh.write(train_demo_tokenizer())
     ok = True
-    for name, manifest, extra in (("images", images_manifest, []),
-                                  ("volumes", volumes_manifest, ["--slice_selection", "uniform", "--max_slices", "16"]),
-                                  ("slides", slides_manifest, ["--max_patches", "8", "--granularity", "slide,patch"])):
+    for name, manifest, extra in (
+        ("images", images_manifest, []),
+        ("volumes", volumes_manifest, ["--slice_selection", "uniform", "--max_slices", "16"]),
+        ("slides", slides_manifest, ["--max_patches", "8", "--granularity", "slide,patch"]),
+    ):
         out = os.path.join(output_dir, name)
-        summary = run_pipeline(name, ["--input", manifest, "--output_dir", out, "--tokenizer", tokenizer,
-                                      *_COMMON, *extra])
+        summary = run_pipeline(
+            name, ["--input", manifest, "--output_dir", out, "--tokenizer", tokenizer, *_COMMON, *extra]
+        )
         _report(name, out, summary)
         ok = ok and summary["reconciled"]
     return 0 if ok else 1

@@ -7,6 +7,7 @@ in the requested dtype), and an --output_dir that already holds outputs (unless 
 the input itself. Then the graph of medprep.pipelines.graphs.embed runs on the given Beam runner and
 its outputs are committed into --output_dir.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,6 +38,7 @@ def _int_in(low: int, high: int):
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {value}")
         return value
+
     return parse
 
 
@@ -50,30 +52,59 @@ def _formats(text: str) -> tuple:
 def add_embed_options(parser: argparse.ArgumentParser) -> None:
     """The options of `medprep embed` (DESIGN.md 'Embeddings')."""
     g = parser.add_argument_group("medprep embed options")
-    g.add_argument("--input", required=True,
-                   help="a finished output folder of medprep images|volumes|slides (local or gs://)")
-    g.add_argument("--model", required=True,
-                   help="a Hugging Face model folder (local or gs://): SigLIP / MedSigLIP, or a Gemma 3 / MedGemma "
-                        "checkpoint (its vision tower + multimodal projector); config.json, "
-                        "preprocessor_config.json and *.safetensors")
+    g.add_argument(
+        "--input", required=True, help="a finished output folder of medprep images|volumes|slides (local or gs://)"
+    )
+    g.add_argument(
+        "--model",
+        required=True,
+        help="a Hugging Face model folder (local or gs://): SigLIP / MedSigLIP, or a Gemma 3 / MedGemma "
+        "checkpoint (its vision tower + multimodal projector); config.json, "
+        "preprocessor_config.json and *.safetensors",
+    )
     g.add_argument("--output_dir", required=True, help="output folder for the embeddings, local or gs://")
-    g.add_argument("--pooling", choices=POOLINGS, default="pooled",
-                   help="pooled: one vector per image (default); tokens: the per-image token grid (Gemma 3: the "
-                        "256 visual tokens the language model consumes); both")
-    g.add_argument("--batch_size", type=_int_in(1, 4096), default=8,
-                   help="images per forward pass (default 8); part of the configuration: the same batch size "
-                        "gives byte-identical outputs")
-    g.add_argument("--dtype", choices=DTYPES, default="float32",
-                   help="dtype the encoder runs in (default float32); outputs are stored as float32")
-    g.add_argument("--device", choices=DEVICES, default="auto",
-                   help="auto (default): each worker uses its GPU when it has one, else the CPU")
-    g.add_argument("--input_format", choices=INPUT_FORMATS, default="auto",
-                   help="which shards of --input to read (auto: ArrayRecord for local inputs, Parquet for gs://, "
-                        "whichever the input has)")
-    g.add_argument("--formats", type=_formats, default=("arrayrecord", "parquet"),
-                   help="output formats: arrayrecord,parquet (default both)")
-    g.add_argument("--num_shards", type=_int_in(0, 100000), default=0,
-                   help="shards per split (0 = automatic, ~128 MiB each)")
+    g.add_argument(
+        "--pooling",
+        choices=POOLINGS,
+        default="pooled",
+        help="pooled: one vector per image (default); tokens: the per-image token grid (Gemma 3: the "
+        "256 visual tokens the language model consumes); both",
+    )
+    g.add_argument(
+        "--batch_size",
+        type=_int_in(1, 4096),
+        default=8,
+        help="images per forward pass (default 8); part of the configuration: the same batch size "
+        "gives byte-identical outputs",
+    )
+    g.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="dtype the encoder runs in (default float32); outputs are stored as float32",
+    )
+    g.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="auto (default): each worker uses its GPU when it has one, else the CPU",
+    )
+    g.add_argument(
+        "--input_format",
+        choices=INPUT_FORMATS,
+        default="auto",
+        help="which shards of --input to read (auto: ArrayRecord for local inputs, Parquet for gs://, "
+        "whichever the input has)",
+    )
+    g.add_argument(
+        "--formats",
+        type=_formats,
+        default=("arrayrecord", "parquet"),
+        help="output formats: arrayrecord,parquet (default both)",
+    )
+    g.add_argument(
+        "--num_shards", type=_int_in(0, 100000), default=0, help="shards per split (0 = automatic, ~128 MiB each)"
+    )
     g.add_argument("--model_name", default="", help="the `model` field of every row (default: the model folder's name)")
     g.add_argument("--overwrite", action="store_true", help="replace outputs already in --output_dir")
 
@@ -89,8 +120,11 @@ def _read_input_summary(path: str) -> dict:
     except Exception as exc:
         raise OptionError("--input", f"cannot read {path}: {exc}") from None
     if not exists:
-        raise OptionError("--input", f"{path} is not a finished medprep output (no summary.json; run medprep "
-                                     "images, volumes or slides first, or point at their --output_dir)")
+        raise OptionError(
+            "--input",
+            f"{path} is not a finished medprep output (no summary.json; run medprep "
+            "images, volumes or slides first, or point at their --output_dir)",
+        )
     try:
         with FileSystems.open(where, compression_type="uncompressed") as fh:
             summary = json.loads(fh.read())
@@ -98,8 +132,11 @@ def _read_input_summary(path: str) -> dict:
         raise OptionError("--input", f"{where} is not readable JSON: {exc}") from None
     if not isinstance(summary, dict) or summary.get("pipeline") not in SOURCE_PIPELINES:
         what = summary.get("pipeline") if isinstance(summary, dict) else None
-        raise OptionError("--input", f"{path} is not an output of medprep {'/'.join(SOURCE_PIPELINES)} "
-                                     f"(its summary.json names pipeline {what!r})")
+        raise OptionError(
+            "--input",
+            f"{path} is not an output of medprep {'/'.join(SOURCE_PIPELINES)} "
+            f"(its summary.json names pipeline {what!r})",
+        )
     return summary
 
 
@@ -116,8 +153,10 @@ def _input_shards(path: str, summary: dict, requested: str) -> tuple[str, list[d
     else:
         fmt = requested
     if fmt not in by_format:
-        raise OptionError("--input_format" if requested != "auto" else "--input",
-                          f"{path} lists no {fmt or 'ArrayRecord or Parquet'} shards in its summary.json")
+        raise OptionError(
+            "--input_format" if requested != "auto" else "--input",
+            f"{path} lists no {fmt or 'ArrayRecord or Parquet'} shards in its summary.json",
+        )
     shards = sorted(by_format[fmt], key=lambda f: f["path"])
     for f in shards:
         if not FileSystems.exists(join(path, f["path"])):
@@ -128,8 +167,11 @@ def _input_shards(path: str, summary: dict, requested: str) -> tuple[str, list[d
 def _ranges(shards: list[dict], images_per_record: float, batch_size: int) -> tuple:
     """(shard, start, stop) record ranges of about BATCHES_PER_RANGE batches of images each."""
     per_range = max(1, math.ceil(BATCHES_PER_RANGE * batch_size / max(images_per_record, 1.0)))
-    return tuple((f["path"], start, min(start + per_range, int(f["records"])))
-                 for f in shards for start in range(0, int(f["records"]), per_range))
+    return tuple(
+        (f["path"], start, min(start + per_range, int(f["records"])))
+        for f in shards
+        for start in range(0, int(f["records"]), per_range)
+    )
 
 
 def _load_model(path: str, dtype: str):
@@ -154,8 +196,9 @@ def _load_model(path: str, dtype: str):
         message = str(exc).replace(folder, strip_credentials(path)) if folder != path else str(exc)
         raise OptionError("--model", message) from None
     except Exception as exc:
-        raise OptionError("--model", f"{strip_credentials(path)}: the encoder does not run ({type(exc).__name__}: "
-                                     f"{exc})") from None
+        raise OptionError(
+            "--model", f"{strip_credentials(path)}: the encoder does not run ({type(exc).__name__}: {exc})"
+        ) from None
     return encoder.info
 
 
@@ -167,8 +210,11 @@ def _check_output_dir(output_dir: str, input_dir: str, overwrite: bool) -> None:
         raise OptionError("--output_dir", f"{output_dir} is the input folder; choose another folder")
     present = existing_outputs(output_dir)
     if present and not overwrite:
-        raise OptionError("--output_dir", f"{output_dir} already holds medprep outputs ({', '.join(present)}); "
-                                          "pass --overwrite to replace them or choose another folder")
+        raise OptionError(
+            "--output_dir",
+            f"{output_dir} already holds medprep outputs ({', '.join(present)}); "
+            "pass --overwrite to replace them or choose another folder",
+        )
     if "://" not in output_dir:
         try:
             os.makedirs(output_dir, exist_ok=True)
@@ -191,21 +237,38 @@ def config_from_args(args: argparse.Namespace) -> EmbedConfig:
     for f in shards:
         expected_rows[f["split"]] = expected_rows.get(f["split"], 0) + math.ceil(int(f["records"]) * per_record)
     rows, cols, dim = info.token_grid
-    per_row = row_bytes_estimate(info.embedding_dim if args.pooling != "tokens" else 0,
-                                 rows * cols * dim if args.pooling != "pooled" else 0)
+    per_row = row_bytes_estimate(
+        info.embedding_dim if args.pooling != "tokens" else 0, rows * cols * dim if args.pooling != "pooled" else 0
+    )
     plan = plan_embedding_shards(expected_rows, args.num_shards, per_row)
-    input_summary = {"pipeline": summary["pipeline"], "config_hash": summary.get("config_hash", ""),
-                     "examples": examples, "images": images}
+    input_summary = {
+        "pipeline": summary["pipeline"],
+        "config_hash": summary.get("config_hash", ""),
+        "examples": examples,
+        "images": images,
+    }
     name = args.model_name or os.path.basename(args.model.rstrip("/")) or "model"
     return EmbedConfig(
-        input=args.input, model=args.model, output_dir=args.output_dir, model_name=name,
-        model_hash=info.model_hash, encoder_info=json.dumps({**info.as_dict(), "dtype": args.dtype}, sort_keys=True),
+        input=args.input,
+        model=args.model,
+        output_dir=args.output_dir,
+        model_name=name,
+        model_hash=info.model_hash,
+        encoder_info=json.dumps({**info.as_dict(), "dtype": args.dtype}, sort_keys=True),
         input_format=fmt,
-        input_ranges=_ranges(shards, per_record, args.batch_size), input_summary=json.dumps(input_summary),
-        pooling=args.pooling, batch_size=args.batch_size, dtype=args.dtype,
-        device="" if args.device == "auto" else args.device, formats=args.formats, num_shards=args.num_shards,
-        shard_plan=tuple(sorted(plan.items())), overwrite=args.overwrite,
-        staging_dir=new_staging_dir(args.output_dir), expected_inputs=images)
+        input_ranges=_ranges(shards, per_record, args.batch_size),
+        input_summary=json.dumps(input_summary),
+        pooling=args.pooling,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        device="" if args.device == "auto" else args.device,
+        formats=args.formats,
+        num_shards=args.num_shards,
+        shard_plan=tuple(sorted(plan.items())),
+        overwrite=args.overwrite,
+        staging_dir=new_staging_dir(args.output_dir),
+        expected_inputs=images,
+    )
 
 
 def run_embed(config: EmbedConfig, beam_args: list[str]) -> dict:
@@ -219,8 +282,11 @@ def run_embed(config: EmbedConfig, beam_args: list[str]) -> dict:
     try:
         run(build, config, beam_args)
     except BaseException:
-        _LOG.error("the run failed; %s keeps its previous outputs (partial files are in %s)",
-                   strip_credentials(config.output_dir), strip_credentials(config.staging_dir))
+        _LOG.error(
+            "the run failed; %s keeps its previous outputs (partial files are in %s)",
+            strip_credentials(config.output_dir),
+            strip_credentials(config.staging_dir),
+        )
         raise
     commit_outputs(config.staging_dir, config.output_dir)
     with FileSystems.open(join(config.output_dir, "summary.json"), compression_type="uncompressed") as fh:
@@ -231,9 +297,11 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """(medprep embed options, Beam options); unknown options are refused (OptionError)."""
     from medprep.pipelines.cli.runner import check_beam_args
 
-    parser = argparse.ArgumentParser(prog="medprep embed",
-                                     description="Image embeddings / visual tokens of a finished medprep output. "
-                                                 "Unrecognized --options are Beam pipeline options.")
+    parser = argparse.ArgumentParser(
+        prog="medprep embed",
+        description="Image embeddings / visual tokens of a finished medprep output. "
+        "Unrecognized --options are Beam pipeline options.",
+    )
     add_embed_options(parser)
     args, beam_args = parser.parse_known_args(argv)
     check_beam_args(beam_args)
@@ -250,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     except OptionError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    except SystemExit as exc:   # argparse: --help (0) or a bad value (2)
+    except SystemExit as exc:  # argparse: --help (0) or a bad value (2)
         return exc.code if isinstance(exc.code, int) else 2
     print(json.dumps({k: summary[k] for k in ("inputs", "embeddings", "errors", "reconciled")}))
     return 0 if summary["reconciled"] else 1

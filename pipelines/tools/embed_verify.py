@@ -7,6 +7,7 @@ tokens: the token grid); ArrayRecord and Parquet hold the same rows, value for v
 input output's records, every row names an existing image of a record of the same split, and every image
 of the input has a row or an error line.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,11 +41,15 @@ def _check_row(row: dict, shard: dict, model: dict, pooling: str, problems: list
         problems.append(f"{where}: model_hash {row['model_hash'][:12]} is not the run's")
     emb, tokens = row["embedding"], row["tokens"]
     if pooling in ("pooled", "both") and (emb is None or emb.shape != (model["embedding_dim"],)):
-        problems.append(f"{where}: embedding shape {None if emb is None else emb.shape}, the model gives "
-                        f"({model['embedding_dim']},)")
+        problems.append(
+            f"{where}: embedding shape {None if emb is None else emb.shape}, the model gives "
+            f"({model['embedding_dim']},)"
+        )
     if pooling in ("tokens", "both") and (tokens is None or list(tokens.shape) != list(model["token_grid"])):
-        problems.append(f"{where}: tokens shape {None if tokens is None else tokens.shape}, the model gives "
-                        f"{tuple(model['token_grid'])}")
+        problems.append(
+            f"{where}: tokens shape {None if tokens is None else tokens.shape}, the model gives "
+            f"{tuple(model['token_grid'])}"
+        )
     for name, value in (("embedding", emb), ("tokens", tokens)):
         if value is not None and not np.isfinite(value).all():
             problems.append(f"{where}: {name} holds non-finite values")
@@ -116,14 +121,20 @@ def verify_embeddings(output_dir: str, check_input: bool = True) -> tuple[list[s
             for key in sorted(one):
                 a, b = one[key], two[key]
                 same = all(
-                    (a[k] is None and b[k] is None) or (a[k] is not None and b[k] is not None
-                                                        and np.array_equal(a[k], b[k]))
-                    for k in ("embedding", "tokens")) and all(a[k] == b[k] for k in a if k not in ("embedding",
-                                                                                                  "tokens"))
+                    (a[k] is None and b[k] is None)
+                    or (a[k] is not None and b[k] is not None and np.array_equal(a[k], b[k]))
+                    for k in ("embedding", "tokens")
+                ) and all(a[k] == b[k] for k in a if k not in ("embedding", "tokens"))
                 if not same:
                     problems.append(f"row {key[0]}/{key[1]} differs between ArrayRecord and Parquet")
-    facts = {"embeddings": embeddings, "errors": nerr, "inputs": inputs, "formats": formats,
-             "shards": sum(1 for f in summary["files"] if "format" in f), "input_checked": False}
+    facts = {
+        "embeddings": embeddings,
+        "errors": nerr,
+        "inputs": inputs,
+        "formats": formats,
+        "shards": sum(1 for f in summary["files"] if "format" in f),
+        "input_checked": False,
+    }
     if check_input and formats:
         source = summary["input"]["path"]
         local = localize(source) if "://" in source else source
@@ -140,15 +151,19 @@ def verify_embeddings(output_dir: str, check_input: bool = True) -> tuple[list[s
             unknown = [k for k in rows if k not in images]
             wrong_split = [k for k in rows if k in images and images[k] != rows[k]["split"]]
             refs = set(error_refs)
-            failed_range = any(r.endswith("]") for r in refs)   # an unreadable record range names no image
+            failed_range = any(r.endswith("]") for r in refs)  # an unreadable record range names no image
             unaccounted = [] if failed_range else [k for k in images if k not in rows and f"{k[0]}/{k[1]}" not in refs]
-            for what, keys in (("names no image of the input", unknown),
-                               ("has another split than its record", wrong_split)):
+            for what, keys in (
+                ("names no image of the input", unknown),
+                ("has another split than its record", wrong_split),
+            ):
                 if keys:
                     problems.append(f"{len(keys)} row(s) {what} (first: {keys[0][0]}/{keys[0][1]})")
             if unaccounted:
-                problems.append(f"{len(unaccounted)} input image(s) have neither a row nor an error line (first: "
-                                f"{unaccounted[0][0]}/{unaccounted[0][1]})")
+                problems.append(
+                    f"{len(unaccounted)} input image(s) have neither a row nor an error line (first: "
+                    f"{unaccounted[0][0]}/{unaccounted[0][1]})"
+                )
             facts.update(input_checked=True, input_images=len(images))
     return problems, facts
 

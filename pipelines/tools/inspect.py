@@ -7,6 +7,7 @@ under different patient keys: pixel-identical ones and perceptually similar pair
 `medprep verify --near_duplicates`). Works on local folders; gs:// outputs are copied to a
 temporary folder first.
 """
+
 from __future__ import annotations
 
 import base64
@@ -27,21 +28,23 @@ from medprep.schemas.readers import read_arrayrecord_shard, read_parquet_shard, 
 SAMPLES_PER_GROUP = 4
 THUMB = 192
 SLICE_THUMB = 96
-PAIR_ROWS = 24   # duplicate rows shown with thumbnails; the rest are counted
+PAIR_ROWS = 24  # duplicate rows shown with thumbnails; the rest are counted
 # The report's style sheet, a line per group of rules as the page carries it.
-_STYLE = "\n".join((
-    "body{font:14px system-ui,sans-serif;margin:24px;color:#222} h1{margin:0 0 4px} "
-    "table{border-collapse:collapse;margin:8px 16px 16px 0;display:inline-table;vertical-align:top}",
-    "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left} td.n{text-align:right} .ok{color:#070} "
-    ".bad{color:#b00}",
-    ".sample{display:inline-block;vertical-align:top;width:420px;margin:0 12px 16px 0} "
-    ".imgs img{margin:0 2px 2px 0;background:#000}",
-    "figure.slice,figure.slidemap{display:inline-block;margin:0 3px 3px 0} figure.slice figcaption{font-size:10px} "
-    ".chan figure{display:inline-block;margin:0 4px 0 0} .chan figcaption{font-size:11px}",
-    ".meta{color:#666;font-size:12px;margin:2px 0} .prompt{font-style:italic;margin:2px 0} "
-    ".text{margin:2px 0;white-space:pre-wrap}",
-    ".hist{display:inline-block;margin:0 16px 16px 0} .hist rect{fill:#4a7} svg{background:#f6f6f6}",
-))
+_STYLE = "\n".join(
+    (
+        "body{font:14px system-ui,sans-serif;margin:24px;color:#222} h1{margin:0 0 4px} "
+        "table{border-collapse:collapse;margin:8px 16px 16px 0;display:inline-table;vertical-align:top}",
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left} td.n{text-align:right} .ok{color:#070} "
+        ".bad{color:#b00}",
+        ".sample{display:inline-block;vertical-align:top;width:420px;margin:0 12px 16px 0} "
+        ".imgs img{margin:0 2px 2px 0;background:#000}",
+        "figure.slice,figure.slidemap{display:inline-block;margin:0 3px 3px 0} figure.slice figcaption{font-size:10px} "
+        ".chan figure{display:inline-block;margin:0 4px 0 0} .chan figcaption{font-size:11px}",
+        ".meta{color:#666;font-size:12px;margin:2px 0} .prompt{font-style:italic;margin:2px 0} "
+        ".text{margin:2px 0;white-space:pre-wrap}",
+        ".hist{display:inline-block;margin:0 16px 16px 0} .hist rect{fill:#4a7} svg{background:#f6f6f6}",
+    )
+)
 
 
 def _data_uri(img: Image.Image) -> str:
@@ -57,8 +60,9 @@ def _thumb(data: bytes, size: int) -> Image.Image:
 
 
 def _img_tag(img: Image.Image, alt: str, cls: str = "") -> str:
-    return (f'<img class="{cls}" alt="{html.escape(alt)}" src="{_data_uri(img)}" '
-            f'width="{img.width}" height="{img.height}">')
+    return (
+        f'<img class="{cls}" alt="{html.escape(alt)}" src="{_data_uri(img)}" width="{img.width}" height="{img.height}">'
+    )
 
 
 _URL_USER = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
@@ -85,8 +89,9 @@ def source_refs(summary: dict) -> dict[str, str]:
     return refs
 
 
-def slide_map(rec: dict, infos: list[dict], manifest: str, side: int = 320,
-              refs: dict | None = None) -> Image.Image | None:
+def slide_map(
+    rec: dict, infos: list[dict], manifest: str, side: int = 320, refs: dict | None = None
+) -> Image.Image | None:
     """The slide's thumbnail with its tissue mask tinted green and the record's patches outlined in red,
     or None when the source slide cannot be opened now. `refs` maps hashed sources back (source_refs)."""
     import numpy as np
@@ -100,7 +105,7 @@ def slide_map(rec: dict, infos: list[dict], manifest: str, side: int = 320,
     ref = resolve_ref((refs or {}).get(rec["source"][0], rec["source"][0]), manifest)
     try:
         local = None if ref.startswith(("http://", "https://")) else localize_file(ref)
-        reader = open_slide(local.path if local else ref, assume_mpp=1.0)   # DICOMweb series open directly
+        reader = open_slide(local.path if local else ref, assume_mpp=1.0)  # DICOMweb series open directly
         try:
             thumb, downsample = reader.thumbnail(8.0)
         finally:
@@ -131,14 +136,18 @@ def _sample_html(rec: dict, manifest: str = "", refs: dict | None = None) -> str
     if rec["task"] == "slide":
         overview = slide_map(rec, infos, manifest, refs=refs)
         if overview is not None:
-            parts.append(f'<figure class="slidemap">{_img_tag(overview, "slide map")}'
-                         f'<figcaption>tissue (green) and the {len(infos)} patches (red)</figcaption></figure>')
+            parts.append(
+                f'<figure class="slidemap">{_img_tag(overview, "slide map")}'
+                f"<figcaption>tissue (green) and the {len(infos)} patches (red)</figcaption></figure>"
+            )
     if rec["task"] in ("series", "slide") or len(rec["images"]) > 2:
         step = max(1, len(rec["images"]) // 8)
         for data, info in list(zip(rec["images"], infos))[::step][:8]:
             label = html.escape(str(info.get("slice_label", "")))
-            parts.append(f'<figure class="slice">{_img_tag(_thumb(data, SLICE_THUMB), label)}'
-                         f'<figcaption>{label}</figcaption></figure>')
+            parts.append(
+                f'<figure class="slice">{_img_tag(_thumb(data, SLICE_THUMB), label)}'
+                f"<figcaption>{label}</figcaption></figure>"
+            )
     else:
         for data in rec["images"]:
             img = _thumb(data, THUMB)
@@ -152,14 +161,21 @@ def _sample_html(rec: dict, manifest: str = "", refs: dict | None = None) -> str
     if rec["modality"] == "CT":
         windows = re.findall(r"\[[^\]]+\]", infos[0].get("intensity", "")) or ["R", "G", "B"]
         channels = _thumb(rec["images"][len(rec["images"]) // 2], SLICE_THUMB).split()
-        parts.append('<div class="chan">' + "".join(
-            f'<figure>{_img_tag(ch, "channel")}<figcaption>{html.escape(w)} HU</figcaption></figure>'
-            for ch, w in zip(channels, windows)) + "</div>")
+        parts.append(
+            '<div class="chan">'
+            + "".join(
+                f"<figure>{_img_tag(ch, 'channel')}<figcaption>{html.escape(w)} HU</figcaption></figure>"
+                for ch, w in zip(channels, windows)
+            )
+            + "</div>"
+        )
     text = rec["text"] if len(rec["text"]) < 400 else rec["text"][:400] + "…"
-    tokens = f'{len(rec["prompt_ids"])} prompt / {len(rec["text_ids"])} text / {len(rec["input_ids"])} chat tokens'
-    return (f'<div class="sample"><div class="imgs">{"".join(parts)}</div>'
-            f'<p class="meta">{html.escape(rec["split"])} · {len(rec["images"])} image(s) · {tokens}</p>'
-            f'<p class="prompt">{html.escape(rec["prompt"])}</p><p class="text">{html.escape(text)}</p></div>')
+    tokens = f"{len(rec['prompt_ids'])} prompt / {len(rec['text_ids'])} text / {len(rec['input_ids'])} chat tokens"
+    return (
+        f'<div class="sample"><div class="imgs">{"".join(parts)}</div>'
+        f'<p class="meta">{html.escape(rec["split"])} · {len(rec["images"])} image(s) · {tokens}</p>'
+        f'<p class="prompt">{html.escape(rec["prompt"])}</p><p class="text">{html.escape(text)}</p></div>'
+    )
 
 
 def _histogram_svg(values: list[int], title: str, bins: int = 20) -> str:
@@ -173,10 +189,14 @@ def _histogram_svg(values: list[int], title: str, bins: int = 20) -> str:
     bars = "".join(
         f'<rect x="{i * 400 / n:.1f}" y="{100 - 100 * counts.get(i, 0) / top:.1f}" width="{400 / n - 1:.1f}" '
         f'height="{100 * counts.get(i, 0) / top:.1f}"><title>{lo + i * width}–{lo + (i + 1) * width - 1}: '
-        f'{counts.get(i, 0)}</title></rect>' for i in range(n))
-    return (f'<figure class="hist"><svg viewBox="0 0 400 100" width="400" height="100">{bars}</svg>'
-            f'<figcaption>{html.escape(title)}: n={len(values)}, min {lo}, median {sorted(values)[len(values) // 2]}, '
-            f'max {hi}</figcaption></figure>')
+        f"{counts.get(i, 0)}</title></rect>"
+        for i in range(n)
+    )
+    return (
+        f'<figure class="hist"><svg viewBox="0 0 400 100" width="400" height="100">{bars}</svg>'
+        f"<figcaption>{html.escape(title)}: n={len(values)}, min {lo}, median {sorted(values)[len(values) // 2]}, "
+        f"max {hi}</figcaption></figure>"
+    )
 
 
 def _error_groups(errors: list[dict]) -> list[tuple[tuple, int, list[str]]]:
@@ -188,8 +208,10 @@ def _error_groups(errors: list[dict]) -> list[tuple[tuple, int, list[str]]]:
 
 
 def _table(rows: dict, name: str) -> str:
-    body = "".join(f'<tr data-{name}="{html.escape(str(k))}"><td>{html.escape(str(k))}</td><td class="n">{v}</td></tr>'
-                   for k, v in sorted(rows.items()))
+    body = "".join(
+        f'<tr data-{name}="{html.escape(str(k))}"><td>{html.escape(str(k))}</td><td class="n">{v}</td></tr>'
+        for k, v in sorted(rows.items())
+    )
     return f'<table class="counts"><tr><th>{name}</th><th>examples</th></tr>{body}</table>'
 
 
@@ -198,7 +220,7 @@ def _pair_thumbs(shards: list[str], wanted: set) -> dict:
     tags = {}
     ids = {eid for eid, _ in wanted}
     for shard in shards:
-        for rec in (read_parquet_shard(shard) if shard.endswith(".parquet") else read_arrayrecord_shard(shard)):
+        for rec in read_parquet_shard(shard) if shard.endswith(".parquet") else read_arrayrecord_shard(shard):
             if rec["example_id"] in ids:
                 for i, data in enumerate(rec["images"]):
                     key = (rec["example_id"], i)
@@ -209,8 +231,10 @@ def _pair_thumbs(shards: list[str], wanted: set) -> dict:
 
 def _image_cell(ref: tuple, tags: dict) -> str:
     eid, i, split = ref
-    return (f'<td>{tags.get((eid, i), "")}<br><span class="meta">{html.escape(split)} · '
-            f'{html.escape(eid)} image {i}</span></td>')
+    return (
+        f'<td>{tags.get((eid, i), "")}<br><span class="meta">{html.escape(split)} · '
+        f"{html.escape(eid)} image {i}</span></td>"
+    )
 
 
 def _more(rows: list, shown: list) -> str:
@@ -221,34 +245,48 @@ def _skipped_series_html(skipped: dict) -> str:
     """Series left out of inputs that still gave records (a scout, a filtered or broken series), by reason."""
     if not skipped:
         return ""
-    rows = "".join(f'<tr><td>{html.escape(reason)}</td><td class="n">{n}</td></tr>'
-                   for reason, n in sorted(skipped.items()))
-    return (f'<h3>Series skipped ({sum(skipped.values())})</h3><table id="series-skipped"><tr><th>reason</th>'
-            f"<th>count</th></tr>{rows}</table>")
+    rows = "".join(
+        f'<tr><td>{html.escape(reason)}</td><td class="n">{n}</td></tr>' for reason, n in sorted(skipped.items())
+    )
+    return (
+        f'<h3>Series skipped ({sum(skipped.values())})</h3><table id="series-skipped"><tr><th>reason</th>'
+        f"<th>count</th></tr>{rows}</table>"
+    )
 
 
 def _duplicates_html(dups, shards: list[str]) -> str:
     """The 'Duplicates across splits' section: not run, or (identical groups, near pairs, truncated, distance)."""
     if dups is None:
-        return ('<p id="duplicates-not-run">not checked: <code>medprep inspect OUT --near_duplicates</code> '
-                'hashes every image and lists the pairs here</p>')
+        return (
+            '<p id="duplicates-not-run">not checked: <code>medprep inspect OUT --near_duplicates</code> '
+            "hashes every image and lists the pairs here</p>"
+        )
     identical, near, truncated, distance = dups
     shown_groups, shown_pairs = identical[:PAIR_ROWS], near[:PAIR_ROWS]
     wanted = {(eid, i) for group in shown_groups for eid, i, _ in group}
     wanted |= {(ref[0], ref[1]) for _, one, two, _ in shown_pairs for ref in (one, two)}
     tags = _pair_thumbs(shards, wanted) if wanted else {}
-    groups = "".join(f'<tr class="identical" data-images="{html.escape(" ".join(f"{e}:{i}" for e, i, _ in g))}">'
-                     + "".join(_image_cell(ref, tags) for ref in g) + "</tr>" for g in shown_groups)
-    pairs = "".join(f'<tr class="near" data-bits="{bits}" data-a="{html.escape(one[0])}:{one[1]}" '
-                    f'data-b="{html.escape(two[0])}:{two[1]}"><td class="n">{bits}</td>'
-                    f'{_image_cell(one, tags)}{_image_cell(two, tags)}</tr>' for bits, one, two, _ in shown_pairs)
-    return (f'<h3>Identical images under different patient keys '
-            f'(<span id="identical-count">{len(identical)}</span>)</h3>'
-            f'<table id="identical">{groups}</table>{_more(identical, shown_groups)}'
-            f'<h3>Near-duplicate pairs, pHash at most {distance} of 64 bits apart '
-            f'(<span id="near-count">{len(near)}{"+" if truncated else ""}</span>)</h3>'
-            f'<table id="near-duplicates"><tr><th>bits apart</th><th>image</th><th>image</th></tr>{pairs}</table>'
-            f'{_more(near, shown_pairs)}')
+    groups = "".join(
+        f'<tr class="identical" data-images="{html.escape(" ".join(f"{e}:{i}" for e, i, _ in g))}">'
+        + "".join(_image_cell(ref, tags) for ref in g)
+        + "</tr>"
+        for g in shown_groups
+    )
+    pairs = "".join(
+        f'<tr class="near" data-bits="{bits}" data-a="{html.escape(one[0])}:{one[1]}" '
+        f'data-b="{html.escape(two[0])}:{two[1]}"><td class="n">{bits}</td>'
+        f"{_image_cell(one, tags)}{_image_cell(two, tags)}</tr>"
+        for bits, one, two, _ in shown_pairs
+    )
+    return (
+        f"<h3>Identical images under different patient keys "
+        f'(<span id="identical-count">{len(identical)}</span>)</h3>'
+        f'<table id="identical">{groups}</table>{_more(identical, shown_groups)}'
+        f"<h3>Near-duplicate pairs, pHash at most {distance} of 64 bits apart "
+        f'(<span id="near-count">{len(near)}{"+" if truncated else ""}</span>)</h3>'
+        f'<table id="near-duplicates"><tr><th>bits apart</th><th>image</th><th>image</th></tr>{pairs}</table>'
+        f"{_more(near, shown_pairs)}"
+    )
 
 
 def build_report(folder: str, near_duplicates: bool = False, phash_distance: int | None = None) -> tuple[str, bytes]:
@@ -270,7 +308,7 @@ def build_report(folder: str, near_duplicates: bool = False, phash_distance: int
     lengths = defaultdict(list)
     sheet: list[tuple[str, bytes, str]] = []
     for shard in shards:
-        for rec in (read_parquet_shard(shard) if shard.endswith(".parquet") else read_arrayrecord_shard(shard)):
+        for rec in read_parquet_shard(shard) if shard.endswith(".parquet") else read_arrayrecord_shard(shard):
             lengths["text tokens"].append(len(rec["text_ids"]))
             lengths["prompt tokens"].append(len(rec["prompt_ids"]))
             lengths["chat sequence tokens"].append(len(rec["input_ids"]))
@@ -288,42 +326,54 @@ def build_report(folder: str, near_duplicates: bool = False, phash_distance: int
     sheet_png = contact_sheet(sorted(sheet))
     dups = (index.identical_across_splits(), *index.near_pairs(distance), distance) if index is not None else None
     status = "reconciled" if summary["reconciled"] else "NOT reconciled"
-    counts = "".join(f'<tr><td>{k}</td><td class="n" id="count-{k}">{summary[k]}</td></tr>'
-                     for k in ("inputs", "inputs_with_examples", "examples", "images", "errors"))
+    counts = "".join(
+        f'<tr><td>{k}</td><td class="n" id="count-{k}">{summary[k]}</td></tr>'
+        for k in ("inputs", "inputs_with_examples", "examples", "images", "errors")
+    )
     refs = source_refs(summary) if any(t == "slide" for t, _ in groups) else {}
-    samples = "".join(f'<section class="group"><h3>{html.escape(t)} · {html.escape(m)}</h3>'
-                      + "".join(_sample_html(r, summary["config"].get("input", ""), refs) for r in recs) + "</section>"
-                      for (t, m), recs in sorted(groups.items()))
+    samples = "".join(
+        f'<section class="group"><h3>{html.escape(t)} · {html.escape(m)}</h3>'
+        + "".join(_sample_html(r, summary["config"].get("input", ""), refs) for r in recs)
+        + "</section>"
+        for (t, m), recs in sorted(groups.items())
+    )
     hists = "".join(_histogram_svg(v, k) for k, v in lengths.items() if any(v))
     error_rows = "".join(
         f'<tr><td>{html.escape(s)}</td><td>{html.escape(c)}</td><td>{html.escape(r)}</td><td class="n">{n}</td>'
-        f'<td>{"<br>".join(html.escape(x) for x in refs)}</td></tr>' for (s, c, r), n, refs in _error_groups(errors))
-    config = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(json.dumps(v))}</td></tr>"
-                     for k, v in sorted(summary["config"].items()))
+        f"<td>{'<br>'.join(html.escape(x) for x in refs)}</td></tr>"
+        for (s, c, r), n, refs in _error_groups(errors)
+    )
+    config = "".join(
+        f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(json.dumps(v))}</td></tr>"
+        for k, v in sorted(summary["config"].items())
+    )
     versions = ", ".join(f"{k} {v}" for k, v in sorted(summary.get("versions", {}).items()))
     output_dir = html.escape(summary["config"].get("output_dir", ""))
     status_class = "ok" if summary["reconciled"] else "bad"
-    tables = (_table(summary["by_split"], "split") + _table(summary["by_task"], "task")
-              + _table(summary["by_modality"], "modality"))
+    tables = (
+        _table(summary["by_split"], "split")
+        + _table(summary["by_task"], "task")
+        + _table(summary["by_modality"], "modality")
+    )
     sheet_base64 = base64.b64encode(sheet_png).decode("ascii")
     error_headers = "".join(f"<th>{h}</th>" for h in ("stage", "error", "reason", "count", "examples"))
     page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>medprep report — {html.escape(summary['pipeline'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>medprep report — {html.escape(summary["pipeline"])}</title>
 <style>
 {_STYLE}
 </style></head>
-<body data-pipeline="{html.escape(summary['pipeline'])}">
-<h1>medprep {html.escape(summary['pipeline'])}</h1>
+<body data-pipeline="{html.escape(summary["pipeline"])}">
+<h1>medprep {html.escape(summary["pipeline"])}</h1>
 <p>{output_dir} · <span class="{status_class}" id="status">{status}</span>
-· config {summary['config_hash'][:12]}</p>
+· config {summary["config_hash"][:12]}</p>
 <h2>Counts</h2>
 <table class="counts"><tr><th>what</th><th>count</th></tr>{counts}</table>
 {tables}
-<h2>Samples</h2>{samples or '<p>no examples</p>'}
+<h2>Samples</h2>{samples or "<p>no examples</p>"}
 <h2>Lengths</h2>{hists}
 <h2>Errors ({len(errors)})</h2>
 <table id="errors"><tr>{error_headers}</tr>{error_rows}</table>
-{_skipped_series_html(summary.get('series_skipped') or {})}
+{_skipped_series_html(summary.get("series_skipped") or {})}
 <h2 id="duplicates">Duplicates across splits</h2>{_duplicates_html(dups, shards)}
 <h2>Contact sheet</h2><img id="contact-sheet" alt="contact sheet" src="data:image/png;base64,{sheet_base64}">
 <h2>Configuration</h2><table>{config}</table>
@@ -365,12 +415,18 @@ def main(argv: list[str]) -> int:
     from medprep.pipelines.tools.verify import DEFAULT_PHASH_DISTANCE, MAX_PHASH_DISTANCE, phash_distance_option
 
     ap.add_argument("output_dir", help="a medprep output folder (local or gs://)")
-    ap.add_argument("--near_duplicates", action="store_true",
-                    help="hash every image and list identical and similar images in different splits under "
-                         "different patient keys")
-    ap.add_argument("--phash_distance", type=phash_distance_option, default=DEFAULT_PHASH_DISTANCE,
-                    help=f"with --near_duplicates: at most this many of 64 pHash bits differ "
-                         f"(default {DEFAULT_PHASH_DISTANCE}, at most {MAX_PHASH_DISTANCE})")
+    ap.add_argument(
+        "--near_duplicates",
+        action="store_true",
+        help="hash every image and list identical and similar images in different splits under different patient keys",
+    )
+    ap.add_argument(
+        "--phash_distance",
+        type=phash_distance_option,
+        default=DEFAULT_PHASH_DISTANCE,
+        help=f"with --near_duplicates: at most this many of 64 pHash bits differ "
+        f"(default {DEFAULT_PHASH_DISTANCE}, at most {MAX_PHASH_DISTANCE})",
+    )
     args = ap.parse_args(argv)
     if not os.path.exists(os.path.join(args.output_dir, "summary.json")) and "://" not in args.output_dir:
         print(f"medprep: error: {args.output_dir}: no summary.json (not a finished medprep output)")

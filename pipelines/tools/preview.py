@@ -1,4 +1,5 @@
 """preview.png: a contact sheet of sampled output images with their captions."""
+
 from __future__ import annotations
 
 import io

@@ -11,6 +11,7 @@ reference (see `path_components` for which components count). `--near_duplicates
 pairs of perceptually similar images (64-bit DCT pHash) in different splits under different
 patient keys: findings to review, not failures.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,15 +35,15 @@ from medprep.schemas.fields import FIELD_BY_NAME, FIELD_NAMES, validate_record
 from medprep.schemas.readers import read_arrayrecord_shard, read_parquet_shard
 from medprep.transforms.dicom_io import PHI_KEYWORDS, read_header
 
-MIN_PHI_LENGTH = 4   # shorter values ("1", "M", "p1") would match everywhere
-MIN_DIGITS = 6       # an all-digit value shorter than this ("2020", "0001", "1792") is a year, counter or coordinate
-HEADER_FILES_PER_FOLDER = 4   # a folder reference (one series) shares one patient: read a few headers, not all
+MIN_PHI_LENGTH = 4  # shorter values ("1", "M", "p1") would match everywhere
+MIN_DIGITS = 6  # an all-digit value shorter than this ("2020", "0001", "1792") is a year, counter or coordinate
+HEADER_FILES_PER_FOLDER = 4  # a folder reference (one series) shares one patient: read a few headers, not all
 KINDS = ("dicom_header", "manifest_patient_id", "path_component", "url_credential")
 SPLIT_ORDER = ("train", "val", "test")
-DEFAULT_PHASH_DISTANCE = 4   # re-encoded or slightly resized copies differ by 0-2 bits; unrelated images by ~32
-MAX_PHASH_DISTANCE = 16      # beyond this the pigeonhole blocks get too small to search quickly
-MAX_NEAR_PAIRS = 1000        # collected pairs are capped (reported as truncated) to bound memory
-FLAT_STD = 2.0               # grey levels: a 32x32 thumbnail this flat has no structure to compare
+DEFAULT_PHASH_DISTANCE = 4  # re-encoded or slightly resized copies differ by 0-2 bits; unrelated images by ~32
+MAX_PHASH_DISTANCE = 16  # beyond this the pigeonhole blocks get too small to search quickly
+MAX_NEAR_PAIRS = 1000  # collected pairs are capped (reported as truncated) to bound memory
+FLAT_STD = 2.0  # grey levels: a 32x32 thumbnail this flat has no structure to compare
 
 # Path components that are not identifiers. A component is skipped when it is
 # - shorter than MIN_PHI_LENGTH, or all digits and shorter than MIN_DIGITS;
@@ -57,27 +58,142 @@ FLAT_STD = 2.0               # grey levels: a 32x32 thumbnail this flat has no s
 # - for http(s) references (DICOMweb) the host, everything before `studies` (the service root: project,
 #   dataset, store names) and the DICOMweb words; for gs:// the bucket.
 # What remains is typically what PACS exports put in names: MRNs, NAME^GIVEN_birthdate, accession numbers.
-GENERIC_COMPONENTS = frozenset({
-    "data", "images", "image", "img", "imgs", "tmp", "temp", "dicom", "dcm", "nifti", "series", "study", "studies",
-    "scans", "slides", "raw", "input", "inputs", "output", "outputs", "export", "exports", "samples", "files",
-    "train", "val", "valid", "validation", "test", "dicom-web", "dicom_web", "wado-rs", "qido-rs", "stow-rs",
-    "dicomdir", "manifest.jsonl", "manifest.csv", "manifest.parquet"})
-SYSTEM_ROOTS = frozenset({"tmp", "var", "mnt", "media", "opt", "srv", "scratch", "private", "data", "volumes",
-                          "content", "workspace", "root", "home", "users", "gcs"})
+GENERIC_COMPONENTS = frozenset(
+    {
+        "data",
+        "images",
+        "image",
+        "img",
+        "imgs",
+        "tmp",
+        "temp",
+        "dicom",
+        "dcm",
+        "nifti",
+        "series",
+        "study",
+        "studies",
+        "scans",
+        "slides",
+        "raw",
+        "input",
+        "inputs",
+        "output",
+        "outputs",
+        "export",
+        "exports",
+        "samples",
+        "files",
+        "train",
+        "val",
+        "valid",
+        "validation",
+        "test",
+        "dicom-web",
+        "dicom_web",
+        "wado-rs",
+        "qido-rs",
+        "stow-rs",
+        "dicomdir",
+        "manifest.jsonl",
+        "manifest.csv",
+        "manifest.parquet",
+    }
+)
+SYSTEM_ROOTS = frozenset(
+    {
+        "tmp",
+        "var",
+        "mnt",
+        "media",
+        "opt",
+        "srv",
+        "scratch",
+        "private",
+        "data",
+        "volumes",
+        "content",
+        "workspace",
+        "root",
+        "home",
+        "users",
+        "gcs",
+    }
+)
 ACCOUNT_ROOTS = frozenset({"home", "users"})
-DICOMWEB_WORDS = frozenset({"studies", "series", "instances", "frames", "rendered", "metadata", "bulkdata",
-                            "thumbnail", "dicomweb", "dicom-web", "wado", "wado-rs", "rs"})
-EXTENSIONS = frozenset({"dcm", "dicom", "ima", "png", "jpg", "jpeg", "tif", "tiff", "svs", "ndpi", "mrxs", "scn",
-                        "vms", "bif", "nii", "gz", "nii.gz", "nrrd", "mha", "mhd", "bmp", "gif", "json", "jsonl",
-                        "csv", "parquet", "zip"})
-NOT_DICOM = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".svs", ".ndpi", ".mrxs", ".scn", ".nii", ".nii.gz",
-             ".nrrd", ".mha", ".mhd", ".bmp", ".gif")
+DICOMWEB_WORDS = frozenset(
+    {
+        "studies",
+        "series",
+        "instances",
+        "frames",
+        "rendered",
+        "metadata",
+        "bulkdata",
+        "thumbnail",
+        "dicomweb",
+        "dicom-web",
+        "wado",
+        "wado-rs",
+        "rs",
+    }
+)
+EXTENSIONS = frozenset(
+    {
+        "dcm",
+        "dicom",
+        "ima",
+        "png",
+        "jpg",
+        "jpeg",
+        "tif",
+        "tiff",
+        "svs",
+        "ndpi",
+        "mrxs",
+        "scn",
+        "vms",
+        "bif",
+        "nii",
+        "gz",
+        "nii.gz",
+        "nrrd",
+        "mha",
+        "mhd",
+        "bmp",
+        "gif",
+        "json",
+        "jsonl",
+        "csv",
+        "parquet",
+        "zip",
+    }
+)
+NOT_DICOM = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".tif",
+    ".tiff",
+    ".svs",
+    ".ndpi",
+    ".mrxs",
+    ".scn",
+    ".nii",
+    ".nii.gz",
+    ".nrrd",
+    ".mha",
+    ".mhd",
+    ".bmp",
+    ".gif",
+)
 _UID = re.compile(r"\d+(?:\.\d+)+")
 _ALNUM_RUN = re.compile(r"[^\W_]+")
 _EDGES = re.compile(r"^[\W_]+|[\W_]+$")
 
 
 # ---------------------------------------------------------------------------------------------- identifiers
+
 
 def _clean(value: str) -> str:
     """A value as matched: trimmed of non-alphanumeric edges ('(MRN-1)' -> 'MRN-1')."""
@@ -98,7 +214,7 @@ class IdentifierSet:
     """
 
     def __init__(self):
-        self.values: dict[str, tuple[str, str]] = {}    # casefolded value -> (description, kind)
+        self.values: dict[str, tuple[str, str]] = {}  # casefolded value -> (description, kind)
         self._by_run: dict[str, list[str]] = defaultdict(list)
         self._patterns: dict[str, re.Pattern] = {}
 
@@ -109,7 +225,7 @@ class IdentifierSet:
         if not worth_checking(value) or key in self.values:
             return
         self.values[key] = (what, kind)
-        first_run = cast(re.Match[str], _ALNUM_RUN.match(key))   # a cleaned value starts with a letter or digit
+        first_run = cast(re.Match[str], _ALNUM_RUN.match(key))  # a cleaned value starts with a letter or digit
         self._by_run[first_run.group(0)].append(key)
 
     def counts(self) -> dict[str, int]:
@@ -165,19 +281,19 @@ def _raw_components(ref: str, manifest: str) -> list[str]:
         if url.scheme in ("http", "https"):
             folded = [p.casefold() for p in parts]
             if "studies" in folded:
-                parts = parts[folded.index("studies"):]
+                parts = parts[folded.index("studies") :]
             return [p for p in parts if p.casefold() not in DICOMWEB_WORDS]
-        if "://" in manifest:   # gs://bucket/dir/manifest.jsonl: components below the manifest's folder
+        if "://" in manifest:  # gs://bucket/dir/manifest.jsonl: components below the manifest's folder
             base = posixpath.dirname(manifest).rstrip("/") + "/"
             if ref.startswith(base):
-                return [p for p in ref[len(base):].split("/") if p]
-        return parts            # the bucket is the URL's host: not a component
+                return [p for p in ref[len(base) :].split("/") if p]
+        return parts  # the bucket is the URL's host: not a component
     if not os.path.isabs(ref):  # relative to the manifest's folder, as written
         return [p for p in re.split(r"[/\\]", ref) if p not in ("", ".", "..")]
     if manifest and "://" not in manifest:
         base = os.path.dirname(os.path.abspath(manifest))
         if ref.startswith(base.rstrip(os.sep) + os.sep):
-            return [p for p in ref[len(base.rstrip(os.sep)) + 1:].split(os.sep) if p]
+            return [p for p in ref[len(base.rstrip(os.sep)) + 1 :].split(os.sep) if p]
     return _strip_system_roots([p for p in ref.split(os.sep) if p])
 
 
@@ -186,8 +302,13 @@ def _is_generic(component: str) -> bool:
     stem = folded
     while "." in stem and stem.rsplit(".", 1)[1] in EXTENSIONS:
         stem = stem.rsplit(".", 1)[0]
-    return (folded in GENERIC_COMPONENTS or folded.lstrip(".") in EXTENSIONS or folded.isalpha()
-            or not stem or bool(_UID.fullmatch(stem)))
+    return (
+        folded in GENERIC_COMPONENTS
+        or folded.lstrip(".") in EXTENSIONS
+        or folded.isalpha()
+        or not stem
+        or bool(_UID.fullmatch(stem))
+    )
 
 
 def path_components(ref: str, manifest: str, skip: set[str]) -> list[str]:
@@ -265,10 +386,11 @@ class Inputs:
     def __init__(self, summary: dict):
         self.config = summary["config"]
         self.manifest = self.config.get("input", "") or ""
-        self.skip = _dir_parts(os.path.dirname(self.manifest) if "://" not in self.manifest
-                               else posixpath.dirname(self.manifest)) | _dir_parts(self.config.get("output_dir", ""))
+        self.skip = _dir_parts(
+            os.path.dirname(self.manifest) if "://" not in self.manifest else posixpath.dirname(self.manifest)
+        ) | _dir_parts(self.config.get("output_dir", ""))
         self.identifiers = IdentifierSet()
-        self.own: dict[int, frozenset] = {}   # error row -> casefolded components of its own references
+        self.own: dict[int, frozenset] = {}  # error row -> casefolded components of its own references
 
     def _ref_values(self, ref: str, what: str) -> set[str]:
         """Add a reference's components, credentials and header values; returns its casefolded components."""
@@ -284,7 +406,7 @@ class Inputs:
         resolved = resolve_ref(ref, self.manifest) if self.manifest and "://" not in ref else ref
         files = _folder_files(resolved)
         for n, path in enumerate(files):
-            inner = ref.rstrip("/\\") + "/" + path[len(resolved.rstrip("/\\")) + 1:].replace(os.sep, "/")
+            inner = ref.rstrip("/\\") + "/" + path[len(resolved.rstrip("/\\")) + 1 :].replace(os.sep, "/")
             for c in path_components(inner, self.manifest, self.skip):
                 mine.add(c.casefold())
                 ids.add(c, f"path component of a file in {what}", "path_component")
@@ -298,13 +420,13 @@ class Inputs:
         """Read the inputs named by summary.json; returns a problem ('' when the inputs could be read)."""
         from medprep.pipelines.io.manifest import read_manifest
 
-        if self.config.get("dicomweb_url"):   # discovery on a DICOMweb service: UIDs only, nothing to read here
+        if self.config.get("dicomweb_url"):  # discovery on a DICOMweb service: UIDs only, nothing to read here
             return ""
         if not self.manifest:
             return "summary.json names no input (config.input): identifiers not checked"
         if self._is_folder():
             for path in _folder_files(self.manifest):
-                inner = path[len(self.manifest.rstrip("/\\")) + 1:].replace(os.sep, "/")
+                inner = path[len(self.manifest.rstrip("/\\")) + 1 :].replace(os.sep, "/")
                 for c in path_components(inner, "", self.skip):
                     self.identifiers.add(c, "path component under the input folder", "path_component")
                 _header_values(path, self.identifiers)
@@ -316,13 +438,16 @@ class Inputs:
                 mine: set[str] = set()
                 for ref, column in refs:
                     mine |= self._ref_values(ref, f"manifest row {row['row']} {column}")
-                self.identifiers.add(row["patient_id"], f"patient_id of manifest row {row['row']}",
-                                     "manifest_patient_id")
+                self.identifiers.add(
+                    row["patient_id"], f"patient_id of manifest row {row['row']}", "manifest_patient_id"
+                )
                 if row["row"] in error_rows:
                     self.own[row["row"]] = frozenset(mine)
         except Exception as exc:  # moved, deleted or unreadable: say so rather than pass with nothing checked
-            return (f"cannot read the manifest {self.manifest} (summary.json config.input) to check identifiers: "
-                    f"{exc} — verify where the inputs are readable, or pass --no_phi_scan")
+            return (
+                f"cannot read the manifest {self.manifest} (summary.json config.input) to check identifiers: "
+                f"{exc} — verify where the inputs are readable, or pass --no_phi_scan"
+            )
         return ""
 
     def _is_folder(self) -> bool:
@@ -376,6 +501,7 @@ def _is_source_field(field: str) -> bool:
 
 # ---------------------------------------------------------------------------------------------- image hashes
 
+
 def _dct_matrix(n: int) -> np.ndarray:
     """DCT-II as a matrix, unnormalized (as scipy.fftpack.dct): C[k, i] = 2 cos(pi k (2i + 1) / 2n)."""
     k, i = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
@@ -414,7 +540,7 @@ class ImageIndex:
 
     def __init__(self, near: bool = False):
         self.near = near
-        self.records: list[tuple[str, str, int]] = []   # record no -> (example_id, split, patient no)
+        self.records: list[tuple[str, str, int]] = []  # record no -> (example_id, split, patient no)
         self._patients: dict[str, int] = {}
         # digest -> packed ref, or a list of them (distinct split/patient)
         self._exact: dict[bytes, int | list[int]] = {}
@@ -464,12 +590,17 @@ class ImageIndex:
                 continue
             owners = [self._owner(p) for p in held]
             if any(a[0] != b[0] and a[1] != b[1] for a in owners for b in owners):
-                groups.append(sorted((self.describe(p) for p in held),
-                                     key=lambda d: (SPLIT_ORDER.index(d[2]) if d[2] in SPLIT_ORDER else 9, d[0], d[1])))
+                groups.append(
+                    sorted(
+                        (self.describe(p) for p in held),
+                        key=lambda d: (SPLIT_ORDER.index(d[2]) if d[2] in SPLIT_ORDER else 9, d[0], d[1]),
+                    )
+                )
         return sorted(groups)
 
-    def near_pairs(self, distance: int, include_identical: bool = False,
-                   limit: int = MAX_NEAR_PAIRS) -> tuple[list[tuple], bool]:
+    def near_pairs(
+        self, distance: int, include_identical: bool = False, limit: int = MAX_NEAR_PAIRS
+    ) -> tuple[list[tuple], bool]:
         """([(bits apart, (id, index, split), (id, index, split), identical)], truncated): image pairs whose pHashes
         differ in at most `distance` bits, in different splits under different patient keys.
 
@@ -492,11 +623,14 @@ class ImageIndex:
                 if len(group) < 2:
                     continue
                 for start in range(0, len(group), 512):
-                    a = group[start:start + 512]
+                    a = group[start : start + 512]
                     bits = np.bitwise_count(hashes[a][:, None] ^ hashes[group][None, :])
-                    keep = ((bits <= distance) & (a[:, None] < group[None, :])
-                            & (splits[a][:, None] != splits[group][None, :])
-                            & (patients[a][:, None] != patients[group][None, :]))
+                    keep = (
+                        (bits <= distance)
+                        & (a[:, None] < group[None, :])
+                        & (splits[a][:, None] != splits[group][None, :])
+                        & (patients[a][:, None] != patients[group][None, :])
+                    )
                     if not include_identical:
                         keep &= ~((digests[a][:, None] == digests[group][None, :]) & (digests[a][:, None] != 0))
                     for i, j in zip(*np.nonzero(keep)):
@@ -508,8 +642,10 @@ class ImageIndex:
                             found[pair] = int(bits[i, j])
         pairs = []
         for (i, j), bits in found.items():
-            one, two = sorted([self.describe(int(refs[i])), self.describe(int(refs[j]))],
-                              key=lambda d: (SPLIT_ORDER.index(d[2]) if d[2] in SPLIT_ORDER else 9, d[0], d[1]))
+            one, two = sorted(
+                [self.describe(int(refs[i])), self.describe(int(refs[j]))],
+                key=lambda d: (SPLIT_ORDER.index(d[2]) if d[2] in SPLIT_ORDER else 9, d[0], d[1]),
+            )
             pairs.append((bits, one, two, bool(digests[i] == digests[j] and digests[i] != 0)))
         return sorted(pairs), truncated
 
@@ -520,6 +656,7 @@ def describe_images(group: list[tuple[str, int, str]]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- verify
+
 
 def _listed_files(summary: dict, output_dir: str, key: str, what: str, problems: list[str]):
     """(entry, local path) of summary.json's files that have `key` and exist; a missing one is a problem."""
@@ -558,7 +695,7 @@ class _Scan:
         self.found: dict[str, None] = {}
 
     def _look(self, text: str, where: str, skip: frozenset = frozenset(), skip_kinds: tuple = ()) -> None:
-        inputs = cast(Inputs, self.inputs)   # the callers return first when there are none
+        inputs = cast(Inputs, self.inputs)  # the callers return first when there are none
         for what, _ in inputs.identifiers.find(text, skip, skip_kinds):
             self.found.setdefault(f"identifier '{what}' found in {where}")
 
@@ -585,8 +722,9 @@ class _Scan:
             self._look(text, f"summary.json field {field}")
 
 
-def verify(output_dir: str, phi_scan: bool = True, near_duplicates: bool = False,
-           phash_distance: int = DEFAULT_PHASH_DISTANCE) -> tuple[list[str], dict]:
+def verify(
+    output_dir: str, phi_scan: bool = True, near_duplicates: bool = False, phash_distance: int = DEFAULT_PHASH_DISTANCE
+) -> tuple[list[str], dict]:
     """(problems, facts) for an output folder (local or gs://); no problems means it verifies.
 
     facts["near_duplicate_pairs"] (with near_duplicates) lists (bits apart, (id, image, split), (id, image,
@@ -632,8 +770,9 @@ def verify(output_dir: str, phi_scan: bool = True, near_duplicates: bool = False
         try:
             for rec in reader(path):
                 count += 1
-                valid = _check_record(rec, f, problems, by_format[f["format"]],
-                                      index if f["format"] == primary else None)
+                valid = _check_record(
+                    rec, f, problems, by_format[f["format"]], index if f["format"] == primary else None
+                )
                 images_by_format[f["format"]] += len(rec["images"])
                 if valid:
                     scan.record(rec)
@@ -650,7 +789,7 @@ def verify(output_dir: str, phi_scan: bool = True, near_duplicates: bool = False
     if len(formats) == 2 and set(by_format[formats[0]]) != set(by_format[formats[1]]):
         problems.append("ArrayRecord and Parquet hold different examples")
     splits_of: dict[str, set] = defaultdict(set)
-    for split, patient_key in (by_format[formats[0]].values() if formats else []):
+    for split, patient_key in by_format[formats[0]].values() if formats else []:
         splits_of[patient_key].add(split)
     crossing = [k for k, s in splits_of.items() if len(s) > 1]
     if crossing:
@@ -658,19 +797,30 @@ def verify(output_dir: str, phi_scan: bool = True, near_duplicates: bool = False
     identical = index.identical_across_splits()
     for group in identical:
         splits = sorted({s for _, _, s in group}, key=lambda s: SPLIT_ORDER.index(s) if s in SPLIT_ORDER else 9)
-        problems.append(f"identical image in splits {', '.join(splits)} under different patient keys: "
-                        + describe_images(group))
+        problems.append(
+            f"identical image in splits {', '.join(splits)} under different patient keys: " + describe_images(group)
+        )
     problems += list(scan.found)
     counts = sources.identifiers.counts() if sources else None
-    facts = {"examples": summary["examples"], "errors": nerr, "inputs": inputs, "formats": formats,
-             "shards": sum(1 for f in summary["files"] if "format" in f),
-             "phi_values_checked": sum(counts.values()) if counts is not None else None,
-             "phi_values_by_kind": counts, "phi_hits": len(scan.found),
-             "identical_images_across_splits": len(identical)}
+    facts = {
+        "examples": summary["examples"],
+        "errors": nerr,
+        "inputs": inputs,
+        "formats": formats,
+        "shards": sum(1 for f in summary["files"] if "format" in f),
+        "phi_values_checked": sum(counts.values()) if counts is not None else None,
+        "phi_values_by_kind": counts,
+        "phi_hits": len(scan.found),
+        "identical_images_across_splits": len(identical),
+    }
     if near_duplicates:
         pairs, truncated = index.near_pairs(phash_distance)
-        facts.update(near_duplicates=len(pairs), near_duplicates_truncated=truncated, phash_distance=phash_distance,
-                     near_duplicate_pairs=[(bits, one, two) for bits, one, two, _ in pairs])
+        facts.update(
+            near_duplicates=len(pairs),
+            near_duplicates_truncated=truncated,
+            phash_distance=phash_distance,
+            near_duplicate_pairs=[(bits, one, two) for bits, one, two, _ in pairs],
+        )
     return problems, facts
 
 
@@ -734,15 +884,25 @@ def main(argv: list[str]) -> int:
 
     ap = argparse.ArgumentParser(prog="medprep verify", description=__doc__.splitlines()[0])
     ap.add_argument("output_dir", help="a medprep output folder")
-    ap.add_argument("--no_phi_scan", action="store_true",
-                    help="skip looking for identifiers (header values, manifest patient ids, path components)")
-    ap.add_argument("--near_duplicates", action="store_true",
-                    help="also list perceptually similar images (pHash) in different splits under different patients")
-    ap.add_argument("--phash_distance", type=phash_distance_option, default=DEFAULT_PHASH_DISTANCE,
-                    help=f"with --near_duplicates: at most this many of 64 pHash bits differ "
-                         f"(default {DEFAULT_PHASH_DISTANCE}, at most {MAX_PHASH_DISTANCE})")
+    ap.add_argument(
+        "--no_phi_scan",
+        action="store_true",
+        help="skip looking for identifiers (header values, manifest patient ids, path components)",
+    )
+    ap.add_argument(
+        "--near_duplicates",
+        action="store_true",
+        help="also list perceptually similar images (pHash) in different splits under different patients",
+    )
+    ap.add_argument(
+        "--phash_distance",
+        type=phash_distance_option,
+        default=DEFAULT_PHASH_DISTANCE,
+        help=f"with --near_duplicates: at most this many of 64 pHash bits differ "
+        f"(default {DEFAULT_PHASH_DISTANCE}, at most {MAX_PHASH_DISTANCE})",
+    )
     args = ap.parse_args(argv)
-    if _pipeline_of(args.output_dir) == "embed":   # a `medprep embed` output has its own checks
+    if _pipeline_of(args.output_dir) == "embed":  # a `medprep embed` output has its own checks
         from medprep.pipelines.tools.embed_verify import main as verify_embeddings_main
 
         return verify_embeddings_main([args.output_dir])

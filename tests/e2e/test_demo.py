@@ -1,11 +1,11 @@
 """`make demo` (medprep demo --output_dir demo_out) from a fresh directory, relative output path included, with
 only what `make demo` installs (medprep[demo]): every test-only package is made unimportable."""
+
 import json
 import subprocess
 import sys
 
-BLOCKED = ("torch", "transformers", "datasets", "grain", "hypothesis", "pytest", "gcp_storage_emulator",
-           "pydicom_data")
+BLOCKED = ("torch", "transformers", "datasets", "grain", "hypothesis", "pytest", "gcp_storage_emulator", "pydicom_data")
 RUN_DEMO = (
     "import sys, importlib.abc\n"
     f"BLOCKED = {BLOCKED!r}\n"
@@ -15,7 +15,8 @@ RUN_DEMO = (
     "            raise ImportError(f'{name} is a test-only package')\n"
     "sys.meta_path.insert(0, Block())\n"
     "from medprep.pipelines.cli.main import main\n"
-    "sys.exit(main(['demo', '--output_dir', 'demo_out']))\n")
+    "sys.exit(main(['demo', '--output_dir', 'demo_out']))\n"
+)
 
 
 def test_demo_with_a_relative_output_dir_and_no_test_extra(tmp_path):

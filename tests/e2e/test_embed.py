@@ -2,6 +2,7 @@
 (nothing downloaded): a SigLIP checkpoint as MedSigLIP ships it (SiglipModel, image + text), a SigLIP
 vision-only checkpoint, and a Gemma 3 checkpoint whose vision tower + multimodal projector are read.
 The pipeline's vectors are compared with transformers' own image processor and forward pass."""
+
 import io
 import json
 import os
@@ -34,8 +35,9 @@ def _perturb(model, seed: int) -> None:
 def _siglip_vision_config():
     from transformers import SiglipVisionConfig
 
-    return SiglipVisionConfig(image_size=SIDE, patch_size=16, hidden_size=32, intermediate_size=64,
-                              num_hidden_layers=2, num_attention_heads=2)
+    return SiglipVisionConfig(
+        image_size=SIDE, patch_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +47,17 @@ def siglip_folder(tmp_path_factory):
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
     folder = tmp_path_factory.mktemp("models") / "tiny-medsiglip"
-    text = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                max_position_embeddings=16, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    text = dict(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=16,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     torch.manual_seed(0)
     model = SiglipModel(SiglipConfig(vision_config=_siglip_vision_config().to_dict(), text_config=text))
     _perturb(model, 1)
@@ -62,17 +73,34 @@ def gemma_folder(tmp_path_factory):
     from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
     folder = tmp_path_factory.mktemp("models") / "tiny-gemma3"
-    text = Gemma3TextConfig(vocab_size=300, hidden_size=48, intermediate_size=64, num_hidden_layers=1,
-                            num_attention_heads=2, num_key_value_heads=1, head_dim=16, pad_token_id=0)
-    vision = SiglipVisionConfig(image_size=896, patch_size=14, hidden_size=32, intermediate_size=64,
-                                num_hidden_layers=1, num_attention_heads=2, vision_use_head=False)
+    text = Gemma3TextConfig(
+        vocab_size=300,
+        hidden_size=48,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        pad_token_id=0,
+    )
+    vision = SiglipVisionConfig(
+        image_size=896,
+        patch_size=14,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        vision_use_head=False,
+    )
     torch.manual_seed(0)
-    model = Gemma3ForConditionalGeneration(Gemma3Config(text_config=text, vision_config=vision,
-                                                        mm_tokens_per_image=256, image_token_index=299))
+    model = Gemma3ForConditionalGeneration(
+        Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=256, image_token_index=299)
+    )
     _perturb(model, 2)
     model.save_pretrained(folder)
-    Gemma3ImageProcessorPil(size={"height": 896, "width": 896}, image_mean=[0.5] * 3,
-                            image_std=[0.5] * 3).save_pretrained(folder)
+    Gemma3ImageProcessorPil(
+        size={"height": 896, "width": 896}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    ).save_pretrained(folder)
     return str(folder)
 
 
@@ -84,13 +112,33 @@ def images_out(tmp_path_factory):
     rows = []
     for i in range(5):
         Image.fromarray(rng.integers(0, 255, (60 + 10 * i, 80, 3), dtype=np.uint8)).save(d / f"{i}.png")
-        rows.append({"id": str(i), "image": f"{i}.png", "text": f"finding {i}", "label": "yes" if i % 2 else "no",
-                     "patient_id": f"p{i}"})
+        rows.append(
+            {
+                "id": str(i),
+                "image": f"{i}.png",
+                "text": f"finding {i}",
+                "label": "yes" if i % 2 else "no",
+                "patient_id": f"p{i}",
+            }
+        )
     rows.append({"id": "long", "image": "1.png", "prior": "2.png", "text": "compare", "patient_id": "p9"})
     (d / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = d / "out"
-    run_pipeline("images", ["--input", str(d / "m.jsonl"), "--output_dir", str(out), "--image_size", str(SIDE),
-                            "--split_salt", "s", "--val_fraction", "0.3"])
+    run_pipeline(
+        "images",
+        [
+            "--input",
+            str(d / "m.jsonl"),
+            "--output_dir",
+            str(out),
+            "--image_size",
+            str(SIDE),
+            "--split_salt",
+            "s",
+            "--val_fraction",
+            "0.3",
+        ],
+    )
     return str(out)
 
 
@@ -108,8 +156,23 @@ def _embed(args: list[str]) -> int:
 @pytest.fixture(scope="module")
 def siglip_emb(images_out, siglip_folder, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("emb") / "siglip")
-    assert _embed(["--input", images_out, "--model", siglip_folder, "--output_dir", out, "--pooling", "both",
-                   "--batch_size", "3"]) == 0
+    assert (
+        _embed(
+            [
+                "--input",
+                images_out,
+                "--model",
+                siglip_folder,
+                "--output_dir",
+                out,
+                "--pooling",
+                "both",
+                "--batch_size",
+                "3",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -118,7 +181,8 @@ def _reference(folder: str, kind: str, data: bytes):
     from transformers import AutoImageProcessor, Gemma3ForConditionalGeneration, SiglipModel
 
     pixels = AutoImageProcessor.from_pretrained(folder, backend="pil")(
-        images=[Image.open(io.BytesIO(data))], return_tensors="pt")["pixel_values"]
+        images=[Image.open(io.BytesIO(data))], return_tensors="pt"
+    )["pixel_values"]
     with torch.no_grad():
         if kind == "siglip":
             out = SiglipModel.from_pretrained(folder).eval().get_image_features(pixel_values=pixels)
@@ -135,7 +199,8 @@ def test_siglip_pipeline_equals_transformers(siglip_emb, images_out, siglip_fold
     records = {r["example_id"]: r for r in _records(images_out)}
     rows = list(read_embeddings(os.path.join(siglip_emb, "parquet")))
     assert sorted((r["example_id"], r["image_index"]) for r in rows) == sorted(
-        (eid, i) for eid, r in records.items() for i in range(len(r["images"])))
+        (eid, i) for eid, r in records.items() for i in range(len(r["images"]))
+    )
     info = load_encoder(siglip_folder).info
     for row in rows:
         rec = records[row["example_id"]]
@@ -145,14 +210,26 @@ def test_siglip_pipeline_equals_transformers(siglip_emb, images_out, siglip_fold
         assert np.abs(row["tokens"].reshape(196, 32) - tokens).max() <= 1e-5
         assert pooled.std() > 0.01
         assert (row["split"], row["label"], row["task"], row["patient_key"]) == (
-            rec["split"], rec["label"], rec["task"], rec["patient_key"])
+            rec["split"],
+            rec["label"],
+            rec["task"],
+            rec["patient_key"],
+        )
         assert row["source"] == rec["source"][row["image_index"]]
         assert row["record_config_hash"] == rec["config_hash"]
         assert (row["model"], row["model_hash"], row["image_size"], row["dtype"]) == (
-            "tiny-medsiglip", info.model_hash, [SIDE, SIDE], "float32")
+            "tiny-medsiglip",
+            info.model_hash,
+            [SIDE, SIDE],
+            "float32",
+        )
         norm = json.loads(row["normalization"])
         assert (norm["image_mean"], norm["image_std"], norm["resample"], norm["rescale_factor"]) == (
-            [0.5] * 3, [0.5] * 3, "bicubic", 1 / 255)
+            [0.5] * 3,
+            [0.5] * 3,
+            "bicubic",
+            1 / 255,
+        )
     assert summary["model"]["model_hash"] == info.model_hash and summary["model"]["embedding_dim"] == 32
 
 
@@ -166,7 +243,7 @@ def test_both_formats_hold_the_same_rows_and_verify(siglip_emb):
     problems, facts = verify_embeddings(siglip_emb)
     from medprep.pipelines.cli.main import main
 
-    assert main(["verify", siglip_emb]) == 0   # `medprep verify` recognizes an embed output
+    assert main(["verify", siglip_emb]) == 0  # `medprep verify` recognizes an embed output
     assert problems == [] and facts["input_checked"] and facts["input_images"] == 7
 
 
@@ -179,8 +256,9 @@ def test_verify_finds_a_missing_row(siglip_emb, tmp_path):
     table = pq.read_table(shard)
     pq.write_table(table.slice(1), shard)
     problems, _ = verify_embeddings(str(copy))
-    assert f"parquet/{shard.name}: summary lists {table.num_rows} rows, the shard holds {table.num_rows - 1}" \
-        in problems
+    assert (
+        f"parquet/{shard.name}: summary lists {table.num_rows} rows, the shard holds {table.num_rows - 1}" in problems
+    )
     assert "ArrayRecord and Parquet hold different rows" in problems
 
 
@@ -194,7 +272,7 @@ def test_embed_images_gives_the_pipeline_vectors(siglip_emb, images_out, siglip_
         out = embed_images(images, encoder, pooling="both", batch_size=3)
         assert np.array_equal(out.pooled, pooled) and np.array_equal(out.tokens, tokens)
         assert out.pooled.shape == (len(images), 32) and out.tokens.shape == (len(images), 14, 14, 32)
-        alone = embed_images(images, encoder, batch_size=1).pooled   # other batches: equal within float noise
+        alone = embed_images(images, encoder, batch_size=1).pooled  # other batches: equal within float noise
         assert np.abs(alone - pooled).max() <= 1e-5
 
 
@@ -210,9 +288,11 @@ def test_pixel_values_are_the_processors_bit_for_bit(siglip_folder, tmp_path):
     encoder = load_encoder(str(folder))
     processor = AutoImageProcessor.from_pretrained(str(folder), backend="pil")
     rng = np.random.default_rng(5)
-    for image in (Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)),
-                  Image.fromarray(rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)),
-                  Image.fromarray(rng.integers(0, 256, (50, 40), dtype=np.uint8))):   # grey: the processor itself
+    for image in (
+        Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)),
+        Image.fromarray(rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)),
+        Image.fromarray(rng.integers(0, 256, (50, 40), dtype=np.uint8)),
+    ):  # grey: the processor itself
         expected = processor(images=[image], return_tensors="np")["pixel_values"][0]
         assert np.array_equal(encoder.pixel_values(image), expected)
     assert json.loads(encoder.info.normalization)["image_mean"] == [0.1, 0.2, 0.3]
@@ -241,8 +321,23 @@ def test_vision_only_folder_and_dtypes(tmp_path, images_out):
 
 def test_gemma3_visual_tokens(gemma_folder, images_out, tmp_path):
     out = str(tmp_path / "gemma")
-    assert _embed(["--input", images_out, "--model", gemma_folder, "--output_dir", out, "--pooling", "both",
-                   "--batch_size", "4"]) == 0
+    assert (
+        _embed(
+            [
+                "--input",
+                images_out,
+                "--model",
+                gemma_folder,
+                "--output_dir",
+                out,
+                "--pooling",
+                "both",
+                "--batch_size",
+                "4",
+            ]
+        )
+        == 0
+    )
     records = {r["example_id"]: r for r in _records(images_out)}
     rows = list(read_embeddings(out))
     assert len(rows) == 7
@@ -276,9 +371,27 @@ def slides_out(tmp_path_factory):
     write_svs(str(d / "a.svs"), synthetic_slide_rgb(6144, 4096, seed=1), mpp=0.25)
     (d / "m.jsonl").write_text(json.dumps({"id": "a", "image": "a.svs", "text": "carcinoma"}) + "\n")
     out = d / "out"
-    run_pipeline("slides", ["--input", str(d / "m.jsonl"), "--output_dir", str(out), "--patch_size", "224",
-                            "--image_size", "224", "--max_patches", "5", "--patches_per_example", "3",
-                            "--granularity", "slide,patch", "--split_salt", "s"])
+    run_pipeline(
+        "slides",
+        [
+            "--input",
+            str(d / "m.jsonl"),
+            "--output_dir",
+            str(out),
+            "--patch_size",
+            "224",
+            "--image_size",
+            "224",
+            "--max_patches",
+            "5",
+            "--patches_per_example",
+            "3",
+            "--granularity",
+            "slide,patch",
+            "--split_salt",
+            "s",
+        ],
+    )
     return str(d), str(out)
 
 
@@ -290,19 +403,21 @@ def test_slide_rows_carry_level0_coordinates(slides_out, siglip_folder, tmp_path
     emb = str(tmp_path / "slides")
     assert _embed(["--input", out, "--model", siglip_folder, "--output_dir", emb, "--input_format", "parquet"]) == 0
     rows = list(read_embeddings(emb))
-    plan = prepare_slide(os.path.join(d, "a.svs"),
-                         options=SlideOptions(image=ImageOptions(size=224), patch_size=224, stride=224, max_patches=5))
+    plan = prepare_slide(
+        os.path.join(d, "a.svs"),
+        options=SlideOptions(image=ImageOptions(size=224), patch_size=224, stride=224, max_patches=5),
+    )
     expected = sorted((i["x"], i["y"]) for i in plan.image_info)
-    assert len(expected) == 5 and len(rows) == 10   # 5 patch records + 2 slide records of 3 and 2 patches
+    assert len(expected) == 5 and len(rows) == 10  # 5 patch records + 2 slide records of 3 and 2 patches
     by_task = {t: sorted(tuple(r["coords"]) for r in rows if r["task"] == t) for t in ("patch", "slide")}
     assert by_task == {"patch": expected, "slide": expected}
     # 10x from a 0.25 um/px slide: a 224-px patch covers 896 level-0 pixels at 1.0 um/px
     assert {(r["patch_size0"], r["mpp"]) for r in rows} == {(896.0, 1.0)}
-    assert len({r["source"] for r in rows}) == 1   # one slide: one bag
+    assert len({r["source"] for r in rows}) == 1  # one slide: one bag
     by_coords: dict = {}
     for r in rows:
         by_coords.setdefault(tuple(r["coords"]), []).append(r["embedding"])
-    for vectors in by_coords.values():   # the same patch in a slide record and in a patch record
+    for vectors in by_coords.values():  # the same patch in a slide record and in a patch record
         assert len(vectors) == 2 and np.abs(vectors[0] - vectors[1]).max() <= 1e-5
 
 
@@ -321,12 +436,30 @@ def test_corrupt_image_is_one_error_line(images_out, siglip_folder, siglip_emb, 
     images = table.column("images").to_pylist()
     victim = table.column("example_id")[0].as_py()
     images[0][0]["bytes"] = images[0][0]["bytes"][:100]
-    table = table.set_column(table.schema.get_field_index("images"), table.schema.field("images"),
-                             pa.array(images, type=table.schema.field("images").type))
+    table = table.set_column(
+        table.schema.get_field_index("images"),
+        table.schema.field("images"),
+        pa.array(images, type=table.schema.field("images").type),
+    )
     pq.write_table(table, shard)
     out = str(tmp_path / "emb")
-    assert _embed(["--input", str(broken), "--model", siglip_folder, "--output_dir", out, "--input_format", "parquet",
-                   "--batch_size", "3"]) == 0
+    assert (
+        _embed(
+            [
+                "--input",
+                str(broken),
+                "--model",
+                siglip_folder,
+                "--output_dir",
+                out,
+                "--input_format",
+                "parquet",
+                "--batch_size",
+                "3",
+            ]
+        )
+        == 0
+    )
     summary = json.load(open(os.path.join(out, "summary.json")))
     assert (summary["inputs"], summary["embeddings"], summary["errors"], summary["reconciled"]) == (7, 6, 1, True)
     assert summary["errors_by_stage"] == {"decode": 1}
@@ -352,10 +485,10 @@ def test_records_of_another_schema_are_error_lines(images_out, siglip_folder, tm
     reader = ArrayRecordReader(str(broken / rel))
     data = reader.read_all()
     reader.close()
-    garbage = open(os.path.join(images_out, "summary.json"), "rb").read()   # not a tf.train.Example at all
+    garbage = open(os.path.join(images_out, "summary.json"), "rb").read()  # not a tf.train.Example at all
     row = {f.name: empty_embedding_value(f.kind) for f in EMBEDDING_FIELDS}
     row["example_id"] = "ab" * 16
-    other = encode_embedding_row(row)   # a tf.train.Example of another schema (an embedding row)
+    other = encode_embedding_row(row)  # a tf.train.Example of another schema (an embedding row)
     lost = sum(len(decode_example(d)["images"]) for d in data[:2])
     writer = ArrayRecordWriter(str(broken / rel), "group_size:1,uncompressed")
     for d in [garbage, other] + list(data[2:]):
@@ -373,8 +506,25 @@ def test_records_of_another_schema_are_error_lines(images_out, siglip_folder, tm
 
 def test_two_worker_processes_give_identical_files(siglip_emb, images_out, siglip_folder, tmp_path):
     out = str(tmp_path / "mp")
-    assert _embed(["--input", images_out, "--model", siglip_folder, "--output_dir", out, "--pooling", "both",
-                   "--batch_size", "3", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]) == 0
+    assert (
+        _embed(
+            [
+                "--input",
+                images_out,
+                "--model",
+                siglip_folder,
+                "--output_dir",
+                out,
+                "--pooling",
+                "both",
+                "--batch_size",
+                "3",
+                "--direct_running_mode=multi_processing",
+                "--direct_num_workers=2",
+            ]
+        )
+        == 0
+    )
     for sub in ("arrayrecord", "parquet", "errors"):
         assert _shard_files(out, sub) == _shard_files(siglip_emb, sub), sub
     assert len(_shard_files(out, "parquet")) == 2
@@ -435,8 +585,10 @@ def test_input_that_is_not_a_medprep_output_is_refused(siglip_emb, siglip_folder
     assert "--input" in err and f"{empty} is not a finished medprep output" in err
     err = _cli_refusal(["--input", siglip_emb, "--model", siglip_folder, "--output_dir", str(tmp_path / "o")], capsys)
     assert "--input" in err and "pipeline 'embed'" in err
-    err = _cli_refusal(["--input", siglip_emb, "--model", siglip_folder, "--output_dir", str(tmp_path / "o"),
-                        "--pooling", "mean"], capsys)
+    err = _cli_refusal(
+        ["--input", siglip_emb, "--model", siglip_folder, "--output_dir", str(tmp_path / "o"), "--pooling", "mean"],
+        capsys,
+    )
     assert "--pooling" in err
 
 
@@ -454,8 +606,11 @@ def gcs_bucket():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([exe, "start", "--host=127.0.0.1", f"--port={port}", "--in-memory"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [exe, "start", "--host=127.0.0.1", f"--port={port}", "--in-memory"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     old = os.environ.get("STORAGE_EMULATOR_HOST")
     os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
     try:
@@ -492,8 +647,23 @@ def test_gcs_input_model_and_output_give_the_local_files(gcs_bucket, siglip_emb,
                 path = os.path.join(root, f)
                 gcs_bucket.blob(f"{prefix}/{os.path.relpath(path, local)}").upload_from_filename(path)
     base = "gs://medprep-embed"
-    assert _embed(["--input", f"{base}/data/out", "--model", f"{base}/models/tiny-medsiglip", "--output_dir",
-                   f"{base}/emb", "--pooling", "both", "--batch_size", "3"]) == 0
+    assert (
+        _embed(
+            [
+                "--input",
+                f"{base}/data/out",
+                "--model",
+                f"{base}/models/tiny-medsiglip",
+                "--output_dir",
+                f"{base}/emb",
+                "--pooling",
+                "both",
+                "--batch_size",
+                "3",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(gcs_bucket.blob("emb/summary.json").download_as_bytes())
     assert summary["input"]["format"] == "parquet" and summary["reconciled"] and summary["embeddings"] == 7
     for sub in ("arrayrecord", "parquet"):

@@ -1,4 +1,5 @@
 """The images pipeline end to end on the DirectRunner (FnApiRunner), on the bundled samples."""
+
 import glob
 import json
 import os
@@ -16,9 +17,25 @@ SHARD_GLOBS = ("arrayrecord/*", "parquet/*", "errors/*")
 
 
 def _run(manifest, out, tokenizer, *extra):
-    return run_pipeline("images", ["--input", manifest, "--output_dir", str(out), "--tokenizer", tokenizer,
-                                   "--split_salt", "test-salt", "--val_fraction", "0.2", "--test_fraction", "0.2",
-                                   "--keep_source", *extra])
+    return run_pipeline(
+        "images",
+        [
+            "--input",
+            manifest,
+            "--output_dir",
+            str(out),
+            "--tokenizer",
+            tokenizer,
+            "--split_salt",
+            "test-salt",
+            "--val_fraction",
+            "0.2",
+            "--test_fraction",
+            "0.2",
+            "--keep_source",
+            *extra,
+        ],
+    )
 
 
 def _shard_bytes(out):
@@ -71,8 +88,10 @@ def test_pipeline_images_equal_library_images(run1, samples):
         rec = recs[name + "|" + ("classification" if "fundus_p3" in name else "image_text")]
         assert rec["images"] == prepare_image(os.path.join(folder, name), options=ImageOptions()).encoded
     long = recs["cxr_p1_current.dcm|longitudinal"]
-    assert long["images"] == prepare_image([os.path.join(folder, "cxr_p1_prior.dcm"),
-                                            os.path.join(folder, "cxr_p1_current.dcm")]).encoded
+    assert (
+        long["images"]
+        == prepare_image([os.path.join(folder, "cxr_p1_prior.dcm"), os.path.join(folder, "cxr_p1_current.dcm")]).encoded
+    )
     assert [json.loads(i)["source"] for i in long["image_info"]] == long["source"]
     assert long["source"][0].endswith("prior.dcm")
 
@@ -85,8 +104,15 @@ def test_localization_record_exact(run1, samples):
     assert rec["text"] == '[{"box_2d": [383, 336, 438, 391], "label": "nodule"}]'
     assert rec["box_labels"] == ["nodule"] and rec["modality"] == "DX"
     info = json.loads(rec["image_info"][0])
-    assert info["pad_resize"] == {"src_width": 880, "src_height": 1024, "side": 1024, "left": 72, "top": 0,
-                                  "out": 896, "scale": 0.875}
+    assert info["pad_resize"] == {
+        "src_width": 880,
+        "src_height": 1024,
+        "side": 1024,
+        "left": 72,
+        "top": 0,
+        "out": 896,
+        "scale": 0.875,
+    }
 
 
 def test_text_ids_and_chat_sequence(run1, demo_model_path):
@@ -117,8 +143,9 @@ def test_no_patient_identifier_in_any_output(run1):
     for fmt in ("arrayrecord", "parquet"):
         for rec in read_records(os.path.join(str(out), fmt)):
             texts += [v for k, v in rec.items() if isinstance(v, str)]
-            texts += [s for k, v in rec.items() if k != "images" and isinstance(v, list)
-                      for s in v if isinstance(s, str)]
+            texts += [
+                s for k, v in rec.items() if k != "images" and isinstance(v, list) for s in v if isinstance(s, str)
+            ]
             assert len(rec["patient_key"]) == 64
     blobs = "\n".join(texts) + open(os.path.join(str(out), "summary.json")).read()
     blobs += open(os.path.join(str(out), "errors/errors-00000-of-00001.jsonl")).read()
@@ -146,8 +173,7 @@ def test_rerun_is_byte_identical_and_multiprocessing_too(run1, samples, demo_mod
     out1, _ = run1
     _run(samples, tmp_path / "again", demo_model_path)
     assert _shard_bytes(tmp_path / "again") == _shard_bytes(out1)
-    _run(samples, tmp_path / "mp", demo_model_path, "--direct_running_mode=multi_processing",
-         "--direct_num_workers=2")
+    _run(samples, tmp_path / "mp", demo_model_path, "--direct_running_mode=multi_processing", "--direct_num_workers=2")
     assert _shard_bytes(tmp_path / "mp") == _shard_bytes(out1)
 
 

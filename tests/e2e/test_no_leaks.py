@@ -1,5 +1,6 @@
 """Issue 13's record-level guarantees: one split per input, no paths or credentials in records, records that do
 not depend on where the data lives, a row's text never dropped."""
+
 import glob
 import json
 import os
@@ -24,8 +25,9 @@ def _records(out):
 
 
 def _shards(out) -> dict:
-    files = sorted(glob.glob(os.path.join(str(out), "arrayrecord", "*")) +
-                   glob.glob(os.path.join(str(out), "parquet", "*")))
+    files = sorted(
+        glob.glob(os.path.join(str(out), "arrayrecord", "*")) + glob.glob(os.path.join(str(out), "parquet", "*"))
+    )
     return {os.path.relpath(f, str(out)): open(f, "rb").read() for f in files}
 
 
@@ -49,8 +51,14 @@ def tree(tmp_path_factory):
         Image.fromarray(rng.integers(0, 255, (40 + i, 50, 3), dtype=np.uint8)).save(data / f"DOE^JANE_img{i}.png")
     rel = os.path.join(PHI_DIR, "DOE^JANE_img{}.png")
     rows = [{"image": rel.format(i), "text": f"finding {i}"} for i in range(6)]
-    rows.append({"image": rel.format(0), "text": "Nodule in the right upper lobe.", "boxes": [[5, 5, 20, 20]],
-                 "box_labels": ["nodule"]})
+    rows.append(
+        {
+            "image": rel.format(0),
+            "text": "Nodule in the right upper lobe.",
+            "boxes": [[5, 5, 20, 20]],
+            "box_labels": ["nodule"],
+        }
+    )
     rows.append({"image": rel.format(1), "boxes": [[5, 5, 20, 20]], "box_labels": ["nodule"]})
     (root / "images.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     for k in range(3):
@@ -69,8 +77,18 @@ def tree(tmp_path_factory):
 PIPELINE_ARGS = {
     "images": [],
     "volumes": ["--granularity", "series,slice", "--max_slices", "4"],
-    "slides": ["--granularity", "slide,patch", "--patch_size", "224", "--image_size", "224", "--max_patches", "5",
-               "--patches_per_example", "3"],
+    "slides": [
+        "--granularity",
+        "slide,patch",
+        "--patch_size",
+        "224",
+        "--image_size",
+        "224",
+        "--max_patches",
+        "5",
+        "--patches_per_example",
+        "3",
+    ],
 }
 
 
@@ -83,8 +101,19 @@ def runs(tree, tmp_path_factory, demo_model_path):
     for name, extra in PIPELINE_ARGS.items():
         for where, root in (("a", tree), ("b", elsewhere)):
             out = root.parent / f"out_{name}_{where}"
-            s = run_pipeline(name, ["--input", str(root / f"{name}.jsonl"), "--output_dir", str(out),
-                                    "--tokenizer", demo_model_path, *SPLIT_ARGS, *extra])
+            s = run_pipeline(
+                name,
+                [
+                    "--input",
+                    str(root / f"{name}.jsonl"),
+                    "--output_dir",
+                    str(out),
+                    "--tokenizer",
+                    demo_model_path,
+                    *SPLIT_ARGS,
+                    *extra,
+                ],
+            )
             outs[(name, where)] = (out, s)
     return outs
 
@@ -122,7 +151,7 @@ def test_one_split_per_slide_across_granularities(runs):
     for slide_recs in by_slide.values():
         patches = [r for r in slide_recs if r["task"] == "patch"]
         slides = [r for r in slide_recs if r["task"] == "slide"]
-        assert patches and len(slides) == -(-len(patches) // 3)   # --patches_per_example 3
+        assert patches and len(slides) == -(-len(patches) // 3)  # --patches_per_example 3
         assert sorted(img for r in slides for img in r["images"]) == sorted(r["images"][0] for r in patches)
         assert len({r["patient_key"] for r in slide_recs}) == 1 and len({r["split"] for r in slide_recs}) == 1
     # the same patch in a slide record and in its patch record: one split
@@ -142,7 +171,7 @@ def test_one_split_per_volume_across_granularities(runs):
     assert len(series) == 4
     for s in series:
         mine = [r for r in recs if set(r["source"]) <= set(s["source"])]
-        assert len(mine) == 1 + len(s["images"])   # the series record and one record per selected slice
+        assert len(mine) == 1 + len(s["images"])  # the series record and one record per selected slice
         assert {r["split"] for r in mine} == {s["split"]} and {r["patient_key"] for r in mine} == {s["patient_key"]}
     assert len({s["patient_key"] for s in series}) == 4
 
@@ -172,19 +201,29 @@ def test_keep_source_writes_references_relative_to_the_manifest(tree, tmp_path, 
     run_pipeline("images", ["--input", str(absolute), "--output_dir", str(out2), "--keep_source"])
     src = _records(out2)[0]["source"][0]
     assert not os.path.isabs(src) and os.path.normpath(os.path.join(str(tmp_path), src)) == str(
-        tree / PHI_DIR / "DOE^JANE_img3.png")
+        tree / PHI_DIR / "DOE^JANE_img3.png"
+    )
 
 
 def test_scrub_covers_labels_and_names_from_manifest_columns(tmp_path):
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "a.png")
-    rows = [{"image": "a.png", "text": "Seen by Dr Quill. Zebulon Marchetti has clear lungs.",
-             "prompt": "Describe Zebulon's film.", "label": "Marchetti 123-45-6789",
-             "boxes": [[1, 1, 5, 5]], "box_labels": ["nodule (call 415-555-0134)"],
-             "patient_name": "MARCHETTI^ZEBULON"}]
+    rows = [
+        {
+            "image": "a.png",
+            "text": "Seen by Dr Quill. Zebulon Marchetti has clear lungs.",
+            "prompt": "Describe Zebulon's film.",
+            "label": "Marchetti 123-45-6789",
+            "boxes": [[1, 1, 5, 5]],
+            "box_labels": ["nodule (call 415-555-0134)"],
+            "patient_name": "MARCHETTI^ZEBULON",
+        }
+    ]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "o"
-    s = run_pipeline("images", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(out), "--scrub_text",
-                                "--allow_extra_columns"])
+    s = run_pipeline(
+        "images",
+        ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(out), "--scrub_text", "--allow_extra_columns"],
+    )
     (rec,) = _records(out)
     assert rec["text"] == "Seen by Dr [NAME]. [NAME] [NAME] has clear lungs."
     assert rec["prompt"] == "Describe [NAME]'s film."

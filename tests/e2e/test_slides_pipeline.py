@@ -1,4 +1,5 @@
 """`medprep slides` end to end: fan-out over patch batches, both granularities, bad slides, parity with the API."""
+
 import json
 import os
 
@@ -11,8 +12,20 @@ from medprep.schemas import read_records
 from medprep.transforms.image import ImageOptions
 from medprep.transforms.slide import SlideOptions, prepare_slide
 
-OPTS = ["--patch_size", "224", "--stride", "224", "--image_size", "224", "--max_patches", "6",
-        "--patches_per_example", "4", "--split_salt", "s"]
+OPTS = [
+    "--patch_size",
+    "224",
+    "--stride",
+    "224",
+    "--image_size",
+    "224",
+    "--max_patches",
+    "6",
+    "--patches_per_example",
+    "4",
+    "--split_salt",
+    "s",
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +53,21 @@ def slides(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run(slides, demo_model_path):
     out = slides / "out"
-    s = run_pipeline("slides", ["--input", str(slides / "m.jsonl"), "--output_dir", str(out), "--tokenizer",
-                                demo_model_path, "--granularity", "slide,patch", "--keep_source", *OPTS])
+    s = run_pipeline(
+        "slides",
+        [
+            "--input",
+            str(slides / "m.jsonl"),
+            "--output_dir",
+            str(out),
+            "--tokenizer",
+            demo_model_path,
+            "--granularity",
+            "slide,patch",
+            "--keep_source",
+            *OPTS,
+        ],
+    )
     errors = {json.loads(x)["row"]: json.loads(x) for x in open(out / "errors" / "errors-00000-of-00001.jsonl")}
     return out, s, errors
 
@@ -61,8 +87,10 @@ def test_records_match_prepare_slide(run, slides):
     recs = list(read_records(str(out / "arrayrecord")))
     options = SlideOptions(image=ImageOptions(size=224), patch_size=224, stride=224, max_patches=6)
     lib = prepare_slide(str(slides / "a.svs"), options=options)
-    slide_recs = sorted((r for r in recs if r["task"] == "slide" and r["source"][0].endswith("a.svs")),
-                        key=lambda r: json.loads(r["image_info"][0])["y"] * 10**6 + json.loads(r["image_info"][0])["x"])
+    slide_recs = sorted(
+        (r for r in recs if r["task"] == "slide" and r["source"][0].endswith("a.svs")),
+        key=lambda r: json.loads(r["image_info"][0])["y"] * 10**6 + json.loads(r["image_info"][0])["x"],
+    )
     got = [img for r in slide_recs for img in r["images"]]
     assert got == lib.encoded and [len(r["images"]) for r in slide_recs] == [4, 2]
     infos = [json.loads(i) for r in slide_recs for i in r["image_info"]]
@@ -81,9 +109,23 @@ def test_manifest_mpp_overrides_the_slide(run):
 
 def test_slides_multiprocessing_is_byte_identical(run, slides, demo_model_path, tmp_path):
     out, _, _ = run
-    run_pipeline("slides", ["--input", str(slides / "m.jsonl"), "--output_dir", str(tmp_path / "mp"), "--tokenizer",
-                            demo_model_path, "--granularity", "slide,patch", "--keep_source", *OPTS,
-                            "--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    run_pipeline(
+        "slides",
+        [
+            "--input",
+            str(slides / "m.jsonl"),
+            "--output_dir",
+            str(tmp_path / "mp"),
+            "--tokenizer",
+            demo_model_path,
+            "--granularity",
+            "slide,patch",
+            "--keep_source",
+            *OPTS,
+            "--direct_running_mode=multi_processing",
+            "--direct_num_workers=2",
+        ],
+    )
     for sub in ("arrayrecord", "parquet", "errors"):
         for f in sorted(os.listdir(out / sub)):
             assert (tmp_path / "mp" / sub / f).read_bytes() == (out / sub / f).read_bytes(), f

@@ -1,6 +1,7 @@
 """End to end with Hugging Face: medprep's Parquet, loaded with `datasets`, equals what Gemma3Processor builds
 from the records' own messages and images, and trains a tiny Gemma3ForConditionalGeneration on CPU
 (randomly initialised from a config: nothing downloaded)."""
+
 import io
 import json
 
@@ -28,14 +29,31 @@ def output(tmp_path_factory, demo_model_path):
         Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(d / name)
     rows = [
         {"id": "1", "image": "a.png", "prompt": "Describe this X-ray.", "text": "\nClear lungs.\n", "patient_id": "p1"},
-        {"id": "2", "image": "b.png", "prior": "prior.png", "prompt": "Compare with the prior.",
-         "text": "Interval resolution of the effusion.", "patient_id": "p2"},
+        {
+            "id": "2",
+            "image": "b.png",
+            "prior": "prior.png",
+            "prompt": "Compare with the prior.",
+            "text": "Interval resolution of the effusion.",
+            "patient_id": "p2",
+        },
         {"id": "3", "image": "b.png", "boxes": [[4, 8, 40, 50]], "box_labels": ["nodule"], "patient_id": "p3"},
     ]
     (d / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = d / "out"
-    run_pipeline("images", ["--input", str(d / "m.jsonl"), "--output_dir", str(out), "--tokenizer", demo_model_path,
-                            "--system_prompt", SYSTEM])
+    run_pipeline(
+        "images",
+        [
+            "--input",
+            str(d / "m.jsonl"),
+            "--output_dir",
+            str(out),
+            "--tokenizer",
+            demo_model_path,
+            "--system_prompt",
+            SYSTEM,
+        ],
+    )
     return d, out
 
 
@@ -76,7 +94,7 @@ def test_batch_helper_equals_processor_batch(output, processor):
     assert np.abs(batch["pixel_values"] - hf["pixel_values"]).max() < 1e-6
     mask = np.zeros_like(batch["input_ids"])
     for i, r in enumerate(recs):
-        mask[i, mask.shape[1] - len(r["loss_mask"]):] = r["loss_mask"]
+        mask[i, mask.shape[1] - len(r["loss_mask"]) :] = r["loss_mask"]
     assert ((batch["labels"] == IGNORE_INDEX) == (mask == 0)).all()
     assert (batch["labels"][mask == 1] == batch["input_ids"][mask == 1]).all()
 
@@ -92,20 +110,36 @@ def test_serving_messages_give_the_training_prompt(output, processor):
     assert p.encoded == rec["images"]
     hf = processor.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=True, return_dict=True)
     prompt = list(np.asarray(hf["input_ids"]).reshape(-1))
-    assert rec["input_ids"][:len(prompt)] == prompt and rec["loss_mask"][:len(prompt)] == [0] * len(prompt)
+    assert rec["input_ids"][: len(prompt)] == prompt and rec["loss_mask"][: len(prompt)] == [0] * len(prompt)
     assert rec["loss_mask"][len(prompt)] == 1
 
 
 def _tiny_gemma3(vocab_size: int, image_token: int):
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
 
-    text = Gemma3TextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                            num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=4096,
-                            sliding_window=512, pad_token_id=0)
-    vision = SiglipVisionConfig(image_size=896, patch_size=14, hidden_size=32, intermediate_size=64,
-                                num_hidden_layers=1, num_attention_heads=2)
-    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=256,
-                          image_token_index=image_token, boi_token_index=8, eoi_token_index=9)
+    text = Gemma3TextConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=4096,
+        sliding_window=512,
+        pad_token_id=0,
+    )
+    vision = SiglipVisionConfig(
+        image_size=896, patch_size=14, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
+    )
+    config = Gemma3Config(
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=256,
+        image_token_index=image_token,
+        boi_token_index=8,
+        eoi_token_index=9,
+    )
     torch.manual_seed(0)
     return Gemma3ForConditionalGeneration(config)
 

@@ -1,4 +1,5 @@
 """CT/MR volumes: series order and QC, windows, MR normalization, slice selection, NIfTI, the pipeline."""
+
 import glob
 import io
 import json
@@ -34,16 +35,20 @@ def _headers(folder):
 
 # ---- selection ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("n,N,expected", [
-    (5, 85, [0, 1, 2, 3, 4]),
-    (85, 85, list(range(85))),
-    (10, 4, [2, 4, 7, 9]),          # round(i/4*9): 2.25, 4.5->4, 6.75, 9
-    (7, 2, [3, 6]),                 # 3.0, 6.0
-    (6, 2, [2, 5]),                 # round(2.5) = 2 (half to even), 5
-    (100, 3, [33, 66, 99]),
-    (1, 85, [0]),
-    (0, 85, []),
-])
+
+@pytest.mark.parametrize(
+    "n,N,expected",
+    [
+        (5, 85, [0, 1, 2, 3, 4]),
+        (85, 85, list(range(85))),
+        (10, 4, [2, 4, 7, 9]),  # round(i/4*9): 2.25, 4.5->4, 6.75, 9
+        (7, 2, [3, 6]),  # 3.0, 6.0
+        (6, 2, [2, 5]),  # round(2.5) = 2 (half to even), 5
+        (100, 3, [33, 66, 99]),
+        (1, 85, [0]),
+        (0, 85, []),
+    ],
+)
 def test_uniform_indices_reference_rule(n, N, expected):
     assert uniform_indices(n, N) == expected
 
@@ -66,6 +71,7 @@ def test_report_references_parsing():
 
 # ---- ordering and QC ---------------------------------------------------------------------------
 
+
 def test_shuffled_axial_series_is_ordered_superior_to_inferior(tmp_path):
     write_series(str(tmp_path), 12, shuffle_seed=3)
     s = order_series(_headers(str(tmp_path)))
@@ -74,12 +80,15 @@ def test_shuffled_axial_series_is_ordered_superior_to_inferior(tmp_path):
     assert s.qc()["gaps"] == [] and not s.irregular_spacing
 
 
-@pytest.mark.parametrize("orientation,name", [
-    ((1, 0, 0, 0, 1, 0), "axial"),
-    ((0, 1, 0, 0, 0, -1), "sagittal"),
-    ((1, 0, 0, 0, 0, -1), "coronal"),
-    ((1, 0, 0, 0, 0.9659258, -0.2588190), "axial, 15° gantry tilt"),
-])
+@pytest.mark.parametrize(
+    "orientation,name",
+    [
+        ((1, 0, 0, 0, 1, 0), "axial"),
+        ((0, 1, 0, 0, 0, -1), "sagittal"),
+        ((1, 0, 0, 0, 0, -1), "coronal"),
+        ((1, 0, 0, 0, 0.9659258, -0.2588190), "axial, 15° gantry tilt"),
+    ],
+)
 def test_orientations_and_gantry_tilt_order_by_position(tmp_path, orientation, name):
     write_series(str(tmp_path), 9, orientation=orientation, shuffle_seed=1)
     s = order_series(_headers(str(tmp_path)))
@@ -89,11 +98,18 @@ def test_orientations_and_gantry_tilt_order_by_position(tmp_path, orientation, n
 
 def test_gap_duplicate_and_localizer_are_reported(tmp_path):
     write_series(str(tmp_path), 10, skip=(4, 5), duplicate=(7,))
-    loc = write_dicom(str(tmp_path / "scout.dcm"), np.zeros((64, 64), np.uint16), modality="CT",
-                      extra={"SeriesInstanceUID":
-                             pydicom.dcmread(str(tmp_path / os.listdir(tmp_path)[0])).SeriesInstanceUID,
-                             "ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"], "InstanceNumber": 99,
-                             "ImagePositionPatient": [0, 0, 0], "ImageOrientationPatient": [1, 0, 0, 0, 0, -1]})
+    loc = write_dicom(
+        str(tmp_path / "scout.dcm"),
+        np.zeros((64, 64), np.uint16),
+        modality="CT",
+        extra={
+            "SeriesInstanceUID": pydicom.dcmread(str(tmp_path / os.listdir(tmp_path)[0])).SeriesInstanceUID,
+            "ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"],
+            "InstanceNumber": 99,
+            "ImagePositionPatient": [0, 0, 0],
+            "ImageOrientationPatient": [1, 0, 0, 0, 0, -1],
+        },
+    )
     assert loc
     s = order_series(_headers(str(tmp_path)))
     qc = s.qc()
@@ -131,16 +147,22 @@ def test_empty_single_and_mixed_size_series(tmp_path):
 
 # ---- intensity ---------------------------------------------------------------------------------
 
+
 def test_ct_series_exact_window_values_and_slice_identity(tmp_path):
     write_series(str(tmp_path), 6, shuffle_seed=5)
     p = prepare_series(str(tmp_path), options=VolumeOptions(max_slices=85))
     assert [i["slice_index"] for i in p.image_info] == list(range(6))
     for img in p.encoded:
-        px = _pixels(img)           # 40x50 -> pad to 50x50 (top 5) -> 896: sample band centres
+        px = _pixels(img)  # 40x50 -> pad to 50x50 (top 5) -> 896: sample band centres
         row = 896 // 2
         centres = [int((b * 10 + 5) * 896 / 50) for b in range(5)]
-        assert [tuple(px[row, c]) for c in centres] == [(3, 0, 0), (115, 26, 0), (128, 98, 0), (132, 128, 128),
-                                                        (252, 255, 255)]
+        assert [tuple(px[row, c]) for c in centres] == [
+            (3, 0, 0),
+            (115, 26, 0),
+            (128, 98, 0),
+            (132, 128, 128),
+            (252, 255, 255),
+        ]
     # slice identity: pixel [0, 0] holds HU -1000 + 10k; at size 50 (no resize) it sits at row 5 (top pad)
     p1 = prepare_series(str(tmp_path), options=VolumeOptions(image=VolumeOptions().image.__class__(size=50)))
     for k, img in enumerate(p1.encoded):
@@ -209,7 +231,7 @@ def test_enhanced_multiframe_ct_uses_functional_groups(tmp_path):
     from pydicom.sequence import Sequence
 
     frames = np.stack([np.full((8, 8), 1024 + hu, np.uint16) for hu in (40, 0, -100)])  # stored, scrambled order
-    z = [10.0, 20.0, 0.0]   # superior-first order should be z=20 (HU 0), 10 (HU 40), 0 (HU -100)
+    z = [10.0, 20.0, 0.0]  # superior-first order should be z=20 (HU 0), 10 (HU 40), 0 (HU -100)
     per_frame = []
     for i in range(3):
         item = Dataset()
@@ -241,9 +263,9 @@ def test_enhanced_multiframe_ct_uses_functional_groups(tmp_path):
 def test_nifti_is_reoriented_superior_first(tmp_path):
     import SimpleITK as sitk
 
-    vol = np.zeros((4, 6, 5), np.int16)          # (z, y, x) in the file's index space
+    vol = np.zeros((4, 6, 5), np.int16)  # (z, y, x) in the file's index space
     for k in range(4):
-        vol[k] = -1000 + 100 * k                 # file slice k at z = k mm (inferior first, RAS-ish)
+        vol[k] = -1000 + 100 * k  # file slice k at z = k mm (inferior first, RAS-ish)
     img = sitk.GetImageFromArray(vol)
     img.SetSpacing((1.0, 1.0, 2.0))
     img.SetOrigin((0.0, 0.0, 0.0))
@@ -252,7 +274,7 @@ def test_nifti_is_reoriented_superior_first(tmp_path):
     from medprep.transforms.nifti import read_nifti
 
     data, info = read_nifti(open(path, "rb").read(), path)
-    assert data[:, 0, 0].tolist() == [-700.0, -800.0, -900.0, -1000.0]   # superior (highest z) first
+    assert data[:, 0, 0].tolist() == [-700.0, -800.0, -900.0, -1000.0]  # superior (highest z) first
     assert info["z_mm"] == [6.0, 4.0, 2.0, 0.0]
     for ext in (".nrrd", ".mha"):
         sitk.WriteImage(img, str(tmp_path / f"v{ext}"))
@@ -264,14 +286,23 @@ def test_nifti_is_reoriented_superior_first(tmp_path):
 
 # ---- the pipeline ------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def volume_run(tmp_path_factory, demo_model_path):
     import SimpleITK as sitk
 
     d = tmp_path_factory.mktemp("vol")
-    write_series(str(d / "study1"), 30, series=1, patient=1)                                  # CT
-    write_series(str(d / "study1"), 8, series=2, patient=1, modality="MR", description="T2 SAG",
-                 orientation=(0, 1, 0, 0, 0, -1), values=lambda k: np.full((10, 12), 10 * k, np.int16))
+    write_series(str(d / "study1"), 30, series=1, patient=1)  # CT
+    write_series(
+        str(d / "study1"),
+        8,
+        series=2,
+        patient=1,
+        modality="MR",
+        description="T2 SAG",
+        orientation=(0, 1, 0, 0, 0, -1),
+        values=lambda k: np.full((10, 12), 10 * k, np.int16),
+    )
     write_series(str(d / "single"), 1, series=3, patient=2)
     write_series(str(d / "pet"), 3, series=4, patient=3, modality="PT")
     (d / "empty").mkdir()
@@ -291,8 +322,21 @@ def volume_run(tmp_path_factory, demo_model_path):
     ]
     (d / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = d / "out"
-    s = run_pipeline("volumes", ["--input", str(d / "m.jsonl"), "--output_dir", str(out), "--tokenizer",
-                                 demo_model_path, "--max_slices", "10", "--split_salt", "s"])
+    s = run_pipeline(
+        "volumes",
+        [
+            "--input",
+            str(d / "m.jsonl"),
+            "--output_dir",
+            str(out),
+            "--tokenizer",
+            demo_model_path,
+            "--max_slices",
+            "10",
+            "--split_salt",
+            "s",
+        ],
+    )
     errors = {json.loads(x)["row"]: json.loads(x) for x in open(out / "errors" / "errors-00000-of-00001.jsonl")}
     return d, out, s, errors
 
@@ -316,14 +360,13 @@ def test_volume_records_match_library_and_carry_slice_info(volume_run, demo_mode
 
     recs = {(r["modality"], len(r["images"])): r for r in read_records(str(out / "arrayrecord"))}
     ct = recs[("CT", 10)]
-    lib = prepare_series(str(d / "study1"), options=VolumeOptions(image=ImageOptions(), max_slices=10),
-                         series_uid=None)
+    lib = prepare_series(str(d / "study1"), options=VolumeOptions(image=ImageOptions(), max_slices=10), series_uid=None)
     assert ct["images"] == lib.encoded
     infos = [json.loads(i) for i in ct["image_info"]]
     assert [i["slice_index"] for i in infos] == uniform_indices(30, 10)
     assert [i["instance_number"] for i in infos] == [k + 1 for k in uniform_indices(30, 10)]
     assert [i["slice_label"] for i in infos] == [f"SLICE {n}" for n in range(1, 11)]
-    assert all(len(i["source"]) == 64 for i in infos) and len({i["source"] for i in infos}) == 10   # hashed paths
+    assert all(len(i["source"]) == 64 for i in infos) and len({i["source"] for i in infos}) == 10  # hashed paths
     tok = SentencePieceTokenizer.from_file(demo_model_path)
     assert ct["input_ids"].count(tok.token_id("<image_soft_token>")) == 2560
     assert "SLICE 10" in tok.decode(ct["input_ids"])
@@ -335,11 +378,27 @@ def test_volume_records_match_library_and_carry_slice_info(volume_run, demo_mode
 def test_report_selection_and_slice_granularity(volume_run, tmp_path):
     d, _, _, _ = volume_run
     m = tmp_path / "m.jsonl"
-    m.write_text(json.dumps({"image": str(d / "study1"), "text": "Series 1, image 12 and slice 20 abnormal.",
-                             "patient_id": "P1"}) + "\n")
-    s = run_pipeline("volumes", ["--input", str(m), "--output_dir", str(tmp_path / "o"), "--slice_selection",
-                                 "report", "--granularity", "series,slice", "--series_filter",
-                                 "SeriesDescription~axial, SliceThickness<=2.5, ImageType!~LOCALIZER"])
+    m.write_text(
+        json.dumps(
+            {"image": str(d / "study1"), "text": "Series 1, image 12 and slice 20 abnormal.", "patient_id": "P1"}
+        )
+        + "\n"
+    )
+    s = run_pipeline(
+        "volumes",
+        [
+            "--input",
+            str(m),
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--slice_selection",
+            "report",
+            "--granularity",
+            "series,slice",
+            "--series_filter",
+            "SeriesDescription~axial, SliceThickness<=2.5, ImageType!~LOCALIZER",
+        ],
+    )
     recs = list(read_records(str(tmp_path / "o" / "parquet")))
     assert s["by_task"] == {"series": 1, "slice": 2}
     series = [r for r in recs if r["task"] == "series"][0]
@@ -349,11 +408,25 @@ def test_report_selection_and_slice_granularity(volume_run, tmp_path):
 
 def test_volumes_multiprocessing_is_byte_identical(volume_run, tmp_path):
     d, out, _, _ = volume_run
-    run_pipeline("volumes", ["--input", str(d / "m.jsonl"), "--output_dir", str(tmp_path / "mp"),
-                             "--tokenizer", _tok(out), "--max_slices", "10", "--split_salt", "s",
-                             "--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    run_pipeline(
+        "volumes",
+        [
+            "--input",
+            str(d / "m.jsonl"),
+            "--output_dir",
+            str(tmp_path / "mp"),
+            "--tokenizer",
+            _tok(out),
+            "--max_slices",
+            "10",
+            "--split_salt",
+            "s",
+            "--direct_running_mode=multi_processing",
+            "--direct_num_workers=2",
+        ],
+    )
     mine = {r["example_id"]: r for r in read_records(str(tmp_path / "mp" / "parquet"))}
-    for rec in read_records(str(out / "parquet")):   # name the field first, should bytes differ
+    for rec in read_records(str(out / "parquet")):  # name the field first, should bytes differ
         assert {k: v for k, v in rec.items() if v != mine[rec["example_id"]][k]} == {}
     for sub in ("arrayrecord", "parquet", "errors"):
         for f in sorted(os.listdir(out / sub)):
@@ -367,8 +440,13 @@ def _tok(out):
 def test_series_filter_conditions():
     from medprep.transforms.series_filter import matches, parse_filter
 
-    attrs = {"SeriesDescription": "AX T2 FLAIR", "ImageType": "ORIGINAL\\PRIMARY\\AXIAL", "SliceThickness": 3.0,
-             "Modality": "MR", "SeriesNumber": "4"}
+    attrs = {
+        "SeriesDescription": "AX T2 FLAIR",
+        "ImageType": "ORIGINAL\\PRIMARY\\AXIAL",
+        "SliceThickness": 3.0,
+        "Modality": "MR",
+        "SeriesNumber": "4",
+    }
     assert matches(parse_filter("SeriesDescription~flair, SliceThickness<=3, Modality=mr"), attrs)
     assert not matches(parse_filter("SliceThickness<3"), attrs)
     assert not matches(parse_filter("ImageType!~primary"), attrs)
@@ -395,13 +473,14 @@ def test_memory_stays_bounded_to_a_few_slices(tmp_path, modality):
     """A 120-slice 512x512 series (60 MB of pixels; MR decodes every slice for its range): peak stays a few slices."""
     import tracemalloc
 
-    write_series(str(tmp_path), 120, modality=modality, values=lambda k: np.full((512, 512), k, np.int16),
-                 shuffle_seed=None)
+    write_series(
+        str(tmp_path), 120, modality=modality, values=lambda k: np.full((512, 512), k, np.int16), shuffle_seed=None
+    )
     tracemalloc.start()
     prepare_series(str(tmp_path), options=VolumeOptions(max_slices=10))
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert peak < 12 * 2**20, f"peak {peak / 2**20:.1f} MiB"   # measured 5.5 (CT) / 4.2 (MR)
+    assert peak < 12 * 2**20, f"peak {peak / 2**20:.1f} MiB"  # measured 5.5 (CT) / 4.2 (MR)
 
 
 def test_nifti_api_needs_modality_and_matches_pipeline(volume_run):
@@ -423,26 +502,43 @@ def test_a_slice_failing_after_planning_skips_its_series_only(tmp_path, demo_mod
 
     paths = write_series(str(tmp_path / "mixed"), 20, series=5, patient=9)
     write_series(str(tmp_path / "mixed"), 12, series=6, patient=9)
-    write_series(str(tmp_path / "mixed"), 1, series=7, patient=9, description="SCOUT")   # a one-slice scout
+    write_series(str(tmp_path / "mixed"), 1, series=7, patient=9, description="SCOUT")  # a one-slice scout
     last = next(p for p in paths if int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber) == 20)
     ds = pydicom.dcmread(last)
-    ds.PixelData = ds.PixelData[:100]            # the last slice is always selected by the uniform rule
+    ds.PixelData = ds.PixelData[:100]  # the last slice is always selected by the uniform rule
     ds.save_as(last)
     shutil.copytree(tmp_path / "mixed", tmp_path / "alone")
     for p in glob.glob(str(tmp_path / "alone" / "*")):
         if int(pydicom.dcmread(p, stop_before_pixels=True).SeriesNumber) == 6:
             os.remove(p)
-    rows = [{"id": "mixed", "image": str(tmp_path / "mixed"), "text": "two series", "patient_id": "P9"},
-            {"id": "alone", "image": str(tmp_path / "alone"), "text": "broken series only", "patient_id": "P9"}]
+    rows = [
+        {"id": "mixed", "image": str(tmp_path / "mixed"), "text": "two series", "patient_id": "P9"},
+        {"id": "alone", "image": str(tmp_path / "alone"), "text": "broken series only", "patient_id": "P9"},
+    ]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "o"
-    s, result = run_pipeline_with_result("volumes", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(out),
-                                                     "--tokenizer", demo_model_path, "--max_slices", "10"])
+    s, result = run_pipeline_with_result(
+        "volumes",
+        [
+            "--input",
+            str(tmp_path / "m.jsonl"),
+            "--output_dir",
+            str(out),
+            "--tokenizer",
+            demo_model_path,
+            "--max_slices",
+            "10",
+        ],
+    )
     assert (s["inputs"], s["examples"], s["errors"], s["reconciled"]) == (2, 1, 1, True)
     # the 'mixed' input kept series 6; its scout (planning) and its broken series 5 (assembly) are counted
     skipped = s["series_skipped"]
-    assert skipped.pop("transform: series has # usable slice(s); at least # needed "
-                       "(use `medprep images` for single images)") == 1
+    assert (
+        skipped.pop(
+            "transform: series has # usable slice(s); at least # needed (use `medprep images` for single images)"
+        )
+        == 1
+    )
     ((reason, n),) = skipped.items()
     assert n == 1 and reason.startswith("decode: cannot decode pixel data (Explicit VR Little Endian)")
     from medprep.pipelines.cli.main import main
@@ -456,4 +552,4 @@ def test_a_slice_failing_after_planning_skips_its_series_only(tmp_path, demo_mod
     assert line["row"] == 2 and line["stage"] == "decode"
     counters, _ = query_metrics(result)
     total = totals(counters)
-    assert total["slices_failed"] == 2 and total["slices_done"] == 10 + 9 + 9   # the broken slice, twice
+    assert total["slices_failed"] == 2 and total["slices_done"] == 10 + 9 + 9  # the broken slice, twice

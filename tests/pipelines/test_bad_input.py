@@ -1,4 +1,5 @@
 """Bad inputs become error lines (stage + reason); bad options/manifests fail before any work."""
+
 import io
 import json
 
@@ -34,8 +35,9 @@ def bad_run(tmp_path_factory, demo_model_path):
     manifest = d / "m.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = d / "out"
-    summary = run_pipeline("images",
-                           ["--input", str(manifest), "--output_dir", str(out), "--tokenizer", demo_model_path])
+    summary = run_pipeline(
+        "images", ["--input", str(manifest), "--output_dir", str(out), "--tokenizer", demo_model_path]
+    )
     errors = [json.loads(x) for x in open(out / "errors" / "errors-00000-of-00001.jsonl")]
     return summary, {e["row"]: e for e in errors}
 
@@ -72,14 +74,17 @@ def _manifest(tmp_path, rows, name="m.jsonl"):
     return str(p)
 
 
-@pytest.mark.parametrize("option,value,expect", [
-    ("--image_size", "abc", "--image_size"),
-    ("--image_size", "0", "--image_size"),
-    ("--formats", "tfrecord", "--formats"),
-    ("--val_fraction", "1.5", "--val_fraction"),
-    ("--image_format", "gif", "--image_format"),
-    ("--ct_windows", "1,2;3", "--ct_windows"),
-])
+@pytest.mark.parametrize(
+    "option,value,expect",
+    [
+        ("--image_size", "abc", "--image_size"),
+        ("--image_size", "0", "--image_size"),
+        ("--formats", "tfrecord", "--formats"),
+        ("--val_fraction", "1.5", "--val_fraction"),
+        ("--image_format", "gif", "--image_format"),
+        ("--ct_windows", "1,2;3", "--ct_windows"),
+    ],
+)
 def test_bad_option_values_fail_at_startup(tmp_path, capsys, option, value, expect):
     m = _manifest(tmp_path, [{"image": "x.png", "text": "t"}])
     with pytest.raises(SystemExit) as exc:
@@ -112,9 +117,9 @@ def test_csv_and_parquet_manifests(tmp_path, demo_model_path):
     Image.new("RGB", (10, 20), (9, 9, 9)).save(buf, format="PNG")
     (tmp_path / "a.png").write_bytes(buf.getvalue())
     img = str(tmp_path / "a.png")
-    (tmp_path / "m.csv").write_text('image,text,boxes,box_labels\n'
-                                    f'{img},"multi\nline report",,\n'
-                                    f'{img},,"[[0,0,5,5]]","[""spot""]"\n')
+    (tmp_path / "m.csv").write_text(
+        f'image,text,boxes,box_labels\n{img},"multi\nline report",,\n{img},,"[[0,0,5,5]]","[""spot""]"\n'
+    )
     s = run_pipeline("images", ["--input", str(tmp_path / "m.csv"), "--output_dir", str(tmp_path / "o1")])
     assert (s["examples"], s["by_task"]) == (2, {"image_text": 1, "localization": 1})
     pq.write_table(pa.table({"image": [[img]], "text": ["x"], "boxes": [None]}), tmp_path / "m.parquet")
@@ -126,12 +131,15 @@ def test_missing_inputs_and_unknown_options(tmp_path, capsys):
     m = _manifest(tmp_path, [{"image": "a.png", "text": "t"}])
     code, err = _cli(["images", "--input", str(tmp_path / "nope.jsonl"), "--output_dir", str(tmp_path / "o")], capsys)
     assert code == 2 and "--input" in err and "not found" in err
-    code, err = _cli(["images", "--input", m, "--output_dir", str(tmp_path / "o"),
-                      "--tokenizer", str(tmp_path / "t.model")], capsys)
+    code, err = _cli(
+        ["images", "--input", m, "--output_dir", str(tmp_path / "o"), "--tokenizer", str(tmp_path / "t.model")], capsys
+    )
     assert code == 2 and "--tokenizer" in err
     (tmp_path / "bad.model").write_bytes(b"garbage")
-    code, err = _cli(["images", "--input", m, "--output_dir", str(tmp_path / "o"),
-                      "--tokenizer", str(tmp_path / "bad.model")], capsys)
+    code, err = _cli(
+        ["images", "--input", m, "--output_dir", str(tmp_path / "o"), "--tokenizer", str(tmp_path / "bad.model")],
+        capsys,
+    )
     assert code == 2 and "--tokenizer" in err and "SentencePiece" in err
     code, err = _cli(["images", "--input", m, "--output_dir", str(tmp_path / "o"), "--imgae_size", "3"], capsys)
     assert code == 2 and "--imgae_size" in err
@@ -152,10 +160,12 @@ def test_manifest_column_types_found_by_fuzzing(tmp_path, capsys):
     """Regressions from tests/test_fuzz.py: wrong-typed columns are ManifestErrors naming row and column."""
     from medprep.pipelines.io.manifest import ManifestError, normalize_row
 
-    for raw, message in [({"image": "a", "box_labels": False}, "row 1: column 'box_labels'"),
-                         ({"image": "a", "text": ["x"]}, "row 1: column 'text' must be text"),
-                         ({"image": "a", "boxes": [[1, 2, True, 4]], "box_labels": ["x"]}, "row 1: column 'boxes'"),
-                         ({"image": "a", "boxes": 5}, "row 1: column 'boxes'")]:
+    for raw, message in [
+        ({"image": "a", "box_labels": False}, "row 1: column 'box_labels'"),
+        ({"image": "a", "text": ["x"]}, "row 1: column 'text' must be text"),
+        ({"image": "a", "boxes": [[1, 2, True, 4]], "box_labels": ["x"]}, "row 1: column 'boxes'"),
+        ({"image": "a", "boxes": 5}, "row 1: column 'boxes'"),
+    ]:
         with pytest.raises(ManifestError, match=message.replace("[", r"\[")):
             normalize_row(raw, 1)
 

@@ -1,4 +1,5 @@
 """`medprep inspect`: the report renders in a real headless Chromium, images load, counts match summary.json."""
+
 import json
 import os
 import re
@@ -19,9 +20,22 @@ def _browser_dom(path: str, profile: str) -> str:
         if REQUIRED:
             pytest.fail("Chromium is required (MEDPREP_REQUIRE_CHROMIUM=1) but not installed")
         pytest.skip("Chromium not installed (apt-get install chromium); .ci/run installs it")
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-           "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile}", "--virtual-time-budget=10000", "--dump-dom", "file://" + path]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        "file://" + path,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
 
 
@@ -29,14 +43,21 @@ def _browser_dom(path: str, profile: str) -> str:
 def outputs(tmp_path_factory, demo_model_path):
     d = tmp_path_factory.mktemp("inspect")
     outs = {}
-    extra = {"volumes": ["--max_slices", "8"], "slides": ["--max_patches", "6", "--granularity", "slide,patch"],
-             "images": []}
-    for name, make in (("images", make_images_samples), ("volumes", make_volume_samples),
-                       ("slides", make_slide_samples)):
+    extra = {
+        "volumes": ["--max_slices", "8"],
+        "slides": ["--max_patches", "6", "--granularity", "slide,patch"],
+        "images": [],
+    }
+    for name, make in (
+        ("images", make_images_samples),
+        ("volumes", make_volume_samples),
+        ("slides", make_slide_samples),
+    ):
         manifest = make(str(d / "samples"))
         outs[name] = str(d / name)
-        run_pipeline(name, ["--input", manifest, "--output_dir", outs[name], "--tokenizer", demo_model_path,
-                            *extra[name]])
+        run_pipeline(
+            name, ["--input", manifest, "--output_dir", outs[name], "--tokenizer", demo_model_path, *extra[name]]
+        )
     return d, outs
 
 
@@ -62,15 +83,15 @@ def test_report_loads_in_chromium_with_all_images_and_matching_counts(outputs, n
 
 def test_report_content_per_pipeline(outputs):
     _, outs = outputs
-    for out in outs.values():   # this test may run on another xdist worker than the one above
+    for out in outs.values():  # this test may run on another xdist worker than the one above
         assert main(["inspect", out]) == 0
     images = open(os.path.join(outs["images"], "report.html")).read()
-    assert "[-1024,1024] HU" in images and "localization · DX" in images   # CT channels, boxes sample
-    assert "cannot read" in images and "&lt;path&gt;" in images             # errors grouped, paths folded
+    assert "[-1024,1024] HU" in images and "localization · DX" in images  # CT channels, boxes sample
+    assert "cannot read" in images and "&lt;path&gt;" in images  # errors grouped, paths folded
     volumes = open(os.path.join(outs["volumes"], "report.html")).read()
     assert volumes.count('class="slice"') >= 8 and "SLICE 8" in volumes
     slides = open(os.path.join(outs["slides"], "report.html")).read()
-    assert slides.count('class="slidemap"') == 2 and "tissue (green) and the" in slides   # one map per slide record
+    assert slides.count('class="slidemap"') == 2 and "tissue (green) and the" in slides  # one map per slide record
 
 
 def test_inspect_refuses_a_folder_without_summary(tmp_path, capsys):

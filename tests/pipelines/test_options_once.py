@@ -1,5 +1,6 @@
 """Options declared once (transforms.option_fields): the CLI per subcommand, the run config and summary.json
 derive from the option dataclasses, and load_options rebuilds a finished run's inference options."""
+
 import dataclasses
 import json
 
@@ -26,7 +27,7 @@ def test_each_subcommand_shows_its_own_options_only():
     assert "--max_slices" in volumes and "--max_slices" not in images and "--max_slices" not in slides
     assert "--target_mpp" in slides and "--target_mpp" not in volumes
     assert "--granularity" in volumes and "--granularity" in slides and "--granularity" not in images
-    for name, spec in PIPELINES.items():   # every declared option of its groups, and nothing else
+    for name, spec in PIPELINES.items():  # every declared option of its groups, and nothing else
         declared = {f"--{o.cli}" for g in spec.groups for o in option_fields(g)}
         assert _subcommand_options(name) == declared, name
 
@@ -35,8 +36,17 @@ def test_config_fields_are_the_declared_options():
     declared = {o.name for g in OPTION_GROUPS for o in option_fields(g)} - {"split_salt"}
     fields = {f.name for f in dataclasses.fields(Config)}
     assert declared <= fields
-    assert fields - declared == {"salt", "salt_is_default", "tokenizer_sha256", "tokenizer_info", "extra_columns",
-                                 "staging_dir", "progress_file", "expected_inputs", "commit_in_pipeline"}
+    assert fields - declared == {
+        "salt",
+        "salt_is_default",
+        "tokenizer_sha256",
+        "tokenizer_info",
+        "extra_columns",
+        "staging_dir",
+        "progress_file",
+        "expected_inputs",
+        "commit_in_pipeline",
+    }
     assert Config().image_options().size == 896 and Config(image_size=448).image_options().size == 448
 
 
@@ -46,11 +56,31 @@ def test_load_options_rebuilds_the_run_for_serving(tmp_path, demo_model_path):
     write_series(str(tmp_path / "ct"), 12, series=1, patient=1)
     (tmp_path / "i.jsonl").write_text(json.dumps({"image": "a.png", "text": "t", "prompt": "Describe."}) + "\n")
     (tmp_path / "v.jsonl").write_text(json.dumps({"image": "ct", "text": "t", "prompt": "Findings?"}) + "\n")
-    common = ["--tokenizer", demo_model_path, "--image_size", "448", "--png_level", "3",
-              "--system_prompt", "You are an expert radiologist."]
+    common = [
+        "--tokenizer",
+        demo_model_path,
+        "--image_size",
+        "448",
+        "--png_level",
+        "3",
+        "--system_prompt",
+        "You are an expert radiologist.",
+    ]
     run_pipeline("images", ["--input", str(tmp_path / "i.jsonl"), "--output_dir", str(tmp_path / "oi"), *common])
-    run_pipeline("volumes", ["--input", str(tmp_path / "v.jsonl"), "--output_dir", str(tmp_path / "ov"), *common,
-                             "--ct_preset", "medgemma-1", "--max_slices", "5"])
+    run_pipeline(
+        "volumes",
+        [
+            "--input",
+            str(tmp_path / "v.jsonl"),
+            "--output_dir",
+            str(tmp_path / "ov"),
+            *common,
+            "--ct_preset",
+            "medgemma-1",
+            "--max_slices",
+            "5",
+        ],
+    )
     opts = load_options(str(tmp_path / "oi"))
     assert opts.image.size == 448 and opts.image.png_level == 3
     (rec,) = read_records(str(tmp_path / "oi" / "parquet"))
@@ -91,7 +121,9 @@ def test_output_formats_are_a_table():
     from medprep.pipelines.io.sinks import FORMATS
 
     assert {name: (f.folder, f.suffix) for name, f in FORMATS.items()} == {
-        "arrayrecord": ("arrayrecord", ".array_record"), "parquet": ("parquet", ".parquet")}
+        "arrayrecord": ("arrayrecord", ".array_record"),
+        "parquet": ("parquet", ".parquet"),
+    }
 
 
 def test_public_api_names_resolve():

@@ -1,4 +1,5 @@
 """The Dockerfile installs the package the way setup.py declares it, on a matching Beam SDK."""
+
 import ast
 import os
 import re
@@ -48,8 +49,15 @@ def test_dockerfile_smoke_import_runs_here_and_covers_every_native_reader():
 
     text = open(os.path.join(ROOT, "Dockerfile")).read()
     check = re.search(r'python -c "(.*?)"', text, re.S).group(1).replace("\\\n", "")
-    for module in ("openslide", "gdcm", "openjpeg", "SimpleITK", "array_record", "wsidicom",
-                   "medprep.pipelines.graphs.slides"):
+    for module in (
+        "openslide",
+        "gdcm",
+        "openjpeg",
+        "SimpleITK",
+        "array_record",
+        "wsidicom",
+        "medprep.pipelines.graphs.slides",
+    ):
         assert module in check, module
     proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -60,4 +68,27 @@ def test_flex_stage_launches_the_module_that_exists():
     path = re.search(r"ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/opt/medprep/(\S+)", text).group(1)
     assert os.path.isfile(os.path.join(ROOT, path))
     assert "COPY --from=template_launcher /opt/google/dataflow/python_template_launcher" in text
-    assert text.count('ENTRYPOINT ["/opt/apache/beam/boot"]') == 2   # workers start the SDK harness
+    assert text.count('ENTRYPOINT ["/opt/apache/beam/boot"]') == 2  # workers start the SDK harness
+
+
+def test_one_namespace_no_generic_top_level_names():
+    """setup.py installs medprep.transforms, medprep.schemas, medprep.pipelines (and their subpackages) from the
+    top-level folders, and nothing outside the medprep namespace."""
+    import setuptools
+
+    captured: dict = {}
+    real = setuptools.setup
+    cwd = os.getcwd()
+    try:
+        setuptools.setup = lambda **kw: captured.update(kw)
+        os.chdir(ROOT)
+        exec(compile(open(os.path.join(ROOT, "setup.py")).read(), "setup.py", "exec"), {"__name__": "setup"})
+    finally:
+        setuptools.setup = real
+        os.chdir(cwd)
+    packages = captured["packages"]
+    assert all(p == "medprep" or p.startswith("medprep.") for p in packages)
+    for sub in ("transforms", "schemas", "pipelines", "pipelines.graphs", "pipelines.io", "pipelines.io.sources",
+                "pipelines.records", "pipelines.tools", "pipelines.cli"):
+        assert f"medprep.{sub}" in packages and captured["package_dir"][f"medprep.{sub}"] == sub.replace(".", "/")
+    assert captured["entry_points"] == {"console_scripts": ["medprep=medprep.pipelines.cli.main:main"]}

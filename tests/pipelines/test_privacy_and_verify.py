@@ -1,4 +1,5 @@
 """Privacy (burned-in annotation, report scrubbing, identifier scan) and `medprep verify` catching damage."""
+
 import json
 import os
 import shutil
@@ -13,11 +14,15 @@ from medprep.transforms.scrub import scrub_text
 
 
 def test_scrub_text_replaces_identifiers_dates_and_ids():
-    text = ("Jane Doe (MRN: AB12345) seen on 2021-03-04 and 4 March 2021; accession # 99-1234. "
-            "Compared with 03/05/2020. Call 5551234567. Image 45 of series 3 is unchanged.")
+    text = (
+        "Jane Doe (MRN: AB12345) seen on 2021-03-04 and 4 March 2021; accession # 99-1234. "
+        "Compared with 03/05/2020. Call 5551234567. Image 45 of series 3 is unchanged."
+    )
     clean, counts = scrub_text(text, identifiers=["AB12345"], names=["DOE^JANE"])
-    assert clean == ("[NAME] [NAME] (MRN: [ID]) seen on [DATE] and [DATE]; accession # [ID]. "
-                     "Compared with [DATE]. Call [PHONE]. Image 45 of series 3 is unchanged.")
+    assert clean == (
+        "[NAME] [NAME] (MRN: [ID]) seen on [DATE] and [DATE]; accession # [ID]. "
+        "Compared with [DATE]. Call [PHONE]. Image 45 of series 3 is unchanged."
+    )
     assert counts == {"name": 2, "id": 2, "ssn": 0, "phone": 1, "email": 0, "address": 0, "date": 3}
     assert scrub_text("", ["x"]) == ("", dict.fromkeys(counts, 0))
 
@@ -26,12 +31,16 @@ def test_scrub_text_replaces_identifiers_dates_and_ids():
 def phi_inputs(tmp_path):
     ident = fake_identity(1)
     ok = write_dicom(str(tmp_path / "ok.dcm"), np.full((16, 16), 500, np.uint16), patient=1, window=(500, 1000))
-    burned = write_dicom(str(tmp_path / "burned.dcm"), np.full((16, 16), 500, np.uint16), patient=1,
-                         extra={"BurnedInAnnotation": "YES"})
+    burned = write_dicom(
+        str(tmp_path / "burned.dcm"), np.full((16, 16), 500, np.uint16), patient=1, extra={"BurnedInAnnotation": "YES"}
+    )
     rows = [
-        {"id": "leaky", "image": ok,
-         "text": f"Patient {ident['PatientName'].replace('^', ' ')} MRN {ident['PatientID']}, "
-                 f"DOB 1970-01-01: clear lungs."},
+        {
+            "id": "leaky",
+            "image": ok,
+            "text": f"Patient {ident['PatientName'].replace('^', ' ')} MRN {ident['PatientID']}, "
+            f"DOB 1970-01-01: clear lungs.",
+        },
         {"id": "burned", "image": burned, "text": "burned-in text"},
     ]
     m = tmp_path / "m.jsonl"
@@ -45,7 +54,7 @@ def test_burned_in_is_skipped_by_default_and_verify_flags_leaky_reports(phi_inpu
     s = run_pipeline("images", ["--input", manifest, "--output_dir", out])
     assert s["errors_by_stage"] == {"privacy": 1} and s["examples"] == 1
     problems, facts = verify(out)
-    assert any("PatientID of" in p for p in problems), problems   # ok.dcm and burned.dcm share one identity
+    assert any("PatientID of" in p for p in problems), problems  # ok.dcm and burned.dcm share one identity
     assert any("PatientName" in p for p in problems) and facts["phi_hits"] >= 2
     assert main(["verify", out]) == 1
 
@@ -111,7 +120,9 @@ def test_verify_catches_lost_error_lines_and_an_incomplete_run(good_output):
 
 
 def test_verify_catches_formats_that_disagree(good_output, tmp_path):
-    shutil.copy(os.path.join(good_output, "arrayrecord", "train-00000-of-00002.array_record"),
-                os.path.join(good_output, "arrayrecord", "train-00001-of-00002.array_record"))
+    shutil.copy(
+        os.path.join(good_output, "arrayrecord", "train-00000-of-00002.array_record"),
+        os.path.join(good_output, "arrayrecord", "train-00001-of-00002.array_record"),
+    )
     problems = verify(good_output)[0]
     assert any("duplicate example_id" in p for p in problems)

@@ -1,4 +1,5 @@
 """Reruns, atomic overwrite, crashes, verification, fault injection: nothing lost, nothing half-written."""
+
 import glob
 import io
 import json
@@ -22,16 +23,18 @@ def manifest(tmp_path):
     rows = []
     for i in range(12):
         (tmp_path / f"i{i}.png").write_bytes(_png(i))
-        rows.append({"id": f"r{i}", "image": str(tmp_path / f"i{i}.png"), "text": f"caption {i}",
-                     "patient_id": f"p{i}"})
+        rows.append(
+            {"id": f"r{i}", "image": str(tmp_path / f"i{i}.png"), "text": f"caption {i}", "patient_id": f"p{i}"}
+        )
     m = tmp_path / "m.jsonl"
     m.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(m)
 
 
 def _files(out):
-    return sorted(os.path.relpath(f, out) for f in glob.glob(os.path.join(out, "**"), recursive=True)
-                  if os.path.isfile(f))
+    return sorted(
+        os.path.relpath(f, out) for f in glob.glob(os.path.join(out, "**"), recursive=True) if os.path.isfile(f)
+    )
 
 
 def _snapshot(out):
@@ -60,7 +63,7 @@ def test_crashed_run_leaves_previous_dataset_intact(manifest, tmp_path, monkeypa
     monkeypatch.setattr(sinks, "_write_parquet", boom)
     with pytest.raises(Exception, match="disk on fire"):
         run_pipeline("images", ["--input", manifest, "--output_dir", out, "--overwrite"])
-    assert _snapshot(out) == before   # staging folders are hidden and not part of the dataset
+    assert _snapshot(out) == before  # staging folders are hidden and not part of the dataset
     assert [f for f in os.listdir(out) if f.startswith(".staging")]
 
 
@@ -88,7 +91,7 @@ def test_slow_item_times_out_and_the_rest_survive(manifest, tmp_path, monkeypatc
     def slow_on_row_3(data, name, options):
         if name.endswith("i3.png"):
             deadline = time.time() + 30
-            while time.time() < deadline:   # a Python-level hang: interrupted by the limit
+            while time.time() < deadline:  # a Python-level hang: interrupted by the limit
                 pass
         return real(data, name, options)
 
@@ -107,10 +110,10 @@ def test_fault_injection_random_raises_and_garbage_sources_still_reconcile(manif
     import medprep.pipelines.graphs.images as images
 
     rows = [json.loads(line) for line in open(manifest)]
-    for r in rows[8:]:                       # the last 4 sources return garbage
+    for r in rows[8:]:  # the last 4 sources return garbage
         open(r["image"], "wb").write(os.urandom(2000))
     rng = random.Random(7)
-    doomed = set(rng.sample(range(8), 3))    # 3 of the first 8 raise an unexpected exception
+    doomed = set(rng.sample(range(8), 3))  # 3 of the first 8 raise an unexpected exception
     real = images.PrepareImageRow.outputs
 
     def flaky(self, row):
@@ -137,11 +140,18 @@ def test_commit_is_safe_to_repeat_after_a_crash_part_way(tmp_path, monkeypatch):
     import medprep.pipelines.io.outputs as outputs
 
     out, staging = tmp_path / "out", tmp_path / "out" / ".staging-x"
-    old = {"arrayrecord/train-00000-of-00002.array_record": b"old0",
-           "arrayrecord/train-00001-of-00002.array_record": b"old1",
-           "errors/errors-00000-of-00001.jsonl": b"olderr", "report.html": b"oldreport", "summary.json": b"{}"}
-    new = {"arrayrecord/train-00000-of-00001.array_record": b"new0", "errors/errors-00000-of-00001.jsonl": b"newerr",
-           "preview.png": b"png"}
+    old = {
+        "arrayrecord/train-00000-of-00002.array_record": b"old0",
+        "arrayrecord/train-00001-of-00002.array_record": b"old1",
+        "errors/errors-00000-of-00001.jsonl": b"olderr",
+        "report.html": b"oldreport",
+        "summary.json": b"{}",
+    }
+    new = {
+        "arrayrecord/train-00000-of-00001.array_record": b"new0",
+        "errors/errors-00000-of-00001.jsonl": b"newerr",
+        "preview.png": b"png",
+    }
     summary = json.dumps({"files": [{"path": p} for p in new if p != "preview.png"]}).encode()
     for base, files in ((out, old), (staging, {**new, "summary.json": summary})):
         for rel, data in files.items():
@@ -158,12 +168,15 @@ def test_commit_is_safe_to_repeat_after_a_crash_part_way(tmp_path, monkeypatch):
     monkeypatch.setattr(outputs, "_move_file", crashing_move)
     with pytest.raises(OSError):
         outputs.commit_outputs(str(staging), str(out))
-    assert not (out / "summary.json").exists()          # a half-committed folder never looks complete
+    assert not (out / "summary.json").exists()  # a half-committed folder never looks complete
     monkeypatch.setattr(outputs, "_move_file", real_move)
-    outputs.commit_outputs(str(staging), str(out))       # the retry
-    outputs.commit_outputs(str(staging), str(out))       # and once more: nothing left to do
-    got = {os.path.relpath(os.path.join(d, f), out): open(os.path.join(d, f), "rb").read()
-           for d, _, fs in os.walk(out) for f in fs}
+    outputs.commit_outputs(str(staging), str(out))  # the retry
+    outputs.commit_outputs(str(staging), str(out))  # and once more: nothing left to do
+    got = {
+        os.path.relpath(os.path.join(d, f), out): open(os.path.join(d, f), "rb").read()
+        for d, _, fs in os.walk(out)
+        for f in fs
+    }
     assert got == {**new, "summary.json": summary}
     assert not staging.exists()
 

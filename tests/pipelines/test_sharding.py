@@ -1,4 +1,5 @@
 """Shard planning: counts known from the inputs, before any record exists."""
+
 from medprep.pipelines.io.sinks import TARGET_SHARD_BYTES, image_bytes_estimate, plan_shards, shard_of
 from medprep.pipelines.records.split import split_fractions
 
@@ -9,8 +10,8 @@ def test_image_bytes_estimate():
 
 
 def test_plan_by_size_from_input_count():
-    per = 602112                                   # one 896² PNG per input
-    per_shard = TARGET_SHARD_BYTES // per          # 222 inputs fill 128 MiB
+    per = 602112  # one 896² PNG per input
+    per_shard = TARGET_SHARD_BYTES // per  # 222 inputs fill 128 MiB
     assert per_shard == 222
     assert plan_shards(222, 0, {"train": 1.0}, per) == {"train": 1}
     assert plan_shards(223, 0, {"train": 1.0}, per) == {"train": 2}

@@ -1,4 +1,5 @@
 """Every format the pipelines write, through every loader, decodes to exactly what was written."""
+
 import os
 
 import numpy as np
@@ -14,8 +15,21 @@ def out(tmp_path_factory, demo_model_path):
     d = tmp_path_factory.mktemp("loaders")
     manifest = make_images_samples(str(d / "samples"))
     o = d / "out"
-    run_pipeline("images", ["--input", manifest, "--output_dir", str(o), "--tokenizer", demo_model_path,
-                            "--num_shards", "2", "--split_salt", "x"])
+    run_pipeline(
+        "images",
+        [
+            "--input",
+            manifest,
+            "--output_dir",
+            str(o),
+            "--tokenizer",
+            demo_model_path,
+            "--num_shards",
+            "2",
+            "--split_salt",
+            "x",
+        ],
+    )
     return str(o)
 
 
@@ -41,9 +55,12 @@ def test_grain_dataloader_over_grains_own_arrayrecord_source(out, written):
             return decode_example(element)
 
     source = gp.ArrayRecordDataSource(arrayrecord_files(out, split="train"))
-    loader = gp.DataLoader(data_source=source, sampler=gp.IndexSampler(len(source), shard_options=gp.NoSharding(),
-                                                                       shuffle=True, num_epochs=1, seed=0),
-                           operations=[Decode()], worker_count=0)
+    loader = gp.DataLoader(
+        data_source=source,
+        sampler=gp.IndexSampler(len(source), shard_options=gp.NoSharding(), shuffle=True, num_epochs=1, seed=0),
+        operations=[Decode()],
+        worker_count=0,
+    )
     seen = {rec["example_id"]: rec for rec in loader}
     assert seen == {k: r for k, r in written.items() if r["split"] == "train"}
 
@@ -81,8 +98,7 @@ def test_hf_one_liner(out, written):
     rec = train[row["example_id"]]
     assert row["text"] == rec["text"] and row["input_ids"] == rec["input_ids"] and row["boxes"] == rec["boxes"]
     img = row["images"][0]
-    assert img.size == (896, 896) and np.array_equal(np.asarray(img.convert("RGB")),
-                                                     np.asarray(_pil(rec["images"][0])))
+    assert img.size == (896, 896) and np.array_equal(np.asarray(img.convert("RGB")), np.asarray(_pil(rec["images"][0])))
 
 
 def _pil(data):
@@ -104,6 +120,7 @@ def test_model_input_matches_independent_computation_including_resize():
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     x = to_model_input(buf.getvalue(), size=4)
+
     # Pillow BILINEAR at scale 1/2: triangle filter of support 2 -> weights 1/8, 3/8, 3/8, 1/8 (edge-normalized)
     def axis_weights(n_in, n_out):
         scale = n_in / n_out
@@ -114,6 +131,7 @@ def test_model_input_matches_independent_computation_including_resize():
                 w[o, i] = max(0.0, 1 - abs((i + 0.5 - center) / scale))
             w[o] /= w[o].sum()
         return w
+
     wy, wx = axis_weights(8, 4), axis_weights(8, 4)
     ref = np.einsum("oi,ijc,pj->opc", wy, arr.astype(np.float64), wx)
     ref = np.clip(np.round(ref), 0, 255) / 255.0

@@ -28,14 +28,27 @@ def _png(color) -> bytes:
 
 def make_record(i: int = 0) -> dict:
     return {
-        "example_id": f"{i:032x}", "modality": "CR", "task": "localization", "split": "train",
-        "patient_key": "ab" * 32, "study_key": "", "images": [_png((i, 2, 3)), _png((4, 5, 6))],
-        "image_info": ['{"source":"a.dcm"}', '{"source":"b.dcm"}'], "prompt": "Locate — ünïcode ✓",
-        "text": '[{"box_2d": [1, 2, 3, 4], "label": "x"}]', "prompt_ids": [1, 2, 300000],
-        "text_ids": [], "input_ids": [2, 262144, 255999], "loss_mask": [0, 0, 1],
+        "example_id": f"{i:032x}",
+        "modality": "CR",
+        "task": "localization",
+        "split": "train",
+        "patient_key": "ab" * 32,
+        "study_key": "",
+        "images": [_png((i, 2, 3)), _png((4, 5, 6))],
+        "image_info": ['{"source":"a.dcm"}', '{"source":"b.dcm"}'],
+        "prompt": "Locate — ünïcode ✓",
+        "text": '[{"box_2d": [1, 2, 3, 4], "label": "x"}]',
+        "prompt_ids": [1, 2, 300000],
+        "text_ids": [],
+        "input_ids": [2, 262144, 255999],
+        "loss_mask": [0, 0, 1],
         "messages": '[{"role":"user","content":[{"type":"image"},{"type":"image"},{"type":"text","text":"Locate"}]}]',
-        "boxes": [[0.25, 0.5, 0.75, float(np.float32(0.1))]], "box_labels": ["x"], "label": "",
-        "source": ["a.dcm", "b.dcm"], "config_hash": "c" * 64, "pipeline_version": "0.1.0",
+        "boxes": [[0.25, 0.5, 0.75, float(np.float32(0.1))]],
+        "box_labels": ["x"],
+        "label": "",
+        "source": ["a.dcm", "b.dcm"],
+        "config_hash": "c" * 64,
+        "pipeline_version": "0.1.0",
     }
 
 
@@ -60,9 +73,14 @@ def _tf_example_classes():
     msg("BytesList", [("value", 1, F.TYPE_BYTES, R, None, False)])
     msg("FloatList", [("value", 1, F.TYPE_FLOAT, R, None, True)])
     msg("Int64List", [("value", 1, F.TYPE_INT64, R, None, True)])
-    feat = msg("Feature", [("bytes_list", 1, F.TYPE_MESSAGE, OPT, ".tensorflow.BytesList", False),
-                           ("float_list", 2, F.TYPE_MESSAGE, OPT, ".tensorflow.FloatList", False),
-                           ("int64_list", 3, F.TYPE_MESSAGE, OPT, ".tensorflow.Int64List", False)])
+    feat = msg(
+        "Feature",
+        [
+            ("bytes_list", 1, F.TYPE_MESSAGE, OPT, ".tensorflow.BytesList", False),
+            ("float_list", 2, F.TYPE_MESSAGE, OPT, ".tensorflow.FloatList", False),
+            ("int64_list", 3, F.TYPE_MESSAGE, OPT, ".tensorflow.Int64List", False),
+        ],
+    )
     feat.oneof_decl.add(name="kind")
     for f in feat.field:
         f.oneof_index = 0
@@ -112,8 +130,8 @@ def test_example_is_wire_compatible_with_protobuf_runtime():
     assert Example.FromString(ex.SerializeToString(deterministic=True)) == Example.FromString(encode_example(rec))
     assert list(feat.keys()) is not None and _key_order(encode_example(rec)) == sorted(FIELD_NAMES)
     # and we decode what protobuf writes, including negative int64 and unpacked forms
-    ex.features.feature["prompt_ids"].int64_list.value[:] = [-5, 2 ** 40]
-    assert decode_example(ex.SerializeToString())["prompt_ids"] == [-5, 2 ** 40]
+    ex.features.feature["prompt_ids"].int64_list.value[:] = [-5, 2**40]
+    assert decode_example(ex.SerializeToString())["prompt_ids"] == [-5, 2**40]
 
 
 def test_decode_rejects_truncated_bytes():
@@ -175,7 +193,7 @@ def test_to_model_input_matches_numpy_reference():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(min_value=-2**63, max_value=2**63 - 1), max_size=50))
+@given(st.lists(st.integers(min_value=-(2**63), max_value=2**63 - 1), max_size=50))
 def test_vectorized_varints_equal_the_one_at_a_time_wire_format(values):
     from medprep.schemas.example_codec import _read_varint, _signed64, _varint, packed_varints, unpack_varints
 

@@ -1,4 +1,5 @@
 """DICOM WSI (made from a generated SVS by Debian's OrthancWSIDicomizer) read through wsidicom."""
+
 import contextlib
 import json
 import os
@@ -16,9 +17,11 @@ from medprep.transforms.image import ImageOptions
 from medprep.transforms.slide import SlideOptions, prepare_slide
 
 DICOMIZER = shutil.which("OrthancWSIDicomizer")
-pytestmark = pytest.mark.skipif(not DICOMIZER and os.environ.get("MEDPREP_REQUIRE_ORTHANC") != "1",
-                                reason="OrthancWSIDicomizer not installed (apt-get install orthanc-wsi)")
-SIDE = 4096   # square: the dicomizer derives one pixel spacing from the imaged size
+pytestmark = pytest.mark.skipif(
+    not DICOMIZER and os.environ.get("MEDPREP_REQUIRE_ORTHANC") != "1",
+    reason="OrthancWSIDicomizer not installed (apt-get install orthanc-wsi)",
+)
+SIDE = 4096  # square: the dicomizer derives one pixel spacing from the imaged size
 OPTS = SlideOptions(image=ImageOptions(size=112), patch_size=112, stride=112, max_patches=12)
 
 
@@ -31,8 +34,19 @@ def dicomize(svs: str, folder: str, mpp: float) -> str:
     with open(dataset, "w") as fh:
         json.dump(sample, fh)
     size_mm = f"{SIDE * mpp / 1000:.6f}"
-    subprocess.run([DICOMIZER, svs, f"--folder={folder}", f"--dataset={dataset}", f"--imaged-width={size_mm}",
-                    f"--imaged-height={size_mm}"], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            DICOMIZER,
+            svs,
+            f"--folder={folder}",
+            f"--dataset={dataset}",
+            f"--imaged-width={size_mm}",
+            f"--imaged-height={size_mm}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return folder
 
 
@@ -87,17 +101,36 @@ def test_missing_pyramid_level_uses_the_levels_present(pair, tmp_path):
 
 def test_slides_pipeline_reads_dicom_wsi_like_the_svs(pair, tmp_path):
     svs, folder = pair
-    rows = [{"id": "svs", "image": svs, "text": "t", "patient_id": "p"},
-            {"id": "dcm", "image": folder, "text": "t", "patient_id": "p"},
-            {"id": "ct", "image": str(tmp_path / "ct"), "text": "not a slide"}]
+    rows = [
+        {"id": "svs", "image": svs, "text": "t", "patient_id": "p"},
+        {"id": "dcm", "image": folder, "text": "t", "patient_id": "p"},
+        {"id": "ct", "image": str(tmp_path / "ct"), "text": "not a slide"},
+    ]
     write_series(str(tmp_path / "ct"), 3)
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    s = run_pipeline("slides", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o"),
-                                "--keep_source", "--patch_size", "112", "--stride", "112", "--image_size", "112",
-                                "--max_patches", "12"])
+    s = run_pipeline(
+        "slides",
+        [
+            "--input",
+            str(tmp_path / "m.jsonl"),
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--keep_source",
+            "--patch_size",
+            "112",
+            "--stride",
+            "112",
+            "--image_size",
+            "112",
+            "--max_patches",
+            "12",
+        ],
+    )
     assert (s["examples"], s["errors"]) == (2, 1)
-    recs = {os.path.normpath(os.path.join(str(tmp_path), r["source"][0])): r   # relative to the manifest
-            for r in read_records(str(tmp_path / "o" / "arrayrecord"))}
+    recs = {
+        os.path.normpath(os.path.join(str(tmp_path), r["source"][0])): r  # relative to the manifest
+        for r in read_records(str(tmp_path / "o" / "arrayrecord"))
+    }
     assert recs[svs]["images"] == recs[folder]["images"]
 
 
@@ -112,9 +145,23 @@ def test_dicom_wsi_from_dicomweb_series(pair, tmp_path):
     with served(folder, tmp_path) as url:
         assert prepare_slide(url, options=OPTS).encoded == prepare_slide(folder, options=OPTS).encoded
         (tmp_path / "m.jsonl").write_text(json.dumps({"id": "web", "image": url, "text": "t"}) + "\n")
-        s = run_pipeline("slides", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o"),
-                                    "--patch_size", "112", "--stride", "112", "--image_size", "112",
-                                    "--max_patches", "12"])
+        s = run_pipeline(
+            "slides",
+            [
+                "--input",
+                str(tmp_path / "m.jsonl"),
+                "--output_dir",
+                str(tmp_path / "o"),
+                "--patch_size",
+                "112",
+                "--stride",
+                "112",
+                "--image_size",
+                "112",
+                "--max_patches",
+                "12",
+            ],
+        )
         assert (s["examples"], s["errors"]) == (1, 0)
         rec = next(read_records(str(tmp_path / "o" / "arrayrecord")))
         assert rec["images"] == prepare_slide(folder, options=OPTS).encoded
@@ -144,8 +191,23 @@ def test_inspect_draws_the_map_of_a_dicomweb_slide(pair, tmp_path):
     _, folder = pair
     with served(folder, tmp_path) as url:
         (tmp_path / "m.jsonl").write_text(json.dumps({"image": url, "text": "t"}) + "\n")
-        run_pipeline("slides", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o"),
-                                "--patch_size", "112", "--stride", "112", "--image_size", "112", "--max_patches", "4"])
+        run_pipeline(
+            "slides",
+            [
+                "--input",
+                str(tmp_path / "m.jsonl"),
+                "--output_dir",
+                str(tmp_path / "o"),
+                "--patch_size",
+                "112",
+                "--stride",
+                "112",
+                "--image_size",
+                "112",
+                "--max_patches",
+                "4",
+            ],
+        )
         assert main(["inspect", str(tmp_path / "o")]) == 0
         assert open(tmp_path / "o" / "report.html").read().count('class="slidemap"') == 1
 
@@ -158,8 +220,9 @@ def test_both_slide_readers_satisfy_the_reader_protocol(pair):
     try:
         assert [type(r) for r in readers] == [OpenSlideReader, DicomWsiReader]
         assert all(isinstance(r, SlideReader) for r in readers)
-        assert [(r.dimensions[0], r.downsamples[0], round(r.mpps[0], 6), r.mpp_source) for r in readers] == \
-               [((SIDE, SIDE), 1.0, 0.25, "metadata")] * 2   # DICOM PixelSpacing: 0.250000012
+        assert [(r.dimensions[0], r.downsamples[0], round(r.mpps[0], 6), r.mpp_source) for r in readers] == [
+            ((SIDE, SIDE), 1.0, 0.25, "metadata")
+        ] * 2  # DICOM PixelSpacing: 0.250000012
         assert all(r.read(1, 0, 0, 8, 8).shape == (8, 8, 3) for r in readers)
     finally:
         for r in readers:

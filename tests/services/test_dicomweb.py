@@ -1,4 +1,5 @@
 """DICOMweb against a real Orthanc with its DICOMweb plugin (Debian packages), started by the tests."""
+
 import glob
 import json
 import os
@@ -15,9 +16,10 @@ from medprep.samples import make_images_samples, write_series
 from medprep.schemas import read_records
 from medprep.transforms.dicomweb_ref import DicomWebRef, parse_ref
 
-pytestmark = pytest.mark.skipif(not orthanc.available() and os.environ.get("MEDPREP_REQUIRE_ORTHANC") != "1",
-                                reason="Orthanc + DICOMweb plugin not installed "
-                                       "(apt-get install orthanc orthanc-dicomweb)")
+pytestmark = pytest.mark.skipif(
+    not orthanc.available() and os.environ.get("MEDPREP_REQUIRE_ORTHANC") != "1",
+    reason="Orthanc + DICOMweb plugin not installed (apt-get install orthanc orthanc-dicomweb)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +48,10 @@ def loaded(server, tmp_path_factory):
             if row.get(key):
                 ds = pydicom.dcmread(row[key], stop_before_pixels=True)
                 server.upload(row[key])
-                refs[key] = (f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-                             f"/instances/{ds.SOPInstanceUID}")
+                refs[key] = (
+                    f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+                    f"/instances/{ds.SOPInstanceUID}"
+                )
         local_rows.append(row)
         web_rows.append({**row, **refs})
     for p in series:
@@ -78,7 +82,11 @@ def _same_but_source(a: dict, b: dict) -> None:
 def test_parse_refs():
     r = parse_ref("https://h/v1/projects/p/locations/l/datasets/d/dicomStores/s/dicomWeb/studies/1.2/series/3.4")
     assert (r.base, r.study, r.series, r.instance) == (
-        "https://h/v1/projects/p/locations/l/datasets/d/dicomStores/s/dicomWeb", "1.2", "3.4", None)
+        "https://h/v1/projects/p/locations/l/datasets/d/dicomStores/s/dicomWeb",
+        "1.2",
+        "3.4",
+        None,
+    )
     assert parse_ref("/local/path.dcm") is None and parse_ref("gs://b/x.dcm") is None
 
 
@@ -92,10 +100,30 @@ def test_images_from_dicomweb_equal_local(loaded, tmp_path):
 
 def test_volume_from_dicomweb_series_equal_local(loaded, tmp_path):
     d, series_url = loaded
-    run_pipeline("volumes", ["--input", str(d / "vol_local.jsonl"), "--output_dir", str(tmp_path / "l"),
-                             "--max_slices", "6", "--keep_source"])
-    run_pipeline("volumes", ["--input", str(d / "vol_web.jsonl"), "--output_dir", str(tmp_path / "w"),
-                             "--max_slices", "6", "--keep_source"])
+    run_pipeline(
+        "volumes",
+        [
+            "--input",
+            str(d / "vol_local.jsonl"),
+            "--output_dir",
+            str(tmp_path / "l"),
+            "--max_slices",
+            "6",
+            "--keep_source",
+        ],
+    )
+    run_pipeline(
+        "volumes",
+        [
+            "--input",
+            str(d / "vol_web.jsonl"),
+            "--output_dir",
+            str(tmp_path / "w"),
+            "--max_slices",
+            "6",
+            "--keep_source",
+        ],
+    )
     web = _by_id(str(tmp_path / "w"))
     _same_but_source(_by_id(str(tmp_path / "l")), web)
     assert all(s.startswith(series_url + "/instances/") for r in web.values() for s in r["source"])
@@ -111,7 +139,7 @@ def test_qido_search_finds_exactly_the_series(loaded, server):
 
 def test_transient_503s_are_retried(loaded, server, tmp_path, monkeypatch):
     d, _ = loaded
-    proxy = orthanc.FaultProxy(server.url, fail_first=4)   # fewer than the 6 attempts
+    proxy = orthanc.FaultProxy(server.url, fail_first=4)  # fewer than the 6 attempts
     monkeypatch.setenv("MEDPREP_DICOMWEB_BASE_DELAY", "0.05")
     try:
         text = (d / "web.jsonl").read_text().replace(server.url, proxy.url)
@@ -122,7 +150,7 @@ def test_transient_503s_are_retried(loaded, server, tmp_path, monkeypatch):
     assert (s["examples"], s["errors"]) == (7, 0) and proxy.failed == 4
     from medprep.pipelines.io.sources.dicomweb import retries_so_far
 
-    assert retries_so_far() >= 4   # counted (and exported as the Beam counter PrepareImageRow/dicomweb_retries)
+    assert retries_so_far() >= 4  # counted (and exported as the Beam counter PrepareImageRow/dicomweb_retries)
 
 
 def test_a_server_that_keeps_failing_becomes_error_lines(loaded, server, tmp_path, monkeypatch):
@@ -147,7 +175,8 @@ def test_missing_instance_and_stopped_server(loaded, tmp_path):
     assert s["errors_by_stage"] == {"read": 1}
     dead = orthanc.free_port()
     (tmp_path / "dead.jsonl").write_text(
-        (d / "web.jsonl").read_text().replace(series_url.split("/dicom-web")[0], f"http://127.0.0.1:{dead}"))
+        (d / "web.jsonl").read_text().replace(series_url.split("/dicom-web")[0], f"http://127.0.0.1:{dead}")
+    )
     os.environ["MEDPREP_DICOMWEB_BASE_DELAY"] = "0.01"
     os.environ["MEDPREP_DICOMWEB_ATTEMPTS"] = "2"
     try:
@@ -166,7 +195,7 @@ def test_basic_auth(tmp_path, monkeypatch):
         ref = DicomWebRef(secured.dicomweb, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
         (tmp_path / "m.jsonl").write_text(json.dumps({"image": ref.url(), "text": "ct"}) + "\n")
         s = run_pipeline("images", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o1")])
-        assert s["errors"] == 1   # no credentials: HTTP 401
+        assert s["errors"] == 1  # no credentials: HTTP 401
         monkeypatch.setenv("MEDPREP_DICOMWEB_USER", "alice")
         monkeypatch.setenv("MEDPREP_DICOMWEB_PASSWORD", "s3cret")
         import medprep.pipelines.io.sources.dicomweb as dw
@@ -198,8 +227,9 @@ def test_credentials_in_urls_never_reach_an_output(tmp_path):
             out = tmp_path / f"o{len(keep)}"
             s = run_pipeline("images", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(out), *keep])
             assert (s["examples"], s["errors"]) == (1, 1)
-            blobs = b"".join(open(f, "rb").read() for f in glob.glob(str(out / "**" / "*"), recursive=True)
-                             if os.path.isfile(f))
+            blobs = b"".join(
+                open(f, "rb").read() for f in glob.glob(str(out / "**" / "*"), recursive=True) if os.path.isfile(f)
+            )
             assert b"S3CRETpw" not in blobs and b"alice" not in blobs
         rec = next(iter(_by_id(str(tmp_path / "o1")).values()))
         assert rec["source"] == [good.url().replace("alice:S3CRETpw@", "")]
@@ -217,9 +247,22 @@ def test_discovery_of_series_with_reports_joined(loaded, server, tmp_path):
     d, series_url = loaded
     ct_study = series_url.split("/studies/")[1].split("/")[0]
     (tmp_path / "reports.csv").write_text(f"study_uid,text\n{ct_study},Discovered CT: no acute findings.\n")
-    s = run_pipeline("volumes", ["--dicomweb_url", server.dicomweb, "--query", "Modality=CT", "--reports",
-                                 str(tmp_path / "reports.csv"), "--output_dir", str(tmp_path / "o"),
-                                 "--max_slices", "4", "--keep_source"])
+    s = run_pipeline(
+        "volumes",
+        [
+            "--dicomweb_url",
+            server.dicomweb,
+            "--query",
+            "Modality=CT",
+            "--reports",
+            str(tmp_path / "reports.csv"),
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--max_slices",
+            "4",
+            "--keep_source",
+        ],
+    )
     # two CT series on the server: the 20-slice phantom and CT_small (a single slice: an error line)
     assert (s["inputs"], s["examples"], s["errors"], s["reconciled"]) == (2, 1, 1, True)
     rec = next(iter(_by_id(str(tmp_path / "o")).values()))
@@ -232,8 +275,19 @@ def test_discovery_of_instances_by_accession(loaded, server, tmp_path):
     current = str(d / "samples" / "cxr_p1_current.dcm")
     acc = str(pydicom.dcmread(current, stop_before_pixels=True).AccessionNumber)
     (tmp_path / "reports.jsonl").write_text(json.dumps({"accession_number": acc, "text": "Nodule."}) + "\n")
-    s = run_pipeline("images", ["--dicomweb_url", server.dicomweb, "--query", "Modality=DX", "--reports",
-                                str(tmp_path / "reports.jsonl"), "--output_dir", str(tmp_path / "o")])
+    s = run_pipeline(
+        "images",
+        [
+            "--dicomweb_url",
+            server.dicomweb,
+            "--query",
+            "Modality=DX",
+            "--reports",
+            str(tmp_path / "reports.jsonl"),
+            "--output_dir",
+            str(tmp_path / "o"),
+        ],
+    )
     # the DX current and prior instances (the generator gives both of patient 1's studies one accession)
     assert (s["inputs"], s["examples"], s["errors"]) == (2, 2, 0)
     assert {r["text"] for r in _by_id(str(tmp_path / "o")).values()} == {"Nodule."}
@@ -241,14 +295,24 @@ def test_discovery_of_instances_by_accession(loaded, server, tmp_path):
 
 def test_discovery_in_a_folder(tmp_path):
     write_series(str(tmp_path / "in" / "a"), 6, series=1, patient=3)
-    write_series(str(tmp_path / "in" / "b"), 5, series=2, patient=4, modality="MR",
-                 values=lambda k: np.full((8, 8), k, np.int16))
+    write_series(
+        str(tmp_path / "in" / "b"), 5, series=2, patient=4, modality="MR", values=lambda k: np.full((8, 8), k, np.int16)
+    )
     (tmp_path / "in" / "notes.txt").write_text("not dicom")
     study = _study_of(str(next((tmp_path / "in" / "a").iterdir())))
     (tmp_path / "r.csv").write_text(f"study_uid,text\n{study},CT report\n")
-    s = run_pipeline("volumes", ["--input", str(tmp_path / "in") + "/", "--reports", str(tmp_path / "r.csv"),
-                                 "--output_dir", str(tmp_path / "o")])
-    assert (s["inputs"], s["examples"], s["errors_by_stage"]) == (2, 1, {"text": 1})   # MR has no report
+    s = run_pipeline(
+        "volumes",
+        [
+            "--input",
+            str(tmp_path / "in") + "/",
+            "--reports",
+            str(tmp_path / "r.csv"),
+            "--output_dir",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert (s["inputs"], s["examples"], s["errors_by_stage"]) == (2, 1, {"text": 1})  # MR has no report
     assert s["by_modality"] == {"CT": 1}
 
 
@@ -258,8 +322,19 @@ def test_a_series_that_disappears_after_discovery(loaded, server, tmp_path):
     proxy = orthanc.FaultProxy(server.url, missing=f"/series/{gone}/")
     (tmp_path / "r.csv").write_text("study_uid,text\n1.2.3,unrelated report\n")
     try:
-        s = run_pipeline("volumes", ["--dicomweb_url", proxy.url + "/dicom-web", "--query", "Modality=CT",
-                                     "--reports", str(tmp_path / "r.csv"), "--output_dir", str(tmp_path / "o")])
+        s = run_pipeline(
+            "volumes",
+            [
+                "--dicomweb_url",
+                proxy.url + "/dicom-web",
+                "--query",
+                "Modality=CT",
+                "--reports",
+                str(tmp_path / "r.csv"),
+                "--output_dir",
+                str(tmp_path / "o"),
+            ],
+        )
     finally:
         proxy.stop()
     assert (s["inputs"], s["examples"], s["errors"], s["reconciled"]) == (2, 0, 2, True)
@@ -274,6 +349,18 @@ def test_discovery_options_fail_at_startup(tmp_path, capsys):
     assert "--input/--dicomweb_url" in capsys.readouterr().err
     assert main(["volumes", "--dicomweb_url", "ftp://x", "--output_dir", str(tmp_path / "o")]) == 2
     assert "--dicomweb_url" in capsys.readouterr().err
-    assert main(["volumes", "--dicomweb_url", "http://127.0.0.1:1/dicom-web", "--query", "Modality",
-                 "--output_dir", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "volumes",
+                "--dicomweb_url",
+                "http://127.0.0.1:1/dicom-web",
+                "--query",
+                "Modality",
+                "--output_dir",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "--query" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """gs:// end to end against a local GCS emulator (gcp-storage-emulator from PyPI), started by the fixture."""
+
 import io
 import json
 import os
@@ -26,8 +27,11 @@ def _free_port() -> int:
 def gcs(tmp_path_factory):
     exe = shutil.which("gcp-storage-emulator") or os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator")
     port = _free_port()
-    proc = subprocess.Popen([exe, "start", "--host=127.0.0.1", f"--port={port}", "--in-memory"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [exe, "start", "--host=127.0.0.1", f"--port={port}", "--in-memory"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     old = os.environ.get("STORAGE_EMULATOR_HOST")
     os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
     try:
@@ -83,7 +87,7 @@ def _upload_folder(bucket, folder: str, prefix: str) -> None:
 def _download_shards(bucket, prefix: str) -> dict:
     out = {}
     for blob in bucket.list_blobs(prefix=prefix + "/"):
-        rel = blob.name[len(prefix) + 1:]
+        rel = blob.name[len(prefix) + 1 :]
         if rel.split("/")[0] in ("arrayrecord", "parquet", "errors"):
             out[rel] = blob.download_as_bytes()
     return out
@@ -98,16 +102,33 @@ def _local_shards(folder: str) -> dict:
 
 
 def _args(manifest, out, tokenizer, *extra):
-    return ["--input", manifest, "--output_dir", out, "--tokenizer", tokenizer, "--split_salt", "s",
-            "--val_fraction", "0.2", "--test_fraction", "0.2", *extra]
+    return [
+        "--input",
+        manifest,
+        "--output_dir",
+        out,
+        "--tokenizer",
+        tokenizer,
+        "--split_salt",
+        "s",
+        "--val_fraction",
+        "0.2",
+        "--test_fraction",
+        "0.2",
+        *extra,
+    ]
 
 
 def test_gcs_run_is_byte_identical_to_local(gcs, relative_samples, tmp_path):
     from medprep.pipelines.cli.main import run_pipeline
 
     local_out = str(tmp_path / "local")
-    s_local = run_pipeline("images", _args(os.path.join(relative_samples, "manifest.jsonl"), local_out,
-                                           os.path.join(relative_samples, "demo.model")))
+    s_local = run_pipeline(
+        "images",
+        _args(
+            os.path.join(relative_samples, "manifest.jsonl"), local_out, os.path.join(relative_samples, "demo.model")
+        ),
+    )
     _upload_folder(gcs, relative_samples, "in")
     base = f"gs://{BUCKET}/in"
     s_gcs = run_pipeline("images", _args(f"{base}/manifest.jsonl", f"gs://{BUCKET}/out", f"{base}/demo.model"))
@@ -135,8 +156,16 @@ def test_gcs_multiprocessing_workers(gcs, relative_samples, tmp_path):
     _upload_folder(gcs, relative_samples, "in2")
     base = f"gs://{BUCKET}/in2"
     t = time.time()
-    s = run_pipeline("images", _args(f"{base}/manifest.jsonl", f"gs://{BUCKET}/out-mp", f"{base}/demo.model",
-                                     "--direct_running_mode=multi_processing", "--direct_num_workers=2"))
+    s = run_pipeline(
+        "images",
+        _args(
+            f"{base}/manifest.jsonl",
+            f"gs://{BUCKET}/out-mp",
+            f"{base}/demo.model",
+            "--direct_running_mode=multi_processing",
+            "--direct_num_workers=2",
+        ),
+    )
     assert s["examples"] == 11 and time.time() - t < 60
 
 
@@ -148,7 +177,7 @@ def test_verify_and_inspect_on_gcs_output(gcs, relative_samples):
     base = f"gs://{BUCKET}/in3"
     run_pipeline("images", _args(f"{base}/manifest.jsonl", f"gs://{BUCKET}/out3", f"{base}/demo.model"))
     problems, facts = verify(f"gs://{BUCKET}/out3")
-    assert problems == [] and facts["phi_values_checked"] > 5   # relative sources resolved and scanned on gs://
+    assert problems == [] and facts["phi_values_checked"] > 5  # relative sources resolved and scanned on gs://
     assert main(["inspect", f"gs://{BUCKET}/out3"]) == 0
     page = gcs.blob("out3/report.html").download_as_bytes().decode()
     assert 'id="count-examples">11<' in page
@@ -219,7 +248,7 @@ class _Counting(io.RawIOBase):
 
     def readinto(self, buf):
         data = self.read(len(buf))
-        buf[:len(data)] = data
+        buf[: len(data)] = data
         return len(data)
 
     def seek(self, offset, whence=0):
@@ -254,7 +283,7 @@ def test_dicom_wsi_on_gcs_is_read_in_ranges(gcs, tmp_path):
     region = reader.read(0, 4096, 4096, 256, 256)
     read = sum(c.bytes for c in counting) - opened
     local = OpenSlideReader(svs).read(0, 4096, 4096, 256, 256)
-    assert np.abs(region.astype(int) - local.astype(int)).max() <= 8     # the same place (JPEG re-encoded)
+    assert np.abs(region.astype(int) - local.astype(int)).max() <= 8  # the same place (JPEG re-encoded)
     assert opened + read < total / 4, (opened, read, total)
     assert read < total / 50
     reader.close()

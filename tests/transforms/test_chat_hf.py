@@ -3,6 +3,7 @@
 The reference is transformers itself (tests/hf_reference.py) over the demo tokenizer, which has Gemma 3's
 structure: control and user-defined pieces, newline runs as pieces, no <image_soft_token> piece.
 """
+
 import json
 
 import numpy as np
@@ -40,11 +41,17 @@ def _cases():
         ("image_text", conversation(images_then_prompt(1, "Describe this X-ray."), TEXTS["plain"])),
         ("image_text_no_prompt", conversation(images_then_prompt(1, ""), TEXTS["plain"])),
         ("longitudinal", conversation(images_then_prompt(2, "Compare with the prior."), TEXTS["plain"])),
-        ("localization", conversation(images_then_prompt(1, "Where is the nodule?"),
-                                      box_answer([[0.1, 0.2, 0.3, 0.4]], ["nodule"]))),
+        (
+            "localization",
+            conversation(images_then_prompt(1, "Where is the nodule?"), box_answer([[0.1, 0.2, 0.3, 0.4]], ["nodule"])),
+        ),
         ("classification", conversation(images_then_prompt(1, "Normal or abnormal?"), "abnormal")),
-        ("ct_series", conversation(prompt_then_images("Write the findings.", 4, [f"SLICE {n}" for n in range(1, 5)]),
-                                   TEXTS["plain"])),
+        (
+            "ct_series",
+            conversation(
+                prompt_then_images("Write the findings.", 4, [f"SLICE {n}" for n in range(1, 5)]), TEXTS["plain"]
+            ),
+        ),
         ("slide", conversation(prompt_then_images("Describe the tissue.", 3), "tumour cells infiltrating the stroma")),
         ("system", conversation(images_then_prompt(1, "Describe."), TEXTS["plain"], SYSTEM)),
         ("system_series", conversation(prompt_then_images("", 2, ["SLICE 1", "SLICE 2"]), "clear", SYSTEM + "\n")),
@@ -91,7 +98,7 @@ def test_input_ids_equal_hugging_face(name, messages, source, processor, medprep
     assert chat.input_ids == expected
     # serving: the messages without the response, with the generation prompt, are exactly the prompt part
     prompt = _hf_ids(processor, messages[:-1], add_generation_prompt=True)
-    assert chat.prompt_length == len(prompt) and chat.input_ids[:len(prompt)] == prompt
+    assert chat.prompt_length == len(prompt) and chat.input_ids[: len(prompt)] == prompt
     # loss mask: the response and its <end_of_turn>, nothing else (the trailing "\n" is not trained on)
     eot = processor.tokenizer.convert_tokens_to_ids("<end_of_turn>")
     close = expected.index(eot, len(prompt))
@@ -106,7 +113,7 @@ def test_newline_runs_merge_across_the_joins(processor, medprep_tokenizers):
     boi = pieces.index("<start_of_image>")
     assert pieces[:boi] == ["<bos>", "<start_of_turn>", "user", "\n\n\n"]
     second = pieces.index("<start_of_image>", boi + 1)
-    assert pieces[second - 2:second] == ["<end_of_image>", "\n\n\n\n"]
+    assert pieces[second - 2 : second] == ["<end_of_image>", "\n\n\n\n"]
 
 
 def test_soft_token_is_added_after_the_vocabulary(demo_model_bytes, processor):
@@ -114,7 +121,7 @@ def test_soft_token_is_added_after_the_vocabulary(demo_model_bytes, processor):
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_proto=demo_model_bytes)
-    assert sp.piece_to_id("<image_soft_token>") == sp.unk_id()          # like Gemma 3's file: no such piece
+    assert sp.piece_to_id("<image_soft_token>") == sp.unk_id()  # like Gemma 3's file: no such piece
     assert tok.token_id("<image_soft_token>") == sp.get_piece_size() == 640
     assert processor.tokenizer.convert_tokens_to_ids("<image_soft_token>") == 640
     assert tok.vocab_size == len(processor.tokenizer) == 641

@@ -29,8 +29,9 @@ def _bytes(name):
 def test_ct_phantom_hu_to_rgb_exact(tmp_path):
     # stored = HU + 1024 with slope 1, intercept -1024 (typical CT)
     hu = np.array([[-1000, -100, 0, 40, 1000]] * 2, dtype=np.int16)
-    path = write_dicom(str(tmp_path / "ct.dcm"), (hu + 1024).astype(np.uint16), modality="CT",
-                       intercept=-1024.0, slope=1.0)
+    path = write_dicom(
+        str(tmp_path / "ct.dcm"), (hu + 1024).astype(np.uint16), modality="CT", intercept=-1024.0, slope=1.0
+    )
     r = decode_any(open(path, "rb").read(), path)
     assert r.rgb[0, :, 0].tolist() == [3, 115, 128, 132, 252]
     assert r.rgb[0, :, 1].tolist() == [0, 26, 98, 128, 255]
@@ -43,7 +44,7 @@ def test_ct_signed_storage_and_slope(tmp_path):
     stored = np.array([[-500, 0, 20, 500]], dtype=np.int16)
     path = write_dicom(str(tmp_path / "ct2.dcm"), stored, modality="CT", slope=2.0, intercept=0.0)
     r = decode_any(open(path, "rb").read(), path)
-    assert r.rgb[0, :, 2].tolist() == [0, 0, 128, 255]   # HU -1000, 0, 40, 1000 in [0, 80]
+    assert r.rgb[0, :, 2].tolist() == [0, 0, 128, 255]  # HU -1000, 0, 40, 1000 in [0, 80]
 
 
 def test_monochrome1_is_inverted_after_window(tmp_path):
@@ -71,14 +72,23 @@ def test_real_monochrome1_cr_from_pydicom():
     from pydicom.pixels import apply_modality_lut
 
     from medprep.transforms.windowing import voi_linear_to_uint8
+
     c = float(ds.WindowCenter[0] if isinstance(ds.WindowCenter, pydicom.multival.MultiValue) else ds.WindowCenter)
     w = float(ds.WindowWidth[0] if isinstance(ds.WindowWidth, pydicom.multival.MultiValue) else ds.WindowWidth)
     expected = 255 - voi_linear_to_uint8(apply_modality_lut(ds.pixel_array, ds), c, w)
     assert np.array_equal(r.rgb[..., 0], expected)
 
 
-@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_bigendian.dcm",
-                                  "MR_small_implicit.dcm", "MR_small_jpeg_ls_lossless.dcm"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "MR_small_RLE.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_implicit.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+    ],
+)
 def test_compressed_and_other_encodings_decode_to_the_same_pixels(name):
     ref = decode_any(_bytes("MR_small.dcm")).rgb
     assert np.array_equal(decode_any(_bytes(name)).rgb, ref)
@@ -120,6 +130,7 @@ def test_multiframe_takes_requested_frame():
 
 
 # ---- bad input ---------------------------------------------------------------------------
+
 
 def test_truncated_pixel_data_is_decode_error():
     with pytest.raises(ItemError, match="less than expected") as e:
@@ -167,16 +178,24 @@ def test_empty_and_unknown_files():
         decode_any(b"hello world, this is text" * 10, "notes.txt")
 
 
-@pytest.mark.parametrize("dtype,modality,window", [(np.int16, "CT", None), (np.uint16, "DX", (1800, 3000)),
-                                                   (np.uint16, "MR", None), (np.uint16, "DX", None)])
+@pytest.mark.parametrize(
+    "dtype,modality,window",
+    [(np.int16, "CT", None), (np.uint16, "DX", (1800, 3000)), (np.uint16, "MR", None), (np.uint16, "DX", None)],
+)
 def test_lookup_table_path_equals_direct_float_path(tmp_path, dtype, modality, window):
     """The <=16-bit LUT optimization must give exactly what the float64 formula gives per pixel."""
     from medprep.transforms.windowing import CT_PRESETS, ct_to_rgb, minmax_to_uint8
 
     rng = np.random.default_rng(7)
     stored = rng.integers(-2000 if dtype == np.int16 else 0, 4096, (64, 48)).astype(dtype)
-    path = write_dicom(str(tmp_path / "x.dcm"), stored, modality=modality, window=window,
-                       slope=1.5 if modality == "CT" else 1.0, intercept=-1024.0 if modality == "CT" else 0.0)
+    path = write_dicom(
+        str(tmp_path / "x.dcm"),
+        stored,
+        modality=modality,
+        window=window,
+        slope=1.5 if modality == "CT" else 1.0,
+        intercept=-1024.0 if modality == "CT" else 0.0,
+    )
     got = decode_any(open(path, "rb").read()).rgb
     values = stored.astype(np.float64) * (1.5 if modality == "CT" else 1.0) + (-1024.0 if modality == "CT" else 0.0)
     if modality == "CT":

@@ -3,6 +3,7 @@
 Examples per test: FUZZ_EXAMPLES (default 150; `FUZZ_EXAMPLES=5000 pytest tests/test_fuzz.py` for a
 longer campaign). Derandomized, so CI is reproducible.
 """
+
 import io
 import os
 import struct
@@ -21,15 +22,24 @@ from medprep.transforms.errors import ItemError
 from medprep.transforms.image import ImageOptions, decode_any
 
 N = int(os.environ.get("FUZZ_EXAMPLES", "150"))
-FUZZ = settings(max_examples=N, derandomize=True, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=N,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 SMALL = ImageOptions(size=32, render=RenderOptions(max_pixels=4_000_000))
 
 
 def _seed_files() -> dict:
     seeds = {}
-    for name in ("CT_small.dcm", "MR_small_jp2klossless.dcm", "MR_small_RLE.dcm", "SC_rgb_jpeg_gdcm.dcm",
-                 "MR_small_jpeg_ls_lossless.dcm"):
+    for name in (
+        "CT_small.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_RLE.dcm",
+        "SC_rgb_jpeg_gdcm.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+    ):
         path = get_testdata_file(name)
         if path:
             seeds[name] = open(path, "rb").read()
@@ -74,19 +84,28 @@ def test_mutated_real_files(seed, data):
         elif op == "insert":
             blob[at:at] = data.draw(st.binary(min_size=1, max_size=64))
         elif op == "zero_run":
-            blob[at:at + 16] = b"\x00" * len(blob[at:at + 16])
+            blob[at : at + 16] = b"\x00" * len(blob[at : at + 16])
     _decode_survives(bytes(blob), "fuzz.dcm" if seed.endswith(".dcm") else "fuzz")
 
 
 @FUZZ
-@given(header=st.fixed_dictionaries({}, optional={
-    "Rows": st.integers(-5, 70000), "Columns": st.integers(-5, 70000),
-    "BitsAllocated": st.sampled_from([0, 1, 7, 8, 12, 16, 32, 64]),
-    "SamplesPerPixel": st.integers(0, 5), "NumberOfFrames": st.integers(-1, 100000),
-    "PhotometricInterpretation": st.sampled_from(["MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL",
-                                                  "XYZ"]),
-    "WindowWidth": st.floats(-10, 10) | st.just(float("nan")),
-    "RescaleSlope": st.floats(allow_nan=True, allow_infinity=True)}))
+@given(
+    header=st.fixed_dictionaries(
+        {},
+        optional={
+            "Rows": st.integers(-5, 70000),
+            "Columns": st.integers(-5, 70000),
+            "BitsAllocated": st.sampled_from([0, 1, 7, 8, 12, 16, 32, 64]),
+            "SamplesPerPixel": st.integers(0, 5),
+            "NumberOfFrames": st.integers(-1, 100000),
+            "PhotometricInterpretation": st.sampled_from(
+                ["MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL", "XYZ"]
+            ),
+            "WindowWidth": st.floats(-10, 10) | st.just(float("nan")),
+            "RescaleSlope": st.floats(allow_nan=True, allow_infinity=True),
+        },
+    )
+)
 def test_hostile_dicom_headers(header):
     import pydicom
 
@@ -102,10 +121,30 @@ def test_hostile_dicom_headers(header):
 
 
 @FUZZ
-@given(row=st.dictionaries(st.sampled_from(["image", "text", "prompt", "prior", "boxes", "box_labels", "label",
-                                             "patient_id", "id", "modality", "extra"]),
-                           st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=20),
-                                        lambda inner: st.lists(inner, max_size=4), max_leaves=10)))
+@given(
+    row=st.dictionaries(
+        st.sampled_from(
+            [
+                "image",
+                "text",
+                "prompt",
+                "prior",
+                "boxes",
+                "box_labels",
+                "label",
+                "patient_id",
+                "id",
+                "modality",
+                "extra",
+            ]
+        ),
+        st.recursive(
+            st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=20),
+            lambda inner: st.lists(inner, max_size=4),
+            max_leaves=10,
+        ),
+    )
+)
 def test_manifest_rows(row):
     try:
         out = normalize_row(row, 1)
@@ -138,8 +177,18 @@ def test_nifti_reader(body, gz):
 
 def test_tiff_claiming_a_billion_tiles_is_refused_before_decoding():
     # A 100000 x 100000 tiled TIFF header (16x16 tiles: 39 million tiles) in under 200 bytes.
-    entries = [(256, 4, 1, 100000), (257, 4, 1, 100000), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
-               (277, 3, 1, 1), (322, 3, 1, 16), (323, 3, 1, 16), (324, 4, 1, 8), (325, 4, 1, 8)]
+    entries = [
+        (256, 4, 1, 100000),
+        (257, 4, 1, 100000),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (277, 3, 1, 1),
+        (322, 3, 1, 16),
+        (323, 3, 1, 16),
+        (324, 4, 1, 8),
+        (325, 4, 1, 8),
+    ]
     ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries) + b"\0\0\0\0"
     data = b"II*\x00" + struct.pack("<I", 8) + ifd
     with pytest.raises(ItemError, match="above the limit|bomb|cannot decode"):

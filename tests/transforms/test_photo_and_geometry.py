@@ -28,7 +28,7 @@ def test_pad_plan_is_centred_floor():
 def test_pad_is_pixel_exact_and_resize_matches_pillow_bilinear():
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
-    img, plan = pad_and_resize(rgb, 50)   # no resize: pure padding
+    img, plan = pad_and_resize(rgb, 50)  # no resize: pure padding
     out = np.asarray(img)
     assert (plan.left, plan.top) == (0, 10)
     assert np.array_equal(out[10:40], rgb) and not out[:10].any() and not out[40:].any()
@@ -40,7 +40,7 @@ def test_pad_is_pixel_exact_and_resize_matches_pillow_bilinear():
 
 
 def test_box_mapping_exact_coordinates():
-    plan = plan_pad_resize(880, 1024, 896)      # side 1024, left 72, top 0
+    plan = plan_pad_resize(880, 1024, 896)  # side 1024, left 72, top 0
     norm = map_boxes([[272, 392, 328, 448]], plan)
     assert norm.tolist() == [[344 / 1024, 392 / 1024, 400 / 1024, 448 / 1024]]
     assert map_boxes_to_pixels([[272, 392, 328, 448]], plan).tolist() == [[301.0, 343.0, 350.0, 392.0]]
@@ -49,14 +49,14 @@ def test_box_mapping_exact_coordinates():
 
 def test_box_drawn_in_source_lands_on_mapped_output_pixels():
     src = np.zeros((200, 100, 3), np.uint8)
-    src[40:80, 20:60] = 255                       # box [20, 40, 60, 80]
-    img, plan = pad_and_resize(src, 100)           # side 200 -> scale 0.5, left 50
+    src[40:80, 20:60] = 255  # box [20, 40, 60, 80]
+    img, plan = pad_and_resize(src, 100)  # side 200 -> scale 0.5, left 50
     assert map_boxes([[20, 40, 60, 80]], plan).tolist() == [[70 / 200, 40 / 200, 110 / 200, 80 / 200]]
     x0, y0, x1, y1 = map_boxes_to_pixels([[20, 40, 60, 80]], plan)[0].tolist()
     assert (x0, y0, x1, y1) == (35.0, 20.0, 55.0, 40.0)
     out = np.asarray(img)[..., 0]
-    assert out[int(y0) + 1:int(y1) - 1, int(x0) + 1:int(x1) - 1].min() == 255
-    assert out[:int(y0) - 1].max() == 0 and out[int(y1) + 1:].max() == 0
+    assert out[int(y0) + 1 : int(y1) - 1, int(x0) + 1 : int(x1) - 1].min() == 255
+    assert out[: int(y0) - 1].max() == 0 and out[int(y1) + 1 :].max() == 0
 
 
 def test_validate_boxes():
@@ -68,7 +68,7 @@ def test_validate_boxes():
 
 def test_exif_orientation_is_applied(tmp_path):
     rgb = np.zeros((40, 60, 3), np.uint8)
-    rgb[:10, :10] = (255, 0, 0)          # red top-left corner in the true orientation
+    rgb[:10, :10] = (255, 0, 0)  # red top-left corner in the true orientation
     for orientation in (3, 6, 8):
         path = save_jpeg_with_orientation(str(tmp_path / f"o{orientation}.jpg"), rgb, orientation)
         out, info = decode_photo(open(path, "rb").read())
@@ -104,7 +104,7 @@ def test_unreadable_and_truncated_png():
 def test_decompression_bomb_png_refused():
     big = Image.new("L", (20000, 20000))
     buf = io.BytesIO()
-    big.save(buf, format="PNG", compress_level=9)   # ~400 MPx in a tiny file
+    big.save(buf, format="PNG", compress_level=9)  # ~400 MPx in a tiny file
     assert len(buf.getvalue()) < 2_000_000
     with pytest.raises(ItemError, match="above the limit|bomb"):
         decode_photo(buf.getvalue(), max_pixels=50_000_000)
@@ -115,7 +115,8 @@ def test_prepare_image_api_outputs():
 
     p = prepare_image(get_testdata_file("CT_small.dcm"), prompt="Describe.")
     assert p.images[0].size == (896, 896) and p.images[0].mode == "RGB"
-    assert p.messages == [{"role": "user", "content": [{"type": "image", "image": p.images[0]},
-                                                       {"type": "text", "text": "Describe."}]}]
+    assert p.messages == [
+        {"role": "user", "content": [{"type": "image", "image": p.images[0]}, {"type": "text", "text": "Describe."}]}
+    ]
     assert Image.open(io.BytesIO(p.encoded[0])).tobytes() == p.images[0].tobytes()
     assert p.image_info[0]["pad_resize"]["scale"] == 7.0

@@ -1,4 +1,5 @@
 """The fast PNG encoder: standard PNG that every decoder reads back to the same pixels."""
+
 import io
 import struct
 import zlib
@@ -17,9 +18,9 @@ def _chunks(data: bytes):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     pos, out = 8, []
     while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        tag, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        tag, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
         assert crc == zlib.crc32(tag + body)
         out.append((tag, body))
         pos += 12 + length
@@ -33,8 +34,8 @@ def test_round_trip_through_pillow_and_libpng(shape, level):
     pixels = rng.integers(0, 256, shape, dtype=np.uint8)
     data = encode_png(pixels, level)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels)
-    assert np.array_equal(imagecodecs.png_decode(data), pixels)          # libpng checks CRCs and Adler-32
-    assert encode_png(pixels, level) == data                              # deterministic
+    assert np.array_equal(imagecodecs.png_decode(data), pixels)  # libpng checks CRCs and Adler-32
+    assert encode_png(pixels, level) == data  # deterministic
 
 
 def test_stream_layout_is_sub_filtered_rows():
@@ -53,11 +54,12 @@ def test_encode_image_uses_it_for_levels_0_to_3_and_pillow_above():
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(pillow))), np.asarray(img))
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=1)
-    assert len(fast) <= 1.05 * len(buf.getvalue())      # no larger than Pillow's own level 1
+    assert len(fast) <= 1.05 * len(buf.getvalue())  # no larger than Pillow's own level 1
 
 
-@pytest.mark.parametrize("bad", [np.zeros((2, 2, 4), np.uint8), np.zeros((2, 2), np.uint16),
-                                 np.zeros((0, 3, 3), np.uint8)])
+@pytest.mark.parametrize(
+    "bad", [np.zeros((2, 2, 4), np.uint8), np.zeros((2, 2), np.uint16), np.zeros((0, 3, 3), np.uint8)]
+)
 def test_rejects_what_it_does_not_encode(bad):
     with pytest.raises(ValueError):
         encode_png(bad)

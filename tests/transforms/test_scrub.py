@@ -1,6 +1,7 @@
 """--scrub_text's recognizers (transforms/scrub.py): each identifier kind, clinical text left alone,
 exact counts, the manifest's name-like columns, and recall on the labelled synthetic set
 (benchmarks/scrub_eval.py) so that a regression fails."""
+
 import pytest
 
 from benchmarks.scrub_eval import evaluate, make_reports, medprep_detect
@@ -14,55 +15,139 @@ def counts(**nonzero):
     return out
 
 
-@pytest.mark.parametrize("text, identifiers, names, expected, expected_counts", [
-    ("SSN 123-45-6789 and 987 65 4321; social security number 123456789.", (), (),
-     "SSN [SSN] and [SSN]; social security number [SSN].", counts(ssn=3)),
-    ("Call (415) 555-0134, 415-555-0134 ext. 12, 415.555.0134 or +1 415 555 0134.", (), (),
-     "Call [PHONE], [PHONE], [PHONE] or [PHONE].", counts(phone=4)),
-    ("Abroad: +44 20 7946 0958, 0044 20 7946 0958, 020 7946 0958, +49 30 1234567, +33 1 23 45 67 89.", (), (),
-     "Abroad: [PHONE], [PHONE], [PHONE], [PHONE], [PHONE].", counts(phone=5)),
-    ("Pager: 5551234567. Fax 555-0199.", (), (), "Pager: [PHONE]. Fax [PHONE].", counts(phone=2)),
-    ("Send to jane.doe+rad@hospital.example.org or J_Smith@Example.CO.UK.", (), (),
-     "Send to [EMAIL] or [EMAIL].", counts(email=2)),
-    ("Lives at 12 Main Street, 450 N Oak Ave., Apt 3B, Springfield, IL 62704 and 221B Baker Street, London NW1 6XE.",
-     (), (), "Lives at [ADDRESS], [ADDRESS] and [ADDRESS].", counts(address=3)),
-    ("PO Box 1234. Jakobstrasse 89. 72 Rue de la Paix. Avenida Noruega 42.", (), (),
-     "[ADDRESS]. [ADDRESS]. [ADDRESS]. [ADDRESS].", counts(address=4)),
-    ("DOB 1970-01-01, seen 03/04/2021, 4.3.21, 4 March 2021, 7-Oct-1945, March 4th, 2021, Mar 2020, 03/2021, 20210304.",
-     (), (), "DOB [DATE], seen [DATE], [DATE], [DATE], [DATE], [DATE], [DATE], [DATE], [DATE].", counts(date=9)),
-    ("MRN: 12345678. Accession # A2023-0042. Case #: S21-12345. Patient ID: AB12345. ID 88-1234. Encounter: E1234567.",
-     (), (), "MRN: [ID]. Accession # [ID]. Case #: [ID]. Patient ID: [ID]. ID [ID]. Encounter: [ID].", counts(id=6)),
-    ("Study UID 1.2.840.113619.2.55.3.604688119 and 1234567 and AB1234567.", (), (),
-     "Study UID [ID] and [ID] and [ID].", counts(id=3)),
-    # the caller's identifier values, anywhere and in any case
-    ("MRN AB12345 belongs to ab12345; file XAB12345Y.", ["AB12345"], (),
-     "MRN [ID] belongs to [ID]; file X[ID]Y.", counts(id=3)),
-    # the caller's names (a DICOM header name or a manifest column), every part, any case, possessive kept
-    ("Jane Doe was seen; DOE, JANE consented. Mrs. Doe's daughter called.", (), ["DOE^JANE"],
-     "[NAME] [NAME] was seen; [NAME], [NAME] consented. Mrs. [NAME]'s daughter called.", counts(name=5)),
-    # a name part is a whole word, digits included (synthetic canaries such as DOE^JANE001)
-    ("Patient DOE JANE001 MRN MRN-CANARY-00001, not JANE0012.", ["MRN-CANARY-00001"], ["DOE^JANE001"],
-     "Patient [NAME] [NAME] MRN [ID], not JANE0012.", counts(name=2, id=1)),
-    # titles and post-nominals in a manifest value are not name parts
-    ("Dr. Roe MD reviewed; the MD and Dr on call agreed.", (), ["Dr. Alan Roe, MD"],
-     "Dr. [NAME] MD reviewed; the MD and Dr on call agreed.", counts(name=1)),
-    # names found by their cues, without a header; the found name is removed where it recurs
-    ("Discussed with Dr. Nguyen at 14:25; Nguyen agreed. Electronically signed by Mary-Ann O'Brien, MD. "
-     "Dictated by: Ødegaard.", (), (),
-     "Discussed with Dr. [NAME] at 14:25; [NAME] agreed. Electronically signed by [NAME] [NAME], MD. "
-     "Dictated by: [NAME].", counts(name=5)),
-    ("Patient: Wei Chen. Referring physician: Dr. J. Smith. Jane Roe, MD reviewed.", (), (),
-     "Patient: [NAME] [NAME]. Referring physician: Dr. J. [NAME]. [NAME] [NAME], MD reviewed.", counts(name=5)),
-    # a name with no cue and not given by the caller is not found (that needs a language model)
-    ("Jane Doe was seen.", (), (), "Jane Doe was seen.", counts()),
-    # everything at once: labels stay, values go, and "series 3 image 45" survives
-    ("Patient: DOE, JANE. MRN: 0012345. DOB: 01/02/1960. SSN 536-22-1189. Tel. (617) 555-0199. "
-     "Home: 9 Elm Rd, Boston, MA 02115. jdoe@example.org. Nodule 3.2 cm (series 3 image 45).",
-     ["0012345"], ["Jane Doe"],
-     "Patient: [NAME], [NAME]. MRN: [ID]. DOB: [DATE]. SSN [SSN]. Tel. [PHONE]. "
-     "Home: [ADDRESS]. [EMAIL]. Nodule 3.2 cm (series 3 image 45).",
-     counts(name=2, id=1, ssn=1, phone=1, email=1, address=1, date=1)),
-])
+@pytest.mark.parametrize(
+    "text, identifiers, names, expected, expected_counts",
+    [
+        (
+            "SSN 123-45-6789 and 987 65 4321; social security number 123456789.",
+            (),
+            (),
+            "SSN [SSN] and [SSN]; social security number [SSN].",
+            counts(ssn=3),
+        ),
+        (
+            "Call (415) 555-0134, 415-555-0134 ext. 12, 415.555.0134 or +1 415 555 0134.",
+            (),
+            (),
+            "Call [PHONE], [PHONE], [PHONE] or [PHONE].",
+            counts(phone=4),
+        ),
+        (
+            "Abroad: +44 20 7946 0958, 0044 20 7946 0958, 020 7946 0958, +49 30 1234567, +33 1 23 45 67 89.",
+            (),
+            (),
+            "Abroad: [PHONE], [PHONE], [PHONE], [PHONE], [PHONE].",
+            counts(phone=5),
+        ),
+        ("Pager: 5551234567. Fax 555-0199.", (), (), "Pager: [PHONE]. Fax [PHONE].", counts(phone=2)),
+        (
+            "Send to jane.doe+rad@hospital.example.org or J_Smith@Example.CO.UK.",
+            (),
+            (),
+            "Send to [EMAIL] or [EMAIL].",
+            counts(email=2),
+        ),
+        (
+            "Lives at 12 Main Street, 450 N Oak Ave., Apt 3B, Springfield, IL 62704 and 221B Baker Street, "
+            "London NW1 6XE.",
+            (),
+            (),
+            "Lives at [ADDRESS], [ADDRESS] and [ADDRESS].",
+            counts(address=3),
+        ),
+        (
+            "PO Box 1234. Jakobstrasse 89. 72 Rue de la Paix. Avenida Noruega 42.",
+            (),
+            (),
+            "[ADDRESS]. [ADDRESS]. [ADDRESS]. [ADDRESS].",
+            counts(address=4),
+        ),
+        (
+            "DOB 1970-01-01, seen 03/04/2021, 4.3.21, 4 March 2021, 7-Oct-1945, March 4th, 2021, Mar 2020, 03/2021, "
+            "20210304.",
+            (),
+            (),
+            "DOB [DATE], seen [DATE], [DATE], [DATE], [DATE], [DATE], [DATE], [DATE], [DATE].",
+            counts(date=9),
+        ),
+        (
+            "MRN: 12345678. Accession # A2023-0042. Case #: S21-12345. Patient ID: AB12345. ID 88-1234. "
+            "Encounter: E1234567.",
+            (),
+            (),
+            "MRN: [ID]. Accession # [ID]. Case #: [ID]. Patient ID: [ID]. ID [ID]. Encounter: [ID].",
+            counts(id=6),
+        ),
+        (
+            "Study UID 1.2.840.113619.2.55.3.604688119 and 1234567 and AB1234567.",
+            (),
+            (),
+            "Study UID [ID] and [ID] and [ID].",
+            counts(id=3),
+        ),
+        # the caller's identifier values, anywhere and in any case
+        (
+            "MRN AB12345 belongs to ab12345; file XAB12345Y.",
+            ["AB12345"],
+            (),
+            "MRN [ID] belongs to [ID]; file X[ID]Y.",
+            counts(id=3),
+        ),
+        # the caller's names (a DICOM header name or a manifest column), every part, any case, possessive kept
+        (
+            "Jane Doe was seen; DOE, JANE consented. Mrs. Doe's daughter called.",
+            (),
+            ["DOE^JANE"],
+            "[NAME] [NAME] was seen; [NAME], [NAME] consented. Mrs. [NAME]'s daughter called.",
+            counts(name=5),
+        ),
+        # a name part is a whole word, digits included (synthetic canaries such as DOE^JANE001)
+        (
+            "Patient DOE JANE001 MRN MRN-CANARY-00001, not JANE0012.",
+            ["MRN-CANARY-00001"],
+            ["DOE^JANE001"],
+            "Patient [NAME] [NAME] MRN [ID], not JANE0012.",
+            counts(name=2, id=1),
+        ),
+        # titles and post-nominals in a manifest value are not name parts
+        (
+            "Dr. Roe MD reviewed; the MD and Dr on call agreed.",
+            (),
+            ["Dr. Alan Roe, MD"],
+            "Dr. [NAME] MD reviewed; the MD and Dr on call agreed.",
+            counts(name=1),
+        ),
+        # names found by their cues, without a header; the found name is removed where it recurs
+        (
+            "Discussed with Dr. Nguyen at 14:25; Nguyen agreed. Electronically signed by Mary-Ann O'Brien, MD. "
+            "Dictated by: Ødegaard.",
+            (),
+            (),
+            "Discussed with Dr. [NAME] at 14:25; [NAME] agreed. Electronically signed by [NAME] [NAME], MD. "
+            "Dictated by: [NAME].",
+            counts(name=5),
+        ),
+        (
+            "Patient: Wei Chen. Referring physician: Dr. J. Smith. Jane Roe, MD reviewed.",
+            (),
+            (),
+            "Patient: [NAME] [NAME]. Referring physician: Dr. J. [NAME]. [NAME] [NAME], MD reviewed.",
+            counts(name=5),
+        ),
+        # a name with no cue and not given by the caller is not found (that needs a language model)
+        ("Jane Doe was seen.", (), (), "Jane Doe was seen.", counts()),
+        # everything at once: labels stay, values go, and "series 3 image 45" survives
+        (
+            "Patient: DOE, JANE. MRN: 0012345. DOB: 01/02/1960. SSN 536-22-1189. Tel. (617) 555-0199. "
+            "Home: 9 Elm Rd, Boston, MA 02115. jdoe@example.org. Nodule 3.2 cm (series 3 image 45).",
+            ["0012345"],
+            ["Jane Doe"],
+            "Patient: [NAME], [NAME]. MRN: [ID]. DOB: [DATE]. SSN [SSN]. Tel. [PHONE]. "
+            "Home: [ADDRESS]. [EMAIL]. Nodule 3.2 cm (series 3 image 45).",
+            counts(name=2, id=1, ssn=1, phone=1, email=1, address=1, date=1),
+        ),
+    ],
+)
 def test_each_kind_is_replaced_by_its_placeholder(text, identifiers, names, expected, expected_counts):
     assert scrub_text(text, identifiers, names) == (expected, expected_counts)
 
@@ -106,12 +191,16 @@ def test_empty_and_signature():
     assert scrub_text(None) == (None, counts())
     assert list(scrub_text("x")[1]) == ["name", "id", "ssn", "phone", "email", "address", "date"]
     # positional and keyword use as the pipelines call it; generators and non-strings are accepted
-    assert scrub_text("Doe AB12345", iter(["AB12345", None, 7]), iter(["DOE^JANE", None])) == \
-        ("[NAME] [ID]", counts(name=1, id=1))
+    assert scrub_text("Doe AB12345", iter(["AB12345", None, 7]), iter(["DOE^JANE", None])) == (
+        "[NAME] [ID]",
+        counts(name=1, id=1),
+    )
     assert scrub_text("Doe AB12345", identifiers=["AB12345"], names=["DOE^JANE"])[0] == "[NAME] [ID]"
     # short values are ignored: a 2-character id or a 1-letter initial would wipe out ordinary text
-    assert scrub_text("A 12 mm lesion in segment 7 of the liver.", ["12"], ["A^B"]) == \
-        ("A 12 mm lesion in segment 7 of the liver.", counts())
+    assert scrub_text("A 12 mm lesion in segment 7 of the liver.", ["12"], ["A^B"]) == (
+        "A 12 mm lesion in segment 7 of the liver.",
+        counts(),
+    )
 
 
 def test_find_identifiers_returns_sorted_disjoint_typed_spans():
@@ -122,14 +211,55 @@ def test_find_identifiers_returns_sorted_disjoint_typed_spans():
 
 
 def test_name_like_columns():
-    columns = ["id", "image", "text", "prompt", "label", "patient_id", "patient_name", "PatientName", "name",
-               "first_name", "LastName", "surname", "physician", "referring_physician", "ReferringPhysicianName",
-               "doctor", "author", "radiologist", "signed_by", "reported_by", "next_of_kin", "OperatorsName",
-               "file_name", "series_name", "study_name", "institution_name", "label_name", "modality", "boxes"]
+    columns = [
+        "id",
+        "image",
+        "text",
+        "prompt",
+        "label",
+        "patient_id",
+        "patient_name",
+        "PatientName",
+        "name",
+        "first_name",
+        "LastName",
+        "surname",
+        "physician",
+        "referring_physician",
+        "ReferringPhysicianName",
+        "doctor",
+        "author",
+        "radiologist",
+        "signed_by",
+        "reported_by",
+        "next_of_kin",
+        "OperatorsName",
+        "file_name",
+        "series_name",
+        "study_name",
+        "institution_name",
+        "label_name",
+        "modality",
+        "boxes",
+    ]
     assert name_like_columns(columns) == [
-        "patient_name", "PatientName", "name", "first_name", "LastName", "surname", "physician",
-        "referring_physician", "ReferringPhysicianName", "doctor", "author", "radiologist", "signed_by",
-        "reported_by", "next_of_kin", "OperatorsName"]
+        "patient_name",
+        "PatientName",
+        "name",
+        "first_name",
+        "LastName",
+        "surname",
+        "physician",
+        "referring_physician",
+        "ReferringPhysicianName",
+        "doctor",
+        "author",
+        "radiologist",
+        "signed_by",
+        "reported_by",
+        "next_of_kin",
+        "OperatorsName",
+    ]
     assert name_like_columns([]) == []
 
 

@@ -1,4 +1,5 @@
 """Slides through OpenSlide: level/resize choice, patches equal direct reads, tissue exclusions, bad input."""
+
 import io
 
 import numpy as np
@@ -11,7 +12,7 @@ from medprep.transforms.image import ImageOptions
 from medprep.transforms.slide import SlideOptions, prepare_slide
 from medprep.transforms.slide_reader import OpenSlideReader
 
-W, H = 8192, 6144   # level 0 at 0.25 µm/px; levels 1 (1.0) and 2 (4.0)
+W, H = 8192, 6144  # level 0 at 0.25 µm/px; levels 1 (1.0) and 2 (4.0)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def test_tissue_rules_exclude_glass_and_black_border(svs):
     for rule in ("mean_grey", "otsu"):
         p = prepare_slide(svs, options=_opts(tissue=rule))
         xs = [i["x"] for i in p.image_info]
-        assert xs and max(xs) + 896 <= 0.95 * W + 896, rule        # nothing from the black strip
+        assert xs and max(xs) + 896 <= 0.95 * W + 896, rule  # nothing from the black strip
         assert p.plan.info["tissue_cells"] < p.plan.info["grid_cells"], rule
 
 
@@ -96,7 +97,7 @@ def test_truncated_unsupported_and_empty_slides(tmp_path, svs):
 def test_out_of_slide_area_is_white_glass(svs):
     reader = OpenSlideReader(svs)
     try:
-        edge = reader.read(1, W - 448, H - 448, 224, 224)   # half outside the slide
+        edge = reader.read(1, W - 448, H - 448, 224, 224)  # half outside the slide
     finally:
         reader.close()
     assert (edge[-10:, -10:] == 255).all() and edge.dtype == np.uint8

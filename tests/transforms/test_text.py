@@ -10,8 +10,14 @@ def test_demo_model_has_gemma3_structure(demo_model_bytes):
     tok = SentencePieceTokenizer(demo_model_bytes)
     assert tok.can_chat and tok.missing_for_chat() == []
     ids = tok.describe()["special_ids"]
-    assert ids == {"bos": 2, "start_of_turn": 6, "end_of_turn": 7, "start_of_image": 8, "end_of_image": 9,
-                   "image_soft_token": 640}
+    assert ids == {
+        "bos": 2,
+        "start_of_turn": 6,
+        "end_of_turn": 7,
+        "start_of_image": 8,
+        "end_of_image": 9,
+        "image_soft_token": 640,
+    }
 
 
 def test_plain_model_cannot_chat(plain_model_bytes):
@@ -50,17 +56,23 @@ def test_chat_sequence_layout_and_mask(demo_model_bytes):
     assert ids[:2] == [2, sot]
     assert ids.count(soi) == 2 and ids.count(eoi) == 2 and ids.count(soft) == 2 * IMAGE_TOKENS_PER_IMAGE
     first = ids.index(soi)
-    assert ids[first + 1:first + 1 + IMAGE_TOKENS_PER_IMAGE] == [soft] * IMAGE_TOKENS_PER_IMAGE
+    assert ids[first + 1 : first + 1 + IMAGE_TOKENS_PER_IMAGE] == [soft] * IMAGE_TOKENS_PER_IMAGE
     resp, _ = tok.encode("Clear lungs.")
     assert [i for i, m in zip(ids, mask) if m] == resp + [eot]
-    assert tok.decode(ids[-len(resp) - 2:-2]) == "Clear lungs." and tok.decode(ids[-2:]) == "<end_of_turn>\n"
+    assert tok.decode(ids[-len(resp) - 2 : -2]) == "Clear lungs." and tok.decode(ids[-2:]) == "<end_of_turn>\n"
 
 
 def test_special_splitter_is_leftmost_longest():
     s = SpecialSplitter(["<bos>", "<b>", "\n", "\n\n", "\n\n\n"])
     text = "x<bos>y\n\n\n\nz<b"
     assert [(text[a:b], sp) for a, b, sp in s.split(text)] == [
-        ("x", False), ("<bos>", True), ("y", False), ("\n\n\n", True), ("\n", True), ("z<b", False)]
+        ("x", False),
+        ("<bos>", True),
+        ("y", False),
+        ("\n\n\n", True),
+        ("\n", True),
+        ("z<b", False),
+    ]
 
 
 def test_tokenizer_pickles(demo_model_bytes):
@@ -98,8 +110,10 @@ def test_tokenizer_without_chat_tokens_is_refused_at_startup(tmp_path, plain_mod
 
     (rec,) = read_records(str(tmp_path / "o2" / "parquet"))
     assert rec["text_ids"] and rec["prompt_ids"] and rec["input_ids"] == [] and rec["loss_mask"] == []
-    assert rec["messages"] == ('[{"role":"user","content":[{"type":"image"},{"type":"text","text":"p"}]},'
-                               '{"role":"assistant","content":[{"type":"text","text":"t"}]}]')
+    assert rec["messages"] == (
+        '[{"role":"user","content":[{"type":"image"},{"type":"text","text":"p"}]},'
+        '{"role":"assistant","content":[{"type":"text","text":"t"}]}]'
+    )
 
 
 def test_summary_describes_the_tokenizer(tmp_path, demo_model_path, demo_model_bytes):
@@ -108,12 +122,29 @@ def test_summary_describes_the_tokenizer(tmp_path, demo_model_path, demo_model_b
 
     from medprep.pipelines.cli.main import run_pipeline
 
-    s = run_pipeline("images", ["--input", _png_manifest(tmp_path), "--output_dir", str(tmp_path / "o"),
-                                "--tokenizer", demo_model_path, "--system_prompt", "Be brief."])
+    s = run_pipeline(
+        "images",
+        [
+            "--input",
+            _png_manifest(tmp_path),
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--tokenizer",
+            demo_model_path,
+            "--system_prompt",
+            "Be brief.",
+        ],
+    )
     info = s["config"]["tokenizer_info"]
     assert info["kind"] == "sentencepiece" and info["vocab_size"] == 641 and info["chat"] is True
-    assert info["special_ids"] == {"bos": 2, "start_of_turn": 6, "end_of_turn": 7, "start_of_image": 8,
-                                   "end_of_image": 9, "image_soft_token": 640}
+    assert info["special_ids"] == {
+        "bos": 2,
+        "start_of_turn": 6,
+        "end_of_turn": 7,
+        "start_of_image": 8,
+        "end_of_image": 9,
+        "image_soft_token": 640,
+    }
     assert info["chat_template"] == "builtin:gemma3"
     assert info["chat_template_sha256"] == hashlib.sha256(b"builtin:gemma3").hexdigest()
     assert info["sha256"] == hashlib.sha256(demo_model_bytes).hexdigest()
@@ -134,8 +165,19 @@ def test_over_long_text_is_truncated_in_ids_and_messages_alike(tmp_path, demo_mo
     (tmp_path / "m.jsonl").write_text(json.dumps({"image": "a.png", "text": long_text}) + "\n")
     _png_manifest(tmp_path)
     (tmp_path / "m.jsonl").write_text(json.dumps({"image": "a.png", "text": long_text}) + "\n")
-    s = run_pipeline("images", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o"),
-                                "--tokenizer", demo_model_path, "--max_text_tokens", "10"])
+    s = run_pipeline(
+        "images",
+        [
+            "--input",
+            str(tmp_path / "m.jsonl"),
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--tokenizer",
+            demo_model_path,
+            "--max_text_tokens",
+            "10",
+        ],
+    )
     assert s["truncated"] == {"prompt": 0, "text": 1}
     from medprep.schemas import read_records
 

@@ -1,4 +1,5 @@
 """WSI building blocks: level choice, tissue masks on a synthetic thumbnail, patch grid and sampling."""
+
 import numpy as np
 import pytest
 
@@ -7,20 +8,23 @@ from medprep.transforms.patches import grid, sample_patches, select_patches
 from medprep.transforms.tissue import cell_fractions, cell_mean_grey, otsu_saturation_mask, otsu_threshold, pen_mask
 from medprep.transforms.wsi_level import choose_level
 
-SVS_LEVELS = [0.25, 1.0, 4.0, 16.0]   # 40x pyramid with 4x downsamples
+SVS_LEVELS = [0.25, 1.0, 4.0, 16.0]  # 40x pyramid with 4x downsamples
 
 
-@pytest.mark.parametrize("target,level,scale", [
-    (0.25, 0, 1.0),      # 40x: level 0 as is
-    (0.5, 0, 0.5),       # 20x: from level 0, halved
-    (1.0, 1, 1.0),       # 10x (the reference): level 1 exactly
-    (0.97, 0, 0.25 / 0.97),  # finer than level 1 beyond the 2 % tolerance -> level 0
-    (0.99, 1, 1.0 / 0.99),   # within tolerance of level 1 (scanner MPP noise) -> level 1
-    (1.01, 1, 1.0 / 1.01),   # within 2 % of level 1 -> level 1, slight downsample
-    (2.0, 1, 0.5),       # 5x: level 1 halved
-    (8.0, 2, 0.5),       # 1.25x: level 2 halved
-    (0.1, 0, 2.5),       # finer than the slide: level 0 upsampled
-])
+@pytest.mark.parametrize(
+    "target,level,scale",
+    [
+        (0.25, 0, 1.0),  # 40x: level 0 as is
+        (0.5, 0, 0.5),  # 20x: from level 0, halved
+        (1.0, 1, 1.0),  # 10x (the reference): level 1 exactly
+        (0.97, 0, 0.25 / 0.97),  # finer than level 1 beyond the 2 % tolerance -> level 0
+        (0.99, 1, 1.0 / 0.99),  # within tolerance of level 1 (scanner MPP noise) -> level 1
+        (1.01, 1, 1.0 / 1.01),  # within 2 % of level 1 -> level 1, slight downsample
+        (2.0, 1, 0.5),  # 5x: level 1 halved
+        (8.0, 2, 0.5),  # 1.25x: level 2 halved
+        (0.1, 0, 2.5),  # finer than the slide: level 0 upsampled
+    ],
+)
 def test_choose_level(target, level, scale):
     c = choose_level(SVS_LEVELS, target)
     assert (c.level, c.level_mpp) == (level, SVS_LEVELS[level]) and c.scale == pytest.approx(scale)
@@ -38,8 +42,8 @@ def _thumb():
     y, x = np.mgrid[0:200, 0:300]
     tissue = ((x - 120) / 70.0) ** 2 + ((y - 100) / 60.0) ** 2 < 1
     img[tissue] = (200, 120, 170)
-    img[40:46, 200:290] = (30, 60, 200)      # pen
-    img[:, 290:] = 0                          # black scanner border
+    img[40:46, 200:290] = (30, 60, 200)  # pen
+    img[:, 290:] = 0  # black scanner border
     return img, tissue
 
 
@@ -70,16 +74,16 @@ def test_cell_measures_exact():
 def test_grid_coordinates_exact():
     # 4000x3000 level 0 at 0.25 µm/px; 896 px patches at 1.0 µm/px -> 3584 level-0 px, stride 896 -> 3584
     boxes = grid(4000 * 4, 3000 * 4, 896, 896, 0.25, 1.0)
-    assert boxes.shape == (3 * 4, 4)            # 16000/3584 -> 4 columns, 12000/3584 -> 3 rows
+    assert boxes.shape == (3 * 4, 4)  # 16000/3584 -> 4 columns, 12000/3584 -> 3 rows
     assert boxes[0].tolist() == [0, 0, 3584, 3584] and boxes[5].tolist() == [3584, 3584, 7168, 7168]
-    half = grid(1000, 1000, 100, 50, 0.5, 0.5)   # stride half the patch: overlapping
+    half = grid(1000, 1000, 100, 50, 0.5, 0.5)  # stride half the patch: overlapping
     assert len(half) == 19 * 19 and half[1].tolist() == [50, 0, 150, 100]
 
 
 def test_patch_selection_reference_and_otsu():
     img, tissue = _thumb()
-    downsample = 32.0                             # thumbnail pixel = 32 level-0 pixels
-    boxes = grid(300 * 32, 200 * 32, 28 * 32, 28 * 32, 1.0, 1.0)   # 28x28-pixel cells on the thumbnail
+    downsample = 32.0  # thumbnail pixel = 32 level-0 pixels
+    boxes = grid(300 * 32, 200 * 32, 28 * 32, 28 * 32, 1.0, 1.0)  # 28x28-pixel cells on the thumbnail
     cells = (boxes / downsample).astype(int)
     g = img.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
     # reference: mean grey of the footprint in [1, 204], computed here directly per cell
@@ -88,8 +92,10 @@ def test_patch_selection_reference_and_otsu():
     assert {(int(p.x / downsample), int(p.y / downsample)) for p in ref} == expected_ref and expected_ref
     # otsu: every cell with >= 70 % true tissue is kept, none with < 30 %
     truth = {(x0, y0): tissue[y0:y1, x0:x1].mean() for x0, y0, x1, y1 in cells}
-    otsu = {(int(p.x / downsample), int(p.y / downsample))
-            for p in select_patches(boxes, img, downsample, "otsu", mask=otsu_saturation_mask(img), min_tissue=0.5)}
+    otsu = {
+        (int(p.x / downsample), int(p.y / downsample))
+        for p in select_patches(boxes, img, downsample, "otsu", mask=otsu_saturation_mask(img), min_tissue=0.5)
+    }
     assert {c for c, f in truth.items() if f >= 0.7} <= otsu <= {c for c, f in truth.items() if f >= 0.3}
     # the black border strip (x >= 290) is never tissue under either rule
     assert not any(x >= 280 for x, _ in otsu | expected_ref)

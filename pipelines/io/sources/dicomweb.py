@@ -7,6 +7,7 @@ Application Default Credentials with the cloud-healthcare scope (tokens refreshe
 google-auth, never logged); other servers take basic auth from MEDPREP_DICOMWEB_USER /
 MEDPREP_DICOMWEB_PASSWORD or a bearer token from MEDPREP_DICOMWEB_TOKEN.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,9 +38,12 @@ class RetryPolicy:
     def from_env(cls) -> RetryPolicy:
         """MEDPREP_DICOMWEB_ATTEMPTS, _BASE_DELAY, _TIMEOUT override the defaults (workers inherit them)."""
         env = os.environ.get
-        return cls(int(env("MEDPREP_DICOMWEB_ATTEMPTS", cls.attempts)),
-                   float(env("MEDPREP_DICOMWEB_BASE_DELAY", cls.base_delay)), cls.max_delay,
-                   float(env("MEDPREP_DICOMWEB_TIMEOUT", cls.timeout)))
+        return cls(
+            int(env("MEDPREP_DICOMWEB_ATTEMPTS", cls.attempts)),
+            float(env("MEDPREP_DICOMWEB_BASE_DELAY", cls.base_delay)),
+            cls.max_delay,
+            float(env("MEDPREP_DICOMWEB_TIMEOUT", cls.timeout)),
+        )
 
 
 def _session(base: str) -> requests.Session:
@@ -59,7 +63,7 @@ def _session(base: str) -> requests.Session:
     return session
 
 
-_retried = [0]   # requests retried in this process (all servers), read by the DoFns for Beam metrics
+_retried = [0]  # requests retried in this process (all servers), read by the DoFns for Beam metrics
 
 
 def retries_so_far() -> int:
@@ -74,7 +78,7 @@ class DicomWebClient:
         self.base, self.policy = base, policy
         self._session = _session(base)
         self._slots = threading.BoundedSemaphore(concurrency)
-        self.retries = 0   # requests retried (throttling and transient failures), for metrics
+        self.retries = 0  # requests retried (throttling and transient failures), for metrics
 
     def _get(self, url: str, accept: str) -> requests.Response:
         last = ""
@@ -94,7 +98,7 @@ class DicomWebClient:
             self.retries += 1
             _retried[0] += 1
             if attempt + 1 < self.policy.attempts:
-                time.sleep(random.uniform(0, min(self.policy.max_delay, self.policy.base_delay * 2 ** attempt)))
+                time.sleep(random.uniform(0, min(self.policy.max_delay, self.policy.base_delay * 2**attempt)))
         raise ItemError("read", f"DICOMweb request failed after {self.policy.attempts} attempts ({last}): {url}")
 
     def search_instances(self, ref: DicomWebRef) -> list[DicomWebRef]:
@@ -139,7 +143,7 @@ def _first_part(response: requests.Response) -> bytes:
     end = body.find(b"\r\n" + boundary, header_end)
     if header_end < 0 or end < 0:
         raise ItemError("read", "truncated multipart response from the DICOMweb server")
-    return body[header_end + 4:end]
+    return body[header_end + 4 : end]
 
 
 def wsi_web_client(base: str):

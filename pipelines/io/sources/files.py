@@ -1,4 +1,5 @@
 """Local paths and gs:// URIs through Beam's FileSystems."""
+
 from __future__ import annotations
 
 import os
@@ -68,8 +69,11 @@ class RemoteStreams:
     def __init__(self, prefix: str):
         matched = FileSystems.match([prefix.rstrip("/") + "/**"])[0].metadata_list
         self.path = prefix
-        self.streams = [FileSystems.open(m.path, compression_type="uncompressed")
-                        for m in sorted(matched, key=lambda m: m.path) if not m.path.endswith("/")]
+        self.streams = [
+            FileSystems.open(m.path, compression_type="uncompressed")
+            for m in sorted(matched, key=lambda m: m.path)
+            if not m.path.endswith("/")
+        ]
         if not self.streams:
             raise ItemError("read", f"cannot read {prefix}: file not found")
 

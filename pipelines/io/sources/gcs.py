@@ -5,6 +5,7 @@ Default Credentials and, with none to find, retries for 20-27 s per process. Wit
 variable set, credential discovery is skipped and Beam uses an anonymous client.
 medprep.pipelines.io.sources.files calls it on import, so every worker process gets it too.
 """
+
 from __future__ import annotations
 
 import os
