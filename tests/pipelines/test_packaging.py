@@ -88,7 +88,16 @@ def test_one_namespace_no_generic_top_level_names():
         os.chdir(cwd)
     packages = captured["packages"]
     assert all(p == "medprep" or p.startswith("medprep.") for p in packages)
-    for sub in ("transforms", "schemas", "pipelines", "pipelines.graphs", "pipelines.io", "pipelines.io.sources",
-                "pipelines.records", "pipelines.tools", "pipelines.cli"):
+    for sub in (
+        "transforms",
+        "schemas",
+        "pipelines",
+        "pipelines.graphs",
+        "pipelines.io",
+        "pipelines.io.sources",
+        "pipelines.records",
+        "pipelines.tools",
+        "pipelines.cli",
+    ):
         assert f"medprep.{sub}" in packages and captured["package_dir"][f"medprep.{sub}"] == sub.replace(".", "/")
     assert captured["entry_points"] == {"console_scripts": ["medprep=medprep.pipelines.cli.main:main"]}
