@@ -15,6 +15,7 @@ import pyarrow as pa
 from medprep.schemas.embedding_fields import EMBEDDING_FIELD_BY_NAME, EMBEDDING_FIELDS, empty_embedding_value
 from medprep.schemas.example_codec import (
     bytes_list_feature,
+    feature_entries,
     int64_list_feature,
     length_delimited,
     nested_message,
@@ -106,20 +107,7 @@ def _finish(raw: dict[str, Any]) -> dict[str, Any]:
 def decode_embedding_row(data: bytes) -> dict[str, Any]:
     """Serialized tf.train.Example -> row dict: `embedding` float32 (D,), `tokens` float32 token_shape
     (rows, cols, dim), each None when not written; missing fields get empty values."""
-    raw: dict[str, Any] = {}
-    for n, wire, features in wire_fields(memoryview(data)):
-        if n != 1:
-            continue
-        for m, w, entry in wire_fields(nested_message(wire, features)):
-            if m != 1:
-                continue
-            key, value = "", memoryview(b"")
-            for k, kw, v in wire_fields(nested_message(w, entry)):
-                if k == 1:
-                    key = bytes(nested_message(kw, v)).decode("utf-8")
-                elif k == 2:
-                    value = nested_message(kw, v)
-            raw[key] = _feature_values(value)
+    raw = {key: _feature_values(value) for key, value in feature_entries(data)}
     return _finish(raw)
 
 

@@ -195,9 +195,8 @@ def _decode_feature(buf: memoryview) -> tuple[str, list[Any]]:
     return "bytes", []
 
 
-def decode_example(data: bytes) -> dict[str, Any]:
-    """Serialized tf.train.Example -> record dict (missing fields get empty values)."""
-    raw: dict[str, list[Any]] = {}
+def feature_entries(data: bytes) -> Iterator[tuple[str, memoryview]]:
+    """Serialized tf.train.Example -> (feature key, serialized tf.train.Feature) in wire order."""
     for n, wire, features in wire_fields(memoryview(data)):
         if n != 1:
             continue
@@ -210,7 +209,14 @@ def decode_example(data: bytes) -> dict[str, Any]:
                     key = bytes(nested_message(kw, v)).decode("utf-8")
                 elif k == 2:
                     value = nested_message(kw, v)
-            raw[key] = _decode_feature(value)[1]
+            yield key, value
+
+
+def decode_example(data: bytes) -> dict[str, Any]:
+    """Serialized tf.train.Example -> record dict (missing fields get empty values)."""
+    raw: dict[str, list[Any]] = {}
+    for key, value in feature_entries(data):
+        raw[key] = _decode_feature(value)[1]
     record: dict[str, Any] = {}
     for name, f in FIELD_BY_NAME.items():
         values = raw.pop(name, None)

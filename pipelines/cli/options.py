@@ -70,7 +70,8 @@ def add_pipeline_options(parser: argparse.ArgumentParser, groups: tuple) -> None
         add_option_group(parser, group, seen)
 
 
-def _check_output_dir(path: str, overwrite: bool) -> None:
+def check_output_dir(path: str, overwrite: bool) -> None:
+    """Refuse a folder that holds outputs (unless overwrite) or that cannot be written (local)."""
     present = existing_outputs(path)
     if present and not overwrite:
         raise OptionError(
@@ -188,7 +189,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     salt = args.split_salt or os.environ.get("MEDPREP_SALT", "")
     if not salt:
         _LOG.warning("no --split_salt or MEDPREP_SALT: using the public default salt; keys are NOT secret")
-    _check_output_dir(args.output_dir, args.overwrite)
+    check_output_dir(args.output_dir, args.overwrite)
     if not args.output_dir:
         raise OptionError("--output_dir", "required: the output folder, local or gs://")
     values = {k: v for k, v in vars(args).items() if k in _CONFIG_KEYS}

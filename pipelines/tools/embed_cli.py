@@ -17,10 +17,10 @@ import math
 import os
 import sys
 
-from medprep.pipelines.cli.options import OptionError
+from medprep.pipelines.cli.options import OptionError, check_output_dir
 from medprep.pipelines.graphs.embed import BATCHES_PER_RANGE, SOURCE_PIPELINES, EmbedConfig
 from medprep.pipelines.io.embedding_sinks import FORMAT_NAMES, plan_embedding_shards, row_bytes_estimate
-from medprep.pipelines.io.outputs import existing_outputs, join, new_staging_dir, write_bytes
+from medprep.pipelines.io.outputs import join, new_staging_dir
 from medprep.transforms.embed import DTYPES, POOLINGS
 from medprep.transforms.errors import strip_credentials
 
@@ -208,21 +208,7 @@ def _check_output_dir(output_dir: str, input_dir: str, overwrite: bool) -> None:
 
     if norm(output_dir) == norm(input_dir):
         raise OptionError("--output_dir", f"{output_dir} is the input folder; choose another folder")
-    present = existing_outputs(output_dir)
-    if present and not overwrite:
-        raise OptionError(
-            "--output_dir",
-            f"{output_dir} already holds medprep outputs ({', '.join(present)}); "
-            "pass --overwrite to replace them or choose another folder",
-        )
-    if "://" not in output_dir:
-        try:
-            os.makedirs(output_dir, exist_ok=True)
-            probe = join(output_dir, ".medprep-write-test")
-            write_bytes(probe, b"")
-            os.remove(probe)
-        except OSError as exc:
-            raise OptionError("--output_dir", f"cannot write to {output_dir}: {exc.strerror or exc}") from None
+    check_output_dir(output_dir, overwrite)
 
 
 def config_from_args(args: argparse.Namespace) -> EmbedConfig:
