@@ -595,49 +595,10 @@ def test_input_that_is_not_a_medprep_output_is_refused(siglip_emb, siglip_folder
 @pytest.fixture(scope="module")
 def gcs_bucket():
     """A local GCS emulator (gcp-storage-emulator) with one bucket; STORAGE_EMULATOR_HOST points at it."""
-    import socket
-    import subprocess
-    import sys
-    import time
+    from gcs_emulator import emulator_bucket
 
-    exe = shutil.which("gcp-storage-emulator") or os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator")
-    if not os.path.exists(exe):
-        pytest.skip("gcp-storage-emulator is not installed")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [exe, "start", "--host=127.0.0.1", f"--port={port}", "--in-memory"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    old = os.environ.get("STORAGE_EMULATOR_HOST")
-    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
-    try:
-        from google.cloud import storage
-
-        deadline = time.time() + 30
-        while True:
-            try:
-                client = storage.Client.create_anonymous_client()
-                client.project = "test"
-                bucket = client.create_bucket("medprep-embed")
-                break
-            except Exception:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.3)
-        from medprep.pipelines.io.sources.gcs import use_emulator_if_configured
-
-        assert use_emulator_if_configured()
+    with emulator_bucket("medprep-embed") as bucket:
         yield bucket
-    finally:
-        proc.kill()
-        proc.wait()
-        if old is None:
-            os.environ.pop("STORAGE_EMULATOR_HOST", None)
-        else:
-            os.environ["STORAGE_EMULATOR_HOST"] = old
 
 
 def test_gcs_input_model_and_output_give_the_local_files(gcs_bucket, siglip_emb, images_out, siglip_folder):

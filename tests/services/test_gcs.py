@@ -4,9 +4,6 @@ import io
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -17,48 +14,12 @@ from medprep.samples import make_images_samples
 BUCKET = "medprep-test"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
-    exe = shutil.which("gcp-storage-emulator") or os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [exe, "start", "--host=127.0.0.1", f"--port={port}", "--in-memory"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    old = os.environ.get("STORAGE_EMULATOR_HOST")
-    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
-    try:
-        from google.cloud import storage
+    from gcs_emulator import emulator_bucket
 
-        deadline = time.time() + 30
-        while True:
-            try:
-                client = storage.Client.create_anonymous_client()
-                client.project = "test"
-                bucket = client.create_bucket(BUCKET)
-                break
-            except Exception:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.3)
-        from medprep.pipelines.io.sources.gcs import use_emulator_if_configured
-
-        assert use_emulator_if_configured()
+    with emulator_bucket(BUCKET) as bucket:
         yield bucket
-    finally:
-        proc.kill()
-        proc.wait()
-        if old is None:
-            os.environ.pop("STORAGE_EMULATOR_HOST", None)
-        else:
-            os.environ["STORAGE_EMULATOR_HOST"] = old
 
 
 @pytest.fixture(scope="module")
