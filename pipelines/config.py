@@ -15,6 +15,7 @@ import json
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from medprep.pipelines.run_options import (
+    DiscoveryOptions,
     InputOptions,
     OutputOptions,
     PrivacyOptions,
@@ -35,6 +36,7 @@ PIPELINE_VERSION = "0.1.0"
 # Every option of every pipeline, in --help order. A subcommand shows the groups its registry entry names.
 OPTION_GROUPS: tuple[type, ...] = (
     InputOptions,
+    DiscoveryOptions,
     OutputOptions,
     TextOptions,
     PrivacyOptions,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from medprep.pipelines.run_options import (
+    DiscoveryOptions,
     InputOptions,
     OutputOptions,
     PrivacyOptions,
@@ -62,7 +63,7 @@ register(
         "images",
         "2D images (CXR, fundus, skin, other) from a manifest",
         "medprep.pipelines.graphs.images",
-        COMMON + (CtWindowOptions,),
+        COMMON + (DiscoveryOptions, CtWindowOptions),
     )
 )
 register(
@@ -70,7 +71,7 @@ register(
         "volumes",
         "CT and MR series (DICOM folders/prefixes, instance lists, NIfTI)",
         "medprep.pipelines.graphs.volumes",
-        COMMON + (CtWindowOptions, VolumeOptions, VolumeRecordOptions),
+        COMMON + (DiscoveryOptions, CtWindowOptions, VolumeOptions, VolumeRecordOptions),
     )
 )
 register(

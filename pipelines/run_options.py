@@ -28,15 +28,8 @@ class InputOptions:
 
     input: str = option(
         "",
-        "manifest (.jsonl, .csv, .parquet), or a folder / gs:// prefix (ending in /) to discover "
-        "DICOM files in; local or gs://",
-    )
-    dicomweb_url: str = option("", "discover on this DICOMweb service instead of --input (…/dicomWeb or …/dicom-web)")
-    query: str = option("", "QIDO filters for discovery, e.g. 'Modality=CT&StudyDate=20200101-20201231'")
-    reports: str = option(
-        "",
-        "report texts for discovered data (required with discovery): CSV/JSONL/Parquet with "
-        "study_uid and/or accession_number, text, optional prompt",
+        "manifest (.jsonl, .csv, .parquet), local or gs://; `images` and `volumes` also take a folder / gs:// "
+        "prefix (ending in /) to discover DICOM files in",
     )
     allow_extra_columns: bool = option(
         False,
@@ -45,6 +38,19 @@ class InputOptions:
         flag=True,
     )
     item_timeout: int = option(600, "seconds one input may take (default 600)", int_in(1))
+
+
+@dataclass(frozen=True)
+class DiscoveryOptions:
+    """Examples without a manifest: DICOM found in a folder or on a DICOMweb service (images, volumes)."""
+
+    dicomweb_url: str = option("", "discover on this DICOMweb service instead of --input (…/dicomWeb or …/dicom-web)")
+    query: str = option("", "QIDO filters for discovery, e.g. 'Modality=CT&StudyDate=20200101-20201231'")
+    reports: str = option(
+        "",
+        "report texts for discovered data (required with discovery): CSV/JSONL/Parquet with "
+        "study_uid and/or accession_number, text, optional prompt",
+    )
 
 
 @dataclass(frozen=True)

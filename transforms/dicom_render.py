@@ -36,7 +36,7 @@ MINMAX_MODALITIES = frozenset({"MR", "PT", "NM"})
 
 @dataclass(frozen=True)
 class RenderOptions:
-    """How monochrome DICOM becomes uint8: CT windows (R, G, B) and the pixel-count limit."""
+    """Decoding limits and rendering: the pixel-count limit, and CT's windows (R, G, B) for monochrome DICOM."""
 
     ct_windows: tuple[Window, Window, Window] = CT_PRESETS[DEFAULT_CT_PRESET]
     max_pixels: int = option(DEFAULT_MAX_PIXELS, "refuse images with more pixels than this (default 2e8)", int_in(1))

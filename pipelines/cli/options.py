@@ -9,7 +9,7 @@ import logging
 import os
 from typing import cast
 
-from medprep.pipelines.config import Config
+from medprep.pipelines.config import OPTION_GROUPS, Config
 from medprep.pipelines.io.manifest import ManifestError, inspect_manifest
 from medprep.pipelines.io.outputs import existing_outputs, join, new_staging_dir, write_bytes
 from medprep.pipelines.io.sources.files import exists
@@ -123,6 +123,12 @@ def _check_tokenizer(path: str, text_ids_only: bool, system_prompt: str) -> tupl
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """Validate the parsed options against the world (files, manifest) and build the Config."""
+    for group in OPTION_GROUPS:  # options of groups this subcommand does not take: their defaults
+        for o in option_fields(group):
+            if not hasattr(args, o.name):
+                setattr(args, o.name, o.default)
+    if not args.output_dir:
+        raise OptionError("--output_dir", "required: the output folder, local or gs://")
     if args.val_fraction + args.test_fraction >= 1.0:
         raise OptionError("--val_fraction/--test_fraction", "together they must leave some patients for train (< 1)")
     from medprep.pipelines.io.discovery import is_folder_input, parse_query, read_reports
@@ -190,8 +196,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if not salt:
         _LOG.warning("no --split_salt or MEDPREP_SALT: using the public default salt; keys are NOT secret")
     check_output_dir(args.output_dir, args.overwrite)
-    if not args.output_dir:
-        raise OptionError("--output_dir", "required: the output folder, local or gs://")
     values = {k: v for k, v in vars(args).items() if k in _CONFIG_KEYS}
     if values.get("patch_size") and not values.get("stride"):
         values["stride"] = values["patch_size"]  # --stride defaults to --patch_size

@@ -308,12 +308,14 @@ def test_options_that_a_manifest_would_ignore_are_refused(tmp_path, capsys):
         "medprep: error: --query: QIDO filters apply to --dicomweb_url discovery only "
         "(give --dicomweb_url, or drop --query)\n",
     )
-    code, err = _startup_error(
-        ["slides", "--input", str(tmp_path / "data" / "vol"), "--reports", str(tmp_path / "r.csv"), *out], capsys
-    )
+    code, err = _startup_error(["slides", "--input", str(tmp_path / "data" / "vol"), *out], capsys)
     assert code == 2 and err.startswith("medprep: error: --input: slides take a manifest")
+    # slides have no discovery options at all (not in `medprep slides --help`): refused by name
     code, err = _startup_error(["slides", "--dicomweb_url", "http://127.0.0.1:1/dicom-web", *out], capsys)
-    assert code == 2 and err.startswith("medprep: error: --dicomweb_url: slides take a manifest")
+    assert (code, err) == (
+        2,
+        "medprep: error: --dicomweb_url: unrecognized option (neither a medprep nor a Beam option)\n",
+    )
 
 
 # 4. The transforms API --------------------------------------------------------------------

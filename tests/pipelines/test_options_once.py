@@ -27,6 +27,7 @@ def test_each_subcommand_shows_its_own_options_only():
     assert "--max_slices" in volumes and "--max_slices" not in images and "--max_slices" not in slides
     assert "--target_mpp" in slides and "--target_mpp" not in volumes
     assert "--granularity" in volumes and "--granularity" in slides and "--granularity" not in images
+    assert "--dicomweb_url" in images and "--reports" in volumes and "--dicomweb_url" not in slides  # no discovery
     for name, spec in PIPELINES.items():  # every declared option of its groups, and nothing else
         declared = {f"--{o.cli}" for g in spec.groups for o in option_fields(g)}
         assert _subcommand_options(name) == declared, name
@@ -132,3 +133,12 @@ def test_public_api_names_resolve():
     assert sorted(medprep.__all__) == sorted(medprep._API)
     for name in medprep.__all__:
         assert getattr(medprep, name).__name__ == name
+
+
+def test_missing_output_dir_is_named(tmp_path, capsys):
+    from medprep.pipelines.cli.main import main
+
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": "a.png", "text": "t"}) + "\n")
+    for name in ("images", "slides"):
+        assert main([name, "--input", str(tmp_path / "m.jsonl")]) == 2
+        assert "--output_dir: required: the output folder, local or gs://" in capsys.readouterr().err
