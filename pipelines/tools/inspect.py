@@ -412,20 +412,11 @@ def main(argv: list[str]) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(prog="medprep inspect", description="write OUT/report.html (and the contact sheet)")
-    from medprep.pipelines.tools.verify import DEFAULT_PHASH_DISTANCE, MAX_PHASH_DISTANCE, phash_distance_option
+    from medprep.pipelines.tools.verify import add_duplicate_options
 
     ap.add_argument("output_dir", help="a medprep output folder (local or gs://)")
-    ap.add_argument(
-        "--near_duplicates",
-        action="store_true",
-        help="hash every image and list identical and similar images in different splits under different patient keys",
-    )
-    ap.add_argument(
-        "--phash_distance",
-        type=phash_distance_option,
-        default=DEFAULT_PHASH_DISTANCE,
-        help=f"with --near_duplicates: at most this many of 64 pHash bits differ "
-        f"(default {DEFAULT_PHASH_DISTANCE}, at most {MAX_PHASH_DISTANCE})",
+    add_duplicate_options(
+        ap, "hash every image and list identical and similar images in different splits under different patient keys"
     )
     args = ap.parse_args(argv)
     if not os.path.exists(os.path.join(args.output_dir, "summary.json")) and "://" not in args.output_dir:

@@ -869,6 +869,18 @@ def phash_distance_option(text: str) -> int:
     return value
 
 
+def add_duplicate_options(ap: Any, near_help: str) -> None:
+    """--near_duplicates and --phash_distance, as verify and inspect take them."""
+    ap.add_argument("--near_duplicates", action="store_true", help=near_help)
+    ap.add_argument(
+        "--phash_distance",
+        type=phash_distance_option,
+        default=DEFAULT_PHASH_DISTANCE,
+        help=f"with --near_duplicates: at most this many of 64 pHash bits differ "
+        f"(default {DEFAULT_PHASH_DISTANCE}, at most {MAX_PHASH_DISTANCE})",
+    )
+
+
 def _pipeline_of(output_dir: str) -> str:
     """summary.json's `pipeline`, or '' when it cannot be read (verify then reports that)."""
     try:
@@ -889,17 +901,8 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="skip looking for identifiers (header values, manifest patient ids, path components)",
     )
-    ap.add_argument(
-        "--near_duplicates",
-        action="store_true",
-        help="also list perceptually similar images (pHash) in different splits under different patients",
-    )
-    ap.add_argument(
-        "--phash_distance",
-        type=phash_distance_option,
-        default=DEFAULT_PHASH_DISTANCE,
-        help=f"with --near_duplicates: at most this many of 64 pHash bits differ "
-        f"(default {DEFAULT_PHASH_DISTANCE}, at most {MAX_PHASH_DISTANCE})",
+    add_duplicate_options(
+        ap, "also list perceptually similar images (pHash) in different splits under different patients"
     )
     args = ap.parse_args(argv)
     if _pipeline_of(args.output_dir) == "embed":  # a `medprep embed` output has its own checks
