@@ -4,10 +4,17 @@
          -> GroupByKey (per input) -> Assemble (records; where the input is counted done) -> WriteDataset
 
 A unit that fails is reported to Assemble, and the other units of the input go on.
+
+The fan-out costs two shuffles of the units' results (encoded images) and an extra stage; it pays
+only where an input's units can run on more workers than the inputs already keep busy: on a
+distributed runner, or locally when there are fewer inputs than worker processes
+(`fan_out_pays`). Elsewhere a pipeline prepares each input in one step (`one_step_pipeline`), with
+the same per-unit code, so the records are byte-identical either way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +56,18 @@ def failure_of(exc: BaseException, default_stage: str = "decode") -> UnitFailure
     return UnitFailure(default_stage, f"{type(exc).__name__}: {exc}")
 
 
+def attempt_unit(fn: Callable[[], Any]) -> tuple[Any, UnitFailure | None]:
+    """Run one work unit: (result, None), or (None, its failure) when it raised."""
+    from medprep.pipelines.graphs.dead_letter import ItemTimeout
+
+    try:
+        return fn(), None
+    except ItemTimeout:  # the whole input overran --item_timeout: stop, not one unit's failure
+        raise
+    except Exception as exc:  # one bad unit: the others go on
+        return None, failure_of(exc)
+
+
 class WorkDoFn(beam.DoFn):
     """Base of a fan-out's Work step: `run_unit` times one unit into metrics (`<unit>s_done`,
     `<unit>s_failed`, `<unit>_<stage>_ms`) and turns its failure into a UnitFailure."""
@@ -61,15 +80,40 @@ class WorkDoFn(beam.DoFn):
 
     def run_unit(self, fn) -> tuple[Any, UnitFailure | None]:
         """(result, None) or (None, the failure)."""
-        try:
-            with timed_stages() as times:
-                result = fn()
-        except Exception as exc:  # one bad unit: the others go on
-            self.metrics.inc(f"{self.unit}s_failed")
-            return None, failure_of(exc)
-        self.metrics.inc(f"{self.unit}s_done")
-        self.metrics.stage_times({f"{self.unit}_{name}": sec for name, sec in times.items()})
-        return result, None
+        with timed_stages() as times:
+            result, failure = attempt_unit(fn)
+        self.metrics.inc(f"{self.unit}s_failed" if failure else f"{self.unit}s_done")
+        if failure is None:
+            self.metrics.stage_times({f"{self.unit}_{name}": sec for name, sec in times.items()})
+        return result, failure
+
+
+def local_workers(options) -> int | None:
+    """Worker processes (or threads) of a local run: 1 in-process, --direct_num_workers with
+    --direct_running_mode multi_processing/multi_threading; None for any other runner (distributed)."""
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+    if options.view_as(StandardOptions).runner not in (None, "DirectRunner", "direct"):
+        return None
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode in ("multi_processing", "multi_threading"):
+        return max(1, direct.direct_num_workers or 1)
+    return 1
+
+
+def fan_out_pays(options, expected_inputs: int, units_per_input: int) -> bool:
+    """Whether spreading one input's units over workers can shorten the run (see the module docstring).
+
+    An input with at most one batch of units cannot spread; on a distributed runner the workers are
+    many and unknown, so inputs longer than a batch fan out; locally they fan out only when the
+    known inputs are fewer than the worker processes (more inputs already keep every worker busy).
+    """
+    if units_per_input <= BATCH:
+        return False
+    workers = local_workers(options)
+    if workers is None:
+        return True
+    return workers > 1 and 0 < expected_inputs < workers
 
 
 def fan_out_pipeline(
@@ -102,3 +146,25 @@ def fan_out_pipeline(
     )
     errors = (planned[ERRORS], assembled[ERRORS]) | "AllErrors" >> beam.Flatten()
     return (rows, assembled.records, assembled[STATS], errors) | "Write" >> WriteDataset(name, config, images_per_input)
+
+
+def one_step_pipeline(
+    p: beam.Pipeline,
+    name: str,
+    config: Config,
+    prepare: beam.DoFn,
+    per_series: bool = False,
+    images_per_input: int = 1,
+    discover: bool = True,
+):
+    """The graph without the fan-out: rows -> Spread -> Prepare (plan, every unit, records) -> WriteDataset."""
+    from medprep.pipelines.graphs.dataset_writer import WriteDataset, input_rows
+    from medprep.pipelines.graphs.dead_letter import ERRORS, STATS
+
+    rows = input_rows(p, config, per_series, discover)
+    out = (
+        rows
+        | "Spread" >> beam.Reshuffle()
+        | "Prepare" >> beam.ParDo(prepare).with_outputs(ERRORS, STATS, main="records")
+    )
+    return (rows, out.records, out[STATS], out[ERRORS]) | "Write" >> WriteDataset(name, config, images_per_input)

@@ -3,24 +3,37 @@
 A manifest `image` is a folder or gs:// prefix holding one or more series, a list of DICOM
 instances, or a NIfTI file (its `modality` column says CT or MR). Headers are read first
 (no pixels); pixels are decoded only for the slices needed (all slices once for MR's
-per-volume range), one at a time. Each series is planned once (order, QC, MR range, selection),
-then its selected slices are rendered in batches spread over workers behind a Reshuffle and
-assembled per input (medprep.pipelines.graphs.fan_out), so one long series does not sit on one worker.
+per-volume range), one at a time. Each series is planned once (order, QC, MR range, selection).
+Where spreading one series over workers pays (a distributed runner, or fewer inputs than local
+worker processes: medprep.pipelines.graphs.fan_out.fan_out_pays), its selected slices are rendered
+in batches behind a Reshuffle and assembled per input, so one long series does not sit on one
+worker; elsewhere each input is planned, rendered and assembled in one step (PrepareVolumes), which
+saves two shuffles of the encoded slices. Both run the same code per slice and give the same bytes.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import cast
+from typing import Any, cast
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from pydicom.dataset import Dataset
 
 from medprep.pipelines.config import Config
-from medprep.pipelines.graphs.fan_out import UnitFailure, WorkDoFn, batches, fan_out_pipeline, input_key
+from medprep.pipelines.graphs.fan_out import (
+    UnitFailure,
+    WorkDoFn,
+    attempt_unit,
+    batches,
+    fan_out_pays,
+    fan_out_pipeline,
+    input_key,
+    one_step_pipeline,
+)
 from medprep.pipelines.graphs.row_dofn import ManifestRowDoFn
 from medprep.pipelines.io.manifest import resolve_ref
 from medprep.pipelines.io.sources.dicomweb import client_for
@@ -210,6 +223,22 @@ class PlanVolumes(ManifestRowDoFn):
         return SliceBatch(key, row, meta, None, rendered=rendered)
 
 
+def render_batch(batch: SliceBatch, options, run_unit) -> Iterator[SliceResult]:
+    """A SliceBatch's slices, each rendered by `run_unit(fn) -> (finished, failure)` (timed and counted by
+    the caller), as SliceResults in the batch's order."""
+    for n, finished in batch.rendered:  # rendered at planning (NIfTI)
+        yield SliceResult(batch.row, batch.meta, n, finished)
+    if batch.subset is None:
+        return
+    source = DicomSeriesSource(batch.subset, load_dataset, options.image)
+    plan = cast(VolumePlan, batch.meta.plan)  # a planned DICOM series carries its plan
+    for n in batch.numbers:
+        finished, failure = run_unit(
+            lambda n=n: finish_slice(source, options, plan, n, batch.meta.info).without_pixels()
+        )
+        yield SliceResult(batch.row, batch.meta, n, finished, failure)
+
+
 class RenderSlices(WorkDoFn):
     """A SliceBatch -> (input key, SliceResult) per slice."""
 
@@ -219,34 +248,31 @@ class RenderSlices(WorkDoFn):
         self.options = self.config.volume_options()
 
     def process(self, element: SliceBatch):
-        batch = element
-        for n, finished in batch.rendered:  # rendered at planning (NIfTI)
-            yield batch.key, SliceResult(batch.row, batch.meta, n, finished)
-        if batch.subset is None:
-            return
-        source = DicomSeriesSource(batch.subset, load_dataset, self.options.image)
-        plan = cast(VolumePlan, batch.meta.plan)  # a planned DICOM series carries its plan
-        for n in batch.numbers:
-            finished, failure = self.run_unit(
-                lambda n=n: finish_slice(source, self.options, plan, n, batch.meta.info).without_pixels()
-            )
-            yield batch.key, SliceResult(batch.row, batch.meta, n, finished, failure)
+        for result in render_batch(element, self.options, self.run_unit):
+            yield element.key, result
 
 
-class AssembleVolume(ManifestRowDoFn):
-    """(input key, every rendered slice of its series) -> a record per series and/or per slice.
+class SeriesAssembly:
+    """Records from every rendered slice of one input (needs `self.config` and `self.tokenizer`).
 
     A series with a slice that failed is skipped (logged) and the others are kept; an input with
     no complete series is one error line.
     """
 
-    def ref_of(self, element):
-        _, results = element
-        row = results[0].row
-        return row["images"][0], row["row"]
+    config: Config
+    tokenizer: Any
 
-    def _series_records(self, element, skipped: list):
-        _, results = element
+    def assemble(self, results: list[SliceResult]) -> Iterator[tuple[dict, dict]]:
+        """Records of every complete series; the first carries the input's skipped-series counts."""
+        skipped = list(results[0].meta.skipped)
+        produced = list(self._series_records(results, skipped))
+        counts: dict = {}
+        for reason in skipped:
+            counts[f"series_skipped/{reason}"] = counts.get(f"series_skipped/{reason}", 0) + 1
+        for i, (record, stats) in enumerate(produced):
+            yield record, ({**stats, **counts} if i == 0 else stats)
+
+    def _series_records(self, results: list[SliceResult], skipped: list):
         row = results[0].row
         by_series: dict[str, list[SliceResult]] = {}
         for result in results:
@@ -271,17 +297,6 @@ class AssembleVolume(ManifestRowDoFn):
             raise failures[0]
         if failures:
             _LOG.warning("row %s: %d series skipped: %s", row["row"], len(failures), failures[0].message)
-
-    def outputs(self, element):
-        """Records of every complete series; the first carries the input's skipped-series counts."""
-        _, results = element
-        skipped = list(results[0].meta.skipped)
-        produced = list(self._series_records(element, skipped))
-        counts: dict = {}
-        for reason in skipped:
-            counts[f"series_skipped/{reason}"] = counts.get(f"series_skipped/{reason}", 0) + 1
-        for i, (record, stats) in enumerate(produced):
-            yield record, ({**stats, **counts} if i == 0 else stats)
 
     def _records(self, row, meta: SeriesMeta, finished):
         if not row["text"].strip():
@@ -337,16 +352,68 @@ class AssembleVolume(ManifestRowDoFn):
         return row["images"][0]
 
 
+class AssembleVolume(SeriesAssembly, ManifestRowDoFn):
+    """(input key, every rendered slice of its series) -> a record per series and/or per slice."""
+
+    def ref_of(self, element):
+        _, results = element
+        row = results[0].row
+        return row["images"][0], row["row"]
+
+    def outputs(self, element):
+        _, results = element
+        return self.assemble(results)
+
+
+class PrepareVolumes(SeriesAssembly, PlanVolumes):
+    """Manifest row -> its records in one step: plan every series, render its selected slices here,
+    assemble (the graph where the fan-out does not pay). Slices are counted as in RenderSlices
+    (`slices_done`, `slices_failed`); their stage times are the input's."""
+
+    final = True
+
+    def outputs(self, row):
+        done = self._slices  # this input's slices done / failed (set by process, counted in its thread)
+
+        def run_unit(fn):
+            finished, failure = attempt_unit(fn)
+            done[failure is not None] += 1
+            return finished, failure
+
+        results = [
+            result
+            for batch, _ in PlanVolumes.outputs(self, row)
+            for result in render_batch(batch, self.options, run_unit)
+        ]
+        return self.assemble(results)
+
+    def process(self, element):
+        self._slices = [0, 0]
+        yield from super().process(element)
+        self.metrics.inc("slices_done", self._slices[0])  # Beam metrics live in the bundle's thread
+        self.metrics.inc("slices_failed", self._slices[1])
+
+
+def images_per_input(config: Config) -> int:
+    """Images one input is expected to give (sizes the shards before any record exists)."""
+    return config.max_slices * len(config.granularity)
+
+
 def build(p: beam.Pipeline, config: Config):
-    """The volumes pipeline graph: plan per input, slices rendered in batches across workers, assembled per input."""
-    return fan_out_pipeline(
-        p,
-        "volumes",
-        config,
-        PlanVolumes(config),
-        RenderSlices(config),
-        AssembleVolume(config),
-        "RenderSlices",
-        per_series=True,
-        images_per_input=config.max_slices * len(config.granularity),
+    """The volumes pipeline graph: per input, in one step or fanned out over workers (see the module docstring)."""
+    units = config.max_slices if config.slice_selection != "all" else 10**6  # 'all' takes every slice
+    if fan_out_pays(p.options, config.expected_inputs, units):
+        return fan_out_pipeline(
+            p,
+            "volumes",
+            config,
+            PlanVolumes(config),
+            RenderSlices(config),
+            AssembleVolume(config),
+            "RenderSlices",
+            per_series=True,
+            images_per_input=images_per_input(config),
+        )
+    return one_step_pipeline(
+        p, "volumes", config, PrepareVolumes(config), per_series=True, images_per_input=images_per_input(config)
     )

@@ -437,6 +437,48 @@ def _tok(out):
     return json.loads((out / "summary.json").read_text())["config"]["tokenizer"]
 
 
+def test_fan_out_only_where_it_pays():
+    """Locally in-process, or with as many inputs as workers, a series is prepared in one step; it fans
+    out on a distributed runner, or locally with fewer inputs than workers; never when it is one batch."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from medprep.pipelines.graphs.fan_out import BATCH, fan_out_pays, local_workers
+
+    mp2 = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    dataflow = PipelineOptions(["--runner", "DataflowRunner"])
+    assert (local_workers(PipelineOptions([])), local_workers(mp2), local_workers(dataflow)) == (1, 2, None)
+    assert not fan_out_pays(PipelineOptions([]), 1, 85)
+    assert not fan_out_pays(mp2, 8, 85) and fan_out_pays(mp2, 1, 85)
+    assert fan_out_pays(dataflow, 10_000, 85) and not fan_out_pays(dataflow, 10_000, BATCH)
+
+
+def test_one_step_and_fan_out_give_the_same_bytes(volume_run, tmp_path):
+    """One input (a CT and an MR series, 10 slices each selected) on 2 workers fans out; in-process it is
+    prepared in one step: every shard and error file is byte-identical, and slices are counted alike."""
+    from medprep.pipelines.cli.main import run_pipeline_with_result
+    from medprep.pipelines.graphs.metrics import query_metrics, totals
+
+    d, out, _, _ = volume_run
+    m = tmp_path / "one.jsonl"
+    m.write_text(json.dumps({"id": "s1", "image": str(d / "study1"), "text": "CT and MR.", "patient_id": "P1"}) + "\n")
+    runs = {}
+    for mode, extra in (
+        ("one_step", []),
+        ("fan_out", ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]),
+    ):
+        args = ["--input", str(m), "--output_dir", str(tmp_path / mode), "--tokenizer", _tok(out)]
+        _, result = run_pipeline_with_result("volumes", args + ["--max_slices", "10", "--split_salt", "s"] + extra)
+        labels = {step.split("/")[0] for step, _ in query_metrics(result)[0]}
+        runs[mode] = (labels, totals(query_metrics(result)[0]))
+    assert "RenderSlices" in runs["fan_out"][0] and "RenderSlices" not in runs["one_step"][0]
+    assert runs["one_step"][1]["slices_done"] == runs["fan_out"][1]["slices_done"] == 18  # 10 CT + 8 MR
+    for sub in ("arrayrecord", "parquet", "errors"):
+        names = sorted(os.listdir(tmp_path / "one_step" / sub))
+        assert names == sorted(os.listdir(tmp_path / "fan_out" / sub)) and names
+        for f in names:
+            assert (tmp_path / "fan_out" / sub / f).read_bytes() == (tmp_path / "one_step" / sub / f).read_bytes(), f
+
+
 def test_series_filter_conditions():
     from medprep.transforms.series_filter import matches, parse_filter
 
