@@ -15,6 +15,7 @@ import json
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from medprep.pipelines.run_options import (
+    CommitOptions,
     DiscoveryOptions,
     InputOptions,
     OutputOptions,
@@ -38,6 +39,7 @@ OPTION_GROUPS: tuple[type, ...] = (
     InputOptions,
     DiscoveryOptions,
     OutputOptions,
+    CommitOptions,
     TextOptions,
     PrivacyOptions,
     ImageOptions,
@@ -64,6 +66,9 @@ _NOT_HASHED = (
     "reports",
     "expected_inputs",
     "commit_in_pipeline",
+    "max_error_fraction",
+    "max_errors",
+    "break_lock",
 )
 
 _DERIVED: list[tuple[str, type, Any]] = [

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from medprep.pipelines.run_options import (
+    CommitOptions,
     DiscoveryOptions,
     InputOptions,
     OutputOptions,
@@ -44,7 +45,7 @@ class ToolSpec:
     module: str
 
 
-COMMON = (InputOptions, OutputOptions, TextOptions, PrivacyOptions, ImageOptions, RenderOptions)
+COMMON = (InputOptions, OutputOptions, CommitOptions, TextOptions, PrivacyOptions, ImageOptions, RenderOptions)
 
 PIPELINES: dict[str, PipelineSpec] = {}
 TOOLS: dict[str, ToolSpec] = {}
@@ -99,5 +100,12 @@ register(
         "embed",
         "image embeddings / visual tokens of a finished output (RunInference; medprep[embed])",
         "medprep.pipelines.tools.embed_cli",
+    )
+)
+register(
+    ToolSpec(
+        "recover",
+        "finish or roll back a commit a killed run left half-done; remove dead runs' staging folders",
+        "medprep.pipelines.tools.recover",
     )
 )

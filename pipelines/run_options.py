@@ -7,7 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from medprep.pipelines.io.sinks import FORMATS
-from medprep.transforms.option_fields import fraction, int_in, names_from, option
+from medprep.transforms.option_fields import byte_size, fraction, int_in, names_from, option, share
+
+DEFAULT_MAX_INPUT_BYTES = 4 << 30  # a whole-slide image or a multi-frame DICOM can be a few GB
+DEFAULT_MAX_TEXT_BYTES = 1 << 20  # a report is kilobytes; a megabyte of text is not a report
 
 
 def _series_filter(text: str) -> str:
@@ -38,6 +41,12 @@ class InputOptions:
         flag=True,
     )
     item_timeout: int = option(600, "seconds one input may take (default 600)", int_in(1))
+    max_input_bytes: int = option(
+        DEFAULT_MAX_INPUT_BYTES,
+        "refuse an input file larger than this before reading it (error line), e.g. 500M, 8G (default 4G); "
+        "only regular files are read (FIFOs, devices and sockets are refused)",
+        byte_size,
+    )
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,27 @@ class OutputOptions:
 
 
 @dataclass(frozen=True)
+class CommitOptions:
+    """When a finished run may replace what --output_dir holds."""
+
+    max_error_fraction: float = option(
+        0.1,
+        "commit nothing (exit 3, previous outputs kept) when more than this share of the inputs fail "
+        "(default 0.1; 1 = never)",
+        share,
+    )
+    max_errors: int = option(
+        -1, "also commit nothing when more than this many inputs fail (default -1: no absolute limit)", int_in(-1)
+    )
+    break_lock: bool = option(
+        False,
+        "take over --output_dir's lock when the run holding it is gone (its process ended, no heartbeat "
+        "for 5 minutes, or a submitted job that failed)",
+        flag=True,
+    )
+
+
+@dataclass(frozen=True)
 class TextOptions:
     """Tokenizer and chat sequence."""
 
@@ -89,6 +119,12 @@ class TextOptions:
         "(Gemma 3's template puts it at the start of the user turn)",
     )
     max_text_tokens: int = option(1024, "truncate prompt and text to this many tokens (default 1024)", int_in(1))
+    max_text_bytes: int = option(
+        DEFAULT_MAX_TEXT_BYTES,
+        "an input whose text, prompt, label or box label is longer than this (UTF-8 bytes) becomes an "
+        "error line (default 1M)",
+        byte_size,
+    )
 
 
 @dataclass(frozen=True)

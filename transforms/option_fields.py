@@ -110,6 +110,30 @@ def fraction(text: str) -> float:
     return value
 
 
+def share(text: str) -> float:
+    """A number in [0, 1] (a share of a whole, 1 included)."""
+    value = _number(text)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"must be in [0, 1], got {value}")
+    return value
+
+
+_BYTE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def byte_size(text: str) -> int:
+    """A size in bytes > 0: an integer, or with a binary suffix K, M, G, T (e.g. 500M, 2G)."""
+    raw = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = raw[-1:] if raw[-1:] in _BYTE_UNITS else ""
+    try:
+        value = int(float(raw[: len(raw) - len(unit)]) * _BYTE_UNITS[unit])
+    except ValueError:
+        raise ValueError(f"expected a size such as 500M or 2G, got {text!r}") from None
+    if value <= 0:
+        raise ValueError(f"must be > 0, got {text!r}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """A number > 0."""
     value = _number(text)

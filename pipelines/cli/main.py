@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 
-from medprep.pipelines.cli.options import OptionError, add_pipeline_options, config_from_args
+from medprep.pipelines.cli.options import OptionError, add_pipeline_options, claim, config_from_args
 from medprep.pipelines.cli.runner import check_beam_args, run
 from medprep.pipelines.graphs.metrics import format_latency
 from medprep.pipelines.registry import PIPELINES, TOOLS
@@ -44,36 +44,40 @@ def run_pipeline_with_result(name: str, argv: list[str], wait: bool = True):
     import dataclasses
     import importlib
 
+    from medprep.pipelines.io.run_output import commit_run, read_summary
+
     parser = _parser()
     args, beam_args = parser.parse_known_args([name] + argv)
     check_beam_args(beam_args)
     config = config_from_args(args)
     module = importlib.import_module(PIPELINES[name].module)
-    from apache_beam.io.filesystems import FileSystems
-
-    from medprep.pipelines.io.outputs import commit_outputs, join
-
+    lock = claim(config, name, job=not wait)
     if not wait:
         config = dataclasses.replace(config, commit_in_pipeline=True)
-        return None, run(module.build, config, beam_args, wait=False)
-    try:
-        result = run(module.build, config, beam_args)
-    except BaseException:
-        logging.getLogger(__name__).error(
-            "the run failed; %s keeps its previous outputs (partial files are in %s)",
-            config.output_dir,
-            config.staging_dir,
-        )
-        raise
-    commit_outputs(config.staging_dir, config.output_dir)
-
-    with FileSystems.open(join(config.output_dir, "summary.json")) as fh:
-        return json.loads(fh.read()), result
+        try:
+            return None, run(module.build, config, beam_args, wait=False)
+        except BaseException:
+            lock.release()  # the job never started (or failed where it runs locally): it will not release it
+            raise
+    with lock:
+        try:
+            result = run(module.build, config, beam_args)
+        except BaseException:
+            logging.getLogger(__name__).error(
+                "the run failed; %s keeps its previous outputs (partial files are in %s)",
+                config.output_dir,
+                config.staging_dir,
+            )
+            raise
+        commit_run(config.staging_dir, config.output_dir, config.max_error_fraction, config.max_errors, lock)
+    return read_summary(config.output_dir), result
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
+    from medprep.pipelines.io.run_output import ErrorBudgetExceeded, LockLost
+
     try:
         if argv and argv[0] in TOOLS:
             import importlib
@@ -94,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     except OptionError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    except ErrorBudgetExceeded as exc:
+        print(str(exc), file=sys.stderr, end="")
+        return 3
+    except LockLost as exc:
+        print(f"medprep: error: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -74,10 +74,17 @@ def check_output_dir(path: str, overwrite: bool) -> None:
     """Refuse a folder that holds outputs (unless overwrite) or that cannot be written (local)."""
     present = existing_outputs(path)
     if present and not overwrite:
+        from medprep.pipelines.io.commit import read_journal
+
+        interrupted = (
+            f"; a commit into it was interrupted: `medprep recover {path}` finishes it"
+            if read_journal(path) is not None
+            else ""
+        )
         raise OptionError(
             "--output_dir",
             f"{path} already holds medprep outputs ({', '.join(present)}); "
-            "pass --overwrite to replace them or choose another folder",
+            f"pass --overwrite to replace them or choose another folder{interrupted}",
         )
     if "://" not in path:
         try:
@@ -87,6 +94,20 @@ def check_output_dir(path: str, overwrite: bool) -> None:
             os.remove(probe)
         except OSError as exc:
             raise OptionError("--output_dir", f"cannot write to {path}: {exc.strerror or exc}") from None
+
+
+def claim(config, command: str, job: bool = False):
+    """Take --output_dir for this run (medprep.pipelines.io.run_output.claim_output); refusals are OptionErrors."""
+    from medprep.pipelines.io.run_output import LockHeld, claim_output
+
+    try:
+        return claim_output(
+            config.output_dir, config.overwrite, config.break_lock, config.staging_dir, command, job=job
+        )
+    except LockHeld as exc:
+        raise OptionError("--output_dir", str(exc)) from None
+    except FileExistsError as exc:
+        raise OptionError("--output_dir", str(exc)) from None
 
 
 def _check_tokenizer(path: str, text_ids_only: bool, system_prompt: str) -> tuple[str, str]:

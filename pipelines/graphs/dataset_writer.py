@@ -5,7 +5,8 @@ from __future__ import annotations
 import apache_beam as beam
 
 from medprep.pipelines.config import Config
-from medprep.pipelines.io.outputs import commit_outputs, join, write_bytes
+from medprep.pipelines.io.outputs import join, write_bytes
+from medprep.pipelines.io.run_output import commit_step
 from medprep.pipelines.io.sinks import WriteErrors, WriteShards, image_bytes_estimate, plan_shards, serialize
 from medprep.pipelines.records.split import split_fractions
 from medprep.pipelines.records.summary import build_summary, sum_counts, summary_json
@@ -90,5 +91,5 @@ class WriteDataset(beam.PTransform):
             )
         )
         if cfg.commit_in_pipeline:  # the launcher does not wait (flex templates): the job commits itself
-            summary | "Commit" >> beam.Map(lambda _, c: commit_outputs(c.staging_dir, c.output_dir), cfg)
+            summary | "Commit" >> beam.Map(commit_step, cfg)
         return summary

@@ -29,7 +29,8 @@ from medprep.pipelines.graphs.dead_letter import ERRORS, STATS, error_line
 from medprep.pipelines.graphs.metrics import PipelineMetrics
 from medprep.pipelines.graphs.progress import WorkerProgress, mark_done
 from medprep.pipelines.io.embedding_sinks import WriteEmbeddingShards, row_key
-from medprep.pipelines.io.outputs import commit_outputs, join, write_bytes
+from medprep.pipelines.io.outputs import join, write_bytes
+from medprep.pipelines.io.run_output import commit_step
 from medprep.pipelines.io.sinks import WriteErrors
 from medprep.pipelines.records.summary import sum_counts, summary_json, versions
 from medprep.transforms.errors import strip_credentials
@@ -62,6 +63,9 @@ class EmbedConfig:
     num_shards: int = 0
     shard_plan: tuple = ()  # ((split, shards), ...)
     overwrite: bool = False
+    max_error_fraction: float = 0.1  # run_options.CommitOptions
+    max_errors: int = -1
+    break_lock: bool = False
     staging_dir: str = ""
     progress_file: str = ""
     expected_inputs: int = 0  # images in the input (its summary.json)
@@ -508,5 +512,5 @@ def build(p: beam.Pipeline, config: EmbedConfig):
         )
     )
     if config.commit_in_pipeline:
-        summary | "Commit" >> beam.Map(lambda _, c: commit_outputs(c.staging_dir, c.output_dir), config)
+        summary | "Commit" >> beam.Map(commit_step, config)
     return summary

@@ -67,7 +67,7 @@ def present(path: str) -> bool:
     return "://" in path and bool(FileSystems.match([path.rstrip("/") + "/**"])[0].metadata_list)
 
 
-def _files_under(base: str, part: str) -> list[str]:
+def files_under(base: str, part: str) -> list[str]:
     """Paths relative to `base` of the file `part` or of every file under the folder `part`."""
     path = join(base, part)
     if "://" not in path:
@@ -80,72 +80,13 @@ def _files_under(base: str, part: str) -> list[str]:
     return [m.path[len(root) :] for m in FileSystems.match([path.rstrip("/") + "/**"])[0].metadata_list]
 
 
-def _move_file(src: str, dst: str) -> None:
-    if "://" not in src:
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        os.replace(src, dst)
-    else:
-        FileSystems.rename([src], [dst])
-
-
-def _delete_file(path: str) -> None:
-    if "://" not in path:
-        os.remove(path)
-    else:
-        FileSystems.delete([path])
-
-
-def commit_outputs(staging: str, output_dir: str) -> None:
-    """Replace output_dir's outputs with staging's, safe to repeat after a crash part-way.
-
-    The new file list comes from staging's summary.json. The old summary.json goes first (the
-    old dataset stops looking complete); old files the new run does not replace are deleted;
-    new files still in staging are moved (overwriting); the new summary.json comes last. A
-    repeated commit never deletes a file it already moved, and one that finds summary.json
-    already moved has nothing left to do.
-    """
-    import json
-
-    summary_src = join(staging, "summary.json")
-    if not FileSystems.exists(summary_src):
-        if FileSystems.exists(join(output_dir, "summary.json")):
-            return  # committed already
-        raise FileNotFoundError(f"nothing to commit: {summary_src} is missing")
-    with FileSystems.open(summary_src, compression_type="uncompressed") as fh:
-        summary = json.loads(fh.read())
-    new = [f["path"] for f in summary.get("files", [])]
-    new += [p for p in ("preview.png",) if FileSystems.exists(join(staging, p))]
-    if FileSystems.exists(join(output_dir, "summary.json")):
-        _delete_file(join(output_dir, "summary.json"))
-    keep = set(new)
-    for part in OUTPUT_PARTS:
-        if part != "summary.json" and present(join(output_dir, part)):
-            for rel in _files_under(output_dir, part):
-                if rel not in keep:
-                    _delete_file(join(output_dir, rel))
-    for part in OUTPUT_PARTS:  # local folders the new run left empty
-        folder = join(output_dir, part)
-        if "://" not in folder and os.path.isdir(folder) and not _files_under(output_dir, part):
-            shutil.rmtree(folder)
-    for rel in new:
-        if FileSystems.exists(join(staging, rel)):
-            _move_file(join(staging, rel), join(output_dir, rel))
-    _move_file(summary_src, join(output_dir, "summary.json"))
-    if "://" not in staging:
-        shutil.rmtree(staging, ignore_errors=True)
-    else:
-        left = FileSystems.match([staging.rstrip("/") + "/**"])[0].metadata_list
-        if left:
-            FileSystems.delete([m.path for m in left])
-
-
 def localize(output_dir: str) -> str:
     """Copy a gs:// output folder (not its staging folders) to a new local temp folder; returns it."""
     base = output_dir.rstrip("/")
     local = tempfile.mkdtemp(prefix="medprep-")
     for m in FileSystems.match([base + "/**"])[0].metadata_list:
         rel = m.path[len(base) + 1 :]
-        if not rel or rel.startswith(".staging"):
+        if not rel or rel.startswith("."):  # staging, backup, journal, lock
             continue
         target = os.path.join(local, rel)
         os.makedirs(os.path.dirname(target), exist_ok=True)

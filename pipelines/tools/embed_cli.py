@@ -107,6 +107,10 @@ def add_embed_options(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--model_name", default="", help="the `model` field of every row (default: the model folder's name)")
     g.add_argument("--overwrite", action="store_true", help="replace outputs already in --output_dir")
+    from medprep.pipelines.cli.options import add_option_group
+    from medprep.pipelines.run_options import CommitOptions
+
+    add_option_group(parser, CommitOptions, set())
 
 
 def _read_input_summary(path: str) -> dict:
@@ -252,6 +256,9 @@ def config_from_args(args: argparse.Namespace) -> EmbedConfig:
         num_shards=args.num_shards,
         shard_plan=tuple(sorted(plan.items())),
         overwrite=args.overwrite,
+        max_error_fraction=args.max_error_fraction,
+        max_errors=args.max_errors,
+        break_lock=args.break_lock,
         staging_dir=new_staging_dir(args.output_dir),
         expected_inputs=images,
     )
@@ -259,24 +266,23 @@ def config_from_args(args: argparse.Namespace) -> EmbedConfig:
 
 def run_embed(config: EmbedConfig, beam_args: list[str]) -> dict:
     """Run the graph with the Beam options, commit into --output_dir; returns summary.json's content."""
-    from apache_beam.io.filesystems import FileSystems
-
+    from medprep.pipelines.cli.options import claim
     from medprep.pipelines.cli.runner import run
     from medprep.pipelines.graphs.embed import build
-    from medprep.pipelines.io.outputs import commit_outputs
+    from medprep.pipelines.io.run_output import commit_run, read_summary
 
-    try:
-        run(build, config, beam_args)
-    except BaseException:
-        _LOG.error(
-            "the run failed; %s keeps its previous outputs (partial files are in %s)",
-            strip_credentials(config.output_dir),
-            strip_credentials(config.staging_dir),
-        )
-        raise
-    commit_outputs(config.staging_dir, config.output_dir)
-    with FileSystems.open(join(config.output_dir, "summary.json"), compression_type="uncompressed") as fh:
-        return json.loads(fh.read())
+    with claim(config, "embed") as lock:
+        try:
+            run(build, config, beam_args)
+        except BaseException:
+            _LOG.error(
+                "the run failed; %s keeps its previous outputs (partial files are in %s)",
+                strip_credentials(config.output_dir),
+                strip_credentials(config.staging_dir),
+            )
+            raise
+        commit_run(config.staging_dir, config.output_dir, config.max_error_fraction, config.max_errors, lock)
+    return read_summary(config.output_dir)
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -297,6 +303,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     """`medprep embed …`: 0 when the run reconciles, 1 when it does not, 2 for refused options."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from medprep.pipelines.io.run_output import ErrorBudgetExceeded, LockLost
+
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args, beam_args = parse(argv)
@@ -304,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     except OptionError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    except (ErrorBudgetExceeded, LockLost) as exc:
+        print(str(exc) if isinstance(exc, ErrorBudgetExceeded) else f"medprep: error: {exc}", file=sys.stderr)
+        return 3
     except SystemExit as exc:  # argparse: --help (0) or a bad value (2)
         return exc.code if isinstance(exc.code, int) else 2
     print(json.dumps({k: summary[k] for k in ("inputs", "embeddings", "errors", "reconciled")}))

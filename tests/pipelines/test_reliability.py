@@ -123,7 +123,7 @@ def test_fault_injection_random_raises_and_garbage_sources_still_reconcile(manif
 
     monkeypatch.setattr(images.PrepareImageRow, "outputs", flaky)
     out = str(tmp_path / "o")
-    s = run_pipeline("images", ["--input", manifest, "--output_dir", out])
+    s = run_pipeline("images", ["--input", manifest, "--output_dir", out, "--max_error_fraction", "1"])
     assert (s["inputs"], s["examples"], s["errors"], s["reconciled"]) == (12, 5, 7, True)
     assert s["errors_by_class"] == {"ItemError": 4, "RuntimeError": 3}
     lines = [json.loads(x) for x in open(os.path.join(out, "errors", "errors-00000-of-00001.jsonl"))]
@@ -133,52 +133,6 @@ def test_fault_injection_random_raises_and_garbage_sources_still_reconcile(manif
 
     problems, facts = verify(out)
     assert problems == [] and facts["examples"] == 5
-
-
-def test_commit_is_safe_to_repeat_after_a_crash_part_way(tmp_path, monkeypatch):
-    """A commit interrupted after moving some files, then run again, ends with exactly the new outputs."""
-    import medprep.pipelines.io.outputs as outputs
-
-    out, staging = tmp_path / "out", tmp_path / "out" / ".staging-x"
-    old = {
-        "arrayrecord/train-00000-of-00002.array_record": b"old0",
-        "arrayrecord/train-00001-of-00002.array_record": b"old1",
-        "errors/errors-00000-of-00001.jsonl": b"olderr",
-        "report.html": b"oldreport",
-        "summary.json": b"{}",
-    }
-    new = {
-        "arrayrecord/train-00000-of-00001.array_record": b"new0",
-        "errors/errors-00000-of-00001.jsonl": b"newerr",
-        "preview.png": b"png",
-    }
-    summary = json.dumps({"files": [{"path": p} for p in new if p != "preview.png"]}).encode()
-    for base, files in ((out, old), (staging, {**new, "summary.json": summary})):
-        for rel, data in files.items():
-            (base / rel).parent.mkdir(parents=True, exist_ok=True)
-            (base / rel).write_bytes(data)
-    real_move, moved = outputs._move_file, []
-
-    def crashing_move(src, dst):
-        if len(moved) == 2:
-            raise OSError("worker lost")
-        moved.append(dst)
-        real_move(src, dst)
-
-    monkeypatch.setattr(outputs, "_move_file", crashing_move)
-    with pytest.raises(OSError):
-        outputs.commit_outputs(str(staging), str(out))
-    assert not (out / "summary.json").exists()  # a half-committed folder never looks complete
-    monkeypatch.setattr(outputs, "_move_file", real_move)
-    outputs.commit_outputs(str(staging), str(out))  # the retry
-    outputs.commit_outputs(str(staging), str(out))  # and once more: nothing left to do
-    got = {
-        os.path.relpath(os.path.join(d, f), out): open(os.path.join(d, f), "rb").read()
-        for d, _, fs in os.walk(out)
-        for f in fs
-    }
-    assert got == {**new, "summary.json": summary}
-    assert not staging.exists()
 
 
 def test_job_commits_its_own_outputs_when_the_launcher_does_not_wait(manifest, tmp_path):
