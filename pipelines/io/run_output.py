@@ -141,7 +141,7 @@ def commit_run(
             summary = read_summary(staging_dir)
             reason = over_budget(summary, max_error_fraction, max_errors)
             if reason:
-                report = error_report(summary, reason, staging_dir)
+                report = error_report(summary, reason, staging_dir, first_errors(staging_dir, summary))
                 write_bytes(join(staging_dir, ERROR_REPORT), report.encode("utf-8"))
                 raise ErrorBudgetExceeded(report)
             held = lock.still_held() if lock is not None else _job_holds(output_dir, run)
@@ -152,6 +152,23 @@ def commit_run(
     finally:
         if lock is None:
             release_job_lock(output_dir, run)
+
+
+def first_errors(folder: str, summary: dict, count: int = 3) -> list[dict]:
+    """The first `count` error lines of the error files summary.json lists."""
+    import json
+
+    found: list[dict] = []
+    for f in summary.get("files", []):
+        if not f["path"].startswith("errors/") or len(found) >= count:
+            continue
+        with FileSystems.open(join(folder, f["path"]), compression_type="uncompressed") as fh:
+            for line in fh:
+                if line.strip():
+                    found.append(json.loads(line))
+                if len(found) >= count:
+                    break
+    return found
 
 
 def commit_step(_, config) -> None:

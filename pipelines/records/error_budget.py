@@ -21,8 +21,9 @@ def over_budget(summary: dict, max_error_fraction: float, max_errors: int = -1) 
     return ""
 
 
-def error_report(summary: dict, reason: str, where: str) -> str:
-    """The lines printed (and written next to the staging output) for a run over budget."""
+def error_report(summary: dict, reason: str, where: str, first: list[dict] | None = None) -> str:
+    """The lines printed (and written next to the staging output) for a run over budget; `first`: a few
+    error lines (dicts with stage and message) shown as examples."""
     lines = [f"medprep: error: over the error budget: {reason}; nothing was committed", ""]
     by_class = summary.get("errors_by_class") or {}
     by_stage = summary.get("errors_by_stage") or {}
@@ -32,6 +33,9 @@ def error_report(summary: dict, reason: str, where: str) -> str:
     if by_stage:
         lines.append("errors by stage:")
         lines += [f"  {n:>7}  {name}" for name, n in sorted(by_stage.items(), key=lambda kv: (-kv[1], kv[0]))]
+    if first:
+        lines.append("first errors:")
+        lines += [f"  [{e.get('stage', '?')}] {e.get('message', '')}" for e in first]
     lines += [
         "",
         f"the run's outputs, its error lines (errors/) and summary.json are in {where}",
