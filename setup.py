@@ -12,6 +12,7 @@ INSTALL_REQUIRES = [
     "apache-beam[gcp]==2.77.0",
     "array-record>=0.5,<1",
     "google-cloud-storage>=2.14,<4",
+    "imagecodecs>=2024.1",  # the JPEG (libjpeg-turbo), LZW and deflate tiles of SVS / pyramidal TIFF slides
     "isal>=1.6,<2",  # ISA-L deflate for the fast PNG encoder (transforms/png.py)
     "jinja2>=3.1,<4",  # Hugging Face chat templates (a tokenizer folder's chat_template.jinja)
     "numpy>=1.26,<3",
@@ -30,6 +31,7 @@ INSTALL_REQUIRES = [
     "python-gdcm>=3.0.24,<4",
     "sentencepiece>=0.2,<0.3",
     "SimpleITK>=2.3,<3",
+    "tifffile>=2024.1",  # SVS / pyramidal TIFF slides, read tile by tile (transforms/slide_tiff.py)
     "tokenizers>=0.21,<1",  # Hugging Face tokenizer.json, run by the library transformers itself uses
     # DICOM WSI. wsidicom >= 0.30 needs cachetools >= 7.1.3, which apache-beam[gcp] forbids (< 7);
     # 0.29.0 is the newest release that installs beside Beam without a conflict.
@@ -37,10 +39,7 @@ INSTALL_REQUIRES = [
     "dicomweb-client>=0.59,<1",  # DICOM WSI over DICOMweb (wsidicom's web client)
 ]
 
-DEMO_REQUIRES = [  # `medprep demo` writes its sample slides as tiled JPEG TIFF pyramids
-    "imagecodecs>=2024.1",
-    "tifffile>=2024.1",
-]
+DEMO_REQUIRES: list[str] = []  # `medprep demo` writes its sample slides with tifffile, now a runtime dependency
 
 EXTRAS_REQUIRE = {
     "demo": DEMO_REQUIRES,

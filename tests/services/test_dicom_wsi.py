@@ -214,15 +214,16 @@ def test_inspect_draws_the_map_of_a_dicomweb_slide(pair, tmp_path):
 
 def test_both_slide_readers_satisfy_the_reader_protocol(pair):
     from medprep.transforms.slide_reader import DicomWsiReader, OpenSlideReader, SlideReader, open_slide
+    from medprep.transforms.slide_tiff import TiffSlideReader
 
     svs, folder = pair
-    readers = [open_slide(svs), open_slide(folder)]
+    readers = [open_slide(svs), open_slide(folder), OpenSlideReader(svs)]
     try:
-        assert [type(r) for r in readers] == [OpenSlideReader, DicomWsiReader]
+        assert [type(r) for r in readers] == [TiffSlideReader, DicomWsiReader, OpenSlideReader]
         assert all(isinstance(r, SlideReader) for r in readers)
         assert [(r.dimensions[0], r.downsamples[0], round(r.mpps[0], 6), r.mpp_source) for r in readers] == [
             ((SIDE, SIDE), 1.0, 0.25, "metadata")
-        ] * 2  # DICOM PixelSpacing: 0.250000012
+        ] * 3  # DICOM PixelSpacing: 0.250000012
         assert all(r.read(1, 0, 0, 8, 8).shape == (8, 8, 3) for r in readers)
     finally:
         for r in readers:
