@@ -69,6 +69,7 @@ _NOT_HASHED = (
     "max_error_fraction",
     "max_errors",
     "break_lock",
+    "verbose",
 )
 
 _DERIVED: list[tuple[str, type, Any]] = [

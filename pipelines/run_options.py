@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from medprep.pipelines.io.sinks import FORMATS
+from medprep.pipelines.io.sources.files import DEFAULT_MAX_INPUT_BYTES
 from medprep.transforms.option_fields import byte_size, fraction, int_in, names_from, option, share
 
-DEFAULT_MAX_INPUT_BYTES = 4 << 30  # a whole-slide image or a multi-frame DICOM can be a few GB
 DEFAULT_MAX_TEXT_BYTES = 1 << 20  # a report is kilobytes; a megabyte of text is not a report
 
 
@@ -77,6 +77,9 @@ class OutputOptions:
     )
     overwrite: bool = option(False, "replace outputs already in --output_dir", flag=True)
     preview_count: int = option(16, "examples in preview.png (default 16)", int_in(0, 256))
+    verbose: bool = option(
+        False, "print the details of a failure (tracebacks, Beam's own messages) instead of one line", flag=True
+    )
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,10 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
 
 
 def decode_photo(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, dict[str, Any]]:
-    """Encoded photo bytes -> (RGB uint8 (H, W, 3), info with format, size and orientation)."""
+    """Encoded photo bytes -> (RGB uint8 (H, W, 3), info with format, size and orientation); more than
+    max_pixels pixels is refused (Pillow's own decompression-bomb limit is set from it, so it never refuses
+    first)."""
+    Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow errors above 2x this, warns above 1x; our check below decides
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our max_pixels decides

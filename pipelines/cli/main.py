@@ -62,15 +62,22 @@ def run_pipeline_with_result(name: str, argv: list[str], wait: bool = True):
     with lock:
         try:
             result = run(module.build, config, beam_args)
-        except BaseException:
-            logging.getLogger(__name__).error(
-                "the run failed; %s keeps its previous outputs (partial files are in %s)",
-                config.output_dir,
-                config.staging_dir,
-            )
+        except Exception as exc:
+            exc.add_note(f"{config.output_dir} keeps its previous outputs (partial files are in {config.staging_dir})")
             raise
         commit_run(config.staging_dir, config.output_dir, config.max_error_fraction, config.max_errors, lock)
     return read_summary(config.output_dir), result
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: the innermost message Beam wrapped, without the traceback."""
+    import re
+
+    from medprep.transforms.errors import strip_credentials
+
+    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    text = re.sub(r"^(\w+\.)*\w+(Error|Exception): ", "", text)  # Beam's 'module.ItemError: ' prefixes
+    return strip_credentials(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +96,22 @@ def main(argv: list[str] | None = None) -> int:
             args = _parser().parse_args(argv)
             return demo_main(args.output_dir)
         if argv and argv[0] in PIPELINES:
-            summary, result = run_pipeline_with_result(argv[0], argv[1:])
+            verbose = "--verbose" in argv
+            if not verbose:  # a failure is one line (below); Beam's own error logs repeat its traceback
+                logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
+            try:
+                summary, result = run_pipeline_with_result(argv[0], argv[1:])
+            except (OptionError, ErrorBudgetExceeded, LockLost):
+                raise
+            except Exception as exc:
+                if verbose:
+                    raise
+                notes = "; ".join(getattr(exc, "__notes__", []))
+                print(f"medprep: error: the run failed: {one_line(exc)}", file=sys.stderr)
+                print(
+                    f"medprep: {notes} (--verbose for details)" if notes else "(--verbose for details)", file=sys.stderr
+                )
+                return 1
             print(format_latency(result), file=sys.stderr)
             print(json.dumps({k: summary[k] for k in ("inputs", "examples", "images", "errors", "reconciled")}))
             return 0 if summary["reconciled"] else 1

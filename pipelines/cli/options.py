@@ -14,7 +14,7 @@ from medprep.pipelines.io.manifest import ManifestError, inspect_manifest
 from medprep.pipelines.io.outputs import existing_outputs, join, new_staging_dir, write_bytes
 from medprep.pipelines.io.sources.files import exists
 from medprep.pipelines.records.privacy import DEFAULT_SALT
-from medprep.transforms.errors import ItemError
+from medprep.transforms.errors import ItemError, strip_credentials
 from medprep.transforms.option_fields import option_fields
 
 _LOG = logging.getLogger(__name__)
@@ -110,6 +110,19 @@ def claim(config, command: str, job: bool = False):
         raise OptionError("--output_dir", str(exc)) from None
 
 
+def _check_servers(option: str, bases: list[str], what: str = "") -> None:
+    """Refuse, in one line, a DICOMweb service that does not answer (or refuses the credentials) at start-up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from medprep.pipelines.io.sources.dicomweb import client_for
+
+    with ThreadPoolExecutor(max(1, min(8, len(bases)))) as pool:
+        answers = list(pool.map(lambda base: client_for(base).probe(), bases))
+    for base, unreachable in zip(bases, answers, strict=True):
+        if unreachable:
+            raise OptionError(option, f"{what}{strip_credentials(base)}: {unreachable}")
+
+
 def _check_tokenizer(path: str, text_ids_only: bool, system_prompt: str) -> tuple[str, str]:
     """Load --tokenizer once at start-up: (content hash, description JSON). A tokenizer that cannot build the
     chat sequence is refused unless --text_ids_only; the chat template is tried on a sample conversation."""
@@ -171,6 +184,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.dicomweb_url:
         if not args.dicomweb_url.startswith(("http://", "https://")):
             raise OptionError("--dicomweb_url", f"expected an http(s):// URL, got {args.dicomweb_url!r}")
+        _check_servers("--dicomweb_url", [args.dicomweb_url.rstrip("/")])
     elif discovery:
         if not exists(args.input.rstrip("/")) and "://" not in args.input:
             raise OptionError("--input", f"folder not found: {args.input}")
@@ -180,10 +194,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
     elif not exists(args.input):
         raise OptionError("--input", f"manifest not found: {args.input}")
     else:
+        servers: set[str] = set()
         try:
-            expected_inputs, extra_columns = inspect_manifest(args.input, args.allow_extra_columns)
+            expected_inputs, extra_columns = inspect_manifest(args.input, args.allow_extra_columns, servers)
         except ManifestError as exc:
             raise OptionError("--input", str(exc)) from None
+        _check_servers("--input", sorted(servers), "the manifest's DICOMweb service ")
     try:
         parse_query(args.query)
     except ValueError as exc:

@@ -42,7 +42,7 @@ class PrepareImageRow(ManifestRowDoFn):
         refs = ([row["prior"]] if row["prior"] else []) + list(row["images"])  # [prior, current]
         finished = []
         for ref in refs:
-            data = read_bytes(resolve_ref(ref, self.config.input), ref)
+            data = read_bytes(resolve_ref(ref, self.config.input), ref, self.config.max_input_bytes)
             with stage("decode"):
                 rendered = decode_any(data, ref, self.options)
             with stage("transform"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from medprep.pipelines.config import Config
 from medprep.pipelines.graphs.dead_letter import ItemDoFn
+from medprep.pipelines.io.manifest import check_text_sizes
 from medprep.pipelines.io.tokenizer import load_tokenizer
 
 
@@ -22,3 +23,7 @@ class ManifestRowDoFn(ItemDoFn):
 
     def ref_of(self, row) -> tuple[str, int]:
         return row["images"][0], row["row"]
+
+    def _timed_outputs(self, row) -> tuple[list, dict]:
+        check_text_sizes(row, self.config.max_text_bytes)  # raised here: an error line, like any item failure
+        return super()._timed_outputs(row)

@@ -37,7 +37,7 @@ from medprep.pipelines.graphs.fan_out import (
 from medprep.pipelines.graphs.row_dofn import ManifestRowDoFn
 from medprep.pipelines.io.manifest import resolve_ref
 from medprep.pipelines.io.sources.dicomweb import client_for
-from medprep.pipelines.io.sources.files import read_bytes, read_head
+from medprep.pipelines.io.sources.files import DEFAULT_MAX_INPUT_BYTES, open_input, read_bytes, read_head
 from medprep.pipelines.records.example import ExampleParts, build_record, name_values, portable_ref, row_input_key
 from medprep.transforms.dicom_io import header_from_json, image_header, no_series, read_dataset
 from medprep.transforms.dicomweb_ref import DicomWebRef, parse_ref
@@ -70,15 +70,16 @@ def list_files(ref: str) -> list[str]:
     return files
 
 
-def read_header(path: str) -> Dataset | None:
-    """The DICOM header (no pixel data) of a file, or None if it is not a DICOM image (dicom_io.image_header)."""
-    with FileSystems.open(path, compression_type="uncompressed") as fh:
+def read_header(path: str, limit: int = DEFAULT_MAX_INPUT_BYTES) -> Dataset | None:
+    """The DICOM header (no pixel data) of a file, or None if it is not a DICOM image (dicom_io.image_header);
+    only regular files of at most `limit` bytes are opened."""
+    with open_input(path, "", limit) as fh:
         return image_header(fh, path)
 
 
-def load_dataset(path: str) -> Dataset:
-    """A whole DICOM instance (pixels included)."""
-    data = read_bytes(path)
+def load_dataset(path: str, limit: int = DEFAULT_MAX_INPUT_BYTES) -> Dataset:
+    """A whole DICOM instance (pixels included), at most `limit` bytes."""
+    data = read_bytes(path, limit=limit)
     with stage("decode"):
         return read_dataset(data)
 
@@ -159,7 +160,12 @@ class PlanVolumes(ManifestRowDoFn):
             return
         for path in (f for f in files if parse_ref(f) is None or f in refs):
             try:
-                ds = read_header(path) if parse_ref(path) is None else image_header(read_bytes(path), path)
+                limit = self.config.max_input_bytes
+                ds = (
+                    read_header(path, limit)
+                    if parse_ref(path) is None
+                    else image_header(read_bytes(path, "", limit), path)
+                )
             except Exception:  # an unreadable file among many: counted, the series goes on
                 ds = None
             if ds is None:
@@ -215,7 +221,7 @@ class PlanVolumes(ManifestRowDoFn):
         modality = row["modality"].upper()
         if modality not in ("CT", "MR"):
             raise ItemError("transform", "a NIfTI/NRRD/MHA volume needs the manifest's modality column set to CT or MR")
-        volume, info = read_nifti(read_bytes(path), path)
+        volume, info = read_nifti(read_bytes(path, "", self.config.max_input_bytes), path)
         source = ArrayVolumeSource(volume, modality, info["z_mm"], self.options.image)
         finished = prepare_volume(source, self.options, row["text"], "", {**info, "z_mm": None})
         meta = SeriesMeta(row["images"][0], modality, row["patient_id"], "")  # named as written: moves with the data

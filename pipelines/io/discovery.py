@@ -16,6 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 from medprep.pipelines.config import Config
 from medprep.pipelines.io.manifest import raw_rows
 from medprep.pipelines.io.sources.dicomweb import client_for
+from medprep.pipelines.io.sources.files import open_input
 from medprep.transforms.dicom_io import read_header
 from medprep.transforms.dicomweb_ref import DicomWebRef
 
@@ -86,7 +87,7 @@ def dicomweb_rows(config: Config, level: str):
 
 def _file_header(path: str):
     try:
-        with FileSystems.open(path, compression_type="uncompressed") as fh:
+        with open_input(path) as fh:  # regular files only: a FIFO in the folder is not waited on
             ds = read_header(fh)
     except Exception:
         return  # not DICOM: not discovered

@@ -20,6 +20,8 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
+from medprep.transforms.errors import ItemError
+
 KNOWN_COLUMNS = frozenset(
     {"image", "text", "prompt", "prior", "boxes", "box_labels", "label", "patient_id", "id", "modality", "mpp"}
 )
@@ -233,12 +235,17 @@ def check_manifest(path: str, allow_extra_columns: bool = False) -> int:
     return inspect_manifest(path, allow_extra_columns)[0]
 
 
-def inspect_manifest(path: str, allow_extra_columns: bool = False) -> tuple[int, tuple[str, ...]]:
+def inspect_manifest(
+    path: str, allow_extra_columns: bool = False, servers: set[str] | None = None
+) -> tuple[int, tuple[str, ...]]:
     """check_manifest, also returning the extra columns (sorted) that `allow_extra_columns` let through.
 
     Without `allow_extra_columns`, the first row holding an unknown column is a ManifestError
-    naming the column and the closest known one.
+    naming the column and the closest known one. `servers`, when given, receives the DICOMweb
+    service roots the rows reference (checked for reachability at start-up).
     """
+    from medprep.transforms.dicomweb_ref import parse_ref
+
     seen: dict[str, int] = {}
     extras: set[str] = set()
     count = 0
@@ -252,6 +259,11 @@ def inspect_manifest(path: str, allow_extra_columns: bool = False) -> tuple[int,
         except ManifestError as exc:
             raise ManifestError(f"{path}: {exc}") from None
         count += 1
+        if servers is not None:
+            for ref in [row["prior"], *row["images"]]:
+                web = parse_ref(ref) if ref else None
+                if web is not None:
+                    servers.add(web.base)
         if row["id"]:
             if row["id"] in seen:
                 raise ManifestError(f"{path}: row {row['row']}: id {row['id']!r} repeats row {seen[row['id']]}")
@@ -259,3 +271,17 @@ def inspect_manifest(path: str, allow_extra_columns: bool = False) -> tuple[int,
     if count == 0:
         raise ManifestError(f"{path}: manifest has no rows")
     return count, tuple(sorted(extras))
+
+
+TEXT_FIELDS = ("text", "prompt", "label")
+
+
+def check_text_sizes(row: dict, limit: int) -> None:
+    """Refuse a row whose text, prompt, label or any box label is longer than `limit` UTF-8 bytes
+    (ItemError at stage 'text'): a report is kilobytes; megabytes are a wrong column or a wrong file."""
+    fields = [(name, row.get(name) or "") for name in TEXT_FIELDS]
+    fields += [(f"box_labels[{i}]", label) for i, label in enumerate(row.get("box_labels") or [])]
+    for name, value in fields:
+        if len(value) > limit // 4 and len(value.encode("utf-8")) > limit:  # 4 bytes per character at most
+            size = len(value.encode("utf-8"))
+            raise ItemError("text", f"{name} is {size:,} bytes (UTF-8), above --max_text_bytes ({limit:,})")

@@ -120,3 +120,18 @@ def test_prepare_image_api_outputs():
     ]
     assert Image.open(io.BytesIO(p.encoded[0])).tobytes() == p.images[0].tobytes()
     assert p.image_info[0]["pad_resize"]["scale"] == 7.0
+
+
+def test_max_pixels_governs_pillows_own_limit():
+    """A 196-Mpx photo (above Pillow's default bomb limit of 2 x 89.5 Mpx) decodes when max_pixels allows it,
+    and is refused by medprep's message, not Pillow's, when it does not."""
+    big = Image.new("L", (14000, 14000), 7)
+    buf = io.BytesIO()
+    big.save(buf, format="PNG", compress_level=1)
+    del big
+    Image.MAX_IMAGE_PIXELS = 89_478_485  # Pillow's default, whatever ran before
+    rgb, info = decode_photo(buf.getvalue(), max_pixels=250_000_000)
+    assert rgb.shape == (14000, 14000, 3) and int(rgb[7000, 7000, 0]) == 7 and info["columns"] == 14000
+    del rgb
+    with pytest.raises(ItemError, match="image is 14000x14000 pixels, above the limit of 150000000"):
+        decode_photo(buf.getvalue(), max_pixels=150_000_000)

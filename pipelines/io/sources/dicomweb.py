@@ -80,12 +80,16 @@ class DicomWebClient:
         self._slots = threading.BoundedSemaphore(concurrency)
         self.retries = 0  # requests retried (throttling and transient failures), for metrics
 
-    def _get(self, url: str, accept: str) -> requests.Response:
+    def _get(self, url: str, accept: str, limit: int | None = None) -> requests.Response:
         last = ""
         for attempt in range(self.policy.attempts):
             try:
                 with self._slots:
-                    response = self._session.get(url, headers={"Accept": accept}, timeout=self.policy.timeout)
+                    response = self._session.get(
+                        url, headers={"Accept": accept}, timeout=self.policy.timeout, stream=limit is not None
+                    )
+                    if limit is not None and response.status_code < 400:
+                        _read_body(response, limit, url)
                 if response.status_code not in RETRY_STATUS:
                     if response.status_code == 404:
                         raise ItemError("read", f"not found on the DICOMweb server: {url}")
@@ -100,6 +104,22 @@ class DicomWebClient:
             if attempt + 1 < self.policy.attempts:
                 time.sleep(random.uniform(0, min(self.policy.max_delay, self.policy.base_delay * 2**attempt)))
         raise ItemError("read", f"DICOMweb request failed after {self.policy.attempts} attempts ({last}): {url}")
+
+    def probe(self, timeout: float = 15.0) -> str:
+        """'' when the server answers a one-study QIDO search, else why not, in one line (start-up check)."""
+        url = f"{self.base}/studies?limit=1"
+        try:
+            response = self._session.get(url, headers={"Accept": "application/dicom+json"}, timeout=timeout)
+        except requests.Timeout:
+            return f"no answer within {timeout:g} s"
+        except requests.ConnectionError as exc:
+            reason = str(exc.args[0] if exc.args else exc)
+            return "connection refused" if "refused" in reason.lower() else f"cannot connect ({type(exc).__name__})"
+        if response.status_code in (401, 403):
+            return f"HTTP {response.status_code}: the server refused the credentials (check the user/password or token)"
+        if response.status_code >= 400:
+            return f"HTTP {response.status_code} for a QIDO-RS search ({url.split('?')[0]}): is this a DICOMweb root?"
+        return ""
 
     def search_instances(self, ref: DicomWebRef) -> list[DicomWebRef]:
         """QIDO-RS: the instances of a study or series, as instance references (sorted by UID)."""
@@ -123,10 +143,26 @@ class DicomWebClient:
         """WADO-RS metadata (DICOM JSON, no pixels) of a study, series or instance."""
         return self._get(ref.url() + "/metadata", "application/dicom+json").json() or []
 
-    def retrieve_instance(self, ref: DicomWebRef) -> bytes:
-        """WADO-RS: one instance as a DICOM Part 10 file, in its stored transfer syntax."""
-        response = self._get(ref.url(), 'multipart/related; type="application/dicom"; transfer-syntax=*')
+    def retrieve_instance(self, ref: DicomWebRef, limit: int | None = None) -> bytes:
+        """WADO-RS: one instance as a DICOM Part 10 file, in its stored transfer syntax (at most `limit` bytes)."""
+        response = self._get(ref.url(), 'multipart/related; type="application/dicom"; transfer-syntax=*', limit)
         return _first_part(response)
+
+
+def _read_body(response: requests.Response, limit: int, url: str) -> None:
+    """Read a streamed response body, refusing it past `limit` bytes (declared or received)."""
+    declared = int(response.headers.get("Content-Length") or 0)
+    if declared > limit:
+        response.close()
+        raise ItemError("read", f"{url} is {declared:,} bytes, above --max_input_bytes ({limit:,}); not read")
+    chunks, size = [], 0
+    for chunk in response.iter_content(1 << 20):
+        size += len(chunk)
+        if size > limit:
+            response.close()
+            raise ItemError("read", f"{url} sent more than --max_input_bytes ({limit:,}); not read")
+        chunks.append(chunk)
+    response._content = b"".join(chunks)
 
 
 def _first_part(response: requests.Response) -> bytes:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
+from typing import BinaryIO
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -28,8 +30,67 @@ def described(ref: str, name: str = "") -> str:
     return f"{name} (resolved to {ref})" if name and name != ref else ref
 
 
-def read_bytes(ref: str, name: str = "") -> bytes:
-    """Whole file at a local path or gs:// URI; a missing/unreadable file is ItemError('read').
+DEFAULT_MAX_INPUT_BYTES = 4 << 30  # --max_input_bytes: a multi-frame DICOM or a NIfTI volume can be a few GB
+
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _too_big(ref: str, name: str, size: int, limit: int) -> ItemError:
+    return ItemError("read", f"{described(ref, name)} is {size:,} bytes, above --max_input_bytes ({limit:,}); not read")
+
+
+def _open_local(path: str, name: str, limit: int) -> BinaryIO:
+    """A local regular file opened for reading, refused before any byte is read when it is anything else
+    (opening a FIFO without O_NONBLOCK would wait for a writer forever) or larger than `limit`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise ItemError("read", f"cannot read {described(path, name)}: file not found") from None
+    except OSError as exc:
+        raise ItemError("read", f"cannot read {described(path, name)}: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((k for test, k in _KINDS if test(st.st_mode)), "not a regular file")
+            raise ItemError("read", f"{described(path, name)} is {kind}, not a regular file; not read")
+        if st.st_size > limit:
+            raise _too_big(path, name, st.st_size, limit)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_input(ref: str, name: str = "", limit: int = DEFAULT_MAX_INPUT_BYTES) -> BinaryIO:
+    """A local path or gs:// URI opened for reading, after the checks read_bytes makes (regular file, size)."""
+    if "://" not in ref:
+        return _open_local(ref, name, limit)
+    try:
+        matched = FileSystems.match([ref])[0].metadata_list
+    except Exception as exc:
+        raise ItemError("read", f"cannot read {described(ref, name)}: {exc}") from None
+    if not matched:
+        raise ItemError("read", f"cannot read {described(ref, name)}: file not found")
+    if matched[0].size_in_bytes > limit:
+        raise _too_big(ref, name, matched[0].size_in_bytes, limit)
+    try:
+        return FileSystems.open(ref, compression_type="uncompressed")
+    except Exception as exc:  # Beam wraps OSError in BeamIOError
+        reason = "file not found" if _not_found(exc) else str(exc)
+        raise ItemError("read", f"cannot read {described(ref, name)}: {reason}") from None
+
+
+def read_bytes(ref: str, name: str = "", limit: int = DEFAULT_MAX_INPUT_BYTES) -> bytes:
+    """Whole file at a local path, gs:// URI or DICOMweb instance URL, at most `limit` bytes; a missing,
+    unreadable, non-regular or oversized file is ItemError('read') (checked before reading; the read
+    itself stops at the limit, so a file growing while read cannot exceed it).
 
     `name` is the reference as the user wrote it (when `ref` is its resolved form): messages show
     both, so a relative reference that resolved somewhere unexpected says where.
@@ -39,13 +100,15 @@ def read_bytes(ref: str, name: str = "") -> bytes:
         if web is not None:
             if not web.instance:
                 raise ItemError("read", f"{described(ref, name)} is a DICOMweb study/series, not an instance")
-            return client_for(web.base).retrieve_instance(web)
-        try:
-            with FileSystems.open(ref, compression_type="uncompressed") as fh:
-                return fh.read()
-        except Exception as exc:  # Beam wraps OSError in BeamIOError
-            reason = "file not found" if _not_found(exc) else str(exc)
-            raise ItemError("read", f"cannot read {described(ref, name)}: {reason}") from None
+            return client_for(web.base).retrieve_instance(web, limit)
+        with open_input(ref, name, limit) as fh:
+            try:
+                data = fh.read(limit + 1)
+            except Exception as exc:  # Beam wraps OSError in BeamIOError
+                raise ItemError("read", f"cannot read {described(ref, name)}: {exc}") from None
+        if len(data) > limit:
+            raise _too_big(ref, name, len(data), limit)
+        return data
 
 
 class LocalFile:
@@ -84,10 +147,10 @@ class RemoteStreams:
 
 
 def localize_file(ref: str) -> LocalFile:
-    """The file as a local path (gs:// copied in 8 MiB chunks; OpenSlide cannot do ranged reads on GCS)."""
+    """The file as a local path (gs:// copied in 8 MiB chunks; OpenSlide cannot do ranged reads on GCS).
+    A local path must be a regular file (readers given a FIFO would wait forever)."""
     if "://" not in ref:
-        if not os.path.exists(ref):
-            raise ItemError("read", f"cannot read {ref}: file not found")
+        _open_local(ref, "", 1 << 62).close()
         return LocalFile(ref, False)
     suffix = os.path.splitext(ref)[1]
     fd, local = tempfile.mkstemp(prefix="medprep-slide-", suffix=suffix)
@@ -101,12 +164,12 @@ def localize_file(ref: str) -> LocalFile:
 
 
 def read_head(ref: str, size: int = 512) -> bytes:
-    """The first `size` bytes of a file (format sniffing without reading it all)."""
-    try:
-        with FileSystems.open(ref, compression_type="uncompressed") as fh:
+    """The first `size` bytes of a file (format sniffing without reading it all); only regular files."""
+    with open_input(ref, "", 1 << 62) as fh:
+        try:
             return fh.read(size)
-    except Exception as exc:
-        raise ItemError("read", f"cannot read {ref}: {exc}") from None
+        except Exception as exc:
+            raise ItemError("read", f"cannot read {ref}: {exc}") from None
 
 
 def exists(ref: str) -> bool:
