@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from medprep.pipelines.config import PIPELINE_VERSION, Config
+from medprep.pipelines.records.identifiers import identifier_hit_message, record_identifier_hits
 from medprep.pipelines.records.privacy import keyed_hash
 from medprep.pipelines.records.split import assign_split
 from medprep.schemas.fields import validate_record
@@ -42,7 +43,7 @@ class ExampleParts:
     layout: str = "images_first"
     labels: Sequence[str] = ()
     input_key: str = ""  # the input this example comes from: its patient key when no patient id is known
-    identifiers: dict = field(default_factory=dict)  # raw header identifiers (scrubbing only)
+    identifiers: dict = field(default_factory=dict)  # raw header identifiers (scrubbing and checking only)
     burned_in: bool = False  # a source declares BurnedInAnnotation=YES
     extra_names: Sequence[str] = ()  # name-like manifest values (scrubbing only)
 
@@ -145,6 +146,8 @@ def _text_fields(parts: ExampleParts, config: Config, tokenizer: Tokenizer | Non
 def build_record(parts: ExampleParts, config: Config, tokenizer: Tokenizer | None) -> tuple[dict, dict]:
     """ExampleParts -> (record dict, stats counts). Raises ItemError('privacy'|'text'|'record').
 
+    A record holding one of its own header identifier values or its patient id in any field is refused
+    (ItemError('privacy'), see records/identifiers.py); every record built is counted as checked.
     The patient key is the patient id's hash, else the input's: every record of one input shares it, and so
     its split. `source` and image_info's `source` are the references' salted hashes (see output_source)."""
     scrubbed = apply_privacy(parts, config)
@@ -177,12 +180,16 @@ def build_record(parts: ExampleParts, config: Config, tokenizer: Tokenizer | Non
         "config_hash": config.config_hash,
         "pipeline_version": PIPELINE_VERSION,
     }
+    hits = record_identifier_hits(record, parts.identifiers, parts.patient_id)
+    if hits:  # the input becomes one error line: the dataset never holds its own identifiers
+        raise ItemError("privacy", identifier_hit_message(hits))
     try:
         validate_record(record)
     except ValueError as exc:
         raise ItemError("record", str(exc)) from None
     stats = {
         "examples": 1,
+        "identifier_checked": 1,
         "images": len(parts.images),
         f"by_split/{record['split']}": 1,
         f"by_task/{parts.task}": 1,
