@@ -4,8 +4,12 @@ Counts per split/task/modality, sample grids (CT windows shown per channel, volu
 strips, localization boxes drawn), token-length histograms, errors grouped by reason, and the
 run's configuration. With `--near_duplicates`, a section lists the images that sit in two splits
 under different patient keys: pixel-identical ones and perceptually similar pairs (pHash, as
-`medprep verify --near_duplicates`). Works on local folders; gs:// outputs are copied to a
-temporary folder first.
+`medprep verify --near_duplicates`).
+
+Bounded memory, where the data is: local or gs:// outputs are read in place, record by record
+(output_reader); what is kept is small whatever the dataset's size — a few sample records per task and
+modality, the contact sheet's 16 images, length histograms as value counts, error groups with their
+first references, and per image only its hashes (with --near_duplicates).
 """
 
 from __future__ import annotations
@@ -16,16 +20,19 @@ import io
 import json
 import os
 import re
-import shutil
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from typing import Any
 
 from PIL import Image, ImageDraw
 
-from medprep.pipelines.io.outputs import localize, write_bytes
+from medprep.pipelines.io.outputs import join, write_bytes
+from medprep.pipelines.tools.output_reader import is_file, iter_lines, iter_shard, read_summary, shard_format
 from medprep.pipelines.tools.preview import caption_of, contact_sheet
-from medprep.schemas.readers import read_arrayrecord_shard, read_parquet_shard, shard_files
 
 SAMPLES_PER_GROUP = 4
+SHEET_IMAGES = 16  # images on the contact sheet
+ERROR_REFS = 3  # references shown per error group
 THUMB = 192
 SLICE_THUMB = 96
 PAIR_ROWS = 24  # duplicate rows shown with thumbnails; the rest are counted
@@ -68,10 +75,11 @@ def _img_tag(img: Image.Image, alt: str, cls: str = "") -> str:
 _URL_USER = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
 
 
-def source_refs(summary: dict) -> dict[str, str]:
+def source_refs(summary: dict, wanted: set[str] | None = None) -> dict[str, str]:
     """`source` value -> the manifest's reference, so the report can reopen a slide. With --keep_source the
     value is the reference itself ({}); by default it is the reference's salted hash (user:password removed),
-    recomputed here with the run's salt when it is known: the public default, or $MEDPREP_SALT."""
+    recomputed here with the run's salt when it is known: the public default, or $MEDPREP_SALT. With `wanted`,
+    only those values are kept and the manifest is read until all are found."""
     from medprep.pipelines.io.manifest import read_manifest
     from medprep.pipelines.records.privacy import DEFAULT_SALT, keyed_hash
 
@@ -83,7 +91,11 @@ def source_refs(summary: dict) -> dict[str, str]:
     try:
         for row in read_manifest(config["input"]):
             for ref in row["images"] + ([row["prior"]] if row["prior"] else []):
-                refs[keyed_hash(salt, "source", _URL_USER.sub(r"\1", ref))] = ref
+                value = keyed_hash(salt, "source", _URL_USER.sub(r"\1", ref))
+                if wanted is None or value in wanted:
+                    refs[value] = ref
+            if wanted is not None and len(refs) == len(wanted):
+                break
     except Exception:  # the manifest moved or is unreadable: the report shows the patches without the map
         return {}
     return refs
@@ -178,12 +190,25 @@ def _sample_html(rec: dict, manifest: str = "", refs: dict | None = None) -> str
     )
 
 
-def _histogram_svg(values: list[int], title: str, bins: int = 20) -> str:
+def _median(values: Counter) -> int:
+    """The upper median of a multiset given as value -> count (sorted(values)[n // 2])."""
+    middle, seen = sum(values.values()) // 2, 0
+    for value in sorted(values):
+        seen += values[value]
+        if seen > middle:
+            return int(value)
+    return 0
+
+
+def _histogram_svg(values: Counter, title: str, bins: int = 20) -> str:
+    """An SVG bar chart of a multiset given as value -> count (memory by distinct values, not by records)."""
     if not values:
         return f"<p>{html.escape(title)}: no data</p>"
     lo, hi = min(values), max(values)
     width = max(1, -(-(hi - lo + 1) // bins))
-    counts = Counter((v - lo) // width for v in values)
+    counts: Counter = Counter()
+    for value, count in values.items():
+        counts[(value - lo) // width] += count
     n = max(counts) + 1
     top = max(counts.values())
     bars = "".join(
@@ -194,17 +219,30 @@ def _histogram_svg(values: list[int], title: str, bins: int = 20) -> str:
     )
     return (
         f'<figure class="hist"><svg viewBox="0 0 400 100" width="400" height="100">{bars}</svg>'
-        f"<figcaption>{html.escape(title)}: n={len(values)}, min {lo}, median {sorted(values)[len(values) // 2]}, "
+        f"<figcaption>{html.escape(title)}: n={sum(values.values())}, min {lo}, median {_median(values)}, "
         f"max {hi}</figcaption></figure>"
     )
 
 
-def _error_groups(errors: list[dict]) -> list[tuple[tuple, int, list[str]]]:
-    groups: dict = defaultdict(list)
-    for e in errors:
-        reason = re.sub(r"(/|gs://)[^\s:;,)]+", "<path>", e["message"])[:160]
-        groups[(e["stage"], e["error"], reason)].append(e["ref"])
-    return sorted(((k, len(v), v[:3]) for k, v in groups.items()), key=lambda t: -t[1])
+class ErrorGroups:
+    """Error lines grouped by (stage, error class, reason), each with its count and first references."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._groups: dict[tuple[str, str, str], tuple[int, list[str]]] = {}
+
+    def add(self, line: dict) -> None:
+        reason = re.sub(r"(/|gs://)[^\s:;,)]+", "<path>", line["message"])[:160]
+        key = (line["stage"], line["error"], reason)
+        count, refs = self._groups.get(key, (0, []))
+        if len(refs) < ERROR_REFS:
+            refs.append(line["ref"])
+        self._groups[key] = (count + 1, refs)
+        self.total += 1
+
+    def rows(self) -> list[tuple[tuple[str, str, str], int, list[str]]]:
+        """(key, count, first references), the largest group first."""
+        return sorted(((k, n, refs) for k, (n, refs) in self._groups.items()), key=lambda t: -t[1])
 
 
 def _table(rows: dict, name: str) -> str:
@@ -220,7 +258,7 @@ def _pair_thumbs(shards: list[str], wanted: set) -> dict:
     tags = {}
     ids = {eid for eid, _ in wanted}
     for shard in shards:
-        for rec in read_parquet_shard(shard) if shard.endswith(".parquet") else read_arrayrecord_shard(shard):
+        for rec in iter_shard(shard, shard_format(shard)):
             if rec["example_id"] in ids:
                 for i, data in enumerate(rec["images"]):
                     key = (rec["example_id"], i)
@@ -289,40 +327,73 @@ def _duplicates_html(dups, shards: list[str]) -> str:
     )
 
 
+def report_shards(output_dir: str, summary: dict) -> list[str]:
+    """The shards the report reads: summary.json's Parquet shards, else its ArrayRecord ones (that exist)."""
+    listed = [f for f in summary["files"] if "format" in f]
+    fmt = "parquet" if any(f["format"] == "parquet" for f in listed) else "arrayrecord"
+    paths = (join(output_dir, f["path"]) for f in listed if f["format"] == fmt)
+    return [path for path in paths if is_file(path)]
+
+
+def _error_lines(output_dir: str, summary: dict) -> Iterator[dict]:
+    """The error lines of summary.json's errors/ files, one at a time (unparseable lines skipped)."""
+    for f in summary["files"]:
+        path = join(output_dir, f["path"])
+        if "lines" in f and is_file(path):
+            for line in iter_lines(path):
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(entry, dict) and {"ref", "stage", "error", "message"} <= set(entry):
+                    yield entry
+
+
+class _Pass:
+    """What one streamed pass over the records keeps: a few samples per (task, modality), the contact sheet's
+    images, length histograms (value counts) and, with near-duplicates, the images' hashes."""
+
+    def __init__(self, index: Any):
+        self.index = index
+        self.groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+        self.lengths: dict[str, Counter] = defaultdict(Counter)
+        self.sheet: list[tuple[str, bytes, str]] = []
+
+    def add(self, rec: dict) -> None:
+        self.lengths["text tokens"][len(rec["text_ids"])] += 1
+        self.lengths["prompt tokens"][len(rec["prompt_ids"])] += 1
+        self.lengths["chat sequence tokens"][len(rec["input_ids"])] += 1
+        self.lengths["images per example"][len(rec["images"])] += 1
+        self.lengths["text characters"][len(rec["text"])] += 1
+        if self.index is not None:
+            number = self.index.add_record(rec["example_id"], rec["split"], rec["patient_key"])
+            for i, data in enumerate(rec["images"]):
+                self.index.add_image(number, i, Image.open(io.BytesIO(data)))
+        group = self.groups[(rec["task"], rec["modality"])]
+        if len(group) < SAMPLES_PER_GROUP:
+            group.append(rec)
+        if len(self.sheet) < SHEET_IMAGES:
+            self.sheet.append((rec["example_id"], rec["images"][0], caption_of(rec)))
+
+
 def build_report(folder: str, near_duplicates: bool = False, phash_distance: int | None = None) -> tuple[str, bytes]:
-    """(report HTML, contact-sheet PNG) for a local output folder; `near_duplicates` hashes every image."""
+    """(report HTML, contact-sheet PNG) for an output folder, local or gs://, read in place record by record;
+    `near_duplicates` hashes every image."""
     from medprep.pipelines.tools.verify import DEFAULT_PHASH_DISTANCE, ImageIndex
 
     distance = DEFAULT_PHASH_DISTANCE if phash_distance is None else phash_distance
-    index = ImageIndex(near=True) if near_duplicates else None
-    summary = json.load(open(os.path.join(folder, "summary.json"), encoding="utf-8"))
-    errors = []
-    for f in summary["files"]:
-        if "lines" in f and os.path.isfile(os.path.join(folder, f["path"])):
-            errors += [json.loads(line) for line in open(os.path.join(folder, f["path"]), encoding="utf-8")]
-    try:
-        shards = shard_files(folder, None, (".parquet",))
-    except FileNotFoundError:
-        shards = shard_files(folder, None, (".array_record",))
-    groups: dict = defaultdict(list)
-    lengths = defaultdict(list)
-    sheet: list[tuple[str, bytes, str]] = []
+    summary = read_summary(folder)
+    if summary is None:
+        raise FileNotFoundError(f"no summary.json in {folder}")
+    errors = ErrorGroups()
+    for line in _error_lines(folder, summary):
+        errors.add(line)
+    shards = report_shards(folder, summary)
+    seen = _Pass(ImageIndex(near=True) if near_duplicates else None)
     for shard in shards:
-        for rec in read_parquet_shard(shard) if shard.endswith(".parquet") else read_arrayrecord_shard(shard):
-            lengths["text tokens"].append(len(rec["text_ids"]))
-            lengths["prompt tokens"].append(len(rec["prompt_ids"]))
-            lengths["chat sequence tokens"].append(len(rec["input_ids"]))
-            lengths["images per example"].append(len(rec["images"]))
-            lengths["text characters"].append(len(rec["text"]))
-            if index is not None:
-                number = index.add_record(rec["example_id"], rec["split"], rec["patient_key"])
-                for i, data in enumerate(rec["images"]):
-                    index.add_image(number, i, Image.open(io.BytesIO(data)))
-            key = (rec["task"], rec["modality"])
-            if len(groups[key]) < SAMPLES_PER_GROUP:
-                groups[key].append(rec)
-            if len(sheet) < 16:
-                sheet.append((rec["example_id"], rec["images"][0], caption_of(rec)))
+        for rec in iter_shard(shard, shard_format(shard)):
+            seen.add(rec)
+    index, groups, lengths, sheet = seen.index, seen.groups, seen.lengths, seen.sheet
     sheet_png = contact_sheet(sorted(sheet))
     dups = (index.identical_across_splits(), *index.near_pairs(distance), distance) if index is not None else None
     status = "reconciled" if summary["reconciled"] else "NOT reconciled"
@@ -330,7 +401,8 @@ def build_report(folder: str, near_duplicates: bool = False, phash_distance: int
         f'<tr><td>{k}</td><td class="n" id="count-{k}">{summary[k]}</td></tr>'
         for k in ("inputs", "inputs_with_examples", "examples", "images", "errors")
     )
-    refs = source_refs(summary) if any(t == "slide" for t, _ in groups) else {}
+    slide_sources = {r["source"][0] for (t, _), recs in groups.items() if t == "slide" for r in recs if r["source"]}
+    refs = source_refs(summary, slide_sources) if slide_sources else {}
     samples = "".join(
         f'<section class="group"><h3>{html.escape(t)} · {html.escape(m)}</h3>'
         + "".join(_sample_html(r, summary["config"].get("input", ""), refs) for r in recs)
@@ -341,7 +413,7 @@ def build_report(folder: str, near_duplicates: bool = False, phash_distance: int
     error_rows = "".join(
         f'<tr><td>{html.escape(s)}</td><td>{html.escape(c)}</td><td>{html.escape(r)}</td><td class="n">{n}</td>'
         f"<td>{'<br>'.join(html.escape(x) for x in refs)}</td></tr>"
-        for (s, c, r), n, refs in _error_groups(errors)
+        for (s, c, r), n, refs in errors.rows()
     )
     config = "".join(
         f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(json.dumps(v))}</td></tr>"
@@ -371,7 +443,7 @@ def build_report(folder: str, near_duplicates: bool = False, phash_distance: int
 {tables}
 <h2>Samples</h2>{samples or "<p>no examples</p>"}
 <h2>Lengths</h2>{hists}
-<h2>Errors ({len(errors)})</h2>
+<h2>Errors ({errors.total})</h2>
 <table id="errors"><tr>{error_headers}</tr>{error_rows}</table>
 {_skipped_series_html(summary.get("series_skipped") or {})}
 <h2 id="duplicates">Duplicates across splits</h2>{_duplicates_html(dups, shards)}
@@ -391,18 +463,11 @@ window.addEventListener("load", () => {{
 
 
 def inspect(output_dir: str, near_duplicates: bool = False, phash_distance: int | None = None) -> str:
-    """Write report.html (and preview.png when missing) into output_dir; returns the report's path."""
-    remote = "://" in output_dir
-    folder = localize(output_dir) if remote else output_dir
-    try:
-        page, sheet = build_report(folder, near_duplicates, phash_distance)
-    finally:
-        if remote:
-            shutil.rmtree(folder, ignore_errors=True)
-    from medprep.pipelines.io.outputs import join
-
+    """Write report.html (and preview.png when missing) into output_dir, local or gs:// (read in place);
+    returns the report's path."""
+    page, sheet = build_report(output_dir, near_duplicates, phash_distance)
     write_bytes(join(output_dir, "report.html"), page.encode("utf-8"))
-    if remote or not os.path.exists(os.path.join(output_dir, "preview.png")):
+    if not is_file(join(output_dir, "preview.png")):
         write_bytes(join(output_dir, "preview.png"), sheet)
     return join(output_dir, "report.html")
 
@@ -419,7 +484,7 @@ def main(argv: list[str]) -> int:
         ap, "hash every image and list identical and similar images in different splits under different patient keys"
     )
     args = ap.parse_args(argv)
-    if not os.path.exists(os.path.join(args.output_dir, "summary.json")) and "://" not in args.output_dir:
+    if not is_file(join(args.output_dir, "summary.json")):
         print(f"medprep: error: {args.output_dir}: no summary.json (not a finished medprep output)")
         return 2
     print(inspect(args.output_dir, args.near_duplicates, args.phash_distance))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from medprep.pipelines.cli.main import main, run_pipeline
+from medprep.pipelines.records.identifiers import IDENTIFIER_HIT
 from medprep.pipelines.tools.verify import verify
 from medprep.samples import fake_identity, write_dicom, write_series
 from medprep.transforms.scrub import scrub_text
@@ -42,40 +43,96 @@ def phi_inputs(tmp_path):
             f"DOB 1970-01-01: clear lungs.",
         },
         {"id": "burned", "image": burned, "text": "burned-in text"},
+        {"id": "clean", "image": ok, "text": "Clear lungs, no effusion."},
     ]
     m = tmp_path / "m.jsonl"
     m.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(m), ident
 
 
-def test_burned_in_is_skipped_by_default_and_verify_flags_leaky_reports(phi_inputs, tmp_path):
+BUDGET = ["--max_error_fraction", "1"]  # inputs refused on purpose
+
+
+def test_a_record_carrying_its_own_header_identifier_is_refused_by_the_pipeline(phi_inputs, tmp_path):
+    """The pipeline checks each record against its own headers where it reads them: the leaky report becomes
+    one privacy error line (naming keywords and fields, never a value), summary.json counts it, verify passes
+    without opening a source; an identifier planted afterwards is still caught by verify's patterns."""
     manifest, ident = phi_inputs
     out = str(tmp_path / "o")
-    s = run_pipeline("images", ["--input", manifest, "--output_dir", out])
-    assert s["errors_by_stage"] == {"privacy": 1} and s["examples"] == 1
+    s = run_pipeline("images", ["--input", manifest, "--output_dir", out, *BUDGET])
+    assert (s["examples"], s["errors_by_stage"]) == (1, {"privacy": 2})
+    assert (s["identifier_hits"], s["records_checked_for_identifiers"]) == (1, 1)
+    lines = [json.loads(x) for x in open(os.path.join(out, "errors", "errors-00000-of-00001.jsonl"))]
+    (hit,) = [e for e in lines if e["message"].startswith(IDENTIFIER_HIT)]
+    assert hit["row"] == 1 and hit["message"].startswith(
+        "identifier in record: the record would carry its own PatientID in field text, PatientName in field text"
+    )
+    assert not [e for e in lines if ident["PatientID"] in json.dumps(e) or "JANE001" in json.dumps(e)]
     problems, facts = verify(out)
-    assert any("PatientID of" in p for p in problems), problems  # ok.dcm and burned.dcm share one identity
-    assert any("PatientName" in p for p in problems) and facts["phi_hits"] >= 2
+    assert problems == [] and (facts["identifier_hits"], facts["records_checked_for_identifiers"]) == (1, 1)
+    assert main(["verify", out]) == 0
+    from medprep.schemas import read_records
+
+    for fmt in ("parquet", "arrayrecord"):
+        (rec,) = read_records(os.path.join(out, fmt))
+        assert rec["text"] == "Clear lungs, no effusion."
+    _rewrite_text(out, f"Seen by {ident['PatientName']} today.")
+    eid = rec["example_id"]
+    assert verify(out)[0] == [f"identifier pattern 'DICOM person name' found in record {eid} field text"]
     assert main(["verify", out]) == 1
+
+
+def _rewrite_text(out: str, text: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = os.path.join(out, "parquet")
+    for name in os.listdir(folder):
+        table = pq.read_table(os.path.join(folder, name))
+        rows = [dict(row, text=text) for row in table.to_pylist()]
+        pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), os.path.join(folder, name))
+
+
+def test_verify_checks_the_pipelines_identifier_figures_in_summary(phi_inputs, tmp_path):
+    manifest, _ = phi_inputs
+    out = str(tmp_path / "o")
+    run_pipeline("images", ["--input", manifest, "--output_dir", out, *BUDGET])
+    path = os.path.join(out, "summary.json")
+    s = json.load(open(path))
+
+    def verify_with(**changes):
+        json.dump({k: v for k, v in dict(s, **changes).items() if v is not None}, open(path, "w"))
+        return verify(out)[0]
+
+    assert verify_with() == []
+    assert verify_with(records_checked_for_identifiers=0) == [
+        "1 record(s) not checked against their own headers: summary.json counts 0 checked of 1 examples"
+    ]
+    assert verify_with(identifier_hits=0) == ["summary.json counts 0 identifier hit(s), errors/ holds 1 such line(s)"]
+    assert verify_with(records_checked_for_identifiers=None) == [
+        "summary.json does not say that the run checked its records against their own headers "
+        "(records_checked_for_identifiers): made by an older medprep; rerun it, or pass --no_phi_scan"
+    ]
+    assert verify(out, phi_scan=False)[0] == []
 
 
 def test_scrub_text_makes_the_output_verify(phi_inputs, tmp_path):
     manifest, ident = phi_inputs
     out = str(tmp_path / "o")
     s = run_pipeline("images", ["--input", manifest, "--output_dir", out, "--scrub_text", "--allow_burned_in"])
-    assert s["examples"] == 2 and s["scrubbed"] == {"date": 1, "id": 1, "name": 2}
+    assert s["examples"] == 3 and s["scrubbed"] == {"date": 1, "id": 1, "name": 2} and s["identifier_hits"] == 0
     problems, _ = verify(out)
     assert problems == []
     from medprep.schemas import read_records
 
     texts = sorted(r["text"] for r in read_records(os.path.join(out, "parquet")))
-    assert texts[0] == "Patient [NAME] [NAME] MRN [ID], DOB [DATE]: clear lungs."
+    assert texts[1] == "Patient [NAME] [NAME] MRN [ID], DOB [DATE]: clear lungs."
 
 
 def test_volume_series_with_burned_in_is_a_privacy_error(tmp_path):
     write_series(str(tmp_path / "s"), 4, extra={"BurnedInAnnotation": "YES"})
     (tmp_path / "m.jsonl").write_text(json.dumps({"image": str(tmp_path / "s"), "text": "ct"}) + "\n")
-    s = run_pipeline("volumes", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o")])
+    s = run_pipeline("volumes", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o"), *BUDGET])
     assert s["errors_by_stage"] == {"privacy": 1}
 
 
@@ -85,7 +142,7 @@ def good_output(tmp_path):
 
     manifest = make_images_samples(str(tmp_path / "samples"))
     out = str(tmp_path / "out")
-    run_pipeline("images", ["--input", manifest, "--output_dir", out, "--num_shards", "2"])
+    run_pipeline("images", ["--input", manifest, "--output_dir", out, "--num_shards", "2", *BUDGET])
     assert verify(out)[0] == []
     return out
 

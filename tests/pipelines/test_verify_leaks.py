@@ -30,6 +30,7 @@ from medprep.pipelines.tools.verify import (
 from medprep.samples import write_dicom
 
 SPLIT_ARGS = ["--split_salt", "leaks-0", "--val_fraction", "0", "--test_fraction", "0.5", "--image_size", "128"]
+SPLIT_ARGS += ["--max_error_fraction", "1"]  # inputs that fail on purpose
 A, B, GONE = "PAT-000123", "PAT-000456", "PAT-000789"
 ROW1_DIR, ROW2_DIR = "MRN-12345/DOE^JANE_19600101", "MRN-67890/ROE^RICHARD_19550505"
 
@@ -117,15 +118,10 @@ def test_clean_output_passes_and_counts_the_values_it_checked(pacs, capsys):
     problems, facts = verify(out)
     assert problems == []
     # 9 path components (MRN-12345, DOE^JANE_19600101, img.png, MRN-67890, ROE^RICHARD_19550505, cxr.dcm,
-    # MRN-99999, GONE^GONE_19000101, missing.png), 3 patient ids, 6 header values of cxr.dcm (DOE^JANE001,
-    # JANE001, MRN-CANARY-00001, 19700101, ACC-CANARY-00001, CANARY GENERAL HOSPITAL)
-    assert facts["phi_values_by_kind"] == {
-        "dicom_header": 6,
-        "manifest_patient_id": 3,
-        "path_component": 9,
-        "url_credential": 0,
-    }
-    assert (facts["phi_values_checked"], facts["phi_hits"], facts["identical_images_across_splits"]) == (18, 0, 0)
+    # MRN-99999, GONE^GONE_19000101, missing.png), 3 patient ids; header values are the pipeline's to check
+    assert facts["phi_values_by_kind"] == {"manifest_patient_id": 3, "path_component": 9, "url_credential": 0}
+    assert (facts["phi_values_checked"], facts["phi_hits"], facts["identical_images_across_splits"]) == (12, 0, 0)
+    assert (facts["records_checked_for_identifiers"], facts["identifier_hits"]) == (3, 0)
     assert main(["verify", out]) == 0
     assert capsys.readouterr().out.startswith(f"OK {out}: ")
 
@@ -140,17 +136,13 @@ def test_png_only_inputs_are_checked_for_ids_and_path_components(tmp_path):
     run_pipeline("images", ["--input", manifest, "--output_dir", out, "--formats", "parquet", *SPLIT_ARGS])
     problems, facts = verify(out)
     assert problems == [] and facts["phi_values_checked"] == 4
-    assert facts["phi_values_by_kind"] == {
-        "dicom_header": 0,
-        "manifest_patient_id": 1,
-        "path_component": 3,
-        "url_credential": 0,
-    }
+    assert facts["phi_values_by_kind"] == {"manifest_patient_id": 1, "path_component": 3, "url_credential": 0}
     _rewrite_parquet(out, lambda row: row.update(text="photo from ROE^RICHARD_19550505 (pat-000456)"))
     eid = _by_text(out)["photo from ROE^RICHARD_19550505 (pat-000456)"]["example_id"]
     assert sorted(verify(out)[0]) == [
         f"identifier 'path component of manifest row 1 image' found in record {eid} field text",
         f"identifier 'patient_id of manifest row 1' found in record {eid} field text",
+        f"identifier pattern 'DICOM person name' found in record {eid} field text",
     ]
 
 
@@ -185,13 +177,15 @@ def test_identifiers_planted_anywhere_are_named_with_record_and_field(tampered):
             "identifier 'path component of manifest row 2 image' found in errors/errors-00000-of-00001.jsonl line 1 "
             "field message",
             f"identifier 'path component of manifest row 1 image' found in record {second} field text",
+            f"identifier pattern 'labelled record number' found in record {second} field text",
             f"identifier 'patient_id of manifest row 1' found in record {second} field label",
             f"identifier 'path component of manifest row 1 image' found in record {second} field image_info[0].note",
-            f"identifier 'PatientID of cxr.dcm' found in record {first} field prompt",
+            f"identifier pattern 'DICOM person name' found in record {second} field image_info[0].note",
+            f"identifier pattern 'labelled record number' found in record {first} field prompt",
             f"identifier 'path component of manifest row 3 image' found in record {first} field box_labels[0]",
         ]
     )
-    assert facts["phi_hits"] == 7
+    assert facts["phi_hits"] == 9
     assert main(["verify", tampered]) == 1
 
 
@@ -320,7 +314,8 @@ def test_keep_source_allows_references_in_source_but_not_elsewhere(tmp_path):
     assert verify(out)[0] == []
     _rewrite_parquet(out, lambda row: row.update(prompt="from MRN-12345"))
     assert verify(out)[0] == [
-        f"identifier 'path component of manifest row 1 image' found in record {rec['example_id']} field prompt"
+        f"identifier 'path component of manifest row 1 image' found in record {rec['example_id']} field prompt",
+        f"identifier pattern 'labelled record number' found in record {rec['example_id']} field prompt",
     ]
 
 
@@ -337,7 +332,7 @@ def test_manifest_that_cannot_be_read_fails_instead_of_checking_nothing(pacs, tm
     assert problems[0].startswith(
         f"cannot read the manifest {tmp_path}/moved/manifest.jsonl (summary.json config.input) to check identifiers: "
     )
-    assert problems[0].endswith("verify where the inputs are readable, or pass --no_phi_scan")
+    assert problems[0].endswith("verify where the manifest is readable, or pass --no_phi_scan")
     assert verify(copy, phi_scan=False)[0] == []
 
 
@@ -390,7 +385,7 @@ def test_identifier_matching_is_case_insensitive_at_word_edges_and_skips_unspeci
         ("ab", "short"),
     ):
         ids.add(value, what, "dicom_header")
-    assert ids.counts() == {"dicom_header": 4, "manifest_patient_id": 0, "path_component": 0, "url_credential": 0}
+    assert ids.counts() == {"dicom_header": 4}
     assert ids.find("Seen: doe^jane, mrn-12345.") == [
         ("mrn", "dicom_header"),
         ("name", "dicom_header"),
@@ -487,7 +482,7 @@ def test_near_pair_search_finds_exactly_what_brute_force_finds():
     assert index.near_pairs(6, limit=5)[1] is True and len(index.near_pairs(6, limit=5)[0]) == 5
 
 
-def test_series_folder_files_and_headers_are_checked_for_volumes(tmp_path):
+def test_series_folder_files_are_listed_for_volumes(tmp_path):
     from medprep.samples import write_series
 
     inp = tmp_path / "in"
@@ -499,19 +494,13 @@ def test_series_folder_files_and_headers_are_checked_for_volumes(tmp_path):
     )
     problems, facts = verify(out)
     assert problems == []
-    # MRN-24680, CT_SERIES_01, s1_0000.dcm … s1_0003.dcm; DOE^JANE002, JANE002, MRN-CANARY-00002, 19700101,
-    # ACC-CANARY-00002, CANARY GENERAL HOSPITAL
-    assert facts["phi_values_by_kind"] == {
-        "dicom_header": 6,
-        "manifest_patient_id": 0,
-        "path_component": 6,
-        "url_credential": 0,
-    }
+    # MRN-24680, CT_SERIES_01, s1_0000.dcm … s1_0003.dcm (listed, never opened)
+    assert facts["phi_values_by_kind"] == {"manifest_patient_id": 0, "path_component": 6, "url_credential": 0}
     _rewrite_parquet(out, lambda row: row.update(text="as s1_0002.dcm shows", prompt="MRN-CANARY-00002"))
     eid = _by_text(out)["as s1_0002.dcm shows"]["example_id"]
     assert sorted(verify(out)[0]) == [
-        f"identifier 'PatientID of s1_0000.dcm' found in record {eid} field prompt",
         f"identifier 'path component of a file in manifest row 1 image' found in record {eid} field text",
+        f"identifier pattern 'labelled record number' found in record {eid} field prompt",
     ]
 
 
