@@ -7,14 +7,24 @@ import apache_beam as beam
 from medprep.pipelines.config import Config
 from medprep.pipelines.io.outputs import join, write_bytes
 from medprep.pipelines.io.run_output import commit_step
-from medprep.pipelines.io.sinks import WriteErrors, WriteShards, image_bytes_estimate, plan_shards, serialize
+from medprep.pipelines.io.sinks import (
+    PARTS_FOLDER,
+    StageRecords,
+    WriteErrors,
+    WriteShards,
+    image_bytes_estimate,
+    plan_shards,
+    remove_parts,
+)
 from medprep.pipelines.records.split import split_fractions
-from medprep.pipelines.records.summary import build_summary, sum_counts, summary_json
+from medprep.pipelines.records.summary import build_summary, error_counts, sum_counts, summary_json
 from medprep.pipelines.tools.preview import caption_of, contact_sheet
 from medprep.transforms.encode import file_extension
 
 
 def _write_summary(_, pipeline, config, inputs, stats, errors, files, error_files):
+    # Every shard is written (files is complete): the staged parts go before summary.json exists.
+    remove_parts(join(config.write_dir, PARTS_FOLDER))
     summary = build_summary(pipeline, config, inputs, stats, errors, files + error_files)
     write_bytes(join(config.write_dir, "summary.json"), summary_json(summary))
     return summary
@@ -22,6 +32,13 @@ def _write_summary(_, pipeline, config, inputs, stats, errors, files, error_file
 
 def _write_preview(samples, output_dir):
     write_bytes(join(output_dir, "preview.png"), contact_sheet(sorted(samples)))
+    return "preview.png"
+
+
+def _commit_when_written(summary, config, *written):
+    """Commit once summary.json and every other output (shards, error files, preview: the side
+    inputs in `written`, which this step waits for) are in the staging folder."""
+    commit_step(summary, config)
 
 
 def input_rows(p: beam.Pipeline, config: Config, per_series: bool = False, discover: bool = True):
@@ -59,17 +76,18 @@ class WriteDataset(beam.PTransform):
     def expand(self, pcolls):
         inputs, records, stats, errors = pcolls
         cfg = self.config
-        # Records are serialized once, where they are made: shuffles then move one bytes object
-        # per example (cheap to code) instead of a dict of lists, on any runner.
-        examples = records | "Serialize" >> beam.Map(serialize).with_output_types(tuple[str, str, bytes])
+        # Records are serialized where they are made and written to part files in the staging folder;
+        # only their locations move on (no runner holds image bytes between stages, none are shuffled).
+        staged = records | "Stage" >> beam.ParDo(StageRecords(join(cfg.write_dir, PARTS_FOLDER)))
         n_inputs = inputs | "CountInputs" >> beam.combiners.Count.Globally()
         per_input = self.images_per_input * image_bytes_estimate(cfg.image_size, cfg.image_format)
         fractions = split_fractions(cfg.val_fraction, cfg.test_fraction)
         plan = n_inputs | "PlanShards" >> beam.Map(plan_shards, cfg.num_shards, fractions, per_input)
-        files = (examples, plan) | "Shards" >> WriteShards(cfg.write_dir, cfg.formats, file_extension(cfg.image_format))
-        error_file = errors | "Errors" >> WriteErrors(cfg.write_dir)
+        files = (staged, plan) | "Shards" >> WriteShards(cfg.write_dir, cfg.formats, file_extension(cfg.image_format))
+        error_files = errors | "Errors" >> WriteErrors(cfg.write_dir)
+        counted = errors | "ErrorCounts" >> beam.Map(error_counts) | "SumErrors" >> beam.CombineGlobally(sum_counts)
         total = stats | "SumStats" >> beam.CombineGlobally(sum_counts)
-        (
+        preview = (
             records
             | "PreviewSample" >> beam.Map(lambda r: (r["example_id"], r["images"][0], caption_of(r)))
             | "PreviewPick" >> beam.combiners.Top.Smallest(cfg.preview_count)
@@ -85,11 +103,12 @@ class WriteDataset(beam.PTransform):
                 cfg,
                 beam.pvalue.AsSingleton(n_inputs),
                 beam.pvalue.AsSingleton(total),
-                beam.pvalue.AsList(errors),
+                beam.pvalue.AsSingleton(counted),
                 beam.pvalue.AsList(files),
-                beam.pvalue.AsList(error_file),
+                beam.pvalue.AsList(error_files),
             )
         )
         if cfg.commit_in_pipeline:  # the launcher does not wait (flex templates): the job commits itself
-            summary | "Commit" >> beam.Map(commit_step, cfg)
+            waits = [beam.pvalue.AsList(pc) for pc in (files, error_files, preview)]
+            summary | "Commit" >> beam.Map(_commit_when_written, cfg, *waits)
         return summary

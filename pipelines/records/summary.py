@@ -7,6 +7,7 @@ import platform
 from importlib import metadata
 
 from medprep.pipelines.config import PIPELINE_VERSION, Config
+from medprep.pipelines.records.identifiers import IDENTIFIER_HIT
 
 _PACKAGES = (
     "apache-beam",
@@ -32,6 +33,13 @@ def sum_counts(dicts) -> dict:
     return total
 
 
+def error_counts(line: dict) -> dict:
+    """One error line as counts (summed with sum_counts): the total, its stage, its error class, and
+    whether it is an input refused because a record would carry its own identifier (records/identifiers.py)."""
+    hit = line["stage"] == "privacy" and str(line["message"]).startswith(IDENTIFIER_HIT)
+    return {"errors": 1, f"stage/{line['stage']}": 1, f"class/{line['error']}": 1, "identifier_hits": int(hit)}
+
+
 def versions() -> dict:
     """Installed versions of the packages that shape the output."""
     out: dict[str, str | None] = {"medprep": PIPELINE_VERSION, "python": platform.python_version()}
@@ -43,10 +51,10 @@ def versions() -> dict:
     return out
 
 
-def build_summary(
-    pipeline: str, config: Config, inputs: int, stats: dict, errors: list[dict], files: list[dict]
-) -> dict:
-    """The summary dict; `reconciled` is true when inputs == inputs with examples + error lines."""
+def build_summary(pipeline: str, config: Config, inputs: int, stats: dict, errors: dict, files: list[dict]) -> dict:
+    """The summary dict; `reconciled` is true when inputs == inputs with examples + error lines.
+
+    errors: the error lines' counts, summed (error_counts): never the lines themselves."""
     grouped: dict = {
         "by_split": {},
         "by_task": {},
@@ -63,11 +71,9 @@ def build_summary(
             grouped[group][name] = value
         else:
             flat[key] = value
-    by_stage: dict = {}
-    by_class: dict = {}
-    for line in errors:
-        by_stage[line["stage"]] = by_stage.get(line["stage"], 0) + 1
-        by_class[line["error"]] = by_class.get(line["error"], 0) + 1
+    by_stage = {key[6:]: n for key, n in errors.items() if key.startswith("stage/")}
+    by_class = {key[6:]: n for key, n in errors.items() if key.startswith("class/")}
+    n_errors = errors.get("errors", 0)
     inputs_ok = flat.get("inputs_ok", 0)
     return {
         "pipeline": pipeline,
@@ -75,10 +81,12 @@ def build_summary(
         "inputs_with_examples": inputs_ok,
         "examples": flat.get("examples", 0),
         "images": flat.get("images", 0),
-        "errors": len(errors),
+        "errors": n_errors,
         "errors_by_stage": dict(sorted(by_stage.items())),
         "errors_by_class": dict(sorted(by_class.items())),
-        "reconciled": inputs == inputs_ok + len(errors),
+        "reconciled": inputs == inputs_ok + n_errors,
+        "records_checked_for_identifiers": flat.get("identifier_checked", 0),
+        "identifier_hits": errors.get("identifier_hits", 0),
         **{k: dict(sorted(v.items())) for k, v in grouped.items()},
         "files": sorted(files, key=lambda f: f["path"]),
         "extra_columns": list(config.extra_columns),  # manifest columns let through by --allow_extra_columns
