@@ -225,16 +225,21 @@ def volume_table(folder: str, n_slices: int) -> tuple[list[tuple[str, str, float
 
 
 def slide_table(folder: str) -> list[tuple[str, str, float]]:
-    """Patches of a 16384x12288 synthetic SVS (0.25 µm/px): our per-patch path vs a plain loop vs the floor."""
+    """Patches of a 16384x12288 synthetic SVS (0.25 µm/px): region reads by medprep's tifffile reader against
+    OpenSlide, tiffslide and a plain tifffile + zarr loop (peers, same regions, same run), then the per-patch path
+    with each of medprep's readers against a plain loop and the floor."""
     import openslide
 
     from medprep.samples import synthetic_slide_rgb, write_svs
     from medprep.transforms.slide import SlideOptions, plan_slide, read_patch
     from medprep.transforms.slide_reader import OpenSlideReader
+    from medprep.transforms.slide_tiff import open_tiff_slide
 
     path = write_svs(os.path.join(folder, "bench.svs"), synthetic_slide_rgb(16384, 12288, seed=0), mpp=0.25)
     options = SlideOptions(max_patches=24, target_mpp=0.5)  # 20x: read from level 0, resize 0.5
-    reader = OpenSlideReader(path)
+    reader = open_tiff_slide(path)
+    assert reader is not None, "the benchmark slide is an Aperio SVS: the tifffile reader takes it"
+    before = OpenSlideReader(path)  # medprep's reader until issue 14
     plan = plan_slide(reader, options)
     patches = plan.patches
     slide = openslide.OpenSlide(path)
@@ -255,14 +260,11 @@ def slide_table(folder: str) -> list[tuple[str, str, float]]:
     rows = [
         (
             kind,
-            "plan (thumbnail, tissue, grid, sample) per slide",
+            "plan (thumbnail, tissue, grid, sample) per slide, tifffile reader",
             _timeit(lambda _: plan_slide(reader, options), [0], 1),
         ),
-        (
-            kind,
-            "read_region only (OpenSlide decode)",
-            _timeit(lambda p: slide.read_region((p.x, p.y), 0, (1792, 1792)), patches),
-        ),
+        (kind, "plan per slide, OpenSlide reader (before)", _timeit(lambda _: plan_slide(before, options), [0], 1)),
+        *region_rows(kind, path, patches, reader, slide),
         (
             kind,
             "floor: one JPEG decode of the source area + resize + PNG-1 encode",
@@ -276,13 +278,70 @@ def slide_table(folder: str) -> list[tuple[str, str, float]]:
         *encoder_rows(kind, [read_patch(reader, plan.choice.level, p, options).image for p in patches[:8]]),
         (
             kind,
-            "**per-patch path** (read → resize → PNG 1)",
+            "**per-patch path** (read → resize → PNG 1), tifffile reader",
             _timeit(lambda p: read_patch(reader, plan.choice.level, p, options), patches),
+        ),
+        (
+            kind,
+            "per-patch path, OpenSlide reader (before)",
+            _timeit(lambda p: read_patch(before, plan.choice.level, p, options), patches),
         ),
         (kind, "plain read_region loop (baseline, PNG default level)", _timeit(plain, patches)),
     ]
     reader.close()
+    before.close()
     slide.close()
+    return rows
+
+
+def region_rows(kind: str, path: str, patches: list, reader, slide) -> list[tuple[str, str, float]]:
+    """One 1792² level-0 region per patch, as RGB: OpenSlide, tiffslide and tifffile + zarr (when installed: they
+    are benchmark peers, not medprep dependencies) and medprep's tifffile reader."""
+    import numpy as np
+
+    rows = [
+        (
+            kind,
+            "region read: OpenSlide read_region (RGBA)",
+            _timeit(lambda p: slide.read_region((p.x, p.y), 0, (1792, 1792)), patches),
+        ),
+        (
+            kind,
+            "region read: OpenSlide read_region → RGB array",
+            _timeit(lambda p: np.asarray(slide.read_region((p.x, p.y), 0, (1792, 1792)).convert("RGB")), patches),
+        ),
+    ]
+    try:
+        import tifffile
+        import tiffslide
+        import zarr
+    except ImportError:
+        print("(tiffslide / zarr not installed: `pip install tiffslide` adds their rows)")
+    else:
+        ts = tiffslide.TiffSlide(path)
+        rows.append(
+            (
+                kind,
+                "region read: tiffslide read_region (as_array)",
+                _timeit(lambda p: ts.read_region((p.x, p.y), 0, (1792, 1792), as_array=True), patches),
+            )
+        )
+        store = tifffile.imread(path, aszarr=True, level=0)
+        level0 = zarr.open(store, mode="r")
+        rows.append(
+            (
+                kind,
+                "region read: plain tifffile + zarr slice",
+                _timeit(lambda p: np.asarray(level0[p.y : p.y + 1792, p.x : p.x + 1792]), patches),
+            )
+        )
+    rows.append(
+        (
+            kind,
+            "**region read: medprep tifffile reader**",
+            _timeit(lambda p: reader.read(0, p.x, p.y, 1792, 1792), patches),
+        )
+    )
     return rows
 
 

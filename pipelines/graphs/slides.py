@@ -159,6 +159,10 @@ class AssembleSlide(ManifestRowDoFn):
         row = next(iter(results)).row
         return row["images"][0], row["row"]
 
+    def _timed_outputs(self, element):
+        # the element is (key, patch results): the row's text sizes were checked when PlanSlides planned it
+        return super(ManifestRowDoFn, self)._timed_outputs(element)
+
     def outputs(self, element):
         _, results = element
         results = sorted(results, key=lambda r: r.index)

@@ -25,6 +25,8 @@ OPTS = [
     "4",
     "--split_salt",
     "s",
+    "--max_error_fraction",
+    "1",  # 4 of the 7 rows fail on purpose
 ]
 
 
@@ -129,6 +131,29 @@ def test_slides_multiprocessing_is_byte_identical(run, slides, demo_model_path, 
     for sub in ("arrayrecord", "parquet", "errors"):
         for f in sorted(os.listdir(out / sub)):
             assert (tmp_path / "mp" / sub / f).read_bytes() == (out / sub / f).read_bytes(), f
+
+
+def test_outputs_are_byte_identical_with_openslide(run, slides, demo_model_path, tmp_path, monkeypatch):
+    """The run reads its SVS files with the tifffile reader; forcing OpenSlide gives the same shards byte for byte
+    (same pixels: every patch here starts on a whole pixel of its level). Error lines: same rows and stages."""
+    import medprep.transforms.slide_reader as sr
+    from medprep.transforms.slide_tiff import TiffSlideReader
+
+    reader = sr.open_slide(str(slides / "a.svs"))
+    assert isinstance(reader, TiffSlideReader)
+    reader.close()
+    monkeypatch.setattr(sr, "FILE_READERS", ["medprep.transforms.slide_reader:OpenSlideReader"])
+    assert isinstance(sr.open_slide(str(slides / "a.svs")), sr.OpenSlideReader)
+    out, _, errors = run
+    args = ["--input", str(slides / "m.jsonl"), "--output_dir", str(tmp_path / "os"), "--tokenizer", demo_model_path]
+    run_pipeline("slides", [*args, "--granularity", "slide,patch", "--keep_source", *OPTS])
+    for sub in ("arrayrecord", "parquet"):
+        names = sorted(os.listdir(out / sub))
+        assert names and names == sorted(os.listdir(tmp_path / "os" / sub))
+        for f in names:
+            assert (tmp_path / "os" / sub / f).read_bytes() == (out / sub / f).read_bytes(), f
+    lines = [json.loads(x) for x in open(tmp_path / "os" / "errors" / "errors-00000-of-00001.jsonl")]
+    assert {x["row"]: x["stage"] for x in lines} == {r: e["stage"] for r, e in errors.items()}
 
 
 def test_a_patch_failing_mid_slide_keeps_the_others(slides, tmp_path, monkeypatch):
