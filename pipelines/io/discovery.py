@@ -4,11 +4,20 @@ Discovery runs inside the pipeline (not on the launcher). Each discovered series
 instance (images) becomes a row like a manifest row; its text comes from a reports file
 (CSV/JSONL/Parquet with `study_uid` and/or `accession_number`, `text`, optional `prompt`)
 joined by StudyInstanceUID, else AccessionNumber. Identifiers are only used for the join.
+
+Nothing holds every discovered item in one place: a folder/prefix is cut into listing units (its
+sub-folders, and runs of the files directly in it), listed by different workers; headers are read
+in parallel and grouped by series in the pipeline (a GroupByKey); a DICOMweb search is read page by
+page. Rows are numbered in reference order as before (the number is part of an example's key when a
+row has no id) from per-bucket counts and one bucket's items at a time (NumberRows).
 """
 
 from __future__ import annotations
 
+import bisect
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -21,6 +30,8 @@ from medprep.transforms.dicom_io import read_header
 from medprep.transforms.dicomweb_ref import DicomWebRef
 
 STUDY, SERIES, SOP, ACCESSION = "0020000D", "0020000E", "00080018", "00080050"
+QIDO_PAGE = 1000  # QIDO-RS results per request (under the caps of Google's Healthcare API and others)
+FILES_PER_UNIT = 1000  # files directly in a discovered prefix are listed and read in runs of this many
 
 
 def parse_query(text: str) -> dict:
@@ -72,17 +83,28 @@ def _row(n: int, ref: str, study: str, accession: str, reports: dict) -> dict:
     }
 
 
-def dicomweb_rows(config: Config, level: str):
-    """QIDO-RS search -> one row per series (level 'series') or instance ('instances'), in UID order."""
+def _dicomweb_items(config: Config, level: str) -> Iterator[tuple]:
+    """QIDO-RS search, page by page (QIDO_PAGE results per request, `limit`/`offset`): one item
+    ((url,), study, accession) per series or instance, yielded as pages arrive, never all held.
+    Stops at a page shorter than asked for, or longer (a server that ignores `limit` sent everything)."""
     client = client_for(config.dicomweb_url)
-    found = []
-    for item in client.search(level, parse_query(config.query)):
-        study, series = _json_value(item, STUDY), _json_value(item, SERIES)
-        web = DicomWebRef(config.dicomweb_url, study, series, _json_value(item, SOP) if level == "instances" else None)
-        found.append((web.url(), study, _json_value(item, ACCESSION)))
-    reports = read_reports(config.reports)
-    for n, (ref, study, accession) in enumerate(sorted(found), start=1):
-        yield _row(n, ref, study, accession, reports)
+    query = parse_query(config.query)
+    offset = 0
+    while True:
+        page = client.search(level, {**query, "limit": QIDO_PAGE, "offset": offset})
+        for item in page:
+            study, series = _json_value(item, STUDY), _json_value(item, SERIES)
+            sop = _json_value(item, SOP) if level == "instances" else None
+            yield (DicomWebRef(config.dicomweb_url, study, series, sop).url(),), study, _json_value(item, ACCESSION)
+        if len(page) != QIDO_PAGE:
+            return
+        offset += len(page)
+
+
+def _study_bucket(item: tuple, base: str) -> tuple[str, tuple]:
+    """(the study's URL with a trailing '/', item): every reference of a study starts with it, so a
+    study's items are one run of the sorted references."""
+    return DicomWebRef(base, item[1], None, None).url() + "/", item
 
 
 def _file_header(path: str):
@@ -96,23 +118,140 @@ def _file_header(path: str):
         yield (str(ds.SeriesInstanceUID), (path, study, accession))
 
 
-def _folder_rows(groups: list, config: Config, per_series: bool):
-    reports = read_reports(config.reports)
-    items = []
-    for _, members in groups:
-        members = sorted(members)
-        if per_series:
-            items.append(([m[0] for m in members], members[0][1], members[0][2]))
+def _series_items(series: tuple, per_series: bool) -> Iterator[tuple]:
+    """One series' (path, study, accession) members -> one item (all its files) or one per file."""
+    members = sorted(series[1])
+    if per_series:
+        yield tuple(m[0] for m in members), members[0][1], members[0][2]
+    else:
+        yield from (((m[0],), m[1], m[2]) for m in members)
+
+
+@dataclass(frozen=True)
+class ListingUnit:
+    """What one worker lists: a sub-folder of the prefix (every file below it), or a run of files
+    directly in the prefix. `start` sorts before every path of the unit and after every path of
+    the units before it, so units are consecutive runs of the sorted paths."""
+
+    start: str
+    folder: str = ""  # a sub-folder, listed recursively
+    files: tuple[str, ...] = ()  # or these files
+
+
+def _children(prefix: str) -> tuple[list[str], list[str]]:
+    """(files, sub-folders) directly under prefix, as full paths; on a filesystem with neither
+    directories nor delimiter listing, ([], [prefix]): the whole prefix is one unit."""
+    if "://" not in prefix:
+        files, folders = [], []
+        with os.scandir(prefix) as entries:
+            for entry in entries:
+                if not entry.is_dir():
+                    files.append(os.path.join(prefix, entry.name))
+                elif not entry.is_symlink():  # as os.walk (Beam's local listing): symlinked folders are not entered
+                    folders.append(os.path.join(prefix, entry.name))
+        return files, folders
+    if prefix.startswith("gs://"):
+        return _gcs_children(prefix)
+    return [], [prefix]
+
+
+def _gcs_children(prefix: str) -> tuple[list[str], list[str]]:
+    from apache_beam.io.gcp.gcsio import GcsIO
+
+    bucket, _, path = prefix[len("gs://") :].partition("/")
+    blobs = GcsIO().client.list_blobs(bucket, prefix=path + "/", delimiter="/")
+    files = [f"gs://{bucket}/{b.name}" for b in blobs if not b.name.endswith("/")]
+    return files, [f"gs://{bucket}/{p.rstrip('/')}" for p in sorted(blobs.prefixes)]
+
+
+def listing_units(prefix: str, files_per_unit: int = FILES_PER_UNIT) -> list[ListingUnit]:
+    """The prefix's listing units in path order: each sub-folder, and runs of up to `files_per_unit`
+    files directly in it (a run never spans a sub-folder, so units stay consecutive)."""
+    files, folders = _children(prefix)
+    entries = sorted([(f, False) for f in files] + [(d + "/", True) for d in folders])
+    units: list[ListingUnit] = []
+    run: list[str] = []
+    for key, is_folder in entries:
+        if run and (is_folder or len(run) == files_per_unit):
+            units.append(ListingUnit(run[0], files=tuple(run)))
+            run = []
+        if is_folder:
+            units.append(ListingUnit(key, folder=key[:-1]))
         else:
-            items += [([m[0]], m[1], m[2]) for m in members]
-    for n, (files, study, accession) in enumerate(sorted(items), start=1):
-        row = _row(n, files[0], study, accession, reports)
-        row["images"] = files
-        yield row
+            run.append(key)
+    if run:
+        units.append(ListingUnit(run[0], files=tuple(run)))
+    return units
+
+
+def _list_unit(unit: ListingUnit) -> list[str]:
+    if unit.files:
+        return list(unit.files)
+    return [m.path for m in FileSystems.match([unit.folder + "/**"])[0].metadata_list]
+
+
+def _unit_of(item: tuple, starts: list[str]) -> tuple[str, tuple]:
+    """(the start of the listing unit holding the item's first file, item)."""
+    return starts[bisect.bisect_right(starts, item[0][0]) - 1], item
+
+
+def _offsets(counts: dict) -> dict:
+    """{bucket: items in the buckets before it, in key order}."""
+    out, total = {}, 0
+    for bucket in sorted(counts):
+        out[bucket] = total
+        total += counts[bucket]
+    return out
+
+
+class _NumberedRows(beam.DoFn):
+    """(bucket, its items) -> rows numbered as if every item were sorted together: the bucket's
+    offset (items in the buckets before it) plus the item's place in the sorted bucket. Only one
+    bucket's items are held; the reports file is read once per worker."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.reports: dict = {}
+
+    def setup(self) -> None:
+        self.reports = read_reports(self.config.reports)
+
+    def process(self, element: tuple, offsets: dict) -> Iterator[dict]:
+        bucket, items = element
+        for n, (files, study, accession) in enumerate(sorted(items), start=offsets[bucket] + 1):
+            row = _row(n, files[0], study, accession, self.reports)
+            row["images"] = list(files)
+            yield row
+
+
+class NumberRows(beam.PTransform):
+    """(bucket, item) pairs -> manifest-like rows numbered 1..n in item order, without one list of
+    every item: items are ((references…), study, accession), and buckets must be consecutive runs
+    of the sorted items, ordered as their keys (listing units, studies)."""
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = config
+
+    def expand(self, keyed):
+        offsets = (
+            keyed
+            | "One" >> beam.MapTuple(lambda bucket, _: (bucket, 1))
+            | "PerBucket" >> beam.CombinePerKey(sum)
+            | "Counts" >> beam.combiners.ToDict()
+            | "Offsets" >> beam.Map(_offsets)
+        )
+        return (
+            keyed
+            | "ByBucket" >> beam.GroupByKey()
+            | "Number" >> beam.ParDo(_NumberedRows(self.config), beam.pvalue.AsSingleton(offsets))
+        )
 
 
 class DiscoverRows(beam.PTransform):
-    """config -> rows: DICOMweb search or a folder/prefix listing, grouped per series or per instance."""
+    """config -> rows: a paged DICOMweb search, or a folder/prefix listed per sub-folder in parallel
+    with headers read in parallel and grouped by series in the pipeline; one row per series or per
+    instance, numbered in reference order."""
 
     def __init__(self, config: Config, per_series: bool):
         super().__init__()
@@ -122,18 +261,26 @@ class DiscoverRows(beam.PTransform):
         cfg, per_series = self.config, self.per_series
         level = "series" if per_series else "instances"
         if cfg.dicomweb_url:
-            return p | "Query" >> beam.Create([None]) | "Search" >> beam.FlatMap(lambda _: dicomweb_rows(cfg, level))
-        prefix = folder_prefix(cfg.input)
-        return (
-            p
-            | "Prefix" >> beam.Create([prefix + "/**"])
-            | "List" >> beam.FlatMap(lambda pattern: [m.path for m in FileSystems.match([pattern])[0].metadata_list])
+            keyed = (
+                p
+                | "Query" >> beam.Create([None])
+                | "Search" >> beam.FlatMap(lambda _: _dicomweb_items(cfg, level))
+                | "ByStudy" >> beam.Map(_study_bucket, cfg.dicomweb_url)
+            )
+            return keyed | "Rows" >> NumberRows(cfg)
+        units = p | "Prefix" >> beam.Create([folder_prefix(cfg.input)]) | "Units" >> beam.FlatMap(listing_units)
+        starts = units | "Starts" >> beam.Map(lambda u: u.start) | "AllStarts" >> beam.combiners.ToList()
+        keyed = (
+            units
+            | "SpreadUnits" >> beam.Reshuffle()
+            | "List" >> beam.FlatMap(_list_unit)
             | "SpreadFiles" >> beam.Reshuffle()
             | "Headers" >> beam.FlatMap(_file_header)
             | "BySeries" >> beam.GroupByKey()
-            | "All" >> beam.combiners.ToList()
-            | "Rows" >> beam.FlatMap(lambda groups: _folder_rows(groups, cfg, per_series))
+            | "Items" >> beam.FlatMap(_series_items, per_series)
+            | "ByUnit" >> beam.Map(_unit_of, beam.pvalue.AsSingleton(starts | "Sorted" >> beam.Map(sorted)))
         )
+        return keyed | "Rows" >> NumberRows(cfg)
 
 
 def is_folder_input(path: str) -> bool:
