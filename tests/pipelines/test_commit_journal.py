@@ -194,7 +194,7 @@ def _snapshot(out) -> dict:
 
 
 def _kill_commit_at(step: int, out: str, staging: str) -> int:
-    code = "import sys; from medprep.pipelines.io.commit import commit_outputs; commit_outputs(sys.argv[1], sys.argv[2])"
+    code = "import sys; from medprep.pipelines.io.commit import commit_outputs as c; c(sys.argv[1], sys.argv[2])"
     env = {**os.environ, commit.KILL_AT_ENV: str(step)}
     return subprocess.run([sys.executable, "-c", code, staging, out], env=env, timeout=120).returncode
 

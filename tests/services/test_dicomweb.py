@@ -11,10 +11,13 @@ from pydicom.data import get_testdata_file
 
 import orthanc  # tests/orthanc.py
 from medprep.pipelines.cli.main import run_pipeline
+from medprep.pipelines.cli.options import OptionError
+from medprep.pipelines.io.run_output import ErrorBudgetExceeded
 from medprep.pipelines.io.sources.dicomweb import client_for
 from medprep.samples import make_images_samples, write_series
 from medprep.schemas import read_records
 from medprep.transforms.dicomweb_ref import DicomWebRef, parse_ref
+from medprep.transforms.errors import ItemError
 
 pytestmark = pytest.mark.skipif(
     not orthanc.available() and os.environ.get("MEDPREP_REQUIRE_ORTHANC") != "1",
@@ -160,7 +163,13 @@ def test_a_server_that_keeps_failing_becomes_error_lines(loaded, server, tmp_pat
     monkeypatch.setenv("MEDPREP_DICOMWEB_ATTEMPTS", "3")
     try:
         (tmp_path / "m.jsonl").write_text((d / "web.jsonl").read_text().replace(server.url, proxy.url))
-        s = run_pipeline("images", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o")])
+        s = run_pipeline(
+            "images",
+            ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o"), "--max_error_fraction", "1"],
+        )
+        # without --max_error_fraction 1 the same run commits nothing (exit 3)
+        with pytest.raises(ErrorBudgetExceeded, match="all 7 inputs failed"):
+            run_pipeline("images", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o2")])
     finally:
         proxy.stop()
     assert (s["examples"], s["errors"], s["reconciled"]) == (0, 7, True)
@@ -168,22 +177,28 @@ def test_a_server_that_keeps_failing_becomes_error_lines(loaded, server, tmp_pat
     assert all(e["stage"] == "read" and "failed after 3 attempts (HTTP 503)" in e["message"] for e in lines)
 
 
-def test_missing_instance_and_stopped_server(loaded, tmp_path):
+def test_missing_instance_and_stopped_server(loaded, tmp_path, capsys):
+    from medprep.pipelines.cli.main import main
+
     d, series_url = loaded
     (tmp_path / "gone.jsonl").write_text(json.dumps({"image": series_url + "/instances/1.2.3.999", "text": "x"}) + "\n")
-    s = run_pipeline("images", ["--input", str(tmp_path / "gone.jsonl"), "--output_dir", str(tmp_path / "o1")])
+    s = run_pipeline(
+        "images",
+        ["--input", str(tmp_path / "gone.jsonl"), "--output_dir", str(tmp_path / "o1"), "--max_error_fraction", "1"],
+    )
     assert s["errors_by_stage"] == {"read": 1}
     dead = orthanc.free_port()
     (tmp_path / "dead.jsonl").write_text(
         (d / "web.jsonl").read_text().replace(series_url.split("/dicom-web")[0], f"http://127.0.0.1:{dead}")
     )
-    os.environ["MEDPREP_DICOMWEB_BASE_DELAY"] = "0.01"
-    os.environ["MEDPREP_DICOMWEB_ATTEMPTS"] = "2"
-    try:
-        s = run_pipeline("images", ["--input", str(tmp_path / "dead.jsonl"), "--output_dir", str(tmp_path / "o2")])
-    finally:
-        del os.environ["MEDPREP_DICOMWEB_BASE_DELAY"], os.environ["MEDPREP_DICOMWEB_ATTEMPTS"]
-    assert s["errors"] == s["inputs"] == 7 and s["reconciled"]
+    # a manifest naming a service that is down is refused at start-up, in one line, before any work
+    code = main(["images", "--input", str(tmp_path / "dead.jsonl"), "--output_dir", str(tmp_path / "o2")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        f"medprep: error: --input: the manifest's DICOMweb service http://127.0.0.1:{dead}/dicom-web: "
+        "connection refused"
+    )
+    assert not (tmp_path / "o2").exists() or not os.listdir(tmp_path / "o2")
 
 
 def test_basic_auth(tmp_path, monkeypatch):
@@ -194,8 +209,12 @@ def test_basic_auth(tmp_path, monkeypatch):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         ref = DicomWebRef(secured.dicomweb, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
         (tmp_path / "m.jsonl").write_text(json.dumps({"image": ref.url(), "text": "ct"}) + "\n")
-        s = run_pipeline("images", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o1")])
-        assert s["errors"] == 1  # no credentials: HTTP 401
+        with pytest.raises(OptionError) as refused:  # no credentials: HTTP 401 at start-up, nothing run
+            run_pipeline("images", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o1")])
+        assert str(refused.value) == (
+            f"medprep: error: --input: the manifest's DICOMweb service {secured.dicomweb}: "
+            "HTTP 401: the server refused the credentials (check the user/password or token)"
+        )
         monkeypatch.setenv("MEDPREP_DICOMWEB_USER", "alice")
         monkeypatch.setenv("MEDPREP_DICOMWEB_PASSWORD", "s3cret")
         import medprep.pipelines.io.sources.dicomweb as dw
@@ -225,7 +244,8 @@ def test_credentials_in_urls_never_reach_an_output(tmp_path):
         (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         for keep in ([], ["--keep_source"]):
             out = tmp_path / f"o{len(keep)}"
-            s = run_pipeline("images", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(out), *keep])
+            args = ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(out), "--max_error_fraction", "1"]
+            s = run_pipeline("images", [*args, *keep])
             assert (s["examples"], s["errors"]) == (1, 1)
             blobs = b"".join(
                 open(f, "rb").read() for f in glob.glob(str(out / "**" / "*"), recursive=True) if os.path.isfile(f)
@@ -333,6 +353,8 @@ def test_a_series_that_disappears_after_discovery(loaded, server, tmp_path):
                 str(tmp_path / "r.csv"),
                 "--output_dir",
                 str(tmp_path / "o"),
+                "--max_error_fraction",
+                "1",
             ],
         )
     finally:
@@ -364,3 +386,31 @@ def test_discovery_options_fail_at_startup(tmp_path, capsys):
         == 2
     )
     assert "--query" in capsys.readouterr().err
+
+
+def test_an_instance_over_max_input_bytes_is_refused_while_streaming(loaded, server, tmp_path):
+    """The DICOMweb body is read in chunks and dropped at the limit (Orthanc's multipart answer)."""
+    d, series_url = loaded
+    first = client_for(server.dicomweb).search_instances(parse_ref(series_url))[0]
+    data = client_for(server.dicomweb).retrieve_instance(first, 10 << 20)
+    assert data[128:132] == b"DICM"
+    with pytest.raises(ItemError, match=r"above --max_input_bytes \(4,096\)|more than --max_input_bytes \(4,096\)"):
+        client_for(server.dicomweb).retrieve_instance(first, 4096)
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": first.url(), "text": "ct"}) + "\n")
+    s = run_pipeline(
+        "images",
+        ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o"), "--max_input_bytes", "4K"]
+        + ["--max_error_fraction", "1"],
+    )
+    assert (s["errors"], s["errors_by_stage"]) == (1, {"read": 1})
+
+
+def test_discovery_against_a_server_that_is_down_is_one_line(tmp_path, capsys):
+    from medprep.pipelines.cli.main import main
+
+    (tmp_path / "r.csv").write_text("study_uid,text\n1.2.3,report\n")
+    url = f"http://127.0.0.1:{orthanc.free_port()}/dicom-web"
+    code = main(["images", "--dicomweb_url", url, "--reports", str(tmp_path / "r.csv"), "--output_dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1] == f"medprep: error: --dicomweb_url: {url}: connection refused"
+    assert not [line for line in err if "Traceback" in line]
