@@ -2,7 +2,7 @@
 
 Slide files go to the first reader in FILE_READERS that takes them: tifffile for the TIFF family
 OpenSlide calls aperio or generic-tiff (transforms/slide_tiff.py, same pixels, ~4x faster), then OpenSlide
-for everything else (NDPI, MRXS, JPEG 2000 SVS…). DICOM WSI folders and DICOMweb series go to wsidicom.
+for everything else (NDPI, MRXS, YCbCr JPEG 2000 SVS…). DICOM WSI folders and DICOMweb series go to wsidicom.
 Resolution comes from the slide's metadata (Aperio MPP / openslide.mpp-x, else the TIFF resolution tags),
 else `assume_mpp`; a slide with none has mpp None (callers fail clearly). Out-of-slide areas are white (glass).
 """

@@ -5,7 +5,7 @@ to it pixel for pixel where both decode the same codec with libjpeg-turbo: the p
 downsamples ((w0/w + h0/h) / 2), the resolution (Aperio `MPP = `, else the TIFF resolution tags) and the
 associated images follow OpenSlide's aperio and generic-tiff rules. Only files OpenSlide itself detects as
 `aperio` or `generic-tiff`, whose levels are tiled 8-bit RGB/YCbCr in a codec listed in CODECS, are taken
-(`open_tiff_slide` answers None for the rest, which OpenSlide then reads: NDPI, MRXS, JPEG 2000 SVS…).
+(`open_tiff_slide` answers None for the rest, which OpenSlide then reads: NDPI, MRXS, YCbCr JPEG 2000 SVS…).
 
 One difference by design: a level-0 coordinate that is not a whole pixel of the level read (x0 / downsample
 fractional) is snapped to the nearest level pixel, where OpenSlide paints its tiles at the sub-pixel offset
@@ -26,8 +26,9 @@ import numpy as np
 from medprep.transforms.errors import ItemError
 
 # TIFF Compression values read here (each checked against OpenSlide in tests/transforms/test_slide_tiff.py):
-# none, LZW, JPEG, Adobe deflate, deflate. Others (JPEG 2000 in SVS: 33003/33005, …) stay with OpenSlide.
-CODECS = (1, 5, 7, 8, 32946)
+# none, LZW, JPEG, Adobe deflate, deflate, Aperio JPEG 2000 RGB (OpenJPEG on both sides). Others stay with
+# OpenSlide, e.g. Aperio's JPEG 2000 YCbCr (33003), whose colour conversion is OpenSlide's own.
+CODECS = (1, 5, 7, 8, 32946, 33005)
 VENDORS = ("aperio", "generic-tiff")  # OpenSlide's names for the formats this reader takes
 _UNIT_UM = {2: 25400.0, 3: 1e4}  # TIFF ResolutionUnit inch, centimetre -> µm
 _RGB, _YCBCR = 2, 6  # TIFF PhotometricInterpretation

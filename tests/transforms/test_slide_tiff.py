@@ -71,6 +71,16 @@ def write_svs_with_associated(path, rgb, mpp=0.5):
     return path
 
 
+def write_j2k_svs(path, rgb, compression=33005):
+    """An Aperio SVS with JPEG 2000 tiles (33005: RGB; 33003: YCbCr), two tiled levels."""
+    desc = f"Aperio Image Library v12.0.0 test\r\n{rgb.shape[1]}x{rgb.shape[0]} J2K|AppMag = 20|MPP = 0.5"
+    half = np.asarray(Image.fromarray(rgb).resize((rgb.shape[1] // 4, rgb.shape[0] // 4), Image.Resampling.BILINEAR))
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(rgb, tile=(256, 256), compression=compression, photometric="rgb", metadata=None, description=desc)
+        tif.write(half, tile=(256, 256), compression=compression, photometric="rgb", metadata=None)
+    return path
+
+
 @pytest.fixture(scope="module")
 def slides(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiffslides")
@@ -84,6 +94,7 @@ def slides(tmp_path_factory):
         "tiff_lzw": write_generic(str(d / "l.tif"), rgb[:900, :1100], "lzw", tile=96),
         "tiff_deflate": write_generic(str(d / "z.tif"), rgb[:900, :1100], "zlib", mpp=0.25),
         "tiff_raw": write_generic(str(d / "r.tif"), rgb[:500, :700], None, tile=64),
+        "svs_j2k": write_j2k_svs(str(d / "j2k.svs"), rgb[:900, :1100]),
         "real_aperio": REAL_APERIO,
     }
 
@@ -105,7 +116,17 @@ def _regions(dims, seed=0):
     return fixed + rand
 
 
-ALL = ["svs", "svs_one_level", "svs_associated", "tiff_jpeg", "tiff_lzw", "tiff_deflate", "tiff_raw", "real_aperio"]
+ALL = [
+    "svs",
+    "svs_one_level",
+    "svs_associated",
+    "svs_j2k",
+    "tiff_jpeg",
+    "tiff_lzw",
+    "tiff_deflate",
+    "tiff_raw",
+    "real_aperio",
+]
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -142,7 +163,8 @@ def test_fixture_geometry_is_what_it_claims(slides):
 @pytest.mark.parametrize("name", ALL)
 def test_region_pixels_equal_openslide_on_every_level(slides, name):
     """Max |difference| 0 per region: libjpeg-turbo decodes the JPEG tiles on both sides (imagecodecs and the
-    openslide-bin wheel), LZW/deflate/raw are lossless; edges, partial tiles and area past the image included."""
+    openslide-bin wheel), OpenJPEG the JPEG 2000 ones, LZW/deflate/raw are lossless; edges, partial tiles and
+    area past the image included."""
     tiff, ref = _both(slides[name])
     worst = 0
     try:
@@ -221,6 +243,8 @@ def test_open_slide_picks_tifffile_for_the_tiff_family_and_openslide_for_the_res
         reader = open_slide(slides[name])
         assert isinstance(reader, TiffSlideReader), name
         reader.close()
+    ycbcr_j2k = write_j2k_svs(str(tmp_path / "ycc.svs"), synthetic_slide_rgb(600, 500), compression=33003)
+    assert open_tiff_slide(ycbcr_j2k) is None and isinstance(open_slide(ycbcr_j2k), OpenSlideReader)
     rgba = tmp_path / "rgba.tif"  # 4 samples: not this reader's, OpenSlide reads it
     tifffile.imwrite(rgba, np.full((300, 300, 4), 200, np.uint8), tile=(128, 128), photometric="rgb", metadata=None)
     assert open_tiff_slide(str(rgba)) is None
