@@ -63,7 +63,8 @@ def run_pipeline_with_result(name: str, argv: list[str], wait: bool = True):
         try:
             result = run(module.build, config, beam_args)
         except Exception as exc:
-            exc.add_note(f"{config.output_dir} keeps its previous outputs (partial files are in {config.staging_dir})")
+            where = f"{config.output_dir} keeps its previous outputs (partial files are in {config.staging_dir})"
+            setattr(exc, "medprep_note", where)  # noqa: B010  (add_note is Python 3.11+)
             raise
         commit_run(config.staging_dir, config.output_dir, config.max_error_fraction, config.max_errors, lock)
     return read_summary(config.output_dir), result
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:
                 if verbose:
                     raise
-                notes = "; ".join(getattr(exc, "__notes__", []))
+                notes = getattr(exc, "medprep_note", "")
                 print(f"medprep: error: the run failed: {one_line(exc)}", file=sys.stderr)
                 print(
                     f"medprep: {notes} (--verbose for details)" if notes else "(--verbose for details)", file=sys.stderr

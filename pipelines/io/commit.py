@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -135,8 +136,9 @@ def read_journal(output_dir: str) -> Journal | None:
     path = join(output_dir, JOURNAL)
     if not _exists(path):
         return None
-    data = json.loads(_read(path))
-    return Journal(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    data: dict[str, Any] = json.loads(_read(path))
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return Journal(**fields)
 
 
 def _save(output_dir: str, journal: Journal) -> Journal:

@@ -307,6 +307,15 @@ def verify(
 
     facts["near_duplicate_pairs"] (with near_duplicates) lists (bits apart, (id, image, split), (id, image,
     split)) of similar, not identical, images in different splits under different patient keys."""
+    from medprep.pipelines.io.commit import read_journal
+    from medprep.pipelines.io.run_output import leftover_runs
+
+    journal = read_journal(output_dir)
+    if journal is not None:  # a half-done commit: the folder holds part of one dataset
+        return [
+            f"a commit into {output_dir} was interrupted ({journal.phase} phase): run `medprep recover "
+            f"{output_dir}` to finish it (or `--rollback` to restore the previous dataset)"
+        ], {"leftover_staging": leftover_runs(output_dir)}
     summary = read_summary(output_dir)
     if summary is None:
         return [f"no summary.json in {output_dir}: the run did not complete"], {}
@@ -340,6 +349,7 @@ def verify(
         "phi_values_by_kind": counts,
         "phi_hits": len(scan) if scan is not None else 0,
         "identical_images_across_splits": identical,
+        "leftover_staging": leftover_runs(output_dir),
     }
     if near_duplicates:
         pairs, truncated = index.near_pairs(phash_distance)
@@ -411,11 +421,13 @@ def main(argv: list[str]) -> int:
         print(f"NEAR {bits} bits: {describe_images([one, two])}")
     if facts.get("near_duplicates_truncated"):
         print(f"NEAR list stops at {MAX_NEAR_PAIRS} pairs")
+    for name in facts.get("leftover_staging", []):
+        print(f"WARN {name}: left by a run that did not finish (`medprep recover {args.output_dir}` removes it)")
     if facts.get("phi_values_checked") == 0:
         print("WARN no identifier values to look for in the manifest (no patient ids or specific path components)")
     if problems:
         print(f"{args.output_dir}: {len(problems)} problem(s)")
         return 1
-    shown = {k: v for k, v in facts.items() if k != "near_duplicate_pairs"}
+    shown = {k: v for k, v in facts.items() if k not in ("near_duplicate_pairs", "leftover_staging")}
     print(f"OK {args.output_dir}: {json.dumps(shown)}")
     return 0

@@ -263,3 +263,20 @@ def test_recover_on_a_whole_folder_says_there_is_nothing_to_do(tmp_path, real_da
     assert recover_main([out]) == 0
     assert "nothing to recover" in capsys.readouterr().out
     assert _snapshot(out) == _snapshot(real_datasets[0])
+
+
+def test_verify_reports_leftover_staging_and_an_interrupted_commit(tmp_path, real_datasets, capsys):
+    from medprep.pipelines.tools.verify import main as verify_main
+
+    old_out, new_out = real_datasets
+    out = str(tmp_path / "out")
+    shutil.copytree(old_out, out)
+    shutil.copytree(new_out, os.path.join(out, ".staging-dead"))
+    assert verify_main([out]) == 0  # the dataset is whole: a warning, not a failure
+    printed = capsys.readouterr().out
+    assert "WARN .staging-dead: left by a run that did not finish" in printed and f"medprep recover {out}" in printed
+    assert _kill_commit_at(4, out, os.path.join(out, ".staging-dead")) == -9
+    assert verify_main([out]) == 1
+    printed = capsys.readouterr().out
+    assert "a commit into" in printed and "was interrupted (backup phase)" in printed
+    assert recover_main([out]) == 0 and verify_main([out]) == 0
