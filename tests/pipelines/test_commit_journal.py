@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from commit_faults import commit_crashing_at, count_steps  # tests/commit_faults.py
 from medprep.pipelines.io import commit
 from medprep.pipelines.tools.recover import main as recover_main
 from medprep.pipelines.tools.recover import recover
@@ -74,19 +75,10 @@ def _never_a_mix(seen: dict, old: dict, new: dict) -> None:
 
 def _count_steps(tmp_path) -> int:
     out, staging, _, new = _setup(tmp_path / "count")
-    seen = []
-    commit.STEPS.hook = lambda n, what: seen.append(what)
-    try:
-        commit.commit_outputs(staging, out)
-    finally:
-        commit.STEPS.hook = None
+    total = count_steps(staging, out)
     assert _visible(out) == new and not os.path.exists(staging)
     assert not [n for n in os.listdir(out) if n.startswith(".")]  # journal, backup, staging: all gone
-    return len(seen)
-
-
-class Crash(Exception):
-    pass
+    return total
 
 
 @pytest.mark.parametrize("rollback", [False, True])
@@ -96,18 +88,7 @@ def test_a_fault_after_every_step_recovers_to_old_or_new(tmp_path, rollback):
     for k in range(1, total + 1):
         out, staging, old, new = _setup(tmp_path / f"k{k}")
         seen_mid: list[dict] = []
-
-        def crash_at(n, what, k=k, out=out, seen_mid=seen_mid):
-            seen_mid.append(_visible(out))
-            if n == k:
-                raise Crash(what)
-
-        commit.STEPS.hook = crash_at
-        try:
-            with pytest.raises(Crash):
-                commit.commit_outputs(staging, out)
-        finally:
-            commit.STEPS.hook = None
+        commit_crashing_at(k, staging, out, lambda out=out, seen_mid=seen_mid: seen_mid.append(_visible(out)))
         for seen in seen_mid:
             _never_a_mix(seen, old, new)
         journal = commit.read_journal(out)
@@ -129,17 +110,7 @@ def test_a_fault_after_every_step_recovers_to_old_or_new(tmp_path, rollback):
 def test_a_repeated_commit_of_the_same_staging_finishes_it(tmp_path):
     """A retried Commit step (Beam retries a failed bundle) finishes the journal it finds, then does nothing."""
     out, staging, _, new = _setup(tmp_path)
-
-    def crash(n, what):
-        if n == 6:
-            raise Crash(what)
-
-    commit.STEPS.hook = crash
-    try:
-        with pytest.raises(Crash):
-            commit.commit_outputs(staging, out)
-    finally:
-        commit.STEPS.hook = None
+    commit_crashing_at(6, staging, out)
     commit.commit_outputs(staging, out)
     commit.commit_outputs(staging, out)
     assert _visible(out) == new
@@ -147,12 +118,7 @@ def test_a_repeated_commit_of_the_same_staging_finishes_it(tmp_path):
 
 def test_an_interrupted_commit_of_another_run_is_finished_before_a_new_one(tmp_path):
     out, staging, _, new = _setup(tmp_path)
-    commit.STEPS.hook = lambda n, what: (_ for _ in ()).throw(Crash(what)) if n == 4 else None
-    try:
-        with pytest.raises(Crash):
-            commit.commit_outputs(staging, out)
-    finally:
-        commit.STEPS.hook = None
+    commit_crashing_at(4, staging, out)
     newer = {"parquet/train-00000-of-00001.parquet": b"newer"}
     newer = {**newer, "summary.json": _summary(newer, "newer")}
     _write(os.path.join(out, ".staging-def"), newer)

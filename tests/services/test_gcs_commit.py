@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from commit_faults import commit_crashing_at, count_steps  # tests/commit_faults.py
 from medprep.pipelines.io import commit
 from medprep.pipelines.io.output_lock import LockHeld, OutputLock, read_holder
 from medprep.pipelines.tools.recover import recover
@@ -63,34 +64,15 @@ def _hidden(bucket, prefix) -> list:
     return [b.name for b in bucket.list_blobs(prefix=prefix + "/") if b.name[len(prefix) + 1 :].startswith(".")]
 
 
-class Crash(Exception):
-    pass
-
-
 def test_a_fault_after_every_step_on_gcs_recovers_to_old_or_new(gcs):
     out, staging, _, new = _setup(gcs, "count")
-    steps = []
-    commit.STEPS.hook = lambda n, what: steps.append(what)
-    try:
-        commit.commit_outputs(staging, out)
-    finally:
-        commit.STEPS.hook = None
+    total = count_steps(staging, out)
     assert _visible(gcs, "count") == new and _hidden(gcs, "count") == []
-    for k in range(1, len(steps) + 1):
+    for k in range(1, total + 1):
         for rollback in (False, True):
             prefix = f"k{k}-{int(rollback)}"
             out, staging, old, new = _setup(gcs, prefix)
-
-            def crash(n, what, k=k):
-                if n == k:
-                    raise Crash(what)
-
-            commit.STEPS.hook = crash
-            try:
-                with pytest.raises(Crash):
-                    commit.commit_outputs(staging, out)
-            finally:
-                commit.STEPS.hook = None
+            commit_crashing_at(k, staging, out)
             journal = commit.read_journal(out)
             recover(out, rollback=rollback)
             got = _visible(gcs, prefix)
