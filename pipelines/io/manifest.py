@@ -18,8 +18,6 @@ import posixpath
 from collections.abc import Iterator
 from typing import Any
 
-from apache_beam.io.filesystems import FileSystems
-
 from medprep.transforms.errors import ItemError
 
 KNOWN_COLUMNS = frozenset(
@@ -176,31 +174,38 @@ def resolve_ref(ref: str, manifest: str) -> str:
 
 
 def raw_rows(path: str) -> Iterator[dict]:
-    """The rows of a JSONL, CSV or Parquet table as written (dicts, unchecked); the manifest and reports files."""
-    lower = path.lower()
-    with FileSystems.open(path, compression_type="uncompressed") as fh:
-        data = fh.read()
-    if lower.endswith(".parquet"):
-        import pyarrow.parquet as pq
+    """The rows of a JSONL, CSV or Parquet table as written (dicts, unchecked); the manifest and reports files.
 
-        table = pq.read_table(io.BytesIO(data))
-        yield from table.to_pylist()
-    elif lower.endswith(".csv"):
-        reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig")))
-        yield from reader
-    elif lower.endswith((".jsonl", ".json", ".ndjson")):
-        for n, line in enumerate(data.decode("utf-8").splitlines()):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ManifestError(f"{path}: line {n + 1} is not valid JSON: {exc.msg}") from None
-            if not isinstance(row, dict):
-                raise ManifestError(f"{path}: line {n + 1} is not a JSON object")
-            yield row
-    else:
+    Streamed: rows are parsed as the file is read (Parquet by batches of 1,024 rows), so reading a
+    manifest holds a few rows, not the file, whatever its length (it is read by one worker: one step)."""
+    from medprep.pipelines.io.sources.files import open_input
+
+    lower = path.lower()
+    if not lower.endswith((".parquet", ".csv", ".jsonl", ".json", ".ndjson")):
         raise ManifestError(f"{path}: unsupported manifest format (use .jsonl, .csv or .parquet)")
+    try:
+        fh = open_input(path)  # a regular file only (a FIFO would block), at most --max_input_bytes' default
+    except ItemError as exc:
+        raise ManifestError(exc.message) from None
+    with fh:
+        if lower.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            for batch in pq.ParquetFile(fh).iter_batches(batch_size=1024):
+                yield from batch.to_pylist()
+        elif lower.endswith(".csv"):
+            yield from csv.DictReader(io.TextIOWrapper(fh, encoding="utf-8-sig", newline=""))
+        else:
+            for n, line in enumerate(io.TextIOWrapper(fh, encoding="utf-8")):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ManifestError(f"{path}: line {n + 1} is not valid JSON: {exc.msg}") from None
+                if not isinstance(row, dict):
+                    raise ManifestError(f"{path}: line {n + 1} is not a JSON object")
+                yield row
 
 
 def _read_raw(path: str) -> Iterator[tuple[int, dict]]:

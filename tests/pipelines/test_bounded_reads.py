@@ -157,3 +157,12 @@ def test_byte_sizes_parse():
         4 << 30,
         1 << 40,
     ]
+
+
+def test_a_fifo_given_as_the_manifest_is_refused_at_start_up(tmp_path, capsys):
+    fifo = str(tmp_path / "m.jsonl")
+    os.mkfifo(fifo)
+    code = _within(30, lambda: main(["images", "--input", fifo, "--output_dir", str(tmp_path / "o")]))
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"medprep: error: --input: {fifo} is a FIFO (named pipe), not a regular file; not read"
