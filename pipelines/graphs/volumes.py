@@ -366,6 +366,10 @@ class AssembleVolume(SeriesAssembly, ManifestRowDoFn):
         row = results[0].row
         return row["images"][0], row["row"]
 
+    def _timed_outputs(self, element):
+        # the element is (key, slice results): the row's text sizes were checked when PlanVolumes planned it
+        return super(ManifestRowDoFn, self)._timed_outputs(element)
+
     def outputs(self, element):
         _, results = element
         return self.assemble(results)

@@ -335,6 +335,8 @@ def volume_run(tmp_path_factory, demo_model_path):
             "10",
             "--split_salt",
             "s",
+            "--max_error_fraction",
+            "1",  # 6 of its 8 inputs are broken on purpose
         ],
     )
     errors = {json.loads(x)["row"]: json.loads(x) for x in open(out / "errors" / "errors-00000-of-00001.jsonl")}
@@ -421,6 +423,8 @@ def test_volumes_multiprocessing_is_byte_identical(volume_run, tmp_path):
             "10",
             "--split_salt",
             "s",
+            "--max_error_fraction",
+            "1",
             "--direct_running_mode=multi_processing",
             "--direct_num_workers=2",
         ],
@@ -570,6 +574,8 @@ def test_a_slice_failing_after_planning_skips_its_series_only(tmp_path, demo_mod
             demo_model_path,
             "--max_slices",
             "10",
+            "--max_error_fraction",
+            "1",  # one of the two inputs fails on purpose
         ],
     )
     assert (s["inputs"], s["examples"], s["errors"], s["reconciled"]) == (2, 1, 1, True)
