@@ -9,6 +9,7 @@ exec, so a child of a large process would report its parent's peak.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -50,18 +51,30 @@ def poll():
             peak["workers_kb"] = max(peak["workers_kb"], hwm_kb(pid))
 
 threading.Thread(target=poll, daemon=True).start()
-from medprep.pipelines.cli.main import main
 start = time.perf_counter()
-rc = main(sys.argv[1:])
+if os.environ.get("MEDPREP_BENCH_TIMELINE"):  # the run's phases and stages too (benchmarks.timeline)
+    from benchmarks.timeline import main as timeline_main
+    timeline = timeline_main(sys.argv[1:])
+    rc = timeline["rc"]
+else:
+    from medprep.pipelines.cli.main import main
+    timeline, rc = None, main(sys.argv[1:])
 seconds = time.perf_counter() - start
 done.set()
-print(json.dumps({"rc": rc, "seconds": seconds, "self_kb": hwm_kb(os.getpid()), "children_kb": peak["workers_kb"]}))
+print(json.dumps({"rc": rc, "seconds": seconds, "self_kb": hwm_kb(os.getpid()), "children_kb": peak["workers_kb"],
+                  "timeline": timeline}))
 """
 
 
-def run_measured(*argv: str, timeout: float = 3600) -> tuple[dict, dict]:
-    """(the CLI's printed counts, {rc, seconds, self_kb, children_kb}); raises if the run failed."""
-    proc = subprocess.run([sys.executable, "-c", _WRAPPER, *argv], capture_output=True, text=True, timeout=timeout)
+def run_measured(*argv: str, timeout: float = 3600, timeline: bool = False) -> tuple[dict, dict]:
+    """(the CLI's printed counts, {rc, seconds, self_kb, children_kb, timeline}); raises if the run failed.
+
+    With `timeline`, the run goes through benchmarks.timeline and `timeline` holds its phases and stages.
+    """
+    env = dict(os.environ, MEDPREP_BENCH_TIMELINE="1" if timeline else "")
+    proc = subprocess.run(
+        [sys.executable, "-c", _WRAPPER, *argv], capture_output=True, text=True, timeout=timeout, env=env
+    )
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or len(lines) < 2:
         raise RuntimeError(f"medprep {' '.join(argv)} failed:\n{proc.stderr[-3000:]}")

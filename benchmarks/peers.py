@@ -324,6 +324,78 @@ def volumes_figures(folder: str, series: int, slices: int) -> list[dict]:
     return rows
 
 
+STAGE_KINDS = (  # a fused stage's share of a run, by the steps it holds (first match)
+    ("Prepare", "items: read, decode, transform, encode, text, staged records"),
+    ("RenderSlices", "items: slices rendered (fan-out)"),
+    ("_Plan-", "items: planning (fan-out)"),
+    ("Assemble", "items: assembly (fan-out)"),
+    ("WriteShard", "write shards"),
+    ("Preview", "preview"),
+    ("Summary", "summary.json"),
+    ("ReadRows", "manifest read (+ worker start-up with multi_processing)"),
+)
+
+
+def stage_kind(name: str) -> str:
+    for step, kind in STAGE_KINDS:
+        if step in name:
+            return kind
+    return "other stages (counts, error lines, combiners)"
+
+
+def whole_runs(folder: str, n: int) -> list[dict]:
+    """medprep images on n CXR, in-process and with 2 workers: seconds, peak memory, and where the time went."""
+    from benchmarks.measure import run_measured
+
+    manifest = image_inputs(folder, n)
+    rows = []
+    for label, extra in (("in-process", []), ("2 workers", MP2)):
+        before = load()
+        out = os.path.join(folder, f"whole-{len(rows)}")
+        args = ["images", "--input", manifest, "--output_dir", out, "--overwrite", "--split_salt", "bench", *extra]
+        counts, m = run_measured(*args, timeline=True)
+        t = m["timeline"]
+        parts: dict[str, float] = {}
+        for phase, sec in t["phases"]:
+            if phase != "stages":
+                parts[f"fixed: {phase}"] = sec
+        for name, sec, _ in t["stages"]:
+            kind = stage_kind(name)
+            parts[kind] = parts.get(kind, 0.0) + sec
+        rows.append(
+            {
+                "label": f"images: {counts['images']} CXR, {label}",
+                "items": counts["images"],
+                "seconds": m["seconds"],
+                "runner_mib": m["self_kb"] / 1024,
+                "worker_mib": m["children_kb"] / 1024,
+                "load": before,
+                "parts": parts,
+                "item_ms": t["item_ms"],
+            }
+        )
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    return rows
+
+
+def print_whole(rows: list[dict]) -> None:
+    print("| whole run | seconds | items/s | peak RSS runner (MiB) | peak RSS largest worker (MiB) | load |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        worker = f"{r['worker_mib']:.0f}" if r["worker_mib"] else "(in the runner)"
+        rate = r["items"] / r["seconds"]
+        print(f"| {r['label']} | {r['seconds']:.1f} | {rate:.1f} | {r['runner_mib']:.0f} | {worker} | {r['load']} |")
+    print("\n| where the time went (s) | " + " | ".join(r["label"] for r in rows) + " |")
+    print("|---" * (len(rows) + 1) + "|")
+    for key in sorted({k for r in rows for k in r["parts"]}, key=lambda k: -max(r["parts"].get(k, 0) for r in rows)):
+        print(f"| {key} | " + " | ".join(f"{r['parts'].get(key, 0):.2f}" for r in rows) + " |")
+    print("\n| per-item CPU, summed over the run (s) | " + " | ".join(r["label"] for r in rows) + " |")
+    print("|---" * (len(rows) + 1) + "|")
+    for key in ("read", "decode", "transform", "encode", "text", "item"):
+        print(f"| {key} | " + " | ".join(f"{r['item_ms'].get(key, 0) / 1000:.2f}" for r in rows) + " |")
+    print()
+
+
 def print_table(title: str, unit: str, rows: list[dict]) -> None:
     print(f"{title}\n\n| run | {unit} | seconds | {unit}/s | load before |\n|---|---|---|---|---|")
     for r in rows:
@@ -337,7 +409,8 @@ def main() -> None:
     ap.add_argument("--small", type=int, default=10, help="CXR rows for the fixed-cost comparison")
     ap.add_argument("--series", type=int, default=4, help="CT rows (one series each) for the volumes comparison")
     ap.add_argument("--slices", type=int, default=300, help="slices in the generated CT series")
-    ap.add_argument("--only", choices=("images", "volumes"), default=None)
+    ap.add_argument("--only", choices=("images", "volumes", "whole"), default=None)
+    ap.add_argument("--whole-n", type=int, default=1000, help="CXR rows for the whole-run table")
     ap.add_argument("--json", default="", help="also write the raw figures here")
     ap.add_argument("--run", nargs=3, metavar=("PEER", "MANIFEST", "OUT"), help=argparse.SUPPRESS)
     ap.add_argument("--series-run", nargs=2, metavar=("PEER", "MANIFEST"), help=argparse.SUPPRESS)
@@ -354,6 +427,9 @@ def main() -> None:
         if args.only in (None, "volumes"):
             figures["volumes"] = volumes_figures(d, args.series, args.slices)
             print_table("CT series", "series", figures["volumes"])
+        if args.only in (None, "whole"):
+            figures["whole"] = whole_runs(d, args.whole_n)
+            print_whole(figures["whole"])
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(figures, fh, indent=1)
