@@ -6,9 +6,9 @@
 A unit that fails is reported to Assemble, and the other units of the input go on.
 
 The fan-out costs two shuffles of the units' results (encoded images) and an extra stage; it pays
-only where an input's units can run on more workers than the inputs already keep busy: on a
-distributed runner, or locally when there are fewer inputs than worker processes
-(`fan_out_pays`). Elsewhere a pipeline prepares each input in one step (`one_step_pipeline`), with
+only where an input's units can run on processes the inputs do not already keep busy: fewer inputs
+than processes (local workers; on Dataflow workers × vCPUs), or a count unknown off the local
+runner (`fan_out_pays`). Elsewhere a pipeline prepares each input in one step (`one_step_pipeline`), with
 the same per-unit code, so the records are byte-identical either way.
 """
 
@@ -89,31 +89,57 @@ class WorkDoFn(beam.DoFn):
 
 
 def local_workers(options) -> int | None:
-    """Worker processes (or threads) of a local run: 1 in-process, --direct_num_workers with
-    --direct_running_mode multi_processing/multi_threading; None for any other runner (distributed)."""
+    """Worker processes (or threads) of a local run: 1 in-process, --direct_num_workers (0: one per CPU)
+    with --direct_running_mode multi_processing/multi_threading; None for any other runner."""
+    import os
+
     from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
     if options.view_as(StandardOptions).runner not in (None, "DirectRunner", "direct"):
         return None
     direct = options.view_as(DirectOptions)
     if direct.direct_running_mode in ("multi_processing", "multi_threading"):
-        return max(1, direct.direct_num_workers or 1)
+        return direct.direct_num_workers or os.cpu_count() or 1
     return 1
+
+
+def machine_vcpus(machine_type: str) -> int | None:
+    """vCPUs of a Compute Engine machine type: n2-highcpu-8 -> 8, n2-custom-8-16384 -> 8; None if not told."""
+    parts = (machine_type or "").rsplit("/", 1)[-1].split("-")
+    count = parts[-2] if "custom" in parts and len(parts) >= 3 else parts[-1]
+    return int(count) if count.isdigit() else None
+
+
+def worker_processes(options) -> int | None:
+    """Processes a run can keep busy at once, when the options say: locally `local_workers`; on Dataflow
+    (one SDK process per vCPU) --max_num_workers (else --num_workers) × the --machine_type's vCPUs.
+    None when not known (another runner, or Dataflow without a worker count or machine type)."""
+    from apache_beam.options.pipeline_options import StandardOptions, WorkerOptions
+
+    local = local_workers(options)
+    if local is not None:
+        return local
+    if options.view_as(StandardOptions).runner not in ("DataflowRunner", "dataflow"):
+        return None
+    workers = options.view_as(WorkerOptions)
+    count, vcpus = workers.max_num_workers or workers.num_workers, machine_vcpus(workers.machine_type)
+    return count * vcpus if count and vcpus else None
 
 
 def fan_out_pays(options, expected_inputs: int, units_per_input: int) -> bool:
     """Whether spreading one input's units over workers can shorten the run (see the module docstring).
 
-    An input with at most one batch of units cannot spread; on a distributed runner the workers are
-    many and unknown, so inputs longer than a batch fan out; locally they fan out only when the
-    known inputs are fewer than the worker processes (more inputs already keep every worker busy).
+    An input with at most one batch of units cannot spread. Otherwise it fans out when the known inputs
+    are fewer than the processes that could work on them (more inputs already keep every process busy,
+    and the fan-out would only add two shuffles of encoded images), and, off the local runner, whenever
+    either number is unknown (a discovered cohort, a runner whose workers the options do not give).
     """
     if units_per_input <= BATCH:
         return False
-    workers = local_workers(options)
-    if workers is None:
+    processes = worker_processes(options)
+    if local_workers(options) is None and (processes is None or expected_inputs == 0):
         return True
-    return workers > 1 and 0 < expected_inputs < workers
+    return processes is not None and processes > 1 and 0 < expected_inputs < processes
 
 
 def fan_out_pipeline(

@@ -4,10 +4,10 @@ A manifest `image` is a folder or gs:// prefix holding one or more series, a lis
 instances, or a NIfTI file (its `modality` column says CT or MR). Headers are read first
 (no pixels); pixels are decoded only for the slices needed (all slices once for MR's
 per-volume range), one at a time. Each series is planned once (order, QC, MR range, selection).
-Where spreading one series over workers pays (a distributed runner, or fewer inputs than local
-worker processes: medprep.pipelines.graphs.fan_out.fan_out_pays), its selected slices are rendered
-in batches behind a Reshuffle and assembled per input, so one long series does not sit on one
-worker; elsewhere each input is planned, rendered and assembled in one step (PrepareVolumes), which
+Where spreading one series over workers pays (fewer inputs than the processes that could share
+its slices, or unknown off the local runner: medprep.pipelines.graphs.fan_out.fan_out_pays), its
+selected slices are rendered in batches behind a Reshuffle and assembled per input, so one long
+series does not sit on one worker; elsewhere each input is planned, rendered and assembled in one step (PrepareVolumes), which
 saves two shuffles of the encoded slices. Both run the same code per slice and give the same bytes.
 """
 

@@ -442,18 +442,23 @@ def _tok(out):
 
 
 def test_fan_out_only_where_it_pays():
-    """Locally in-process, or with as many inputs as workers, a series is prepared in one step; it fans
-    out on a distributed runner, or locally with fewer inputs than workers; never when it is one batch."""
+    """A series is prepared in one step unless the inputs are fewer than the processes that could share its
+    slices (locally: the workers; on Dataflow: workers × vCPUs) or those are unknown off the local runner;
+    a series of one batch never fans out."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from medprep.pipelines.graphs.fan_out import BATCH, fan_out_pays, local_workers
+    from medprep.pipelines.graphs.fan_out import BATCH, fan_out_pays, machine_vcpus, worker_processes
 
     mp2 = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
-    dataflow = PipelineOptions(["--runner", "DataflowRunner"])
-    assert (local_workers(PipelineOptions([])), local_workers(mp2), local_workers(dataflow)) == (1, 2, None)
+    dataflow = PipelineOptions(["--runner", "DataflowRunner", "--machine_type", "n2-highcpu-8", "--max_num_workers=50"])
+    unsized = PipelineOptions(["--runner", "DataflowRunner"])
+    assert [worker_processes(o) for o in (PipelineOptions([]), mp2, dataflow, unsized)] == [1, 2, 400, None]
+    assert (machine_vcpus("n2-custom-8-16384"), machine_vcpus("e2-standard-4"), machine_vcpus("")) == (8, 4, None)
     assert not fan_out_pays(PipelineOptions([]), 1, 85)
     assert not fan_out_pays(mp2, 8, 85) and fan_out_pays(mp2, 1, 85)
-    assert fan_out_pays(dataflow, 10_000, 85) and not fan_out_pays(dataflow, 10_000, BATCH)
+    assert fan_out_pays(dataflow, 100, 85) and not fan_out_pays(dataflow, 10_000, 85)
+    assert fan_out_pays(unsized, 10_000, 85) and fan_out_pays(dataflow, 0, 85)
+    assert not fan_out_pays(unsized, 10, BATCH)
 
 
 def test_one_step_and_fan_out_give_the_same_bytes(volume_run, tmp_path):
