@@ -7,8 +7,9 @@ per-volume range), one at a time. Each series is planned once (order, QC, MR ran
 Where spreading one series over workers pays (fewer inputs than the processes that could share
 its slices, or unknown off the local runner: medprep.pipelines.graphs.fan_out.fan_out_pays), its
 selected slices are rendered in batches behind a Reshuffle and assembled per input, so one long
-series does not sit on one worker; elsewhere each input is planned, rendered and assembled in one step (PrepareVolumes), which
-saves two shuffles of the encoded slices. Both run the same code per slice and give the same bytes.
+series does not sit on one worker; elsewhere each input is planned, rendered and assembled in one
+step (PrepareVolumes), which saves two shuffles of the encoded slices. Both run the same code per
+slice and give the same bytes.
 """
 
 from __future__ import annotations
