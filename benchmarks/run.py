@@ -224,10 +224,23 @@ def volume_table(folder: str, n_slices: int) -> tuple[list[tuple[str, str, float
     return rows, series
 
 
+def side_by_side(fns: dict, items: list, repeat: int = 3) -> dict[str, float]:
+    """Seconds per item of each peer, run in turn on every item (so all see the same machine load, which on a
+    shared machine moves by 2x within a minute): per item the best of `repeat`, then the mean over items."""
+    best = {name: [float("inf")] * len(items) for name in fns}
+    for _ in range(repeat):
+        for i, it in enumerate(items):
+            for name, fn in fns.items():
+                t = time.perf_counter()
+                fn(it)
+                best[name][i] = min(best[name][i], time.perf_counter() - t)
+    return {name: sum(times) / len(times) for name, times in best.items()}
+
+
 def slide_table(folder: str) -> list[tuple[str, str, float]]:
     """Patches of a 16384x12288 synthetic SVS (0.25 µm/px): region reads by medprep's tifffile reader against
-    OpenSlide, tiffslide and a plain tifffile + zarr loop (peers, same regions, same run), then the per-patch path
-    with each of medprep's readers against a plain loop and the floor."""
+    OpenSlide, tiffslide and a plain tifffile + zarr slice (peers: same regions, run in turn), the plan and the
+    per-patch path with each of medprep's readers against a plain loop, and the floor."""
     import openslide
 
     from medprep.samples import synthetic_slide_rgb, write_svs
@@ -257,14 +270,27 @@ def slide_table(folder: str) -> list[tuple[str, str, float]]:
         t.save(buf, format="JPEG", quality=80)
         jpeg_tiles.append(buf.getvalue())
     kind = "SVS patch 896 @ 0.5 µm/px (from 1792² @ 0.25)"
+    plans = side_by_side(
+        {
+            "plan (thumbnail, tissue, grid, sample) per slide, tifffile reader": lambda _: plan_slide(reader, options),
+            "plan per slide, OpenSlide reader (before)": lambda _: plan_slide(before, options),
+        },
+        [0],
+    )
+    paths = side_by_side(
+        {
+            "**per-patch path** (read → resize → PNG 1), tifffile reader": lambda p: read_patch(
+                reader, plan.choice.level, p, options
+            ),
+            "per-patch path, OpenSlide reader (before)": lambda p: read_patch(before, plan.choice.level, p, options),
+            "plain read_region loop (baseline, PNG default level)": plain,
+        },
+        patches,
+        repeat=2,
+    )
     rows = [
-        (
-            kind,
-            "plan (thumbnail, tissue, grid, sample) per slide, tifffile reader",
-            _timeit(lambda _: plan_slide(reader, options), [0], 1),
-        ),
-        (kind, "plan per slide, OpenSlide reader (before)", _timeit(lambda _: plan_slide(before, options), [0], 1)),
-        *region_rows(kind, path, patches, reader, slide),
+        *[(kind, name, sec) for name, sec in plans.items()],
+        *[(kind, name, sec) for name, sec in region_reads(path, patches, reader, slide).items()],
         (
             kind,
             "floor: one JPEG decode of the source area + resize + PNG-1 encode",
@@ -276,17 +302,7 @@ def slide_table(folder: str) -> list[tuple[str, str, float]]:
             ),
         ),
         *encoder_rows(kind, [read_patch(reader, plan.choice.level, p, options).image for p in patches[:8]]),
-        (
-            kind,
-            "**per-patch path** (read → resize → PNG 1), tifffile reader",
-            _timeit(lambda p: read_patch(reader, plan.choice.level, p, options), patches),
-        ),
-        (
-            kind,
-            "per-patch path, OpenSlide reader (before)",
-            _timeit(lambda p: read_patch(before, plan.choice.level, p, options), patches),
-        ),
-        (kind, "plain read_region loop (baseline, PNG default level)", _timeit(plain, patches)),
+        *[(kind, name, sec) for name, sec in paths.items()],
     ]
     reader.close()
     before.close()
@@ -294,23 +310,18 @@ def slide_table(folder: str) -> list[tuple[str, str, float]]:
     return rows
 
 
-def region_rows(kind: str, path: str, patches: list, reader, slide) -> list[tuple[str, str, float]]:
-    """One 1792² level-0 region per patch, as RGB: OpenSlide, tiffslide and tifffile + zarr (when installed: they
-    are benchmark peers, not medprep dependencies) and medprep's tifffile reader."""
+def region_reads(path: str, patches: list, reader, slide) -> dict[str, float]:
+    """Seconds per 1792² level-0 region (one per patch), side by side: OpenSlide, tiffslide and tifffile + zarr
+    (when installed: benchmark peers, not medprep dependencies) and medprep's tifffile reader."""
     import numpy as np
 
-    rows = [
-        (
-            kind,
-            "region read: OpenSlide read_region (RGBA)",
-            _timeit(lambda p: slide.read_region((p.x, p.y), 0, (1792, 1792)), patches),
+    size = (1792, 1792)
+    peers = {
+        "region read: OpenSlide read_region (RGBA)": lambda p: slide.read_region((p.x, p.y), 0, size),
+        "region read: OpenSlide read_region → RGB array": lambda p: np.asarray(
+            slide.read_region((p.x, p.y), 0, size).convert("RGB")
         ),
-        (
-            kind,
-            "region read: OpenSlide read_region → RGB array",
-            _timeit(lambda p: np.asarray(slide.read_region((p.x, p.y), 0, (1792, 1792)).convert("RGB")), patches),
-        ),
-    ]
+    }
     try:
         import tifffile
         import tiffslide
@@ -319,30 +330,15 @@ def region_rows(kind: str, path: str, patches: list, reader, slide) -> list[tupl
         print("(tiffslide / zarr not installed: `pip install tiffslide` adds their rows)")
     else:
         ts = tiffslide.TiffSlide(path)
-        rows.append(
-            (
-                kind,
-                "region read: tiffslide read_region (as_array)",
-                _timeit(lambda p: ts.read_region((p.x, p.y), 0, (1792, 1792), as_array=True), patches),
-            )
+        level0 = zarr.open(tifffile.imread(path, aszarr=True, level=0), mode="r")
+        peers["region read: tiffslide read_region (as_array)"] = lambda p: ts.read_region(
+            (p.x, p.y), 0, size, as_array=True
         )
-        store = tifffile.imread(path, aszarr=True, level=0)
-        level0 = zarr.open(store, mode="r")
-        rows.append(
-            (
-                kind,
-                "region read: plain tifffile + zarr slice",
-                _timeit(lambda p: np.asarray(level0[p.y : p.y + 1792, p.x : p.x + 1792]), patches),
-            )
+        peers["region read: plain tifffile + zarr slice"] = lambda p: np.asarray(
+            level0[p.y : p.y + 1792, p.x : p.x + 1792]
         )
-    rows.append(
-        (
-            kind,
-            "**region read: medprep tifffile reader**",
-            _timeit(lambda p: reader.read(0, p.x, p.y, 1792, 1792), patches),
-        )
-    )
-    return rows
+    peers["**region read: medprep tifffile reader**"] = lambda p: reader.read(0, p.x, p.y, *size)
+    return side_by_side(peers, patches)
 
 
 def text_table(folder: str) -> list[tuple[str, str, float]]:

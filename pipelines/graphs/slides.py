@@ -58,7 +58,7 @@ class PatchResult:
 
 
 class _Readers:
-    """A few open slides per worker (OpenSlide handles are not shared across processes)."""
+    """A few open slides per worker (tifffile, OpenSlide and wsidicom handles are not shared across processes)."""
 
     def __init__(self, size: int = 2):
         self.size = size
