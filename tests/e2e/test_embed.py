@@ -456,6 +456,8 @@ def test_corrupt_image_is_one_error_line(images_out, siglip_folder, siglip_emb, 
                 "parquet",
                 "--batch_size",
                 "3",
+                "--max_error_fraction",
+                "0.5",  # 1 of 7 images is broken on purpose: above the default budget
             ]
         )
         == 0
@@ -495,7 +497,8 @@ def test_records_of_another_schema_are_error_lines(images_out, siglip_folder, tm
         writer.write(d)
     writer.close()
     out = str(tmp_path / "emb")
-    assert _embed(["--input", str(broken), "--model", siglip_folder, "--output_dir", out]) == 0
+    budget = ["--max_error_fraction", "1"]  # the foreign records fail on purpose
+    assert _embed(["--input", str(broken), "--model", siglip_folder, "--output_dir", out, *budget]) == 0
     summary = json.load(open(os.path.join(out, "summary.json")))
     assert (summary["inputs"], summary["embeddings"], summary["errors"]) == (7 - lost + 2, 7 - lost, 2)
     assert summary["errors_by_class"] == {"RecordSchemaError": 2} and summary["reconciled"]

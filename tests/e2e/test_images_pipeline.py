@@ -33,6 +33,8 @@ def _run(manifest, out, tokenizer, *extra):
             "--test_fraction",
             "0.2",
             "--keep_source",
+            "--max_error_fraction",
+            "1",  # 2 of the 13 sample rows fail on purpose
             *extra,
         ],
     )

@@ -28,6 +28,8 @@ def out(tmp_path_factory, demo_model_path):
             "2",
             "--split_salt",
             "x",
+            "--max_error_fraction",
+            "1",  # 2 of the 13 sample rows fail on purpose
         ],
     )
     return str(o)

@@ -76,6 +76,8 @@ def _args(manifest, out, tokenizer, *extra):
         "0.2",
         "--test_fraction",
         "0.2",
+        "--max_error_fraction",
+        "1",  # 2 of the 13 sample rows fail on purpose
         *extra,
     ]
 
@@ -191,7 +193,8 @@ def test_missing_gcs_slide_is_a_read_error(gcs, tmp_path):
     from medprep.pipelines.cli.main import run_pipeline
 
     (tmp_path / "m.jsonl").write_text(json.dumps({"image": f"gs://{BUCKET}/nowhere/slide.svs", "text": "t"}) + "\n")
-    s = run_pipeline("slides", ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o")])
+    args = ["--input", str(tmp_path / "m.jsonl"), "--output_dir", str(tmp_path / "o"), "--max_error_fraction", "1"]
+    s = run_pipeline("slides", args)
     lines = [json.loads(x) for x in open(tmp_path / "o" / "errors" / "errors-00000-of-00001.jsonl")]
     assert s["errors_by_stage"] == {"read": 1} and "file not found" in lines[0]["message"]
 
