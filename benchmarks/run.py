@@ -442,7 +442,13 @@ def main() -> None:
             with open(manifest, "w") as fh:
                 for i, p in enumerate(slides):
                     fh.write(json.dumps({"id": f"s{i}", "image": p, "text": "tissue", "patient_id": f"p{i}"}) + "\n")
-            print_runs(whole_runs("slides", manifest, d, "images", SCALING_MODES, ["--target_mpp", "0.5"]))
+            runs = whole_runs("slides", manifest, d, "images", SCALING_MODES, ["--target_mpp", "0.5"])
+            os.environ["MEDPREP_SLIDE_READERS"] = "openslide"  # the peer: medprep's reader before issue 14
+            try:
+                before = whole_runs("slides", manifest, d, "images", SCALING_MODES[:1], ["--target_mpp", "0.5"])
+            finally:
+                del os.environ["MEDPREP_SLIDE_READERS"]
+            print_runs(runs + [(f"{label}, OpenSlide reader (before)", *rest) for label, *rest in before])
         if args.only in (None, "volumes"):
             rows, series = volume_table(d, args.slices)
             print_rows("slices/s", rows)

@@ -10,6 +10,7 @@ else `assume_mpp`; a slide with none has mpp None (callers fail clearly). Out-of
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
@@ -241,9 +242,25 @@ def file_reader(entry: str) -> FileReader:
     return opener
 
 
+READER_NAMES = {
+    "tifffile": "medprep.transforms.slide_tiff:open_tiff_slide",
+    "openslide": "medprep.transforms.slide_reader:OpenSlideReader",
+}
+READERS_ENV = "MEDPREP_SLIDE_READERS"  # e.g. "openslide": OpenSlide for every slide file (a fallback switch)
+
+
+def file_readers() -> list[str]:
+    """FILE_READERS, or the readers $MEDPREP_SLIDE_READERS names, comma-separated (of READER_NAMES), in order."""
+    names = [n.strip() for n in os.environ.get(READERS_ENV, "").split(",") if n.strip()]
+    unknown = [n for n in names if n not in READER_NAMES]
+    if unknown:
+        raise ValueError(f"${READERS_ENV}: unknown slide reader {unknown[0]!r} (known: {', '.join(READER_NAMES)})")
+    return [READER_NAMES[n] for n in names] or FILE_READERS
+
+
 def open_slide_file(path: str, assume_mpp: float | None = None, override_mpp: float | None = None) -> SlideReader:
-    """A slide file through the first reader of FILE_READERS that takes it."""
-    for entry in FILE_READERS:
+    """A slide file through the first reader of file_readers() that takes it."""
+    for entry in file_readers():
         reader = file_reader(entry)(path, assume_mpp, override_mpp)
         if reader is not None:
             return reader
@@ -253,8 +270,6 @@ def open_slide_file(path: str, assume_mpp: float | None = None, override_mpp: fl
 def open_slide(path: str, assume_mpp: float | None = None, override_mpp: float | None = None) -> SlideReader:
     """A reader for a slide file (FILE_READERS: tifffile for SVS / pyramidal TIFF, else OpenSlide), a DICOM WSI
     folder, or a DICOMweb WSI series URL (wsidicom)."""
-    import os
-
     web = parse_ref(path)
     if web is not None and web.is_series:
         return open_web_wsi(path, None, assume_mpp, override_mpp)

@@ -263,6 +263,21 @@ def test_open_slide_picks_tifffile_for_the_tiff_family_and_openslide_for_the_res
     assert e.value.stage == "decode"
 
 
+def test_the_readers_can_be_chosen_by_environment(slides, monkeypatch):
+    """$MEDPREP_SLIDE_READERS=openslide sends every slide file to OpenSlide (a fallback switch); unknown names fail."""
+    monkeypatch.setenv("MEDPREP_SLIDE_READERS", "openslide")
+    reader = open_slide(slides["svs"])
+    assert isinstance(reader, OpenSlideReader)
+    reader.close()
+    monkeypatch.setenv("MEDPREP_SLIDE_READERS", "tifffile, openslide")
+    reader = open_slide(slides["svs"])
+    assert isinstance(reader, TiffSlideReader)
+    reader.close()
+    monkeypatch.setenv("MEDPREP_SLIDE_READERS", "cucim")
+    with pytest.raises(ValueError, match="unknown slide reader 'cucim'"):
+        open_slide(slides["svs"])
+
+
 class CountingReader:
     """A SlideReader that records every read (level, rows) and passes it on."""
 
