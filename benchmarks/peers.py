@@ -208,13 +208,13 @@ def timed_process(module: str, args: list[str]) -> dict:
     (VmHWM of the process and of its largest descendant, polled as benchmarks.measure does)."""
     from benchmarks.measure import _WRAPPER
 
-    cli = "from medprep.pipelines.cli.main import main\nstart = time.perf_counter()\nrc = main(sys.argv[1:])"
-    module_run = (
+    head = _WRAPPER.split("start = time.perf_counter()")[0]  # the memory poll, without the CLI run
+    wrapper = head + (
         "import runpy\nstart = time.perf_counter()\nsys.argv = sys.argv[1:]\n"
-        "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\nrc = 0"
+        "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
+        "seconds = time.perf_counter() - start\ndone.set()\n"
+        "print(json.dumps({'seconds': seconds, 'self_kb': hwm_kb(os.getpid()), 'children_kb': peak['workers_kb']}))\n"
     )
-    assert cli in _WRAPPER
-    wrapper = _WRAPPER.replace(cli, module_run)
     proc = subprocess.run([sys.executable, "-c", wrapper, module, *args], capture_output=True, text=True, timeout=7200)
     if proc.returncode != 0:
         raise RuntimeError(f"{module} {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
