@@ -184,7 +184,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.dicomweb_url:
         if not args.dicomweb_url.startswith(("http://", "https://")):
             raise OptionError("--dicomweb_url", f"expected an http(s):// URL, got {args.dicomweb_url!r}")
-        _check_servers("--dicomweb_url", [args.dicomweb_url.rstrip("/")])
     elif discovery:
         if not exists(args.input.rstrip("/")) and "://" not in args.input:
             raise OptionError("--input", f"folder not found: {args.input}")
@@ -228,6 +227,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
             raise OptionError("--reports", f"cannot read {args.reports}: {exc}") from None
         if "://" not in args.reports:
             reports = os.path.abspath(args.reports)
+    if args.dicomweb_url:  # reachable, last of the discovery checks (the others need no network)
+        _check_servers("--dicomweb_url", [args.dicomweb_url.rstrip("/")])
     tokenizer_sha, tokenizer_info = _check_tokenizer(args.tokenizer, args.text_ids_only, args.system_prompt)
     salt = args.split_salt or os.environ.get("MEDPREP_SALT", "")
     if not salt:

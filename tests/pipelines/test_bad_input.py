@@ -36,7 +36,17 @@ def bad_run(tmp_path_factory, demo_model_path):
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = d / "out"
     summary = run_pipeline(
-        "images", ["--input", str(manifest), "--output_dir", str(out), "--tokenizer", demo_model_path]
+        "images",
+        [
+            "--input",
+            str(manifest),
+            "--output_dir",
+            str(out),
+            "--tokenizer",
+            demo_model_path,
+            "--max_error_fraction",
+            "1",
+        ],
     )
     errors = [json.loads(x) for x in open(out / "errors" / "errors-00000-of-00001.jsonl")]
     return summary, {e["row"]: e for e in errors}

@@ -163,7 +163,8 @@ def images_run(tmp_path_factory):
         {"id": "gone", "image": "sub/missing.png", "text": "not there", "site": ""},
     ]
     m = _write(d / "m.jsonl", rows)
-    s = run_pipeline("images", ["--input", m, "--output_dir", str(d / "o"), "--allow_extra_columns"])
+    args = ["--input", m, "--output_dir", str(d / "o"), "--allow_extra_columns", "--max_error_fraction", "1"]
+    s = run_pipeline("images", args)
     errors = {json.loads(x)["row"]: json.loads(x) for x in open(d / "o" / "errors" / "errors-00000-of-00001.jsonl")}
     return d, s, errors
 

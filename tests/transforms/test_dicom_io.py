@@ -81,7 +81,10 @@ def broken_run(tmp_path_factory):
     }
     rows = [{"id": k, "image": v, "text": "t"} for k, v in inputs.items()]
     (d / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    s = run_pipeline("volumes", ["--input", str(d / "m.jsonl"), "--output_dir", str(d / "out"), "--min_slices", "1"])
+    budget = ["--max_error_fraction", "1"]  # two of the three inputs fail on purpose
+    s = run_pipeline(
+        "volumes", ["--input", str(d / "m.jsonl"), "--output_dir", str(d / "out"), "--min_slices", "1", *budget]
+    )
     errors = {json.loads(x)["row"]: json.loads(x) for x in open(d / "out" / "errors" / "errors-00000-of-00001.jsonl")}
     return inputs, s, errors, list(read_records(str(d / "out" / "parquet")))
 
