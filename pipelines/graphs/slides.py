@@ -11,6 +11,7 @@ is counted and logged; a slide with no readable patch is one error line.
 from __future__ import annotations
 
 import logging
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
@@ -81,8 +82,11 @@ class _Readers:
             except ItemError:
                 local.cleanup()
                 raise
+        elif "://" not in path and os.path.isdir(path):  # a local DICOM WSI folder: read in place
+            local = LocalFile(path, False)
+            reader = open_slide(path, assume, override)
         else:
-            local = localize_file(path)
+            local = localize_file(path)  # a slide file (local: checked to be a regular file; gs://: copied)
             reader = open_slide(local.path, assume, override)
         self._open[key] = (local, reader)
         while len(self._open) > self.size:

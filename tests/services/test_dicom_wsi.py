@@ -124,6 +124,8 @@ def test_slides_pipeline_reads_dicom_wsi_like_the_svs(pair, tmp_path):
             "112",
             "--max_patches",
             "12",
+            "--max_error_fraction",
+            "1",  # the CT row fails on purpose
         ],
     )
     assert (s["examples"], s["errors"]) == (2, 1)
