@@ -244,7 +244,10 @@ def test_open_slide_picks_tifffile_for_the_tiff_family_and_openslide_for_the_res
         assert isinstance(reader, TiffSlideReader), name
         reader.close()
     ycbcr_j2k = write_j2k_svs(str(tmp_path / "ycc.svs"), synthetic_slide_rgb(600, 500), compression=33003)
-    assert open_tiff_slide(ycbcr_j2k) is None and isinstance(open_slide(ycbcr_j2k), OpenSlideReader)
+    assert open_tiff_slide(ycbcr_j2k) is None
+    reader = open_slide(ycbcr_j2k)
+    assert isinstance(reader, OpenSlideReader)
+    reader.close()
     rgba = tmp_path / "rgba.tif"  # 4 samples: not this reader's, OpenSlide reads it
     tifffile.imwrite(rgba, np.full((300, 300, 4), 200, np.uint8), tile=(128, 128), photometric="rgb", metadata=None)
     assert open_tiff_slide(str(rgba)) is None
