@@ -153,7 +153,9 @@ def test_transient_503s_are_retried(loaded, server, tmp_path, monkeypatch):
     assert (s["examples"], s["errors"]) == (7, 0) and proxy.failed == 4
     from medprep.pipelines.io.sources.dicomweb import retries_so_far
 
-    assert retries_so_far() >= 4  # counted (and exported as the Beam counter PrepareImageRow/dicomweb_retries)
+    # counted (and exported as the Beam counter PrepareImageRow/dicomweb_retries); the start-up reachability
+    # check met one of the 4 failures
+    assert retries_so_far() >= 3
 
 
 def test_a_server_that_keeps_failing_becomes_error_lines(loaded, server, tmp_path, monkeypatch):
@@ -281,6 +283,8 @@ def test_discovery_of_series_with_reports_joined(loaded, server, tmp_path):
             "--max_slices",
             "4",
             "--keep_source",
+            "--max_error_fraction",
+            "1",
         ],
     )
     # two CT series on the server: the 20-slice phantom and CT_small (a single slice: an error line)
@@ -330,6 +334,8 @@ def test_discovery_in_a_folder(tmp_path):
             str(tmp_path / "r.csv"),
             "--output_dir",
             str(tmp_path / "o"),
+            "--max_error_fraction",
+            "1",
         ],
     )
     assert (s["inputs"], s["examples"], s["errors_by_stage"]) == (2, 1, {"text": 1})  # MR has no report

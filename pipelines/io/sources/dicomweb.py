@@ -117,9 +117,9 @@ class DicomWebClient:
             return "connection refused" if "refused" in reason.lower() else f"cannot connect ({type(exc).__name__})"
         if response.status_code in (401, 403):
             return f"HTTP {response.status_code}: the server refused the credentials (check the user/password or token)"
-        if response.status_code >= 400:
-            return f"HTTP {response.status_code} for a QIDO-RS search ({url.split('?')[0]}): is this a DICOMweb root?"
-        return ""
+        if response.status_code == 404:
+            return f"HTTP 404 for a QIDO-RS search ({url.split('?')[0]}): is this a DICOMweb root?"
+        return ""  # it answers; throttling and server errors are retried per request later
 
     def search_instances(self, ref: DicomWebRef) -> list[DicomWebRef]:
         """QIDO-RS: the instances of a study or series, as instance references (sorted by UID)."""

@@ -148,9 +148,11 @@ class RemoteStreams:
 
 def localize_file(ref: str) -> LocalFile:
     """The file as a local path (gs:// copied in 8 MiB chunks; OpenSlide cannot do ranged reads on GCS).
-    A local path must be a regular file (readers given a FIFO would wait forever)."""
+    A local path must be a folder (a DICOM WSI series) or a regular file (readers given a FIFO would wait
+    forever)."""
     if "://" not in ref:
-        _open_local(ref, "", 1 << 62).close()
+        if not os.path.isdir(ref):
+            _open_local(ref, "", 1 << 62).close()
         return LocalFile(ref, False)
     suffix = os.path.splitext(ref)[1]
     fd, local = tempfile.mkstemp(prefix="medprep-slide-", suffix=suffix)
