@@ -25,6 +25,10 @@ from medprep.pipelines.graphs.metrics import PipelineMetrics
 from medprep.transforms.errors import ItemError, timed_stages
 
 BATCH = 8  # units per work element: enough to amortize per-element cost, small enough to spread
+# Locally, an input fans out only with this many units (~6 s of slices): below it the fan-out's two
+# extra stages cost more than a second worker saves (one 85-slice series on 2 workers: 24.8 s fanned
+# out against 12.0 s in-process, benchmarks/README.md).
+LOCAL_FAN_OUT_UNITS = 32 * BATCH
 
 
 def input_key(row: dict) -> str:
@@ -133,12 +137,16 @@ def fan_out_pays(options, expected_inputs: int, units_per_input: int) -> bool:
     are fewer than the processes that could work on them (more inputs already keep every process busy,
     and the fan-out would only add two shuffles of encoded images), and, off the local runner, whenever
     either number is unknown (a discovered cohort, a runner whose workers the options do not give).
+    Locally it also needs LOCAL_FAN_OUT_UNITS units (a long series: `--slice_selection all`).
     """
     if units_per_input <= BATCH:
         return False
     processes = worker_processes(options)
-    if local_workers(options) is None and (processes is None or expected_inputs == 0):
+    local = local_workers(options) is not None
+    if not local and (processes is None or expected_inputs == 0):
         return True
+    if local and units_per_input < LOCAL_FAN_OUT_UNITS:
+        return False
     return processes is not None and processes > 1 and 0 < expected_inputs < processes
 
 

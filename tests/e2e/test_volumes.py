@@ -454,15 +454,16 @@ def test_fan_out_only_where_it_pays():
     unsized = PipelineOptions(["--runner", "DataflowRunner"])
     assert [worker_processes(o) for o in (PipelineOptions([]), mp2, dataflow, unsized)] == [1, 2, 400, None]
     assert (machine_vcpus("n2-custom-8-16384"), machine_vcpus("e2-standard-4"), machine_vcpus("")) == (8, 4, None)
-    assert not fan_out_pays(PipelineOptions([]), 1, 85)
-    assert not fan_out_pays(mp2, 8, 85) and fan_out_pays(mp2, 1, 85)
+    assert not fan_out_pays(PipelineOptions([]), 1, 10**6)
+    assert not fan_out_pays(mp2, 8, 10**6) and fan_out_pays(mp2, 1, 10**6)
+    assert not fan_out_pays(mp2, 1, 85)  # locally a default selection is too short to pay for the fan-out
     assert fan_out_pays(dataflow, 100, 85) and not fan_out_pays(dataflow, 10_000, 85)
     assert fan_out_pays(unsized, 10_000, 85) and fan_out_pays(dataflow, 0, 85)
     assert not fan_out_pays(unsized, 10, BATCH)
 
 
 def test_one_step_and_fan_out_give_the_same_bytes(volume_run, tmp_path):
-    """One input (a CT and an MR series, 10 slices each selected) on 2 workers fans out; in-process it is
+    """One input (a CT and an MR series, every slice selected) on 2 workers fans out; in-process it is
     prepared in one step: every shard and error file is byte-identical, and slices are counted alike."""
     from medprep.pipelines.cli.main import run_pipeline_with_result
     from medprep.pipelines.graphs.metrics import query_metrics, totals
@@ -475,12 +476,12 @@ def test_one_step_and_fan_out_give_the_same_bytes(volume_run, tmp_path):
         ("one_step", []),
         ("fan_out", ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]),
     ):
-        args = ["--input", str(m), "--output_dir", str(tmp_path / mode), "--tokenizer", _tok(out)]
-        _, result = run_pipeline_with_result("volumes", args + ["--max_slices", "10", "--split_salt", "s"] + extra)
+        args = ["--input", str(m), "--output_dir", str(tmp_path / mode), "--tokenizer", _tok(out), "--split_salt", "s"]
+        _, result = run_pipeline_with_result("volumes", args + ["--slice_selection", "all"] + extra)
         labels = {step.split("/")[0] for step, _ in query_metrics(result)[0]}
         runs[mode] = (labels, totals(query_metrics(result)[0]))
     assert "RenderSlices" in runs["fan_out"][0] and "RenderSlices" not in runs["one_step"][0]
-    assert runs["one_step"][1]["slices_done"] == runs["fan_out"][1]["slices_done"] == 18  # 10 CT + 8 MR
+    assert runs["one_step"][1]["slices_done"] == runs["fan_out"][1]["slices_done"] == 38  # 30 CT + 8 MR
     for sub in ("arrayrecord", "parquet", "errors"):
         names = sorted(os.listdir(tmp_path / "one_step" / sub))
         assert names == sorted(os.listdir(tmp_path / "fan_out" / sub)) and names
