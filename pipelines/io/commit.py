@@ -234,5 +234,5 @@ def finish(output_dir: str, journal: Journal, rollback: bool = False) -> str:
         journal = _save(output_dir, replace(journal, phase="restore" if journal.phase == "backup" else "unstage"))
     done = _run(output_dir, journal)
     if done.finished == ("restored",):
-        return f"rolled back: the previous dataset is restored ({len(journal.old)} files); {journal.staging} kept"
+        return f"rolled back: the previous dataset is restored ({len(journal.old)} files)"
     return f"finished: the new dataset from {journal.staging} is in place ({len(journal.new)} files)"

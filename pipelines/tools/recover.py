@@ -31,13 +31,16 @@ def main(argv: list[str]) -> int:
     """CLI entry: 0 when the folder is whole (whatever was done), 2 when a live run holds it."""
     from medprep.pipelines.io.output_lock import LockHeld
 
-    ap = argparse.ArgumentParser(prog="medprep recover", description=__doc__.splitlines()[0].strip("`"))
+    ap = argparse.ArgumentParser(
+        prog="medprep recover",
+        description="Finish (or roll back) a commit a killed run left half-done; remove dead runs' folders.",
+    )
     ap.add_argument("output_dir", help="a medprep output folder (local or gs://)")
     ap.add_argument(
         "--rollback",
         action="store_true",
-        help="restore the previous dataset instead of finishing an interrupted commit (the new run's files stay "
-        "in its staging folder)",
+        help="restore the previous dataset instead of finishing an interrupted commit (the new run's files are "
+        "then removed with the other leftovers)",
     )
     ap.add_argument(
         "--break_lock",
