@@ -57,3 +57,11 @@ def emulator_bucket(name: str) -> Iterator[Any]:
             os.environ.pop("STORAGE_EMULATOR_HOST", None)
         else:
             os.environ["STORAGE_EMULATOR_HOST"] = old
+
+
+def upload_folder(bucket: Any, folder: str, prefix: str) -> None:
+    """Upload every file under a local folder to bucket/prefix/<relative path>."""
+    for root, _, files in os.walk(folder):
+        for f in files:
+            path = os.path.join(root, f)
+            bucket.blob(f"{prefix}/{os.path.relpath(path, folder)}").upload_from_filename(path)

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from gcs_emulator import upload_folder  # tests/gcs_emulator.py
 from medprep.samples import make_images_samples
 
 BUCKET = "medprep-test"
@@ -36,13 +37,6 @@ def relative_samples(tmp_path_factory, demo_model_bytes):
         fh.write("".join(json.dumps(r) + "\n" for r in rows))
     open(os.path.join(folder, "demo.model"), "wb").write(demo_model_bytes)
     return folder
-
-
-def _upload_folder(bucket, folder: str, prefix: str) -> None:
-    for root, _, files in os.walk(folder):
-        for f in files:
-            path = os.path.join(root, f)
-            bucket.blob(f"{prefix}/{os.path.relpath(path, folder)}").upload_from_filename(path)
 
 
 def _download_shards(bucket, prefix: str) -> dict:
@@ -92,7 +86,7 @@ def test_gcs_run_is_byte_identical_to_local(gcs, relative_samples, tmp_path):
             os.path.join(relative_samples, "manifest.jsonl"), local_out, os.path.join(relative_samples, "demo.model")
         ),
     )
-    _upload_folder(gcs, relative_samples, "in")
+    upload_folder(gcs, relative_samples, "in")
     base = f"gs://{BUCKET}/in"
     s_gcs = run_pipeline("images", _args(f"{base}/manifest.jsonl", f"gs://{BUCKET}/out", f"{base}/demo.model"))
     assert (s_gcs["examples"], s_gcs["errors"]) == (s_local["examples"], s_local["errors"]) == (11, 2)
@@ -116,7 +110,7 @@ def test_gcs_multiprocessing_workers(gcs, relative_samples, tmp_path):
     """Worker processes reach the emulator too (the credential skip holds in every process)."""
     from medprep.pipelines.cli.main import run_pipeline
 
-    _upload_folder(gcs, relative_samples, "in2")
+    upload_folder(gcs, relative_samples, "in2")
     base = f"gs://{BUCKET}/in2"
     t = time.time()
     s = run_pipeline(
@@ -136,7 +130,7 @@ def test_verify_and_inspect_on_gcs_output(gcs, relative_samples):
     from medprep.pipelines.cli.main import main, run_pipeline
     from medprep.pipelines.tools.verify import verify
 
-    _upload_folder(gcs, relative_samples, "in3")
+    upload_folder(gcs, relative_samples, "in3")
     base = f"gs://{BUCKET}/in3"
     run_pipeline("images", _args(f"{base}/manifest.jsonl", f"gs://{BUCKET}/out3", f"{base}/demo.model"))
     problems, facts = verify(f"gs://{BUCKET}/out3")
@@ -149,7 +143,7 @@ def test_verify_and_inspect_on_gcs_output(gcs, relative_samples):
 def test_gcs_rerun_refused_then_overwritten(gcs, relative_samples, capsys):
     from medprep.pipelines.cli.main import main
 
-    _upload_folder(gcs, relative_samples, "in4")
+    upload_folder(gcs, relative_samples, "in4")
     base = f"gs://{BUCKET}/in4"
     args = ["images", *_args(f"{base}/manifest.jsonl", f"gs://{BUCKET}/out4", f"{base}/demo.model")]
     assert main(args + ["--num_shards", "2"]) == 0
@@ -171,7 +165,7 @@ def test_slides_from_gcs_file_and_dicom_wsi_prefix(gcs, tmp_path):
         from test_dicom_wsi import dicomize
 
         folders["dicom"] = dicomize(svs, str(tmp_path / "dicom"), 0.25)
-    _upload_folder(gcs, str(tmp_path), "wsi")
+    upload_folder(gcs, str(tmp_path), "wsi")
     opts = ["--patch_size", "112", "--stride", "112", "--image_size", "112", "--max_patches", "6"]
     images = {}
     for name, local in folders.items():
@@ -238,7 +232,7 @@ def test_dicom_wsi_on_gcs_is_read_in_ranges(gcs, tmp_path):
 
     svs = write_svs(str(tmp_path / "s.svs"), synthetic_slide_rgb(8192, 8192, seed=5), mpp=0.25)
     folder = dicomize(svs, str(tmp_path / "dicom"), 0.25)
-    _upload_folder(gcs, folder, "ranged")
+    upload_folder(gcs, folder, "ranged")
     total = sum(b.size for b in gcs.list_blobs(prefix="ranged/"))
     remote = RemoteStreams(f"gs://{BUCKET}/ranged/")
     counting = [_Counting(s) for s in remote.streams]

@@ -11,6 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from gcs_emulator import upload_folder  # tests/gcs_emulator.py
+
 BUCKET = "medprep-verify"
 
 
@@ -42,13 +44,6 @@ def local_output(tmp_path_factory):
     return out
 
 
-def _upload(bucket, folder: str, prefix: str) -> None:
-    for root, _, files in os.walk(folder):
-        for f in files:
-            path = os.path.join(root, f)
-            bucket.blob(f"{prefix}/{os.path.relpath(path, folder)}").upload_from_filename(path)
-
-
 def test_verify_and_inspect_read_a_gcs_output_in_place(gcs, local_output, monkeypatch):
     import medprep.pipelines.io.outputs as outputs
     from medprep.pipelines.tools.inspect import inspect
@@ -58,7 +53,7 @@ def test_verify_and_inspect_read_a_gcs_output_in_place(gcs, local_output, monkey
         raise AssertionError("the output was copied to a local folder")
 
     monkeypatch.setattr(outputs, "localize", no_copy, raising=False)
-    _upload(gcs, local_output, "out")
+    upload_folder(gcs, local_output, "out")
     remote = f"gs://{BUCKET}/out"
     problems, facts = verify(remote)
     assert problems == [] and facts == verify(local_output)[1]
