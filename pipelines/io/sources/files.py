@@ -70,8 +70,14 @@ def _open_local(path: str, name: str, limit: int) -> BinaryIO:
 
 def open_input(ref: str, name: str = "", limit: int = DEFAULT_MAX_INPUT_BYTES) -> BinaryIO:
     """A local path or gs:// URI opened for reading, after the checks read_bytes makes (regular file, size)."""
+    return _open_sized(ref, name, limit)[0]
+
+
+def _open_sized(ref: str, name: str, limit: int) -> tuple[BinaryIO, int]:
+    """open_input, also returning the size the file declares (bytes)."""
     if "://" not in ref:
-        return _open_local(ref, name, limit)
+        fh = _open_local(ref, name, limit)
+        return fh, os.fstat(fh.fileno()).st_size
     try:
         matched = FileSystems.match([ref])[0].metadata_list
     except Exception as exc:
@@ -81,7 +87,7 @@ def open_input(ref: str, name: str = "", limit: int = DEFAULT_MAX_INPUT_BYTES) -
     if matched[0].size_in_bytes > limit:
         raise _too_big(ref, name, matched[0].size_in_bytes, limit)
     try:
-        return FileSystems.open(ref, compression_type="uncompressed")
+        return FileSystems.open(ref, compression_type="uncompressed"), matched[0].size_in_bytes
     except Exception as exc:  # Beam wraps OSError in BeamIOError
         reason = "file not found" if _not_found(exc) else str(exc)
         raise ItemError("read", f"cannot read {described(ref, name)}: {reason}") from None
@@ -101,14 +107,32 @@ def read_bytes(ref: str, name: str = "", limit: int = DEFAULT_MAX_INPUT_BYTES) -
             if not web.instance:
                 raise ItemError("read", f"{described(ref, name)} is a DICOMweb study/series, not an instance")
             return client_for(web.base).retrieve_instance(web, limit)
-        with open_input(ref, name, limit) as fh:
+        fh, declared = _open_sized(ref, name, limit)
+        with fh:
             try:
-                data = fh.read(limit + 1)
+                data = _read_at_most(fh, limit, declared)
             except Exception as exc:  # Beam wraps OSError in BeamIOError
                 raise ItemError("read", f"cannot read {described(ref, name)}: {exc}") from None
         if len(data) > limit:
             raise _too_big(ref, name, len(data), limit)
         return data
+
+
+def _read_at_most(fh: BinaryIO, limit: int, declared: int) -> bytes:
+    """The rest of a stream, stopping after limit + 1 bytes. One read of the declared size + 1 (a read of
+    limit + 1 would allocate the whole limit up front), then 1 MiB chunks if the stream yields more than it
+    declared (/proc files declare 0; a file may grow)."""
+    data = fh.read(min(limit, declared) + 1)
+    if len(data) <= declared:
+        return data  # end of the stream
+    chunks, size = [data], len(data)
+    while size <= limit:
+        chunk = fh.read(min(1 << 20, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 class LocalFile:
