@@ -116,8 +116,14 @@ def _check_servers(option: str, bases: list[str], what: str = "") -> None:
 
     from medprep.pipelines.io.sources.dicomweb import client_for
 
+    def probe(base: str) -> str:
+        try:
+            return client_for(base).probe()
+        except Exception as exc:  # the session itself (e.g. Google credentials that cannot be found)
+            return f"{type(exc).__name__}: {exc}"
+
     with ThreadPoolExecutor(max(1, min(8, len(bases)))) as pool:
-        answers = list(pool.map(lambda base: client_for(base).probe(), bases))
+        answers = list(pool.map(probe, bases))
     for base, unreachable in zip(bases, answers, strict=True):
         if unreachable:
             raise OptionError(option, f"{what}{strip_credentials(base)}: {unreachable}")

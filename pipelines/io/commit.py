@@ -53,6 +53,10 @@ class Journal:
         """Stable JSON bytes."""
         return (json.dumps(asdict(self), indent=1, sort_keys=True) + "\n").encode("utf-8")
 
+    def names(self, staging: str) -> bool:
+        """True when this journal commits the staging folder `staging` (a path)."""
+        return self.staging == staging.rstrip("/").rsplit("/", 1)[-1]
+
 
 class _Steps:
     """Counts a commit's elementary steps; MEDPREP_COMMIT_KILL_AT=N makes the Nth one a real SIGKILL
@@ -220,9 +224,15 @@ def commit_outputs(staging: str, output_dir: str) -> None:
             if _exists(join(output_dir, "summary.json")) and not present(staging):
                 return  # committed already (a retried commit step)
             raise FileNotFoundError(f"nothing to commit: {join(staging, 'summary.json')} is missing")
+        new = _new_files(staging)
+        missing = [rel for rel in new if not _exists(join(staging, rel))]
+        if missing:  # never replace a whole dataset with an incomplete one
+            raise FileNotFoundError(
+                f"nothing committed: {staging} lacks {len(missing)} listed file(s), e.g. {missing[0]}"
+            )
         run = name[len(STAGING_PREFIX) :] if name.startswith(STAGING_PREFIX) else name
         started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        journal = Journal(name, BACKUP_PREFIX + run, tuple(_old_files(output_dir)), tuple(_new_files(staging)))
+        journal = Journal(name, BACKUP_PREFIX + run, tuple(_old_files(output_dir)), tuple(new))
         pending = _save(output_dir, replace(journal, started=started))
     _run(output_dir, pending)
 

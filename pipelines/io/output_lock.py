@@ -55,11 +55,16 @@ class Holder:
     def stale_reason(self, now: float | None = None) -> str:
         """Why this lock looks abandoned ('' when it does not)."""
         now = _now() if now is None else now
-        if self.host == socket.gethostname() and self.pid > 0 and not _alive(self.pid):
+        if self.dead_here():
             return f"process {self.pid} on this host is gone"
         if self.mode == "heartbeat" and now - self.heartbeat > STALE_SECONDS:
             return f"no heartbeat for {now - self.heartbeat:.0f} s"
         return ""
+
+    def dead_here(self) -> bool:
+        """A run on this host whose process has ended: certainly dead (a job's launcher exits while the job
+        runs, so a job's lock is never judged by its pid)."""
+        return self.mode == "heartbeat" and self.host == socket.gethostname() and self.pid > 0 and not _alive(self.pid)
 
     def describe(self, now: float | None = None) -> str:
         """One line naming the holder."""
@@ -141,19 +146,28 @@ class _Store:
 
     def read(self) -> Holder | None:
         """The holder written in the lock (None if there is no lock; raises ValueError if unreadable)."""
+        return self.read_with_generation()[0]
+
+    def read_with_generation(self) -> tuple[Holder | None, int | None]:
+        """read(), and on gs:// the generation of the object read (to delete exactly that one)."""
+        generation = None
         if self.path.startswith("gs://"):
+            from google.api_core import exceptions
+
             blob = self._blob()
-            if not blob.exists():
-                return None
-            data = blob.download_as_bytes()
+            try:
+                data = blob.download_as_bytes()
+            except exceptions.NotFound:
+                return None, None
+            generation = blob.generation
         else:
             try:
                 with open(self.path, "rb") as fh:
                     data = fh.read()
             except FileNotFoundError:
-                return None
+                return None, None
         try:
-            return Holder(**json.loads(data))
+            return Holder(**json.loads(data)), generation
         except (ValueError, TypeError) as exc:
             raise ValueError(f"unreadable lock {self.path}: {exc}") from None
 
@@ -209,18 +223,22 @@ class OutputLock:
             if self._store.create(self._holder().to_json()):
                 break
             try:
-                holder = self._store.read()
+                holder, generation = self._store.read_with_generation()
             except ValueError:
-                holder = None
+                holder, generation = None, self._store_generation()
             if holder is None and not self._store_exists():
                 continue  # released between our create and read: try again
             stale = "unreadable" if holder is None else holder.stale_reason()
-            if break_lock and (stale or (holder is not None and holder.mode == "job")):
+            dead = holder is not None and holder.dead_here()  # certain: taken over without being asked
+            if dead or (break_lock and (stale or (holder is not None and holder.mode == "job"))):
                 _LOG.warning(
-                    "breaking the lock of %s: %s", self.output_dir, holder.describe() if holder else "unreadable"
+                    "taking over the lock of %s from %s (%s)",
+                    self.output_dir,
+                    holder.describe() if holder else "an unreadable lock",
+                    stale or "--break_lock",
                 )
                 self.broken = holder
-                self._store.delete(self._store_generation())
+                self._store.delete(generation)
                 continue
             raise LockHeld(self.output_dir, holder, stale)
         else:

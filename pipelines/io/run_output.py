@@ -136,22 +136,25 @@ def commit_run(
     error_budget.txt beside its summary.json; output_dir untouched.
     """
     run = run_id(staging_dir)
-    try:
-        if FileSystems.exists(join(staging_dir, "summary.json")):
-            summary = read_summary(staging_dir)
-            reason = over_budget(summary, max_error_fraction, max_errors)
-            if reason:
-                report = error_report(summary, reason, staging_dir, first_errors(staging_dir, summary))
-                write_bytes(join(staging_dir, ERROR_REPORT), report.encode("utf-8"))
-                raise ErrorBudgetExceeded(report)
-            held = lock.still_held() if lock is not None else _job_holds(output_dir, run)
-            if not held:
-                why = lock.lost if lock is not None else "the lock no longer names this job"
-                raise LockLost(f"{output_dir}: {why}; nothing committed (this run's outputs are in {staging_dir})")
-        commit_outputs(staging_dir, output_dir)
-    finally:
-        if lock is None:
-            release_job_lock(output_dir, run)
+    pending = read_journal(output_dir)
+    if FileSystems.exists(join(staging_dir, "summary.json")) and (pending is None or not pending.names(staging_dir)):
+        summary = read_summary(staging_dir)
+        reason = over_budget(summary, max_error_fraction, max_errors)
+        if reason:
+            report = error_report(summary, reason, staging_dir, first_errors(staging_dir, summary))
+            write_bytes(join(staging_dir, ERROR_REPORT), report.encode("utf-8"))
+            if lock is None:
+                release_job_lock(output_dir, run)
+            raise ErrorBudgetExceeded(report)
+        held = lock.still_held() if lock is not None else _job_holds(output_dir, run)
+        if not held:
+            why = lock.lost if lock is not None else "the lock no longer names this job"
+            raise LockLost(f"{output_dir}: {why}; nothing committed (this run's outputs are in {staging_dir})")
+    # A job's commit step may fail part-way and be retried by the runner: its lock is kept until the
+    # commit is done (a retry finds its own journal and finishes it).
+    commit_outputs(staging_dir, output_dir)
+    if lock is None:
+        release_job_lock(output_dir, run)
 
 
 def first_errors(folder: str, summary: dict, count: int = 3) -> list[dict]:

@@ -10,9 +10,13 @@ def over_budget(summary: dict, max_error_fraction: float, max_errors: int = -1) 
     max_errors (>= 0; -1 = no absolute limit) did. A run with no inputs at all has failed on none.
     """
     inputs, errors = int(summary.get("inputs", 0)), int(summary.get("errors", 0))
+    declared: dict = summary["input"] if isinstance(summary.get("input"), dict) else {}
+    if "embeddings" in summary and declared.get("images"):  # embed: an unreadable range is one line for many
+        inputs = max(inputs, int(declared["images"]))
+        errors = max(errors, inputs - int(summary["embeddings"]))
     if errors == 0:
         return ""
-    share = errors / inputs if inputs else 1.0
+    share = min(1.0, errors / inputs) if inputs else 1.0
     if share > max_error_fraction:
         what = f"all {inputs} inputs failed" if errors >= inputs else f"{errors} of {inputs} inputs failed"
         return f"{what} ({share:.1%} > --max_error_fraction {max_error_fraction:g})"

@@ -126,6 +126,32 @@ def test_an_interrupted_commit_of_another_run_is_finished_before_a_new_one(tmp_p
     assert _visible(out) == newer
 
 
+def test_an_incomplete_staging_folder_is_never_committed(tmp_path):
+    out, staging, old, _ = _setup(tmp_path)
+    os.remove(os.path.join(staging, "parquet", "train-00000-of-00001.parquet"))
+    with pytest.raises(FileNotFoundError, match="lacks 1 listed file"):
+        commit.commit_outputs(staging, out)
+    assert _visible(out) == old and commit.read_journal(out) is None
+
+
+def test_a_jobs_commit_step_retried_after_a_fault_keeps_its_lock_and_finishes(tmp_path):
+    """Flex templates: the job's own commit step fails part-way; the runner's retry must be able to finish."""
+    from medprep.pipelines.io.output_lock import OutputLock, read_holder
+    from medprep.pipelines.io.run_output import commit_run
+
+    out, staging, _, new = _setup(tmp_path)
+    OutputLock(out, "abc", "images", mode="job").acquire()  # the launcher's lock, named after .staging-abc
+    commit.STEPS.hook = lambda n, what: (_ for _ in ()).throw(OSError("worker lost")) if n == 3 else None
+    try:
+        with pytest.raises(OSError):
+            commit_run(staging, out, 0.1)
+    finally:
+        commit.STEPS.hook = None
+    assert read_holder(out).run == "abc"  # kept for the retry
+    commit_run(staging, out, 0.1)  # the retry
+    assert _visible(out) == new and read_holder(out) is None
+
+
 def _dataset(tmp_path, name: str, n: int, seed: int) -> str:
     """A real `medprep images` output of n generated PNGs."""
     import io

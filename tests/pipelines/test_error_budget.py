@@ -45,10 +45,19 @@ def _snapshot(out):
         (4, 4, 0.1, -1, "all 4 inputs failed (100.0% > --max_error_fraction 0.1)"),
         (4, 4, 1.0, -1, ""),  # 1 = never
         (0, 0, 0.1, -1, ""),
+        (2, 3, 1.0, -1, ""),  # discovery error lines without an input row: 1 still means never
     ],
 )
 def test_over_budget(inputs, errors, fraction, absolute, over):
     assert over_budget({"inputs": inputs, "errors": errors}, fraction, absolute) == over
+
+
+def test_embed_counts_the_images_an_unreadable_range_lost():
+    """An unreadable record range is one error line for many images: the budget counts the images lost."""
+    # 10 ranges of 256 images, 5 unreadable: 5 error lines (one per range) for 1,280 images lost
+    summary = {"inputs": 1285, "errors": 5, "embeddings": 1280, "input": {"images": 2560}}
+    assert over_budget(summary, 0.1) == "1280 of 2560 inputs failed (50.0% > --max_error_fraction 0.1)"
+    assert over_budget({**summary, "embeddings": 2560, "errors": 0, "inputs": 2560}, 0.1) == ""
 
 
 def test_a_run_over_budget_commits_nothing_and_keeps_the_previous_dataset(tmp_path, capsys):

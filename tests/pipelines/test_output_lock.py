@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -49,16 +50,27 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def test_a_stale_lock_is_reported_and_broken_only_when_asked(tmp_path, manifest, capsys, caplog):
+def test_a_lock_whose_process_is_gone_on_this_host_is_taken_over(tmp_path, manifest, caplog):
+    """After a crash the next run (or recover) goes on by itself: the holder is certainly dead."""
     out = tmp_path / "out"
     out.mkdir()
-    holder = output_lock.Holder("deadrun", __import__("socket").gethostname(), _dead_pid(), "images", 1.0, 1.0)
+    holder = output_lock.Holder("deadrun", socket.gethostname(), _dead_pid(), "images", 1.0, time.time())
     (out / LOCK).write_bytes(holder.to_json())
+    assert main(["images", "--input", manifest, "--output_dir", str(out)]) == 0
+    assert "taking over the lock" in caplog.text and "deadrun" in caplog.text and "is gone" in caplog.text
+    assert not (out / LOCK).exists() and (out / "summary.json").exists()
+
+
+def test_a_stale_lock_of_another_host_is_broken_only_when_asked(tmp_path, manifest, capsys, caplog):
+    out = tmp_path / "out"
+    out.mkdir()
+    old = time.time() - 3600
+    (out / LOCK).write_bytes(output_lock.Holder("gone", "another-host", 4242, "images", old, old).to_json())
     assert main(["images", "--input", manifest, "--output_dir", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "locked by run deadrun" in err and "looks stale" in err and "is gone" in err and "--break_lock" in err
+    assert "locked by run gone" in err and "looks stale (no heartbeat for" in err and "--break_lock" in err
     assert main(["images", "--input", manifest, "--output_dir", str(out), "--break_lock"]) == 0
-    assert "breaking the lock" in caplog.text and "deadrun" in caplog.text
+    assert "taking over the lock" in caplog.text
     assert not (out / LOCK).exists() and (out / "summary.json").exists()
 
 
@@ -69,6 +81,8 @@ def test_a_lock_without_heartbeat_for_five_minutes_is_stale(monkeypatch):
     assert beat.stale_reason(now - 2) == ""  # 299 s: still alive
     job = output_lock.Holder("r", "another-host", 123, "images", now - 9000, now - 9000, mode="job")
     assert job.stale_reason(now) == ""  # a submitted job has no heartbeat; only --break_lock takes it
+    launcher_gone = output_lock.Holder("r", socket.gethostname(), _dead_pid(), "images", 1.0, 1.0, mode="job")
+    assert launcher_gone.stale_reason(now) == "" and not launcher_gone.dead_here()  # the job runs on
 
 
 def test_the_heartbeat_renews_the_lock_and_stops_when_it_is_taken(tmp_path, monkeypatch):

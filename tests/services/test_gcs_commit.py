@@ -106,3 +106,18 @@ def test_the_lock_on_gcs(gcs):
     with OutputLock(out, "second", "images").acquire():
         assert read_holder(out).run == "second"
     assert read_holder(out) is None
+
+
+def test_a_gs_object_with_glob_characters_in_its_name_is_read_with_its_own_size(gcs):
+    from medprep.pipelines.io.sources.files import read_bytes
+    from medprep.transforms.errors import ItemError
+
+    gcs.blob("names/scan[1].dcm").upload_from_string(b"x" * 100)
+    gcs.blob("names/b1.dcm").upload_from_string(b"y" * 10)  # what the pattern b[12].dcm would match
+    gcs.blob("names/b[12].dcm").upload_from_string(b"z" * 50)
+    assert read_bytes(f"gs://{BUCKET}/names/scan[1].dcm") == b"x" * 100
+    assert read_bytes(f"gs://{BUCKET}/names/b[12].dcm", limit=50) == b"z" * 50  # its own size, not b1.dcm's
+    with pytest.raises(ItemError, match=r"above --max_input_bytes \(40\)"):
+        read_bytes(f"gs://{BUCKET}/names/b[12].dcm", limit=40)
+    with pytest.raises(ItemError, match="file not found"):
+        read_bytes(f"gs://{BUCKET}/names/missing[2].dcm")

@@ -108,13 +108,18 @@ class DicomWebClient:
     def probe(self, timeout: float = 15.0) -> str:
         """'' when the server answers a one-study QIDO search, else why not, in one line (start-up check)."""
         url = f"{self.base}/studies?limit=1"
-        try:
-            response = self._session.get(url, headers={"Accept": "application/dicom+json"}, timeout=timeout)
+        try:  # streamed and closed unread: a server ignoring `limit` may answer with every study it has
+            response = self._session.get(
+                url, headers={"Accept": "application/dicom+json"}, timeout=timeout, stream=True
+            )
+            response.close()
         except requests.Timeout:
             return f"no answer within {timeout:g} s"
         except requests.ConnectionError as exc:
             reason = str(exc.args[0] if exc.args else exc)
             return "connection refused" if "refused" in reason.lower() else f"cannot connect ({type(exc).__name__})"
+        except Exception as exc:  # bad URL, redirects, credentials that cannot be found (Google ADC)...
+            return f"{type(exc).__name__}: {exc}"
         if response.status_code in (401, 403):
             return f"HTTP {response.status_code}: the server refused the credentials (check the user/password or token)"
         if response.status_code == 404:

@@ -78,16 +78,15 @@ def _open_sized(ref: str, name: str, limit: int) -> tuple[BinaryIO, int]:
     if "://" not in ref:
         fh = _open_local(ref, name, limit)
         return fh, os.fstat(fh.fileno()).st_size
-    try:
-        matched = FileSystems.match([ref])[0].metadata_list
+    try:  # the exact object (FileSystems.match would read [, * and ? in a name as a pattern)
+        size = FileSystems.get_filesystem(ref).metadata(ref).size_in_bytes
     except Exception as exc:
-        raise ItemError("read", f"cannot read {described(ref, name)}: {exc}") from None
-    if not matched:
-        raise ItemError("read", f"cannot read {described(ref, name)}: file not found")
-    if matched[0].size_in_bytes > limit:
-        raise _too_big(ref, name, matched[0].size_in_bytes, limit)
+        reason = "file not found" if _not_found(exc) else str(exc)
+        raise ItemError("read", f"cannot read {described(ref, name)}: {reason}") from None
+    if size > limit:
+        raise _too_big(ref, name, size, limit)
     try:
-        return FileSystems.open(ref, compression_type="uncompressed"), matched[0].size_in_bytes
+        return FileSystems.open(ref, compression_type="uncompressed"), size
     except Exception as exc:  # Beam wraps OSError in BeamIOError
         reason = "file not found" if _not_found(exc) else str(exc)
         raise ItemError("read", f"cannot read {described(ref, name)}: {reason}") from None
