@@ -13,18 +13,14 @@ import time
 
 from apache_beam.io.filesystems import FileSystems
 
+from benchmarks.embed_bench import best
 from medprep.pipelines.io.commit import commit_outputs
 from medprep.pipelines.io.output_lock import OutputLock
 from medprep.pipelines.io.sources.files import read_bytes
 
 
 def _best_ms(fn, repeat: int = 30) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times) * 1e3
+    return best(fn, repeat) * 1e3
 
 
 def read_rows(folder: str) -> list[tuple[str, float]]:
