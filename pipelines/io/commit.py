@@ -27,7 +27,7 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
-from medprep.pipelines.io.outputs import OUTPUT_PARTS, files_under, join, present
+from medprep.pipelines.io.outputs import OUTPUT_PARTS, files_under, join, present, write_bytes
 
 _LOG = logging.getLogger(__name__)
 
@@ -89,25 +89,6 @@ def _exists(path: str) -> bool:
     return os.path.lexists(path) if "://" not in path else FileSystems.exists(path)
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    """Whole-or-nothing write: local temp file + fsync + rename; one object upload on gs://."""
-    if "://" in path:
-        with FileSystems.create(path) as fh:
-            fh.write(data)
-        return
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def _move(src: str, dst: str) -> bool:
     """Move one file if it is still at `src` (a repeat after a crash finds it moved); True if moved."""
     if not _exists(src):
@@ -146,7 +127,7 @@ def read_journal(output_dir: str) -> Journal | None:
 
 
 def _save(output_dir: str, journal: Journal) -> Journal:
-    _write_atomic(join(output_dir, JOURNAL), journal.to_json())
+    write_bytes(join(output_dir, JOURNAL), journal.to_json(), durable=True)
     STEPS(f"journal {journal.phase}")
     return journal
 

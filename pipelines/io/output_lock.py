@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
-from medprep.pipelines.io.outputs import join
+from medprep.pipelines.io.outputs import join, write_bytes
 
 _LOG = logging.getLogger(__name__)
 
@@ -178,10 +178,7 @@ class _Store:
             blob.upload_from_string(data, if_generation_match=self.generation)
             self.generation = blob.generation
             return
-        tmp = f"{self.path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, self.path)
+        write_bytes(self.path, data)
 
     def delete(self, generation: int | None = None) -> None:
         """Remove the lock (on gs://, only the generation given)."""

@@ -22,14 +22,25 @@ def shard_name(prefix: str, index: int, count: int, suffix: str) -> str:
     return f"{prefix}-{index:05d}-of-{count:05d}{suffix}"
 
 
-def write_bytes(path: str, data: bytes) -> None:
-    """Write a whole file; local writes go through a temp file and an atomic rename."""
+def write_bytes(path: str, data: bytes, durable: bool = False) -> None:
+    """Write a whole file, all or nothing: locally a temp file and an atomic rename (durable: fsync'ed, file
+    and folder, before and after the rename, so a power loss cannot leave it empty); one upload on gs://."""
     if "://" not in path:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        folder = os.path.dirname(path) or "."
+        os.makedirs(folder, exist_ok=True)
         tmp = f"{path}.tmp-{os.getpid()}"
         with open(tmp, "wb") as fh:
             fh.write(data)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
+        if durable:
+            dir_fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
         return
     with FileSystems.create(path) as fh:
         fh.write(data)
