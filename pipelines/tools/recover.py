@@ -49,6 +49,11 @@ def main(argv: list[str]) -> int:
         "process ended, or a submitted job that failed)",
     )
     args = ap.parse_args(argv)
+    from medprep.pipelines.io.outputs import present
+
+    if not present(args.output_dir):  # a misspelt folder is not "nothing to recover" (nor created)
+        print(f"medprep: error: output_dir: {args.output_dir} not found", file=sys.stderr)
+        return 2
     try:
         done = recover(args.output_dir, args.rollback, args.break_lock)
     except LockHeld as exc:

@@ -272,3 +272,9 @@ def test_verify_reports_leftover_staging_and_an_interrupted_commit(tmp_path, rea
     printed = capsys.readouterr().out
     assert "a commit into" in printed and "was interrupted (backup phase)" in printed
     assert recover_main([out]) == 0 and verify_main([out]) == 0
+
+
+def test_recover_refuses_a_folder_that_does_not_exist(tmp_path, capsys):
+    assert recover_main([str(tmp_path / "typo")]) == 2
+    assert capsys.readouterr().err.strip() == f"medprep: error: output_dir: {tmp_path / 'typo'} not found"
+    assert not (tmp_path / "typo").exists()
