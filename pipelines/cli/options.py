@@ -171,7 +171,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         raise OptionError("--output_dir", "required: the output folder, local or gs://")
     if args.val_fraction + args.test_fraction >= 1.0:
         raise OptionError("--val_fraction/--test_fraction", "together they must leave some patients for train (< 1)")
-    from medprep.pipelines.io.discovery import is_folder_input, parse_query, read_reports
+    from medprep.pipelines.io.discovery import check_reports, is_folder_input, parse_query
 
     expected_inputs = 0
     extra_columns: tuple[str, ...] = ()
@@ -228,7 +228,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         )
     if args.reports:
         try:
-            read_reports(args.reports)
+            check_reports(args.reports)
         except Exception as exc:
             raise OptionError("--reports", f"cannot read {args.reports}: {exc}") from None
         if "://" not in args.reports:

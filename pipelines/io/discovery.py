@@ -3,7 +3,8 @@
 Discovery runs inside the pipeline (not on the launcher). Each discovered series (volumes) or
 instance (images) becomes a row like a manifest row; its text comes from a reports file
 (CSV/JSONL/Parquet with `study_uid` and/or `accession_number`, `text`, optional `prompt`)
-joined by StudyInstanceUID, else AccessionNumber. Identifiers are only used for the join.
+joined by StudyInstanceUID, else AccessionNumber, in the pipeline (JoinReports: the file is a
+PCollection, never a dict in a worker). Identifiers are only used for the join.
 
 Nothing holds every discovered item in one place: a folder/prefix is cut into listing units (its
 sub-folders, and runs of the files directly in it), listed by different workers; headers are read
@@ -15,11 +16,14 @@ row has no id) from per-bucket counts and one bucket's items at a time (NumberRo
 from __future__ import annotations
 
 import bisect
+import hashlib
 import os
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from medprep.pipelines.config import Config
@@ -45,18 +49,63 @@ def parse_query(text: str) -> dict:
     return out
 
 
-def read_reports(path: str) -> dict:
-    """'study:<uid>' / 'acc:<accession>' -> {'text', 'prompt'} from a reports file."""
-    reports: dict = {}
-    if not path:
-        return reports
-    for raw in raw_rows(path):
+REPORT_KEYS = ("study_uid", "accession_number")  # the reports file's join columns, in the order they are tried
+
+
+def _report_keys(path: str) -> Iterator[tuple[int, str, str, dict]]:
+    """(row from 1, column, value, {'text', 'prompt'}) for each join key of each row of a reports file, streamed.
+
+    A key is used where its cell holds something (an empty cell joins nothing); values are compared as text."""
+    for n, raw in enumerate(raw_rows(path), start=1):
         entry = {"text": str(raw.get("text") or ""), "prompt": str(raw.get("prompt") or "")}
-        if raw.get("study_uid"):
-            reports[f"study:{raw['study_uid']}"] = entry
-        if raw.get("accession_number"):
-            reports[f"acc:{raw['accession_number']}"] = entry
-    return reports
+        for column in REPORT_KEYS:
+            if raw.get(column):
+                yield n, column, str(raw[column]), entry
+
+
+def _digest(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+def _key_digest(column: str, value: str) -> int:
+    return _digest(column + "\0" + value)
+
+
+def _entry_digest(entry: dict) -> int:
+    return _digest(entry["text"] + "\0" + entry["prompt"])
+
+
+def _repeat_message(column: str, value: str, first: int, again: int) -> str:
+    return f"{column} {value!r} on row {again} repeats row {first} with another text or prompt (one report per key)"
+
+
+def check_reports(path: str) -> None:
+    """Read a reports file once at start-up (streamed) and refuse (ValueError naming the column, the value and
+    both rows) a study UID or accession number given two different reports (the same report twice is fine).
+
+    Holds 16 bytes per key (a 64-bit digest of the key and of its report), not the texts: a digest that
+    repeats with another report's digest is confirmed on a second read of the file, on the real values."""
+    keys, entries = array("Q"), array("Q")
+    for _, column, value, entry in _report_keys(path):
+        keys.append(_key_digest(column, value))
+        entries.append(_entry_digest(entry))
+    k, e = np.frombuffer(keys, dtype=np.uint64), np.frombuffer(entries, dtype=np.uint64)
+    order = np.lexsort((e, k))
+    k, e = k[order], e[order]
+    suspects = set(k[1:][(k[1:] == k[:-1]) & (e[1:] != e[:-1])].tolist())
+    if suspects:
+        seen: dict = {}
+        for n, column, value, entry in _report_keys(path):
+            if _key_digest(column, value) in suspects:
+                first = seen.setdefault((column, value), (n, entry))
+                if first[1] != entry:
+                    raise ValueError(_repeat_message(column, value, first[0], n))
+
+
+def _keyed_reports(path: str) -> Iterator[beam.pvalue.TaggedOutput]:
+    """The reports file as (value, (row, report)) pairs, tagged by join column: streamed by one worker."""
+    for n, column, value, entry in _report_keys(path):
+        yield beam.pvalue.TaggedOutput(column, (value, (n, entry)))
 
 
 def _json_value(item: dict, tag: str) -> str:
@@ -64,12 +113,13 @@ def _json_value(item: dict, tag: str) -> str:
     return str(value[0])
 
 
-def _row(n: int, ref: str, study: str, accession: str, reports: dict) -> dict:
-    report = reports.get(f"study:{study}") or reports.get(f"acc:{accession}") or {"text": "", "prompt": ""}
+def _row(numbered: tuple[int, tuple], report: dict | None) -> dict:
+    """(row number, references) and its report (None: none matched) -> a manifest-like row."""
+    report = report or {"text": "", "prompt": ""}
     return {
-        "row": n,
+        "row": numbered[0],
         "id": "",
-        "images": [ref],
+        "images": list(numbered[1]),
         "prior": "",
         "text": report["text"],
         "prompt": report["prompt"],
@@ -205,33 +255,20 @@ def _offsets(counts: dict) -> dict:
 
 
 class _NumberedRows(beam.DoFn):
-    """(bucket, its items) -> rows numbered as if every item were sorted together: the bucket's
-    offset (items in the buckets before it) plus the item's place in the sorted bucket. Only one
-    bucket's items are held; the reports file is read once per worker."""
+    """(bucket, its items) -> (study, accession, (row number, references)), numbered as if every item were
+    sorted together: the bucket's offset (items in the buckets before it) plus the item's place in the
+    sorted bucket. Only one bucket's items are held."""
 
-    def __init__(self, config: Config):
-        self.config = config
-        self.reports: dict = {}
-
-    def setup(self) -> None:
-        self.reports = read_reports(self.config.reports)
-
-    def process(self, element: tuple, offsets: dict) -> Iterator[dict]:
+    def process(self, element: tuple, offsets: dict) -> Iterator[tuple]:
         bucket, items = element
         for n, (files, study, accession) in enumerate(sorted(items), start=offsets[bucket] + 1):
-            row = _row(n, files[0], study, accession, self.reports)
-            row["images"] = list(files)
-            yield row
+            yield study, accession, (n, tuple(files))
 
 
 class NumberRows(beam.PTransform):
-    """(bucket, item) pairs -> manifest-like rows numbered 1..n in item order, without one list of
-    every item: items are ((references…), study, accession), and buckets must be consecutive runs
-    of the sorted items, ordered as their keys (listing units, studies)."""
-
-    def __init__(self, config: Config):
-        super().__init__()
-        self.config = config
+    """(bucket, item) pairs -> (study, accession, (n, references)) numbered 1..n in item order, without one
+    list of every item: items are ((references…), study, accession), and buckets must be consecutive runs of
+    the sorted items, ordered as their keys (listing units, studies)."""
 
     def expand(self, keyed):
         offsets = (
@@ -244,8 +281,96 @@ class NumberRows(beam.PTransform):
         return (
             keyed
             | "ByBucket" >> beam.GroupByKey()
-            | "Number" >> beam.ParDo(_NumberedRows(self.config), beam.pvalue.AsSingleton(offsets))
+            | "Number" >> beam.ParDo(_NumberedRows(), beam.pvalue.AsSingleton(offsets))
         )
+
+
+def _one_report(column: str, value: str, reports) -> dict | None:
+    """The report of one key (None without one); two different reports under it fail the step, naming them
+    (check_reports refuses such a file at start-up; this holds for a file changed since, or the Python API)."""
+    found = None
+    for n, entry in sorted(reports):
+        if found is None:
+            found = (n, entry)
+        elif entry != found[1]:
+            raise ValueError(f"--reports: {_repeat_message(column, value, found[0], n)}")
+    return found[1] if found else None
+
+
+def _by_study(item: tuple) -> Iterator:
+    """A numbered item keyed by its study UID for the first join; one without a study UID goes straight on."""
+    study, accession, numbered = item
+    if study:
+        yield study, (accession, numbered)
+    else:
+        yield beam.pvalue.TaggedOutput("unmatched", (accession, numbered))
+
+
+def _study_joined(element: tuple) -> Iterator:
+    """(study UID, {rows, reports}) -> finished rows, or (accession, numbered) for the accession join."""
+    study, groups = element
+    report = _one_report(REPORT_KEYS[0], study, groups["reports"])
+    for accession, numbered in groups["rows"]:
+        if report is not None:
+            yield _row(numbered, report)
+        else:
+            yield beam.pvalue.TaggedOutput("unmatched", (accession, numbered))
+
+
+def _by_accession(item: tuple) -> Iterator:
+    """(accession, numbered) keyed for the second join; one without an accession number is finished, textless."""
+    accession, numbered = item
+    if accession:
+        yield accession, numbered
+    else:
+        yield beam.pvalue.TaggedOutput("finished", _row(numbered, None))
+
+
+def _accession_joined(element: tuple) -> Iterator[dict]:
+    accession, groups = element
+    report = _one_report(REPORT_KEYS[1], accession, groups["reports"])
+    for numbered in groups["rows"]:
+        yield _row(numbered, report)
+
+
+class JoinReports(beam.PTransform):
+    """(study, accession, (n, references)) -> manifest-like rows whose text and prompt come from the reports
+    file: its row with the item's StudyInstanceUID, else the one with its AccessionNumber, else none (empty).
+
+    The file is read as a PCollection (streamed by one worker) and joined with two CoGroupByKeys, by study
+    UID, then by accession number for what the first left unmatched: a step holds one key's rows and
+    reports (a study), never the file. Items without the identifier skip the join (no hot empty key)."""
+
+    def __init__(self, reports: str):
+        super().__init__()
+        self.reports = reports
+
+    def expand(self, numbered):
+        if not self.reports:
+            return numbered | "NoReports" >> beam.MapTuple(lambda _s, _a, item: _row(item, None))
+        p = numbered.pipeline
+        reports = (
+            p
+            | "ReportsFile" >> beam.Create([self.reports])
+            | "ReadReports" >> beam.FlatMap(_keyed_reports).with_outputs(*REPORT_KEYS)
+        )
+        first = numbered | "ByStudy" >> beam.FlatMap(_by_study).with_outputs("unmatched", main="keyed")
+        study = (
+            {"rows": first.keyed, "reports": reports[REPORT_KEYS[0]]}
+            | "JoinStudy" >> beam.CoGroupByKey()
+            | "StudyRows" >> beam.FlatMap(_study_joined).with_outputs("unmatched", main="rows")
+        )
+        second = (
+            (first.unmatched, study.unmatched)
+            | "Unmatched" >> beam.Flatten()
+            | "ByAccession" >> beam.FlatMap(_by_accession).with_outputs("finished", main="keyed")
+        )
+        accession = {"rows": second.keyed, "reports": reports[REPORT_KEYS[1]]} | "JoinAccession" >> beam.CoGroupByKey()
+        return (
+            study.rows,
+            second.finished,
+            accession | "AccessionRows" >> beam.FlatMap(_accession_joined),
+        ) | "Joined" >> beam.Flatten()
 
 
 class DiscoverRows(beam.PTransform):
@@ -267,7 +392,7 @@ class DiscoverRows(beam.PTransform):
                 | "Search" >> beam.FlatMap(lambda _: _dicomweb_items(cfg, level))
                 | "ByStudy" >> beam.Map(_study_bucket, cfg.dicomweb_url)
             )
-            return keyed | "Rows" >> NumberRows(cfg)
+            return keyed | "Rows" >> NumberRows() | "Reports" >> JoinReports(cfg.reports)
         units = p | "Prefix" >> beam.Create([folder_prefix(cfg.input)]) | "Units" >> beam.FlatMap(listing_units)
         starts = units | "Starts" >> beam.Map(lambda u: u.start) | "AllStarts" >> beam.combiners.ToList()
         keyed = (
@@ -280,7 +405,7 @@ class DiscoverRows(beam.PTransform):
             | "Items" >> beam.FlatMap(_series_items, per_series)
             | "ByUnit" >> beam.Map(_unit_of, beam.pvalue.AsSingleton(starts | "Sorted" >> beam.Map(sorted)))
         )
-        return keyed | "Rows" >> NumberRows(cfg)
+        return keyed | "Rows" >> NumberRows() | "Reports" >> JoinReports(cfg.reports)
 
 
 def is_folder_input(path: str) -> bool:

@@ -13,7 +13,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from medprep.pipelines.config import Config
 from medprep.pipelines.io import discovery
-from medprep.pipelines.io.discovery import DiscoverRows, ListingUnit, listing_units, read_reports
+from medprep.pipelines.io.discovery import DiscoverRows, ListingUnit, listing_units
 from medprep.samples import write_series
 
 
@@ -65,10 +65,8 @@ def _one_list_rows(prefix: str, config: Config, per_series: bool) -> list[dict]:
         else:
             items += [([m[0]], m[1], m[2]) for m in members]
     rows = []
-    for n, (files, study, accession) in enumerate(sorted(items), start=1):
-        row = discovery._row(n, files[0], study, accession, read_reports(config.reports))
-        row["images"] = files
-        rows.append(row)
+    for n, (files, _study, _accession) in enumerate(sorted(items), start=1):
+        rows.append(discovery._row((n, tuple(files)), None))  # the tree's one report matches nothing
     return rows
 
 
