@@ -7,7 +7,8 @@ joined by StudyInstanceUID, else AccessionNumber, in the pipeline (JoinReports: 
 PCollection, never a dict in a worker). Identifiers are only used for the join.
 
 Nothing holds every discovered item in one place: a folder/prefix is cut into listing units (its
-sub-folders, and runs of the files directly in it), listed by different workers; headers are read
+sub-folders, and runs of the files directly in it; through levels with a single sub-folder), listed by
+different workers; headers are read
 in parallel and grouped by series in the pipeline (a GroupByKey); a DICOMweb search is read page by
 page. Rows are numbered in reference order as before (the number is part of an example's key when a
 row has no id) from per-bucket counts and one bucket's items at a time (NumberRows).
@@ -36,6 +37,7 @@ from medprep.transforms.dicomweb_ref import DicomWebRef
 STUDY, SERIES, SOP, ACCESSION = "0020000D", "0020000E", "00080018", "00080050"
 QIDO_PAGE = 1000  # QIDO-RS results per request (under the caps of Google's Healthcare API and others)
 FILES_PER_UNIT = 1000  # files directly in a discovered prefix are listed and read in runs of this many
+MAX_DESCENT = 8  # single-sub-folder levels a prefix's listing goes down through to find where it fans out
 
 
 def parse_query(text: str) -> dict:
@@ -214,10 +216,16 @@ def _gcs_children(prefix: str) -> tuple[list[str], list[str]]:
     return files, [f"gs://{bucket}/{p.rstrip('/')}" for p in sorted(blobs.prefixes)]
 
 
-def listing_units(prefix: str, files_per_unit: int = FILES_PER_UNIT) -> list[ListingUnit]:
+def listing_units(prefix: str, files_per_unit: int = FILES_PER_UNIT, descend: int = MAX_DESCENT) -> list[ListingUnit]:
     """The prefix's listing units in path order: each sub-folder, and runs of up to `files_per_unit`
-    files directly in it (a run never spans a sub-folder, so units stay consecutive)."""
+    files directly in it (a run never spans a sub-folder, so units stay consecutive).
+
+    A level with a single sub-folder (gs://bucket/cohort/ holding cohort/2024/ and perhaps a
+    few files) would make that folder one unit, listed by one worker: it is replaced by its own units, down
+    to `descend` levels (one listing call each), so the units are the level where the folders fan out. The
+    paths under a folder are one consecutive run of the sorted paths, so its units stay in place."""
     files, folders = _children(prefix)
+    expand = len(folders) == 1 and descend > 0 and folders[0] != prefix  # ([], [prefix]): no listing by level
     entries = sorted([(f, False) for f in files] + [(d + "/", True) for d in folders])
     units: list[ListingUnit] = []
     run: list[str] = []
@@ -225,7 +233,9 @@ def listing_units(prefix: str, files_per_unit: int = FILES_PER_UNIT) -> list[Lis
         if run and (is_folder or len(run) == files_per_unit):
             units.append(ListingUnit(run[0], files=tuple(run)))
             run = []
-        if is_folder:
+        if is_folder and expand:
+            units += listing_units(key[:-1], files_per_unit, descend - 1)
+        elif is_folder:
             units.append(ListingUnit(key, folder=key[:-1]))
         else:
             run.append(key)

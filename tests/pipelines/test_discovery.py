@@ -146,3 +146,41 @@ def test_a_dicomweb_search_is_read_page_by_page(tmp_path, monkeypatch, honours_l
     assert server.requests == ([(0, 2), (2, 2), (4, 2)] if honours_limit else [(0, 2)])
     rows = _discovered(config, True, str(tmp_path / "rows.jsonl"))
     assert [(r["row"], r["images"]) for r in rows] == [(n + 1, list(i[0])) for n, i in enumerate(sorted(items))]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """cohort/2024/ holding 6 series folders and one series' files, beside cohort/README.txt: the root and
+    cohort/ each have a single sub-folder."""
+    root = tmp_path_factory.mktemp("cohort") / "in"
+    year = root / "cohort" / "2024"
+    for s in range(7):
+        folder = year if s == 6 else year / f"series{s}"
+        write_series(str(folder), 2, series=s, patient=s % 3, values=lambda k: np.full((4, 4), k))
+    (root / "cohort" / "README.txt").write_text("not dicom")
+    return str(root)
+
+
+def test_single_sub_folder_levels_are_descended_to_where_the_folders_fan_out(cohort):
+    year = cohort + "/cohort/2024"
+    loose = tuple(sorted(os.path.join(year, f) for f in os.listdir(year) if f.endswith(".dcm")))
+    assert len(loose) == 2
+    assert listing_units(cohort) == [
+        ListingUnit(loose[0], files=loose),  # s6_000N.dcm sort before series0/
+        *(ListingUnit(f"{year}/series{s}/", folder=f"{year}/series{s}") for s in range(6)),
+        ListingUnit(cohort + "/cohort/README.txt", files=(cohort + "/cohort/README.txt",)),
+    ]
+    # at most `descend` levels: one level down, cohort/2024/ is the unit
+    assert listing_units(cohort, descend=1) == [
+        ListingUnit(year + "/", folder=year),
+        ListingUnit(cohort + "/cohort/README.txt", files=(cohort + "/cohort/README.txt",)),
+    ]
+    assert listing_units(cohort, descend=0) == [ListingUnit(cohort + "/cohort/", folder=cohort + "/cohort")]
+
+
+@pytest.mark.parametrize("per_series", [True, False])
+def test_descended_units_give_the_rows_of_one_sorted_list(cohort, tmp_path, per_series):
+    config = dataclasses.replace(Config(), input=cohort + "/")
+    rows = _discovered(config, per_series, str(tmp_path / "rows.jsonl"))
+    assert rows == _one_list_rows(cohort, config, per_series)
+    assert len(rows) == (7 if per_series else 14)
