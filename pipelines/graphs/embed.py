@@ -5,6 +5,11 @@ read each range and cut its images, in record order, into batches of --batch_siz
 (EncoderModelHandler: the encoder is loaded once per worker process, RunInference's shared model) ->
 one row per image (or one error line) -> sharded ArrayRecord + Parquet, errors/, summary.json.
 
+Outputs take the record pipelines' bounded path (pipelines/io/sinks.py): each row is serialized to a
+part file in the staging folder where it is made and only its location is shuffled, shards are written
+streaming from the parts; error lines go to the sharded error files and summary.json counts them with
+combiners (never a list of every line); the commit waits for every output.
+
 Batches are formed here, not by RunInference's dynamic BatchElements (the handler runs
 `with_no_batching`): a vision transformer's outputs for an image change in the last bits with the
 other images of its batch (measured: up to 1.5e-6 with SigLIP's pooling head), so only a fixed batch
@@ -28,11 +33,11 @@ from medprep.pipelines.config import PIPELINE_VERSION
 from medprep.pipelines.graphs.dead_letter import ERRORS, STATS, error_line
 from medprep.pipelines.graphs.metrics import PipelineMetrics
 from medprep.pipelines.graphs.progress import WorkerProgress, mark_done
-from medprep.pipelines.io.embedding_sinks import WriteEmbeddingShards, row_key
+from medprep.pipelines.io.embedding_sinks import WriteEmbeddingShards
 from medprep.pipelines.io.outputs import join, write_bytes
 from medprep.pipelines.io.run_output import commit_step
-from medprep.pipelines.io.sinks import WriteErrors
-from medprep.pipelines.records.summary import sum_counts, summary_json, versions
+from medprep.pipelines.io.sinks import ERROR_LINES_PER_SHARD, PARTS_FOLDER, WriteErrors, remove_parts
+from medprep.pipelines.records.summary import error_counts, sum_counts, summary_json, versions
 from medprep.transforms.errors import strip_credentials
 
 _LOG = logging.getLogger(__name__)
@@ -348,7 +353,7 @@ def _coords(info: dict) -> tuple[list, float, float]:
 
 
 class ToRows(beam.DoFn):
-    """EmbedResult -> (split, row key, serialized row) and stats, or its error line."""
+    """EmbedResult -> row dict (schemas.embedding_fields) and stats, or its error line."""
 
     def __init__(self, config: EmbedConfig):
         self.config = config
@@ -379,8 +384,6 @@ class ToRows(beam.DoFn):
         return self._constants
 
     def process(self, result: EmbedResult):
-        from medprep.schemas.embedding_codec import encode_embedding_row
-
         item = result.item
         if result.error is not None:
             self.metrics.inc(f"errors_{result.error['stage']}")
@@ -412,7 +415,7 @@ class ToRows(beam.DoFn):
         }
         self.metrics.inc("embeddings")
         self._finished(True)
-        yield item.split, row_key(item.example_id, item.image_index), encode_embedding_row(row)
+        yield row
         yield beam.pvalue.TaggedOutput(
             STATS,
             {
@@ -437,18 +440,18 @@ def _versions() -> dict:
     return out
 
 
-def build_summary(config: EmbedConfig, stats: dict, errors: list[dict], files: list[dict]) -> dict:
-    """summary.json of an embed run: reconciled when images in == embeddings + error lines."""
+def build_summary(config: EmbedConfig, stats: dict, errors: dict, files: list[dict]) -> dict:
+    """summary.json of an embed run: reconciled when images in == embeddings + error lines.
+
+    errors: the error lines' counts, summed (records.summary.error_counts): never the lines themselves."""
     grouped: dict = {"by_split": {}, "by_task": {}, "by_modality": {}}
     for key, value in stats.items():
         group, _, name = key.partition("/")
         if name and group in grouped:
             grouped[group][name] = value
-    by_stage: dict = {}
-    by_class: dict = {}
-    for line in errors:
-        by_stage[line["stage"]] = by_stage.get(line["stage"], 0) + 1
-        by_class[line["error"]] = by_class.get(line["error"], 0) + 1
+    by_stage = {key[6:]: n for key, n in errors.items() if key.startswith("stage/")}
+    by_class = {key[6:]: n for key, n in errors.items() if key.startswith("class/")}
+    n_errors = errors.get("errors", 0)
     inputs, embeddings = stats.get("inputs", 0), stats.get("embeddings", 0)
     info = json.loads(config.encoder_info)
     info.pop("device", None)  # where the start-up check ran; workers pick their own
@@ -457,10 +460,10 @@ def build_summary(config: EmbedConfig, stats: dict, errors: list[dict], files: l
         "inputs": inputs,
         "inputs_with_examples": embeddings,
         "embeddings": embeddings,
-        "errors": len(errors),
+        "errors": n_errors,
         "errors_by_stage": dict(sorted(by_stage.items())),
         "errors_by_class": dict(sorted(by_class.items())),
-        "reconciled": inputs == embeddings + len(errors),
+        "reconciled": inputs == embeddings + n_errors,
         **{k: dict(sorted(v.items())) for k, v in grouped.items()},
         "input": {
             "path": strip_credentials(config.input),
@@ -477,9 +480,17 @@ def build_summary(config: EmbedConfig, stats: dict, errors: list[dict], files: l
 
 
 def _write_summary(_, config: EmbedConfig, stats, errors, files, error_files):
+    # Every shard is written (files is complete): the staged parts go before summary.json exists.
+    remove_parts(join(config.write_dir, PARTS_FOLDER))
     summary = build_summary(config, stats, errors, files + error_files)
     write_bytes(join(config.write_dir, "summary.json"), summary_json(summary))
     return summary
+
+
+def _commit_when_written(summary, config: EmbedConfig, *written) -> None:
+    """Commit once summary.json and every shard and error file (the side inputs in `written`, which
+    this step waits for) are in the staging folder."""
+    commit_step(summary, config)
 
 
 def build(p: beam.Pipeline, config: EmbedConfig):
@@ -496,7 +507,9 @@ def build(p: beam.Pipeline, config: EmbedConfig):
     stats = (read[STATS], rows[STATS]) | "AllStats" >> beam.Flatten()
     plan = p | "ShardPlan" >> beam.Create([dict(config.shard_plan)])
     files = (rows.rows, plan) | "Shards" >> WriteEmbeddingShards(config.write_dir, config.formats)
-    error_file = errors | "Errors" >> WriteErrors(config.write_dir)
+    # ERROR_LINES_PER_SHARD is read when the graph is built (a test shrinks it to get several error shards)
+    error_files = errors | "Errors" >> WriteErrors(config.write_dir, ERROR_LINES_PER_SHARD)
+    counted = errors | "ErrorCounts" >> beam.Map(error_counts) | "SumErrors" >> beam.CombineGlobally(sum_counts)
     total = stats | "SumStats" >> beam.CombineGlobally(sum_counts)
     summary = (
         p
@@ -506,11 +519,12 @@ def build(p: beam.Pipeline, config: EmbedConfig):
             _write_summary,
             config,
             beam.pvalue.AsSingleton(total),
-            beam.pvalue.AsList(errors),
+            beam.pvalue.AsSingleton(counted),
             beam.pvalue.AsList(files),
-            beam.pvalue.AsList(error_file),
+            beam.pvalue.AsList(error_files),
         )
     )
-    if config.commit_in_pipeline:
-        summary | "Commit" >> beam.Map(commit_step, config)
+    if config.commit_in_pipeline:  # a submitted job commits itself, once every output is written
+        waits = [beam.pvalue.AsList(pc) for pc in (files, error_files)]
+        summary | "Commit" >> beam.Map(_commit_when_written, config, *waits)
     return summary

@@ -1,24 +1,41 @@
-"""Sharded sinks for embedding rows, with the layout and determinism of `pipelines.io.sinks`.
+"""Sharded sinks for embedding rows: the records' staged, streaming shard writing (`pipelines.io.sinks`)
+with the embedding formats.
 
 Rows go to shard example_id mod N of their split (`sinks.shard_of`, so an example's images and a
-slide record's patches stay in one shard), sorted by (example_id, image_index) inside it; ArrayRecord
-shards are written by the records' ArrayRecord writer (`sinks.FORMATS`), Parquet shards in the
-embedding schema.
+slide record's patches stay in one shard), sorted by (example_id, image_index) inside it. A row is
+serialized and appended to a part file where it is made (`sinks.StageRecords` with `embedding_entry`);
+only its location moves on, and each shard is written streaming from the parts: ArrayRecord record by
+record by the records' writer, Parquet in the embedding schema one row group at a time.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import apache_beam as beam
-import pyarrow.parquet as pq
+import pyarrow as pa
 
-from medprep.pipelines.io.outputs import join, shard_name, write_via_local
-from medprep.pipelines.io.sinks import FORMATS, TARGET_SHARD_BYTES, shard_of
-from medprep.schemas.embedding_codec import decode_embedding_row, embedding_arrow_schema, embedding_table
+from medprep.pipelines.io.outputs import join
+from medprep.pipelines.io.sinks import (
+    FORMATS,
+    PARTS_FOLDER,
+    TARGET_SHARD_BYTES,
+    OutputFormat,
+    ShardRecords,
+    StageRecords,
+    WriteShards,
+    write_parquet,
+)
+from medprep.schemas.embedding_codec import (
+    decode_embedding_row,
+    embedding_arrow_schema,
+    embedding_table,
+    encode_embedding_row,
+)
 
-FORMAT_NAMES = ("arrayrecord", "parquet")  # --formats of medprep embed
 ROW_GROUP_BYTES = 16 << 20  # Parquet row groups of about this many serialized bytes
+MAX_ROWS_PER_GROUP = 4096
 ROW_METADATA_BYTES = 1536  # keys, model fields, normalization and image_info of one row
 
 
@@ -42,66 +59,46 @@ def row_key(example_id: str, image_index: int) -> str:
     return f"{example_id}/{image_index:06d}"
 
 
-def _write_parquet(path: str, rows: list[bytes]) -> int:
-    schema = embedding_arrow_schema()
-    compression = {name: "zstd" for name in schema.names}
-    compression["embedding"] = compression["tokens"] = "none"  # float32 noise: zstd saves ~7 % for its CPU
-    per_group = max(1, min(4096, ROW_GROUP_BYTES // max(1, max((len(r) for r in rows), default=1))))
-
-    def write(local: str) -> None:
-        with pq.ParquetWriter(local, schema, compression=compression) as writer:
-            for start in range(0, len(rows), per_group):
-                group = [decode_embedding_row(data) for data in rows[start : start + per_group]]
-                for row in group:  # back to the written form: flat floats
-                    row["embedding"] = [] if row["embedding"] is None else row["embedding"]
-                    row["tokens"] = [] if row["tokens"] is None else row["tokens"].reshape(-1)
-                writer.write_table(embedding_table(group), row_group_size=per_group)
-
-    return write_via_local(path, write)
+def embedding_entry(row: dict[str, Any]) -> tuple[str, str, bytes]:
+    """(split, row key, serialized row) of a row dict (schemas.embedding_fields): what is staged."""
+    return row["split"], row_key(row["example_id"], row["image_index"]), encode_embedding_row(row)
 
 
-def _assign_shard(row: tuple[str, str, bytes], plan: dict) -> tuple:
-    split, key, data = row
-    n = plan.get(split, 1)
-    return (split, shard_of(key, n), n), (key, data)
+def rows_per_group(largest_row: int) -> int:
+    """Rows per Parquet row group of a shard whose largest serialized row has `largest_row` bytes."""
+    return max(1, min(MAX_ROWS_PER_GROUP, ROW_GROUP_BYTES // max(1, largest_row)))
 
 
-class _WriteEmbeddingShard(beam.DoFn):
-    def __init__(self, output_dir: str, formats: tuple):
-        self.output_dir, self.formats = output_dir, formats
-
-    def process(self, element):
-        (split, index, count), values = element
-        rows = [data for _, data in sorted(values)]
-        for fmt in self.formats:
-            spec = FORMATS[fmt]
-            rel = join(spec.folder, shard_name(split, index, count, spec.suffix))
-            path = join(self.output_dir, rel)
-            # ArrayRecord holds serialized tf.train.Examples of any schema: the records' writer serves.
-            size = spec.write(path, rows, "") if fmt == "arrayrecord" else _write_parquet(path, rows)
-            yield {
-                "format": fmt,
-                "split": split,
-                "shard": index,
-                "of": count,
-                "path": rel,
-                "records": len(rows),
-                "bytes": size,
-            }
+def _arrow_rows(group: list[bytes]) -> pa.Table:
+    rows = [decode_embedding_row(data) for data in group]
+    for row in rows:  # back to the written form: flat floats
+        row["embedding"] = [] if row["embedding"] is None else row["embedding"]
+        row["tokens"] = [] if row["tokens"] is None else row["tokens"].reshape(-1)
+    return embedding_table(rows)
 
 
-def _empty_shards(split_plan, written, output_dir, formats):
-    split, n = split_plan
-    done = {(f["split"], f["shard"]) for f in written}
-    for index in range(n):
-        if (split, index) not in done:
-            yield from _WriteEmbeddingShard(output_dir, formats).process(((split, index, n), []))
+def parquet_shard(path: str, rows: ShardRecords, extension: str) -> int:
+    """A Parquet shard of embedding rows; row groups of about ROW_GROUP_BYTES, sized by the shard's
+    largest row. The vectors are left uncompressed: float32 noise, zstd saves ~7 % for its CPU."""
+    per_group = rows_per_group(rows.largest)
+    return write_parquet(path, rows, embedding_arrow_schema(), ("embedding", "tokens"), per_group, _arrow_rows)
+
+
+# The formats of medprep embed (--formats). ArrayRecord holds serialized tf.train.Examples of any
+# schema: the records' writer serves.
+EMBEDDING_FORMATS: dict[str, OutputFormat] = {
+    "arrayrecord": FORMATS["arrayrecord"],
+    "parquet": OutputFormat("parquet", ".parquet", parquet_shard),
+}
+FORMAT_NAMES = tuple(EMBEDDING_FORMATS)
 
 
 class WriteEmbeddingShards(beam.PTransform):
     """(rows, plan) -> shard files in every format; one dict per file written.
 
-    rows: (split, row_key, serialized row); plan: a one-element PCollection {split: shard count}.
+    rows: row dicts (schemas.embedding_fields), staged to part files under output_dir/PARTS_FOLDER
+    where they are made; plan: a one-element PCollection {split: shard count}. The parts folder is
+    left for the caller to remove once every shard is written (sinks.remove_parts).
     """
 
     def __init__(self, output_dir: str, formats: tuple):
@@ -110,18 +107,6 @@ class WriteEmbeddingShards(beam.PTransform):
 
     def expand(self, pcolls):
         rows, plan = pcolls
-        written = (
-            rows
-            | "AssignShard"
-            >> beam.Map(_assign_shard, beam.pvalue.AsSingleton(plan)).with_output_types(
-                tuple[tuple[str, int, int], tuple[str, bytes]]
-            )
-            | "GroupShards" >> beam.GroupByKey()
-            | "WriteShard" >> beam.ParDo(_WriteEmbeddingShard(self.output_dir, self.formats))
-        )
-        empty = (
-            plan
-            | "Splits" >> beam.FlatMap(lambda p: sorted(p.items()))
-            | "EmptyShards" >> beam.FlatMap(_empty_shards, beam.pvalue.AsList(written), self.output_dir, self.formats)
-        )
-        return (written, empty) | "AllShards" >> beam.Flatten()
+        parts = join(self.output_dir, PARTS_FOLDER)
+        staged = rows | "Stage" >> beam.ParDo(StageRecords(parts, entry=embedding_entry))
+        return (staged, plan) | "Write" >> WriteShards(self.output_dir, self.formats, "", EMBEDDING_FORMATS)

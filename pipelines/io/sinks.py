@@ -8,6 +8,9 @@ appended to a part file in the output's staging folder where it is made (`StageR
 its location (a `StagedRecord`: split, example_id, part, offset, size) moves between stages. A shard
 is then written streaming: its locations are sorted by example_id and each record is read back from
 its part and handed to the format's writer, so at most one Parquet row group is held at a time.
+
+The same machinery writes `medprep embed`'s rows (pipelines/io/embedding_sinks.py): StageRecords takes
+the function that serializes an element (`entry`), WriteShards the table of output formats.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 import apache_beam as beam
+import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
@@ -67,7 +71,11 @@ def shard_of(example_id: str, n: int) -> int:
 
 @dataclass(frozen=True)
 class StagedRecord:
-    """Where one serialized record waits for its shard: bytes [offset, offset + size) of a part file."""
+    """Where one serialized record waits for its shard: bytes [offset, offset + size) of a part file.
+
+    example_id is the record's sort key inside its shard; its first 16 hex digits choose the shard
+    (shard_of). For records it is the example_id; for rows of which an example has several (embed:
+    one per image) the example_id followed by the row's index (embedding_sinks.row_key)."""
 
     split: str
     example_id: str
@@ -118,22 +126,33 @@ class _PartFile:
             os.remove(self.local)
 
 
-class StageRecords(beam.DoFn):
-    """record dict -> StagedRecord: the record's tf.train.Example bytes go to a part file of this
-    bundle (closed every PART_BYTES and at the bundle's end); only the location moves on, so no
-    runner holds image bytes between stages and none cross a shuffle."""
+def example_entry(record: dict) -> tuple[str, str, bytes]:
+    """(split, example_id, tf.train.Example bytes) of a record: what StageRecords stages by default."""
+    return record["split"], record["example_id"], encode_example(record)
 
-    def __init__(self, parts_dir: str, part_bytes: int = PART_BYTES):
-        self.parts_dir, self.part_bytes = parts_dir, part_bytes
+
+class StageRecords(beam.DoFn):
+    """element -> StagedRecord: the element's bytes (`entry(element)` = (split, sort key, bytes); a
+    record's tf.train.Example by default) go to a part file of this bundle (closed every PART_BYTES
+    and at the bundle's end); only the location moves on, so no runner holds image bytes between
+    stages and none cross a shuffle."""
+
+    def __init__(
+        self,
+        parts_dir: str,
+        part_bytes: int = PART_BYTES,
+        entry: Callable[[Any], tuple[str, str, bytes]] = example_entry,
+    ):
+        self.parts_dir, self.part_bytes, self.entry = parts_dir, part_bytes, entry
         self._part: _PartFile | None = None
 
     def start_bundle(self) -> None:
         self._drop()  # left over from a bundle that failed part-way
 
-    def process(self, record: dict) -> Iterator[StagedRecord]:
+    def process(self, element: Any) -> Iterator[StagedRecord]:
         if self._part is None:
             self._part = _PartFile(self.parts_dir)
-        self._part.add(record["split"], record["example_id"], encode_example(record))
+        self._part.add(*self.entry(element))
         if self._part.size >= self.part_bytes:
             yield from self._close()
 
@@ -173,6 +192,10 @@ class PartReader:
         """The bytes of each staged record, in the given order."""
         return (self.read(s) for s in staged)
 
+    def shard(self, staged: list[StagedRecord]) -> ShardRecords:
+        """The records of one shard, in the given order, read as they are iterated."""
+        return ShardRecords(self, staged)
+
     def close(self) -> None:
         while self._open:
             self._open.popitem()[1].close()
@@ -185,6 +208,22 @@ class PartReader:
             self._open.popitem(last=False)[1].close()
         self._open[part] = _open_part(join(self.parts_dir, part))
         return self._open[part]
+
+
+class ShardRecords:
+    """The serialized records of one shard in order, read back from their parts one at a time each time
+    it is iterated. `largest` (bytes) is known from the locations before any record is read, so a
+    writer can size its row groups by it without holding the shard."""
+
+    def __init__(self, reader: PartReader, staged: list[StagedRecord]):
+        self.reader, self.staged = reader, staged
+        self.largest = max((s.size for s in staged), default=0)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.reader.records(self.staged)
+
+    def __len__(self) -> int:
+        return len(self.staged)
 
 
 def _open_part(path: str) -> IO[bytes]:
@@ -224,7 +263,8 @@ def _write_arrayrecord(path: str, examples: Iterable[bytes]) -> int:
     return write_via_local(path, write)
 
 
-def _groups(examples: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
+def groups_of(examples: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
+    """Consecutive lists of `size` records (the last one shorter), one list held at a time."""
     group: list[bytes] = []
     for data in examples:
         group.append(data)
@@ -235,34 +275,50 @@ def _groups(examples: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
         yield group
 
 
-def _write_parquet(path: str, examples: Iterable[bytes], extension: str) -> int:
-    """One row group of PARQUET_ROWS_PER_GROUP examples at a time: only that group is held."""
-    schema = arrow_schema()
-    compression = {name: "zstd" for name in schema.names}
-    compression["images"] = "none"  # already-compressed image bytes
+def write_parquet(
+    path: str,
+    examples: Iterable[bytes],
+    schema: pa.Schema,
+    uncompressed: tuple[str, ...],
+    rows_per_group: int,
+    to_arrow: Callable[[list[bytes]], pa.Table],
+) -> int:
+    """A Parquet shard written one row group of `rows_per_group` records at a time (to_arrow: the
+    serialized records of a group -> its table): only that group is held. Columns are zstd-compressed
+    but those named in `uncompressed` (bytes that compress no further)."""
+    compression = {name: "none" if name in uncompressed else "zstd" for name in schema.names}
 
     def write(local: str) -> None:
         with pq.ParquetWriter(local, schema, compression=compression) as writer:
-            for group in _groups(examples, PARQUET_ROWS_PER_GROUP):
-                writer.write_table(
-                    to_table([decode_example(d) for d in group], extension), row_group_size=PARQUET_ROWS_PER_GROUP
-                )
+            for group in groups_of(examples, rows_per_group):
+                writer.write_table(to_arrow(group), row_group_size=rows_per_group)
 
     return write_via_local(path, write)
+
+
+def _write_parquet(path: str, examples: Iterable[bytes], extension: str) -> int:
+    """Records 32 to a row group; image bytes are already compressed."""
+
+    def to_arrow(group: list[bytes]) -> pa.Table:
+        return to_table([decode_example(d) for d in group], extension)
+
+    return write_parquet(path, examples, arrow_schema(), ("images",), PARQUET_ROWS_PER_GROUP, to_arrow)
 
 
 @dataclass(frozen=True)
 class OutputFormat:
     """An output format: its folder under OUT, its file suffix, and the writer of one shard
-    (path, serialized tf.train.Example records in order, the Parquet schema extension) -> bytes
-    written. Writers consume the records as they come and hold none beyond what they buffer."""
+    (path, serialized tf.train.Example records in order (ShardRecords), the Parquet schema
+    extension) -> bytes written. Writers consume the records as they come and hold none beyond
+    what they buffer."""
 
     folder: str
     suffix: str
-    write: Callable[[str, Iterable[bytes], str], int]
+    write: Callable[[str, ShardRecords, str], int]
 
 
-def _arrayrecord_shard(path: str, examples: Iterable[bytes], extension: str) -> int:
+def arrayrecord_shard(path: str, examples: Iterable[bytes], extension: str) -> int:
+    """An ArrayRecord shard of serialized tf.train.Examples of any schema, written record by record."""
     return _write_arrayrecord(path, examples)
 
 
@@ -272,26 +328,29 @@ def _parquet_shard(path: str, examples: Iterable[bytes], extension: str) -> int:
 
 # The output formats by --formats name. A new format is a writer function plus one line here.
 FORMATS: dict[str, OutputFormat] = {
-    "arrayrecord": OutputFormat("arrayrecord", ".array_record", _arrayrecord_shard),
+    "arrayrecord": OutputFormat("arrayrecord", ".array_record", arrayrecord_shard),
     "parquet": OutputFormat("parquet", ".parquet", _parquet_shard),
 }
 
 
 class _WriteShard(beam.DoFn):
-    """((split, index, count), staged records) -> one file per format, records in example_id order."""
+    """((split, index, count), staged records) -> one file per format, records in example_id order.
 
-    def __init__(self, output_dir: str, formats: tuple, extension: str):
-        self.output_dir, self.formats, self.extension = output_dir, formats, extension
+    table: the output formats by name (FORMATS when None: looked up at call time)."""
+
+    def __init__(self, output_dir: str, formats: tuple, extension: str, table: dict[str, OutputFormat] | None = None):
+        self.output_dir, self.formats, self.extension, self.table = output_dir, formats, extension, table
 
     def process(self, element: tuple) -> Iterator[dict]:
         (split, index, count), staged = element
         ordered = sorted(staged, key=lambda s: s.example_id)  # locations only: ~100 bytes each
         reader = PartReader(join(self.output_dir, PARTS_FOLDER))
+        table = FORMATS if self.table is None else self.table
         try:
             for fmt in self.formats:
-                spec = FORMATS[fmt]
+                spec = table[fmt]
                 rel = join(spec.folder, shard_name(split, index, count, spec.suffix))
-                size = spec.write(join(self.output_dir, rel), reader.records(ordered), self.extension)
+                size = spec.write(join(self.output_dir, rel), reader.shard(ordered), self.extension)
                 yield {
                     "format": fmt,
                     "split": split,
@@ -310,13 +369,13 @@ def _assign_shard(staged: StagedRecord, plan: dict) -> tuple:
     return (staged.split, shard_of(staged.example_id, n), n), staged
 
 
-def _empty_shards(split_plan, written, output_dir, formats, extension):
+def _empty_shards(split_plan, written, writer: _WriteShard):
     """Write the shards of a split that received no example (so every split has all N files)."""
     split, n = split_plan
     done = {(f["split"], f["shard"]) for f in written}
     for index in range(n):
         if (split, index) not in done:
-            yield from _WriteShard(output_dir, formats, extension).process(((split, index, n), []))
+            yield from writer.process(((split, index, n), []))
 
 
 class WriteShards(beam.PTransform):
@@ -325,11 +384,12 @@ class WriteShards(beam.PTransform):
     staged: StagedRecord per example (its bytes wait in a part under output_dir/PARTS_FOLDER);
     plan: a one-element PCollection {split: shard count}, computed from the inputs, so shard
     keys are assigned where records are made and no stage waits for every record before the shuffle.
+    table: the output formats by name (None: FORMATS, the records' formats).
     """
 
-    def __init__(self, output_dir: str, formats: tuple, extension: str):
+    def __init__(self, output_dir: str, formats: tuple, extension: str, table: dict[str, OutputFormat] | None = None):
         super().__init__()
-        self.output_dir, self.formats, self.extension = output_dir, formats, extension
+        self.writer = _WriteShard(output_dir, formats, extension, table)
 
     def expand(self, pcolls):
         staged, plan = pcolls
@@ -337,13 +397,12 @@ class WriteShards(beam.PTransform):
             staged
             | "AssignShard" >> beam.Map(_assign_shard, beam.pvalue.AsSingleton(plan))
             | "GroupShards" >> beam.GroupByKey()
-            | "WriteShard" >> beam.ParDo(_WriteShard(self.output_dir, self.formats, self.extension))
+            | "WriteShard" >> beam.ParDo(self.writer)
         )
         empty = (
             plan
             | "Splits" >> beam.FlatMap(lambda p: sorted(p.items()))
-            | "EmptyShards"
-            >> beam.FlatMap(_empty_shards, beam.pvalue.AsList(written), self.output_dir, self.formats, self.extension)
+            | "EmptyShards" >> beam.FlatMap(_empty_shards, beam.pvalue.AsList(written), self.writer)
         )
         return (written, empty) | "AllShards" >> beam.Flatten()
 
