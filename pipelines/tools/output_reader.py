@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
@@ -71,16 +71,19 @@ def iter_lines(path: str) -> Iterator[str]:
             yield line.rstrip("\r\n")
 
 
-def _parquet_records(path: str) -> Iterator[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
+def _record_rows(batch: Any) -> list[dict[str, Any]]:
     from medprep.schemas.arrow import row_to_record
+
+    return [row_to_record(row) for row in batch.to_pylist()]
+
+
+def _parquet_records(path: str, rows_of: Callable[[Any], list[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+    import pyarrow.parquet as pq
 
     with open_binary(path) as fh:
         pf = pq.ParquetFile(fh, buffer_size=PARQUET_BUFFER, pre_buffer=False)
         for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS):
-            for row in batch.to_pylist():
-                yield row_to_record(row)
+            yield from rows_of(batch)
 
 
 @contextmanager
@@ -99,23 +102,32 @@ def _local_copy(path: str) -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _arrayrecord_records(path: str) -> Iterator[dict[str, Any]]:
+def _arrayrecord_records(path: str, decode: Callable[[bytes], dict[str, Any]]) -> Iterator[dict[str, Any]]:
     from array_record.python.array_record_module import ArrayRecordReader
-
-    from medprep.schemas.example_codec import decode_example
 
     with _local_copy(path) as local:
         reader = ArrayRecordReader(local, ARRAYRECORD_OPTIONS)
         try:
             for _ in range(reader.num_records()):
-                yield decode_example(reader.read())
+                yield decode(reader.read())
         finally:
             reader.close()
 
 
-def iter_shard(path: str, fmt: str) -> Iterator[dict[str, Any]]:
-    """The records of one shard ('arrayrecord' or 'parquet'), in order, one at a time."""
-    yield from (_arrayrecord_records(path) if fmt == "arrayrecord" else _parquet_records(path))
+def iter_shard(
+    path: str,
+    fmt: str,
+    decode: Callable[[bytes], dict[str, Any]] | None = None,
+    rows_of: Callable[[Any], list[dict[str, Any]]] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The records of one shard ('arrayrecord' or 'parquet'), in order, one at a time. Another schema's
+    shards (embed's rows) pass its decoders: decode (serialized record -> dict), rows_of (Arrow batch -> dicts)."""
+    from medprep.schemas.example_codec import decode_example
+
+    if fmt == "arrayrecord":
+        yield from _arrayrecord_records(path, decode or decode_example)
+    else:
+        yield from _parquet_records(path, rows_of or _record_rows)
 
 
 def shard_format(path: str) -> str:

@@ -533,6 +533,51 @@ def test_two_worker_processes_give_identical_files(siglip_emb, images_out, sigli
     assert len(_shard_files(out, "parquet")) == 2
 
 
+def test_error_lines_go_to_sharded_files_counted_in_the_summary(images_out, siglip_folder, tmp_path, monkeypatch):
+    # every image of the train shard is truncated: one decode error line each, 2 lines per error shard, on
+    # two worker processes (rows, staged parts and error lines cross process boundaries pickled)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import medprep.pipelines.graphs.embed as embed_graph
+
+    broken = tmp_path / "in"
+    shutil.copytree(images_out, broken)
+    shard = broken / "parquet" / "train-00000-of-00001.parquet"
+    table = pq.read_table(shard)
+    images = [[{**im, "bytes": im["bytes"][:100]} for im in row] for row in table.column("images").to_pylist()]
+    victims = {
+        f"{eid}/{i}" for eid, row in zip(table.column("example_id").to_pylist(), images) for i in range(len(row))
+    }
+    index = table.schema.get_field_index("images")
+    pq.write_table(
+        table.set_column(index, table.schema.field("images"), pa.array(images, type=table.schema.field(index).type)),
+        shard,
+    )
+    monkeypatch.setattr(embed_graph, "ERROR_LINES_PER_SHARD", 2)
+    out = str(tmp_path / "emb")
+    args = ["--input", str(broken), "--model", siglip_folder, "--output_dir", out, "--input_format", "parquet"]
+    workers = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    assert _embed([*args, "--batch_size", "3", "--max_error_fraction", "1", *workers]) == 0
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    n = len(victims)
+    assert n >= 3 and (summary["inputs"], summary["embeddings"], summary["errors"]) == (7, 7 - n, n)
+    assert summary["errors_by_stage"] == {"decode": n} and summary["errors_by_class"] == {"ValueError": n}
+    assert summary["reconciled"]
+    error_files = [f for f in summary["files"] if f["path"].startswith("errors/")]
+    shards = -(-n // 2)
+    assert [f["path"] for f in error_files] == [f"errors/errors-{i:05d}-of-{shards:05d}.jsonl" for i in range(shards)]
+    refs = []
+    for f in error_files:
+        lines = [json.loads(x) for x in open(os.path.join(out, f["path"]))]
+        assert len(lines) == f["lines"] and all(x["stage"] == "decode" for x in lines)
+        refs += [x["ref"] for x in lines]
+    assert sorted(refs) == sorted(victims)
+    assert not os.path.exists(os.path.join(out, ".records-tmp"))
+    problems, facts = verify_embeddings(out)
+    assert problems == [] and (facts["errors"], facts["embeddings"], facts["input_images"]) == (n, 7 - n, 7)
+
+
 def _cli_refusal(args: list[str], capsys) -> str:
     assert _embed(args) == 2
     return capsys.readouterr().err
@@ -604,7 +649,9 @@ def gcs_bucket():
         yield bucket
 
 
-def test_gcs_input_model_and_output_give_the_local_files(gcs_bucket, siglip_emb, images_out, siglip_folder):
+def test_gcs_input_model_and_output_give_the_local_files(
+    gcs_bucket, siglip_emb, images_out, siglip_folder, monkeypatch
+):
     for local, prefix in ((images_out, "data/out"), (siglip_folder, "models/tiny-medsiglip")):
         for root, _, files in os.walk(local):
             for f in files:
@@ -633,5 +680,23 @@ def test_gcs_input_model_and_output_give_the_local_files(gcs_bucket, siglip_emb,
     for sub in ("arrayrecord", "parquet"):
         for name, data in _shard_files(siglip_emb, sub).items():
             assert gcs_bucket.blob(f"emb/{sub}/{name}").download_as_bytes() == data, name
+    import medprep.pipelines.io.outputs as outputs
+
+    def no_copy(*_):
+        raise AssertionError("the output was copied to a local folder")
+
+    monkeypatch.setattr(outputs, "localize", no_copy, raising=False)  # verify reads gs:// in place
     problems, facts = verify_embeddings(f"{base}/emb")
-    assert problems == [] and facts["input_images"] == 7
+    assert problems == [] and facts == verify_embeddings(siglip_emb)[1] and facts["input_images"] == 7
+    # a row missing from a gs:// Parquet shard is found there
+    import pyarrow.parquet as pq
+
+    name = "emb/parquet/train-00000-of-00001.parquet"
+    table = pq.read_table(io.BytesIO(gcs_bucket.blob(name).download_as_bytes()))
+    buf = io.BytesIO()
+    pq.write_table(table.slice(1), buf)
+    gcs_bucket.blob(name).upload_from_string(buf.getvalue())
+    problems, _ = verify_embeddings(f"{base}/emb")
+    rows = table.num_rows
+    assert f"parquet/train-00000-of-00001.parquet: summary lists {rows} rows, the shard holds {rows - 1}" in problems
+    assert "ArrayRecord and Parquet hold different rows" in problems
