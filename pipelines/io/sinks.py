@@ -263,7 +263,7 @@ def _write_arrayrecord(path: str, examples: Iterable[bytes]) -> int:
     return write_via_local(path, write)
 
 
-def groups_of(examples: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
+def _groups(examples: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
     """Consecutive lists of `size` records (the last one shorter), one list held at a time."""
     group: list[bytes] = []
     for data in examples:
@@ -290,7 +290,7 @@ def write_parquet(
 
     def write(local: str) -> None:
         with pq.ParquetWriter(local, schema, compression=compression) as writer:
-            for group in groups_of(examples, rows_per_group):
+            for group in _groups(examples, rows_per_group):
                 writer.write_table(to_arrow(group), row_group_size=rows_per_group)
 
     return write_via_local(path, write)
