@@ -5,23 +5,31 @@
 
 A unit that fails is reported to Assemble, and the other units of the input go on.
 
-The fan-out costs two shuffles of the units' results (encoded images) and an extra stage; it pays
-only where an input's units can run on processes the inputs do not already keep busy: fewer inputs
-than processes (local workers; on Dataflow workers × vCPUs), or a count unknown off the local
-runner (`fan_out_pays`). Elsewhere a pipeline prepares each input in one step (`one_step_pipeline`), with
-the same per-unit code, so the records are byte-identical either way.
+Work writes each batch's encoded images to a part file in the run's staging folder where they are
+rendered (medprep.pipelines.io.fanout_parts), so only references and the small per-unit metadata
+cross the GroupByKey; Assemble builds an input's records with those references and reads each
+record's images back just before handing it on: no shuffle and no worker holds more than one
+record's images.
+
+The fan-out still costs two more shuffles (of batches and references), a write and a read of every
+encoded image, and an extra stage; it pays only where an input's units can run on processes the inputs
+do not already keep busy: fewer inputs than processes (local workers; on Dataflow workers × vCPUs), or
+a count unknown off the local runner (`fan_out_pays`). Elsewhere a pipeline prepares each input in one
+step (`one_step_pipeline`), with the same per-unit code, so the records are byte-identical either way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import pickle
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 import apache_beam as beam
 
 from medprep.pipelines.config import Config
 from medprep.pipelines.graphs.metrics import PipelineMetrics
+from medprep.pipelines.io.fanout_parts import fan_out_dir, part_name, read_back, stage_units
 from medprep.transforms.errors import ItemError, timed_stages
 
 BATCH = 8  # units per work element: enough to amortize per-element cost, small enough to spread
@@ -74,12 +82,16 @@ def attempt_unit(fn: Callable[[], Any]) -> tuple[Any, UnitFailure | None]:
 
 class WorkDoFn(beam.DoFn):
     """Base of a fan-out's Work step: `run_unit` times one unit into metrics (`<unit>s_done`,
-    `<unit>s_failed`, `<unit>_<stage>_ms`) and turns its failure into a UnitFailure."""
+    `<unit>s_failed`, `<unit>_<stage>_ms`) and turns its failure into a UnitFailure; `staged`
+    writes a work item's encoded images to its part in `parts_dir` and hands (input key, unit result)
+    on to the GroupByKey, observing its pickled size (`<unit>_grouped_bytes`: references and metadata,
+    never image bytes)."""
 
     unit = "unit"
 
     def __init__(self, config: Config):
         self.config = config
+        self.parts_dir = fan_out_dir(config.write_dir)
         self.metrics = PipelineMetrics()
 
     def run_unit(self, fn) -> tuple[Any, UnitFailure | None]:
@@ -90,6 +102,32 @@ class WorkDoFn(beam.DoFn):
         if failure is None:
             self.metrics.stage_times({f"{self.unit}_{name}": sec for name, sec in times.items()})
         return result, failure
+
+    def staged(self, key: str, work_id: str, results: Iterable[Any]) -> Iterator[tuple[str, Any]]:
+        """One work item's unit results (dataclasses with `finished` and `staged`) -> (key, result) for the
+        GroupByKey: every rendered image's bytes written to the work item's fan-out part, the result carrying
+        its reference in `staged` and an empty `finished.encoded`; each measured as the GroupByKey carries it."""
+        split = (
+            (replace(r, finished=replace(r.finished, encoded=b"")), r.finished.encoded)
+            if r.finished is not None
+            else (r, None)
+            for r in results
+        )
+        for result, ref in stage_units(self.parts_dir, part_name(key, work_id), split):
+            result = replace(result, staged=ref)
+            self.metrics.observe(f"{self.unit}_grouped_bytes", len(pickle.dumps((key, result))))
+            yield key, result
+
+
+class ReadsStagedImages:
+    """Mixin for a fan-out's Assemble DoFn (before its ItemDoFn base): the records it yields carry
+    fanout_parts.StagedImage references in `images`; each is read back just before it is handed on,
+    one record at a time (the records themselves are built, checked and buffered as references)."""
+
+    config: Config
+
+    def process(self, element):
+        return read_back(super().process(element), fan_out_dir(self.config.write_dir))
 
 
 def local_workers(options) -> int | None:
@@ -134,9 +172,10 @@ def fan_out_pays(options, expected_inputs: int, units_per_input: int) -> bool:
     """Whether spreading one input's units over workers can shorten the run (see the module docstring).
 
     An input with at most one batch of units cannot spread. Otherwise it fans out when the known inputs
-    are fewer than the processes that could work on them (more inputs already keep every process busy,
-    and the fan-out would only add two shuffles of encoded images), and, off the local runner, whenever
-    either number is unknown (a discovered cohort, a runner whose workers the options do not give).
+    are fewer than the processes that could work on them (more inputs already keep every process busy, and
+    the fan-out would only add two shuffles, a stage, a write and a read of every encoded image), and, off
+    the local runner, whenever either number is unknown (a discovered cohort, a runner whose workers the
+    options do not give).
     Locally it also needs LOCAL_FAN_OUT_UNITS units (a long series: `--slice_selection all`).
     """
     if units_per_input <= BATCH:

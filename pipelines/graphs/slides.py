@@ -3,9 +3,11 @@
 Plan once per slide (level for --target_mpp, tissue on a ~1.25x thumbnail, grid, seeded sample),
 then fan the patch coordinates out in batches behind a Reshuffle, so one huge slide spreads over
 workers; each worker keeps its slides open (a small cache) and reads only its patches — never a
-whole level, no patch twice. Records are assembled per slide after a GroupByKey, which is also
-where an input is counted done (the graph is medprep.pipelines.graphs.fan_out's). A patch that cannot be read
-is counted and logged; a slide with no readable patch is one error line.
+whole level, no patch twice. A batch's encoded patches go to a part file in the staging folder where
+they are read, and only references to them cross the GroupByKey per slide; the records are assembled
+there, which is also where an input is counted done (the graph is medprep.pipelines.graphs.fan_out's),
+and each record's patches are read back from the parts as it is handed on, one record at a time. A
+patch that cannot be read is counted and logged; a slide with no readable patch is one error line.
 """
 
 from __future__ import annotations
@@ -14,13 +16,23 @@ import logging
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, replace
+from typing import cast
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from medprep.pipelines.config import Config
-from medprep.pipelines.graphs.fan_out import UnitFailure, WorkDoFn, batches, failure_of, fan_out_pipeline, input_key
+from medprep.pipelines.graphs.fan_out import (
+    ReadsStagedImages,
+    UnitFailure,
+    WorkDoFn,
+    batches,
+    failure_of,
+    fan_out_pipeline,
+    input_key,
+)
 from medprep.pipelines.graphs.row_dofn import ManifestRowDoFn
+from medprep.pipelines.io.fanout_parts import StagedImage, with_reference
 from medprep.pipelines.io.manifest import resolve_ref
 from medprep.pipelines.io.sources.dicomweb import wsi_web_client
 from medprep.pipelines.io.sources.files import LocalFile, RemoteStreams, localize_file
@@ -45,6 +57,11 @@ class PatchBatch:
     total: int  # patches planned for the slide
     patches: tuple[tuple[int, Patch], ...]  # (index in the plan, patch)
 
+    @property
+    def work_id(self) -> str:
+        """The batch among its slide's batches (names its fan-out part): its first patch's index in the plan."""
+        return str(self.patches[0][0])
+
 
 @dataclass(frozen=True)
 class PatchResult:
@@ -56,6 +73,11 @@ class PatchResult:
     index: int  # its index in the plan
     finished: FinishedImage | None  # without pixels; None when it failed
     failure: UnitFailure | None = None
+    staged: StagedImage | None = None  # where its encoded bytes wait (finished.encoded is then empty)
+
+    def image(self) -> FinishedImage:
+        """The patch image, its bytes or their reference (fanout_parts.with_reference) in `encoded`."""
+        return with_reference(cast(FinishedImage, self.finished), self.staged)
 
 
 class _Readers:
@@ -126,7 +148,8 @@ class PlanSlides(ManifestRowDoFn):
 
 
 class ReadPatches(WorkDoFn):
-    """A PatchBatch -> (input key, PatchResult) per patch."""
+    """A PatchBatch -> (input key, PatchResult) per patch; the patches' encoded images go to the batch's
+    fan-out part, and the results refer to them."""
 
     unit = "patch"
 
@@ -137,14 +160,16 @@ class ReadPatches(WorkDoFn):
         self.readers.close()
 
     def process(self, element: PatchBatch):
-        batch = element
+        yield from self.staged(element.key, element.work_id, self._results(element))
+
+    def _results(self, batch: PatchBatch):
         path = resolve_ref(batch.row["images"][0], self.config.input)
         options = self.config.slide_options(batch.row.get("mpp"))
         try:
             reader = self.readers.get(path, options.assume_mpp, options.override_mpp)
         except Exception as exc:  # the slide vanished or broke between planning and reading
             for index, _ in batch.patches:
-                yield batch.key, PatchResult(batch.row, batch.info, batch.total, index, None, failure_of(exc))
+                yield PatchResult(batch.row, batch.info, batch.total, index, None, failure_of(exc))
             return
         for index, patch in batch.patches:
             finished, failure = self.run_unit(
@@ -152,11 +177,12 @@ class ReadPatches(WorkDoFn):
             )
             if failure:
                 failure = replace(failure, message=f"patch at ({patch.x}, {patch.y}): {failure.message}")
-            yield batch.key, PatchResult(batch.row, batch.info, batch.total, index, finished, failure)
+            yield PatchResult(batch.row, batch.info, batch.total, index, finished, failure)
 
 
-class AssembleSlide(ManifestRowDoFn):
-    """(slide row, patch results) -> slide-level and/or patch-level records; counts the input done."""
+class AssembleSlide(ReadsStagedImages, ManifestRowDoFn):
+    """(slide row, patch results) -> slide-level and/or patch-level records; counts the input done. The
+    records are built with references to the patches and read back one record at a time."""
 
     def ref_of(self, element):
         _, results = element
@@ -171,7 +197,7 @@ class AssembleSlide(ManifestRowDoFn):
         _, results = element
         results = sorted(results, key=lambda r: r.index)
         row, info = results[0].row, results[0].info
-        good = [(r.index, r.finished) for r in results if r.finished is not None]
+        good = [(r.index, r.image()) for r in results if r.finished is not None]
         failed = [r.failure.message for r in results if r.finished is None]
         if not good:
             raise ItemError("decode", f"no patch of the slide could be read ({len(failed)} tried): {failed[0]}")

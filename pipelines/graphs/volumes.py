@@ -7,9 +7,10 @@ per-volume range), one at a time. Each series is planned once (order, QC, MR ran
 Where spreading one series over workers pays (fewer inputs than the processes that could share
 its slices, or unknown off the local runner: medprep.pipelines.graphs.fan_out.fan_out_pays), its
 selected slices are rendered in batches behind a Reshuffle and assembled per input, so one long
-series does not sit on one worker; elsewhere each input is planned, rendered and assembled in one
-step (PrepareVolumes), which saves two shuffles of the encoded slices. Both run the same code per
-slice and give the same bytes.
+series does not sit on one worker (the rendered slices wait in part files in the staging folder, and only
+references to them cross the grouping per input); elsewhere each input is planned, rendered and assembled
+in one step (PrepareVolumes), which saves two shuffles and a write and read of the encoded slices. Both
+run the same code per slice and give the same bytes.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pydicom.dataset import Dataset
 
 from medprep.pipelines.config import Config
 from medprep.pipelines.graphs.fan_out import (
+    ReadsStagedImages,
     UnitFailure,
     WorkDoFn,
     attempt_unit,
@@ -36,6 +38,7 @@ from medprep.pipelines.graphs.fan_out import (
     one_step_pipeline,
 )
 from medprep.pipelines.graphs.row_dofn import ManifestRowDoFn
+from medprep.pipelines.io.fanout_parts import StagedImage, with_reference
 from medprep.pipelines.io.manifest import resolve_ref
 from medprep.pipelines.io.sources.dicomweb import client_for
 from medprep.pipelines.io.sources.files import DEFAULT_MAX_INPUT_BYTES, open_input, read_bytes, read_head
@@ -111,6 +114,11 @@ class SliceBatch:
     numbers: tuple[int, ...] = ()  # the slices' places among the series' selected slices, from 1
     rendered: tuple[tuple[int, FinishedImage], ...] = ()  # NIfTI: (number, slice without pixels) rendered at planning
 
+    @property
+    def work_id(self) -> str:
+        """The batch among its input's batches (names its fan-out part): its series and first slice."""
+        return f"{self.meta.key}/{self.numbers[0] if self.numbers else 'rendered'}"
+
 
 @dataclass(frozen=True)
 class SliceResult:
@@ -121,6 +129,11 @@ class SliceResult:
     number: int  # its place among the series' selected slices, from 1
     finished: FinishedImage | None  # without pixels; None when it failed
     failure: UnitFailure | None = None
+    staged: StagedImage | None = None  # fan-out: where its encoded bytes wait (finished.encoded is then empty)
+
+    def image(self) -> FinishedImage:
+        """The rendered slice, its bytes or their reference (fanout_parts.with_reference) in `encoded`."""
+        return with_reference(cast(FinishedImage, self.finished), self.staged)
 
 
 def skip_reason(exc: ItemError) -> str:
@@ -247,7 +260,8 @@ def render_batch(batch: SliceBatch, options, run_unit) -> Iterator[SliceResult]:
 
 
 class RenderSlices(WorkDoFn):
-    """A SliceBatch -> (input key, SliceResult) per slice."""
+    """A SliceBatch -> (input key, SliceResult) per slice; the slices' encoded images go to the batch's
+    fan-out part, and the results refer to them."""
 
     unit = "slice"
 
@@ -255,8 +269,8 @@ class RenderSlices(WorkDoFn):
         self.options = self.config.volume_options()
 
     def process(self, element: SliceBatch):
-        for result in render_batch(element, self.options, self.run_unit):
-            yield element.key, result
+        results = render_batch(element, self.options, self.run_unit)
+        yield from self.staged(element.key, element.work_id, results)
 
 
 class SeriesAssembly:
@@ -293,7 +307,7 @@ class SeriesAssembly:
             try:
                 if bad:
                     raise bad[0].error()
-                outs = list(self._records(row, meta, [r.finished for r in items]))
+                outs = list(self._records(row, meta, [r.image() for r in items]))
             except ItemError as exc:
                 failures.append(exc)
                 skipped.append(skip_reason(exc))
@@ -359,8 +373,9 @@ class SeriesAssembly:
         return row["images"][0]
 
 
-class AssembleVolume(SeriesAssembly, ManifestRowDoFn):
-    """(input key, every rendered slice of its series) -> a record per series and/or per slice."""
+class AssembleVolume(ReadsStagedImages, SeriesAssembly, ManifestRowDoFn):
+    """(input key, every rendered slice of its series) -> a record per series and/or per slice; the
+    slices' images are read back from their fan-out parts one record at a time."""
 
     def ref_of(self, element):
         _, results = element
