@@ -45,6 +45,19 @@ def test_stage_units_writes_one_part_and_reads_back(tmp_path):
     assert record["images"][0] is c  # the record built with references is not changed in place
 
 
+def test_records_are_read_back_one_at_a_time(tmp_path):
+    """read_back reads a record's images only when that record is taken: the next record's part is not read
+    yet (here: spoiled after the first record was taken, which only the second record's read sees)."""
+    folder = str(tmp_path / "parts")
+    [(_, first)] = stage_units(folder, "1.images", [("a", b"one")])
+    [(_, second)] = stage_units(folder, "2.images", [("b", b"two")])
+    records = read_back(iter([{"images": [first]}, {"images": [second]}]), folder)
+    assert next(records)["images"] == [b"one"]
+    (tmp_path / "parts" / "2.images").write_bytes(b"TWO")
+    with pytest.raises(OSError, match="does not hold the image"):
+        next(records)
+
+
 def test_a_part_that_does_not_hold_what_was_staged_is_an_error(tmp_path):
     folder = str(tmp_path / "parts")
     [(_, ref)] = stage_units(folder, "p.images", [("a", b"abcdef")])
