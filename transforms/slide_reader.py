@@ -19,6 +19,7 @@ from PIL import Image
 
 from medprep.transforms.dicomweb_ref import parse_ref
 from medprep.transforms.errors import ItemError
+from medprep.transforms.streamed_resize import streamed_resize
 
 _UNIT_UM = {"centimeter": 1e4, "inch": 25400.0}
 
@@ -52,12 +53,20 @@ def strip_rows(tile_height: int, strip: int = 1024) -> int:
     return max(tile_height, strip // tile_height * tile_height) if tile_height > 0 else strip
 
 
+THUMB_BLOCK = 512  # pixels a side of the blocks a thumbnail is made from (rounded to whole tiles)
+
+
 def level_thumbnail(
-    reader: SlideReader, target_mpp: float, max_side: int = 4096, strip: int = 1024
+    reader: SlideReader, target_mpp: float, max_side: int = 4096, block: int = THUMB_BLOCK
 ) -> tuple[np.ndarray, float]:
     """(RGB thumbnail at about target_mpp µm/px, its downsample from level 0), the same for every reader:
-    the coarsest level at least that fine (the only one read, once), in strips of about `strip` rows cut at
-    tile-row borders (memory bounded), BILINEAR-resized."""
+    the coarsest level at least that fine (the only one read, once), BILINEAR-resized.
+
+    Byte for byte Pillow's resize of the whole level, made from blocks of about `block` pixels a side cut at
+    tile borders, each read once and reduced as read (transforms/streamed_resize.py): memory is a block, one
+    band of horizontally reduced rows and the thumbnail, however large the level (a one-level slide's level 0
+    included). A level whose downsample is not a whole number is read in bands of its full width, so that
+    every read starts on a whole level-0 pixel."""
     w0, h0 = reader.dimensions[0]
     factor = (target_mpp / reader.mpps[0]) if reader.mpps[0] else max(w0, h0) / 1024.0
     factor = max(factor, max(w0, h0) / max_side, 1.0)
@@ -67,16 +76,14 @@ def level_thumbnail(
     lw, lh = reader.dimensions[level]
     ds = reader.downsamples[level]
     heights: list[int] = getattr(reader, "tile_heights", [])
-    strip = strip_rows(heights[level] if level < len(heights) else 0, strip)
-    out = np.empty((height, width, 3), np.uint8)
-    for top in range(0, lh, strip):
-        rows = min(strip, lh - top)
-        y0, y1 = int(round(top * height / lh)), int(round((top + rows) * height / lh))
-        if y1 <= y0:
-            continue
-        band = reader.read(level, 0, int(round(top * ds)), lw, rows)
-        out[y0:y1] = np.asarray(Image.fromarray(band).resize((width, y1 - y0), Image.Resampling.BILINEAR))
-    return out, w0 / width
+    widths: list[int] = getattr(reader, "tile_widths", [])
+    rows = strip_rows(heights[level] if level < len(heights) else 0, block)
+    cols = strip_rows(widths[level] if level < len(widths) else 0, block) if float(ds).is_integer() else lw
+
+    def read(x: int, y: int, w: int, h: int) -> np.ndarray:
+        return reader.read(level, int(round(x * ds)), int(round(y * ds)), w, h)
+
+    return streamed_resize(read, (lw, lh), (width, height), (cols, rows)), w0 / width
 
 
 class OpenSlideReader:
@@ -110,6 +117,7 @@ class OpenSlideReader:
         self.tile_heights = [
             int(props.get(f"openslide.level[{i}].tile-height", 0)) for i in range(len(self.dimensions))
         ]
+        self.tile_widths = [int(props.get(f"openslide.level[{i}].tile-width", 0)) for i in range(len(self.dimensions))]
 
     def read(self, level: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
         """RGB uint8 (height, width, 3) at `level`, top-left at level-0 (x0, y0)."""

@@ -155,6 +155,7 @@ class TiffSlideReader:
         self.dimensions = [(int(p.imagewidth), int(p.imagelength)) for p in self._levels]
         self.downsamples = level_downsamples(self.dimensions) if self._levels else []
         self.tile_heights = [int(p.tilelength) for p in self._levels]
+        self.tile_widths = [int(p.tilewidth) for p in self._levels]
         mpp0 = self._declared_mpp(pages[0]) if pages else None
         if override_mpp:
             mpp0, self.mpp_source = override_mpp, "manifest"
