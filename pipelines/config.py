@@ -61,6 +61,7 @@ _NOT_HASHED = (
     "formats",
     "num_shards",
     "item_timeout",
+    "item_threads",
     "dicomweb_url",
     "query",
     "reports",

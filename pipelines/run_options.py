@@ -41,6 +41,12 @@ class InputOptions:
         flag=True,
     )
     item_timeout: int = option(600, "seconds one input may take (default 600)", int_in(1))
+    item_threads: int = option(
+        0,
+        "inputs one worker process prepares at once, in threads (default 0: on the local runner the "
+        "machine's cores shared among its worker processes, at most 4; 1 on other runners)",
+        int_in(0, 64),
+    )
     max_input_bytes: int = option(
         DEFAULT_MAX_INPUT_BYTES,
         "refuse an input file larger than this before reading it (error line), e.g. 500M, 8G (default 4G); "

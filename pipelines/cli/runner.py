@@ -9,7 +9,7 @@ import os
 import tempfile
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from medprep.pipelines.graphs.metrics import query_metrics
 from medprep.pipelines.graphs.progress import ProgressBar
@@ -42,6 +42,25 @@ def make_runner(options: PipelineOptions):
     return name
 
 
+MAX_AUTO_ITEM_THREADS = 4  # past this, memory (inputs in flight) grows faster than the gain
+
+
+def item_threads(requested: int, options: PipelineOptions, local: bool) -> int:
+    """Inputs one worker process prepares at once: `requested` if set (> 0); else on the local runner the
+    cores this process may use shared among its worker processes (at most MAX_AUTO_ITEM_THREADS), 1 on
+    other runners (which run a process per vCPU)."""
+    if requested > 0:
+        return requested
+    if not local:
+        return 1
+    direct = options.view_as(DirectOptions)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = 1
+    if direct.direct_running_mode in ("multi_processing", "multi_threading"):
+        workers = direct.direct_num_workers or cores  # 0: Beam starts one per core
+    return max(1, min(MAX_AUTO_ITEM_THREADS, cores // max(1, workers)))
+
+
 def run(build, config, beam_args: list[str], wait: bool = True):
     """Build the graph with `build(pipeline, config)`, run it, wait (unless told not to), return the result.
 
@@ -51,6 +70,8 @@ def run(build, config, beam_args: list[str], wait: bool = True):
     runner = make_runner(options)
     local = not isinstance(runner, str)
     with tempfile.TemporaryDirectory(prefix="medprep-progress-") as folder:
+        threads = item_threads(config.item_threads, options, local)
+        config = dataclasses.replace(config, item_threads=threads)
         if local:
             config = dataclasses.replace(config, progress_file=os.path.join(folder, "done"))
         pipeline = beam.Pipeline(runner=runner, options=options)

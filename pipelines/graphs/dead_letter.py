@@ -5,6 +5,7 @@ Error lines are dicts {ref, row, stage, error, message}; `error` is the exceptio
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import logging
 import threading
@@ -14,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from typing import cast
 
 import apache_beam as beam
+from apache_beam.utils.windowed_value import WindowedValue
 
 from medprep.pipelines.graphs.metrics import PipelineMetrics
 from medprep.pipelines.graphs.progress import WorkerProgress, mark_done
@@ -47,32 +49,65 @@ class ItemTimeout(Exception):
     """Raised inside an item's thread when it overruns its time limit."""
 
 
-def run_with_limit(fn, timeout: float | None):
-    """fn() in a daemon thread, waited on for at most `timeout` s; ItemError('timeout') past it.
+class RunningItem:
+    """fn() started now: inline when it needs neither a time limit nor to run beside others, else in a
+    daemon thread; `result()` waits for it until its deadline (start + timeout s)."""
 
-    A Python-level overrun is stopped by an asynchronous exception; a hang inside C code cannot be
-    interrupted and is abandoned (the thread is a daemon), so the pipeline still goes on.
-    """
-    if not timeout:
-        return fn()
-    box: dict = {}
+    def __init__(self, fn, timeout: float | None, concurrent: bool = False):
+        self.timeout = timeout
+        self._box: dict = {}
+        self._thread: threading.Thread | None = None
+        if not timeout and not concurrent:
+            self._run(fn)
+            return
+        self._deadline = time.monotonic() + timeout if timeout else None
+        self._thread = threading.Thread(target=self._run, args=(fn,), name="medprep-item", daemon=True)
+        self._thread.start()
 
-    def target():
+    def _run(self, fn) -> None:
         try:
-            box["value"] = fn()
+            self._box["value"] = fn()
         except BaseException as exc:  # noqa: B036 -- handed back to the caller's thread
-            box["error"] = exc
+            self._box["error"] = exc
 
-    thread = threading.Thread(target=target, name="medprep-item", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        ident = cast(int, thread.ident)  # set once the thread has started
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(ItemTimeout))
-        raise ItemError("timeout", f"input took longer than the {timeout:g} s limit (--item_timeout); abandoned")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    def result(self):
+        """fn's value or exception; ItemError('timeout') past the deadline.
+
+        A Python-level overrun is stopped by an asynchronous exception; a hang inside C code cannot be
+        interrupted and is abandoned (the thread is a daemon), so the pipeline still goes on.
+        """
+        thread = self._thread
+        if thread is not None:
+            thread.join(None if self._deadline is None else max(0.0, self._deadline - time.monotonic()))
+            if thread.is_alive():
+                ident = cast(int, thread.ident)  # set once the thread has started
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(ItemTimeout))
+                raise ItemError(
+                    "timeout", f"input took longer than the {self.timeout:g} s limit (--item_timeout); abandoned"
+                )
+        if "error" in self._box:
+            raise self._box["error"]
+        return self._box["value"]
+
+
+def run_with_limit(fn, timeout: float | None):
+    """fn() waited on for at most `timeout` s (None or 0: no limit); ItemError('timeout') past it."""
+    return RunningItem(fn, timeout).result()
+
+
+_retries_lock = threading.Lock()
+_retries_reported = [0]
+
+
+def _new_retries() -> int:
+    """DICOMweb requests retried in this process since the last call (each counted once, whichever
+    item or step reports it: items run concurrently, so a per-item difference would count twice)."""
+    from medprep.pipelines.io.sources.dicomweb import retries_so_far
+
+    with _retries_lock:
+        now = retries_so_far()
+        new, _retries_reported[0] = now - _retries_reported[0], now
+    return new
 
 
 class ItemDoFn(beam.DoFn):
@@ -86,6 +121,8 @@ class ItemDoFn(beam.DoFn):
 
     default_stage = "record"
     timeout: float | None = None  # seconds per item (None: no limit)
+    threads = 1  # items prepared at once in one worker process (--item_threads)
+    concurrent_items = False  # True where outputs() may run in several threads at once (no shared state)
     final = True  # False for a fan-out stage: inputs are counted done by a later stage
     progress_file = ""  # local runs: where finished inputs are marked for the launcher's bar
 
@@ -117,14 +154,39 @@ class ItemDoFn(beam.DoFn):
             finally:
                 times["item"] = time.perf_counter() - start
 
-    def process(self, element) -> Iterator:
-        from medprep.pipelines.io.sources.dicomweb import retries_so_far
+    def start_bundle(self) -> None:
+        self._running: collections.deque = collections.deque()
 
-        before = retries_so_far()
+    def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam) -> Iterator:
+        """Start the item; with `threads` > 1, up to that many run at once and each item's outputs are
+        emitted when it is done (in this, a later or finish_bundle's call), in the order items started."""
+        running = RunningItem(lambda: self._timed_outputs(element), self.timeout, concurrent=self.threads > 1)
+        self._running.append((element, running, timestamp, window))
+        while len(self._running) >= max(1, self.threads):
+            yield from self._finish_oldest(windowed=False)
+
+    def finish_bundle(self) -> Iterator:
+        while self._running:
+            yield from self._finish_oldest(windowed=True)
+
+    def _finish_oldest(self, windowed: bool) -> Iterator:
+        """The outputs of the oldest running item; `windowed` when emitted outside its process call
+        (finish_bundle), which must name each output's timestamp and window itself."""
+        element, running, timestamp, window = self._running.popleft()
+        for out in self._outcome(element, running):
+            if not windowed:
+                yield out
+            elif isinstance(out, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(out.tag, WindowedValue(out.value, timestamp, (window,)))
+            else:
+                yield WindowedValue(out, timestamp, (window,))
+
+    def _outcome(self, element, running: RunningItem) -> Iterator:
+        """An item's records and stats, or its one error line."""
         try:
-            produced, times = run_with_limit(lambda: self._timed_outputs(element), self.timeout)
+            produced, times = running.result()
         except Exception as exc:  # every failure of one item becomes an error line
-            self.metrics.inc("dicomweb_retries", retries_so_far() - before)
+            self.metrics.inc("dicomweb_retries", _new_retries())
             ref, row = self.ref_of(element)
             line = error_line(ref, row, self.default_stage, exc)
             if not isinstance(exc, ItemError):
@@ -138,7 +200,7 @@ class ItemDoFn(beam.DoFn):
             self._finished(False)
             yield beam.pvalue.TaggedOutput(ERRORS, line)
             return
-        self.metrics.inc("dicomweb_retries", retries_so_far() - before)  # metrics live in the bundle's thread
+        self.metrics.inc("dicomweb_retries", _new_retries())  # metrics live in the bundle's thread
         self.metrics.stage_times(times)
         if not produced:
             ref, row = self.ref_of(element)

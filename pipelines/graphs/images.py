@@ -34,6 +34,8 @@ def row_task(row: dict) -> str:
 class PrepareImageRow(ManifestRowDoFn):
     """Manifest row -> one record (or one error line)."""
 
+    concurrent_items = True  # per-item state lives in locals: rows may be prepared in threads
+
     def setup(self):
         super().setup()
         self.options = self.config.image_options()

@@ -15,6 +15,7 @@ class ManifestRowDoFn(ItemDoFn):
         super().__init__()
         self.config = config
         self.timeout = config.item_timeout
+        self.threads = config.item_threads if self.concurrent_items else 1
         self.progress_file = config.progress_file
 
     def setup(self):
