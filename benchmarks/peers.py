@@ -13,8 +13,11 @@ text), each peer a whole run from process start to its output file:
 - **MONAI**: `LoadImage` (PydicomReader) → `EnsureChannelFirst` → `ScaleIntensityRange` over the
   header's window → `SpatialPad` to a square → `Resize` 896 bilinear, in a `DataLoader` with 2 workers,
   PNG with Pillow, Parquet with pyarrow;
-- **medprep images**: in-process and `--direct_running_mode=multi_processing --direct_num_workers=2`
-  (records, tokenization off, both formats, summary, preview).
+- **medprep images**: in-process (items in threads by default; `--item_threads 1` for one at a time) and
+  `--direct_running_mode=multi_processing --direct_num_workers=2` (records, tokenization off, both formats,
+  summary, preview).
+
+Sources are compiled first (`compile_sources`), as an installed package is.
 
 CT (a 512² int16 series, 85 slices selected): **the MedGemma notebook approach** (pydicom reads
 every instance with its pixels, sorts by position, HU from RescaleSlope/Intercept, the reference's
@@ -235,6 +238,15 @@ def medprep_run(pipeline: str, manifest: str, out: str, extra: list[str]) -> dic
     return figures
 
 
+def compile_sources() -> None:
+    """Write the .pyc files an installed package has (pip compiles them at install; an editable checkout
+    under PYTHONDONTWRITEBYTECODE=1 would otherwise compile medprep's modules in every timed process)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    folders = [os.path.join(root, f) for f in ("medprep", "pipelines", "transforms", "schemas", "benchmarks")]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *folders], env=env, check=True, capture_output=True)
+
+
 def load() -> str:
     return open("/proc/loadavg").read().split()[0] if os.path.exists("/proc/loadavg") else "?"
 
@@ -264,7 +276,11 @@ def images_figures(folder: str, n: int, small: int) -> list[dict]:
         runs: list[tuple[str, str, list[str] | None]] = [
             (label, peer, None) for peer, label in PEERS.items() if count == n or peer == "pool"
         ]
-        runs += [("medprep images, in-process", "", []), ("medprep images, 2 workers", "", MP2)]
+        runs += [
+            ("medprep images, in-process", "", []),
+            ("medprep images, in-process, 1 thread", "", ["--item_threads", "1"]),
+            ("medprep images, 2 workers", "", MP2),
+        ]
         for label, peer, extra in runs:
             before = load()
             out = os.path.join(folder, f"out-{len(rows)}")
@@ -344,12 +360,13 @@ def stage_kind(name: str) -> str:
 
 
 def whole_runs(folder: str, n: int) -> list[dict]:
-    """medprep images on n CXR, in-process and with 2 workers: seconds, peak memory, and where the time went."""
+    """medprep images on n CXR, in-process (items in threads, and one at a time) and with 2 workers: seconds,
+    peak memory, and where the time went."""
     from benchmarks.measure import run_measured
 
     manifest = image_inputs(folder, n)
     rows = []
-    for label, extra in (("in-process", []), ("2 workers", MP2)):
+    for label, extra in (("in-process", []), ("in-process, 1 thread", ["--item_threads", "1"]), ("2 workers", MP2)):
         before = load()
         out = os.path.join(folder, f"whole-{len(rows)}")
         args = ["images", "--input", manifest, "--output_dir", out, "--overwrite", "--split_salt", "bench", *extra]
@@ -419,6 +436,7 @@ def main() -> None:
         return run_peer(*args.run)
     if args.series_run:
         return run_series_peer(*args.series_run)
+    compile_sources()
     figures: dict = {}
     with tempfile.TemporaryDirectory() as d:
         if args.only in (None, "images"):
