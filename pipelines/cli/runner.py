@@ -19,6 +19,8 @@ _LOG = logging.getLogger(__name__)
 
 def check_beam_args(beam_args: list[str]) -> None:
     """Fail on options neither medprep nor Beam knows (Beam would silently drop them)."""
+    if not beam_args:
+        return  # a parser of every Beam option costs ~0.1 s at start-up: only built when there is one to check
     from apache_beam.options.pipeline_options import _BeamArgumentParser
 
     parser = _BeamArgumentParser(allow_abbrev=False)

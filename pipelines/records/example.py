@@ -18,7 +18,6 @@ from medprep.transforms.chat import conversation, images_then_prompt, prompt_the
 from medprep.transforms.dicom_io import ID_KEYWORDS, NAME_KEYWORDS
 from medprep.transforms.errors import ItemError, strip_credentials
 from medprep.transforms.image import FinishedImage
-from medprep.transforms.scrub import scrub_text
 from medprep.transforms.text import Tokenizer
 
 
@@ -98,6 +97,8 @@ def apply_privacy(parts: ExampleParts, config: Config) -> dict:
         )
     if not config.scrub_text:
         return {}
+    from medprep.transforms.scrub import scrub_text  # its patterns compile on import: only runs that scrub pay
+
     ids = [parts.identifiers.get(k, "") for k in ID_KEYWORDS] + [parts.patient_id]
     names = [parts.identifiers.get(k, "") for k in NAME_KEYWORDS] + list(parts.extra_names)
     totals: dict = {}
