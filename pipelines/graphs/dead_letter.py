@@ -170,8 +170,9 @@ class ItemDoFn(beam.DoFn):
             yield from self._finish_oldest(windowed=True)
 
     def _finish_oldest(self, windowed: bool) -> Iterator:
-        """The outputs of the oldest running item; `windowed` when emitted outside its process call
-        (finish_bundle), which must name each output's timestamp and window itself."""
+        """The outputs of the oldest running item. Emitted from a process call they take that element's
+        window (every medprep collection is in the one global window); from finish_bundle (`windowed`)
+        they must carry their own item's timestamp and window."""
         element, running, timestamp, window = self._running.popleft()
         for out in self._outcome(element, running):
             if not windowed:
