@@ -211,7 +211,7 @@ def _gcs_children(prefix: str) -> tuple[list[str], list[str]]:
     from apache_beam.io.gcp.gcsio import GcsIO
 
     bucket, _, path = prefix[len("gs://") :].partition("/")
-    blobs = GcsIO().client.list_blobs(bucket, prefix=path + "/", delimiter="/")
+    blobs = GcsIO().client.list_blobs(bucket, prefix=path + "/" if path else "", delimiter="/")  # a bucket root
     files = [f"gs://{bucket}/{b.name}" for b in blobs if not b.name.endswith("/")]
     return files, [f"gs://{bucket}/{p.rstrip('/')}" for p in sorted(blobs.prefixes)]
 

@@ -76,6 +76,12 @@ def test_a_gs_prefix_is_listed_by_level_down_to_the_fan_out(gcs, local):
     assert [len(u.files) for u in units if u.files] == [2, 1, 1]  # series 4's files, README.txt, reports.jsonl
 
 
+def test_a_bucket_root_is_listed_too(gcs, local):
+    """gs://bucket/ holds only in/: listed from the root (no empty leading '/' in the listing prefix), it
+    descends into in/ and gives in/'s units."""
+    assert listing_units(f"gs://{BUCKET}") == listing_units(GS)
+
+
 @pytest.mark.parametrize("per_series", [True, False])
 def test_gs_discovery_rows_are_the_local_rows(gcs, local, tmp_path, per_series):
     on_disk = dataclasses.replace(Config(), input=local + "/", reports=local + "/reports.jsonl")
