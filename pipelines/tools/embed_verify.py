@@ -59,7 +59,6 @@ class InputImages:
         self.keys = keys[order]
         self.codes = np.frombuffer(bytes(codes), dtype=np.uint8)[order]
         self.seen = np.zeros(len(self.keys), dtype=bool)
-        del digests, codes
 
     def _images(self) -> Iterator[tuple[str, int, str]]:
         """(example_id, image index, split) of each image, in the input's shard and record order."""

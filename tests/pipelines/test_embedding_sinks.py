@@ -183,3 +183,36 @@ def test_embed_summary_counts_errors_from_combined_counts():
     assert s["by_split"] == {"train": 6}
     empty = build_summary(config, {"inputs": 6, "embeddings": 6}, sum_counts([]), [])
     assert (empty["errors"], empty["errors_by_stage"], empty["reconciled"]) == (0, {}, True)
+
+
+def test_embed_summary_reads_counts_and_the_commit_waits_for_every_output():
+    from medprep.pipelines.graphs.embed import EmbedConfig, build
+
+    config = EmbedConfig(
+        input="in",
+        model="m",
+        output_dir="o",
+        model_name="m",
+        model_hash="h",
+        encoder_info="{}",
+        input_format="parquet",
+        input_ranges=(("parquet/train-00000-of-00001.parquet", 0, 4),),
+        shard_plan=(("train", 1),),
+        commit_in_pipeline=True,
+    )
+    p = beam.Pipeline()
+    build(p, config)
+    found = {}
+
+    class Visitor(beam.pipeline.PipelineVisitor):
+        def visit_transform(self, node):
+            found[node.full_label] = node
+
+    p.visit(Visitor())
+    summary_inputs = {s.pvalue.producer.full_label for s in found["Summary"].side_inputs}
+    combined = {"SumStats/InjectDefault", "SumErrors/InjectDefault"}  # CombineGlobally: one dict, never a list
+    assert summary_inputs == combined | {"Shards/Write/AllShards", "Errors/AllErrorFiles"}
+    waits = {s.pvalue.producer.full_label for s in found["Commit"].side_inputs}
+    assert waits == {"Shards/Write/AllShards", "Errors/AllErrorFiles"}
+    assert found["Commit"].inputs[0].producer.full_label == "Summary"
+    assert found["Shards/Stage"].inputs[0].producer.full_label == "Rows/ParDo(ToRows)"  # staged where made
