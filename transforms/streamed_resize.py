@@ -23,7 +23,7 @@ from collections.abc import Callable
 import numpy as np
 
 PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed point for 8-bit images
-FEED_VALUES = 1 << 18  # values the vertical pass multiplies at once (int32 products: 1 MB)
+FEED_VALUES = 1 << 18  # values a pass multiplies at once (int32 products: 1 MB)
 
 
 def pillow_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -132,13 +132,16 @@ def streamed_resize(
         across = _Pass(across_layers, across_end, 1, rows)
         band = np.empty((rows, ow, 3), np.uint8)  # this band's rows, horizontally resized
         col = 0
+        step = max(1, FEED_VALUES // (rows * 3))  # a wide block (a full-width strip) goes in a few columns at a time
         for left in range(0, w, bw):
-            done = across.feed(read(left, top, min(bw, w - left), rows), left)
-            band[:, col : col + len(done)] = done.transpose(1, 0, 2)
-            col += len(done)
-        step = max(1, FEED_VALUES // (ow * 3))  # the vertical pass takes the band a few rows at a time
-        for part in range(0, rows, step):
-            done = down.feed(band[part : part + step], top + part)
+            pixels = read(left, top, min(bw, w - left), rows)
+            for part in range(0, pixels.shape[1], step):
+                done = across.feed(pixels[:, part : part + step], left + part)
+                band[:, col : col + len(done)] = done.transpose(1, 0, 2)
+                col += len(done)
+        down_step = max(1, FEED_VALUES // (ow * 3))  # the vertical pass takes the band a few rows at a time
+        for part in range(0, rows, down_step):
+            done = down.feed(band[part : part + down_step], top + part)
             out[row : row + len(done)] = done
             row += len(done)
     return out

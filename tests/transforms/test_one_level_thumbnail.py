@@ -64,6 +64,17 @@ def test_streamed_resize_is_pillows_resize(size, out, block):
     assert np.array_equal(streamed_resize(read, size, out, block), expected)
 
 
+def test_passes_fed_a_column_or_a_row_at_a_time_give_the_same_bytes(monkeypatch):
+    """A full-width strip goes to the horizontal pass a few columns at a time, a band to the vertical pass a few
+    rows at a time (FEED_VALUES): here one column and one row, on a strip as wide as the image."""
+    from medprep.transforms import streamed_resize as module
+
+    monkeypatch.setattr(module, "FEED_VALUES", 1)
+    image = np.random.default_rng(3).integers(0, 256, (90, 130, 3), dtype=np.uint8)
+    got = streamed_resize(lambda x, y, w, h: image[y : y + h, x : x + w], (130, 90), (17, 11), (130, 40))
+    assert np.array_equal(got, np.asarray(Image.fromarray(image).resize((17, 11), Image.Resampling.BILINEAR)))
+
+
 def test_weights_are_pillows_fixed_point_weights():
     """10 -> 3 pixels: scale and support 10/3, centres 5/3, 5, 25/3; windows [trunc(c - 10/3 + 0.5), trunc(c +
     10/3 + 0.5)) clamped to [0, 10); weights normalized to 1, in 22 fractional bits."""
