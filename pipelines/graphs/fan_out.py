@@ -122,12 +122,16 @@ class WorkDoFn(beam.DoFn):
 class ReadsStagedImages:
     """Mixin for a fan-out's Assemble DoFn (before its ItemDoFn base): the records it yields carry
     fanout_parts.StagedImage references in `images`; each is read back just before it is handed on,
-    one record at a time (the records themselves are built, checked and buffered as references)."""
+    one record at a time (the records themselves are built, checked and buffered as references),
+    whether ItemDoFn emits it from process or, windowed, from finish_bundle."""
 
     config: Config
 
-    def process(self, element):
-        return read_back(super().process(element), fan_out_dir(self.config.write_dir))
+    def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        return read_back(super().process(element, timestamp, window), fan_out_dir(self.config.write_dir))
+
+    def finish_bundle(self):
+        return read_back(super().finish_bundle() or (), fan_out_dir(self.config.write_dir))
 
 
 def local_workers(options) -> int | None:

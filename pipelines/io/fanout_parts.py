@@ -22,6 +22,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar, cast
 
+from apache_beam.utils.windowed_value import WindowedValue
+
 from medprep.pipelines.io.outputs import join, write_via_local
 from medprep.pipelines.io.sinks import PARTS_FOLDER, PartReader, StagedRecord
 from medprep.transforms.image import FinishedImage
@@ -110,11 +112,18 @@ class ImageReader:
 
 
 def read_back(outputs: Iterable[Any], parts_dir: str) -> Iterator[Any]:
-    """A DoFn's outputs with every record's staged images read back, one record at a time; tagged outputs
-    (error lines, stats) pass as they are."""
+    """A DoFn's outputs with every record's staged images read back, one record at a time (a record as it
+    is, or in a WindowedValue); tagged outputs (error lines, stats) pass as they are."""
     reader = ImageReader(parts_dir)
     try:
         for out in outputs:
-            yield reader.record(out) if isinstance(out, dict) and "images" in out else out
+            if isinstance(out, WindowedValue) and _is_record(out.value):
+                yield out.with_value(reader.record(out.value))
+            else:
+                yield reader.record(out) if _is_record(out) else out
     finally:
         reader.close()
+
+
+def _is_record(value: Any) -> bool:
+    return isinstance(value, dict) and "images" in value

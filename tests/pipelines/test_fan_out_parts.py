@@ -8,6 +8,8 @@ import pickle
 
 import apache_beam as beam
 import pytest
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
 from medprep.pipelines.config import Config
 from medprep.pipelines.io.fanout_parts import (
@@ -40,8 +42,10 @@ def test_stage_units_writes_one_part_and_reads_back(tmp_path):
     assert "ct" not in name and name == part_name("3:/data/ct", "1.2.3/9") != part_name("3:/data/ct", "1.2.3/17")
     error = beam.pvalue.TaggedOutput("errors", {"row": 1})
     record = {"example_id": "x", "images": [c, a, b"inline"]}
-    out = list(read_back([record, error], folder))
+    windowed = WindowedValue({"images": [a]}, 0, (GlobalWindow(),))  # as ItemDoFn emits from finish_bundle
+    out = list(read_back([record, error, windowed], folder))
     assert out[0]["images"] == [b"third!", b"first", b"inline"] and out[1] is error
+    assert out[2].value == {"images": [b"first"]} and out[2].windows == windowed.windows
     assert record["images"][0] is c  # the record built with references is not changed in place
 
 
