@@ -75,6 +75,9 @@ class EmbedConfig:
     progress_file: str = ""
     expected_inputs: int = 0  # images in the input (its summary.json)
     commit_in_pipeline: bool = False
+    # The runner's (cli/runner.py sets it on every config it runs): embed forms its own batches and runs
+    # one at a time per worker process, so it is 1 and not part of the configuration.
+    item_threads: int = 1
 
     @property
     def write_dir(self) -> str:
@@ -83,7 +86,7 @@ class EmbedConfig:
     def public(self) -> dict:
         """The configuration as written to summary.json."""
         d = asdict(self)
-        for key in ("staging_dir", "progress_file", "input_ranges", "encoder_info", "input_summary"):
+        for key in ("staging_dir", "progress_file", "input_ranges", "encoder_info", "input_summary", "item_threads"):
             d.pop(key)
         for key in ("input", "model", "output_dir"):
             d[key] = strip_credentials(d[key])
