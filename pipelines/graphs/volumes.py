@@ -269,7 +269,10 @@ class RenderSlices(WorkDoFn):
         self.options = self.config.volume_options()
 
     def process(self, element: SliceBatch):
-        results = render_batch(element, self.options, self.run_unit)
+        # assembly needs the series' names and flags, not its plan or QC (each slice's info holds those):
+        # without them what is grouped per slice does not grow with the series
+        meta = replace(element.meta, plan=None, info={})
+        results = (replace(r, meta=meta) for r in render_batch(element, self.options, self.run_unit))
         yield from self.staged(element.key, element.work_id, results)
 
 

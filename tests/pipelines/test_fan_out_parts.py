@@ -77,10 +77,10 @@ def test_a_part_that_does_not_hold_what_was_staged_is_an_error(tmp_path):
 # ---- the Work steps: what they hand to the GroupByKey ----------------------------------------------
 
 
-def _volume_batches(tmp_path, image_size):
+def _volume_batches(tmp_path, image_size, slices=12):
     from medprep.pipelines.graphs.volumes import PlanVolumes
 
-    write_series(str(tmp_path / "ct"), 12)
+    write_series(str(tmp_path / "ct"), slices)
     (tmp_path / "m.jsonl").write_text(json.dumps({"image": str(tmp_path / "ct"), "text": "CT.", "patient_id": "P"}))
     config = dataclasses.replace(
         Config(),
@@ -128,6 +128,19 @@ def test_render_slices_hands_on_references_whatever_the_image_size(tmp_path, siz
     config2, batches2 = _volume_batches(other, 1024 if size == 64 else 32)
     sizes2 = [len(pickle.dumps(e)) for b in batches2 for e in _render(config2, b)]
     assert abs(max(sizes2) - max(sizes)) < 64
+
+
+def test_what_is_grouped_per_slice_does_not_grow_with_the_series(tmp_path):
+    """A slice of a 12-slice and of a 200-slice series cross the grouping with about the same bytes: the
+    series' plan (its selected indices) and QC stay behind, in each slice's info where records need them."""
+    sizes = {}
+    for slices in (12, 200):
+        (tmp_path / str(slices)).mkdir()
+        config, batches = _volume_batches(tmp_path / str(slices), 64, slices)
+        grouped = _render(config, batches[0])
+        assert all(r.meta.plan is None and r.finished.info["series"] for _, r in grouped)
+        sizes[slices] = max(len(pickle.dumps(e)) for e in grouped)
+    assert abs(sizes[200] - sizes[12]) < 64, sizes
 
 
 def test_a_retried_work_item_overwrites_its_own_part(tmp_path):
