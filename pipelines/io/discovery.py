@@ -8,17 +8,20 @@ PCollection, never a dict in a worker). Identifiers are only used for the join.
 
 Nothing holds every discovered item in one place: a folder/prefix is cut into listing units (its
 sub-folders, and runs of the files directly in it; through levels with a single sub-folder), listed by
-different workers; headers are read
-in parallel and grouped by series in the pipeline (a GroupByKey); a DICOMweb search is read page by
-page. Rows are numbered in reference order as before (the number is part of an example's key when a
-row has no id) from per-bucket counts and one bucket's items at a time (NumberRows).
+different workers; headers are read in parallel and grouped by series in the pipeline (a GroupByKey); a
+DICOMweb search is read page by page, and one over a StudyDate range is cut into searches of whole days
+run by different workers. Rows are numbered in reference order as before (the number is part of an
+example's key when a row has no id) from per-bucket counts and one bucket's items at a time (NumberRows).
 """
 
 from __future__ import annotations
 
 import bisect
+import datetime
 import hashlib
+import itertools
 import os
+import re
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +41,7 @@ STUDY, SERIES, SOP, ACCESSION = "0020000D", "0020000E", "00080018", "00080050"
 QIDO_PAGE = 1000  # QIDO-RS results per request (under the caps of Google's Healthcare API and others)
 FILES_PER_UNIT = 1000  # files directly in a discovered prefix are listed and read in runs of this many
 MAX_DESCENT = 8  # single-sub-folder levels a prefix's listing goes down through to find where it fans out
+DATE_SPLITS = 64  # a QIDO search over a StudyDate range is cut into at most this many searches of whole days
 
 
 def parse_query(text: str) -> dict:
@@ -135,12 +139,36 @@ def _row(numbered: tuple[int, tuple], report: dict | None) -> dict:
     }
 
 
-def _dicomweb_items(config: Config, level: str) -> Iterator[tuple]:
+def date_split(query: dict, parts: int = DATE_SPLITS) -> list[dict]:
+    """A query whose StudyDate is a closed range of days ('20200101-20201231') as up to `parts` queries over
+    consecutive, disjoint sub-ranges of whole days (searched by different workers); any other query as it is.
+
+    Their union is the one search: a study dated in the range falls in exactly one sub-range, and one with an
+    empty StudyDate, which servers match against every range or none, is in all of them or none (DiscoverRows
+    keeps one of each item). With StudyTime too the query is kept whole (DICOM matches the two together as one
+    date-time range)."""
+    match = re.fullmatch(r"(\d{8})-(\d{8})", str(query.get("StudyDate", "")).strip())
+    if match is None or "StudyTime" in query:
+        return [query]
+    try:
+        first, last = (datetime.datetime.strptime(d, "%Y%m%d").date() for d in match.groups())
+    except ValueError:
+        return [query]
+    days = (last - first).days + 1
+    if days < 2 or parts < 2:
+        return [query]
+    cuts = [first + datetime.timedelta(days=days * i // min(parts, days)) for i in range(min(parts, days) + 1)]
+    one_day = datetime.timedelta(days=1)
+    return [{**query, "StudyDate": f"{a:%Y%m%d}-{b - one_day:%Y%m%d}"} for a, b in itertools.pairwise(cuts)]
+
+
+def _dicomweb_items(config: Config, level: str, query: dict | None = None) -> Iterator[tuple]:
     """QIDO-RS search, page by page (QIDO_PAGE results per request, `limit`/`offset`): one item
     ((url,), study, accession) per series or instance, yielded as pages arrive, never all held.
-    Stops at a page shorter than asked for, or longer (a server that ignores `limit` sent everything)."""
+    Stops at a page shorter than asked for, or longer (a server that ignores `limit` sent everything).
+    `query`: the filters (default: --query's)."""
     client = client_for(config.dicomweb_url)
-    query = parse_query(config.query)
+    query = parse_query(config.query) if query is None else query
     offset = 0
     while True:
         page = client.search(level, {**query, "limit": QIDO_PAGE, "offset": offset})
@@ -396,12 +424,16 @@ class DiscoverRows(beam.PTransform):
         cfg, per_series = self.config, self.per_series
         level = "series" if per_series else "instances"
         if cfg.dicomweb_url:
-            keyed = (
+            queries = date_split(parse_query(cfg.query), DATE_SPLITS)
+            found = (
                 p
-                | "Query" >> beam.Create([None])
-                | "Search" >> beam.FlatMap(lambda _: _dicomweb_items(cfg, level))
-                | "ByStudy" >> beam.Map(_study_bucket, cfg.dicomweb_url)
+                | "Queries" >> beam.Create(queries)
+                | "SpreadQueries" >> beam.Reshuffle()
+                | "Search" >> beam.FlatMap(lambda query: _dicomweb_items(cfg, level, query))
             )
+            if len(queries) > 1:  # an item with no StudyDate may come from every sub-range
+                found = found | "Once" >> beam.Distinct()
+            keyed = found | "ByStudy" >> beam.Map(_study_bucket, cfg.dicomweb_url)
             return keyed | "Rows" >> NumberRows() | "Reports" >> JoinReports(cfg.reports)
         units = p | "Prefix" >> beam.Create([folder_prefix(cfg.input)]) | "Units" >> beam.FlatMap(listing_units)
         starts = units | "Starts" >> beam.Map(lambda u: u.start) | "AllStarts" >> beam.combiners.ToList()

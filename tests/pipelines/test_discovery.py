@@ -184,3 +184,64 @@ def test_descended_units_give_the_rows_of_one_sorted_list(cohort, tmp_path, per_
     rows = _discovered(config, per_series, str(tmp_path / "rows.jsonl"))
     assert rows == _one_list_rows(cohort, config, per_series)
     assert len(rows) == (7 if per_series else 14)
+
+
+def test_a_study_date_range_is_cut_into_disjoint_searches_of_whole_days():
+    from medprep.pipelines.io.discovery import date_split
+
+    q = {"Modality": "CT", "StudyDate": "20200101-20201231"}
+    parts = date_split(q, 4)
+    assert [p["StudyDate"] for p in parts] == [
+        "20200101-20200331",  # 366 days cut at days·i // 4: 91, 92, 91, 92 days
+        "20200401-20200701",
+        "20200702-20200930",
+        "20201001-20201231",
+    ]
+    assert all(p["Modality"] == "CT" for p in parts)
+    assert [p["StudyDate"] for p in date_split({"StudyDate": "20200227-20200301"})] == [
+        "20200227-20200227",
+        "20200228-20200228",
+        "20200229-20200229",  # a leap day
+        "20200301-20200301",
+    ]
+    assert len(date_split(q)) == 64
+    for whole in (
+        {"Modality": "CT"},
+        {"StudyDate": "20200101"},
+        {"StudyDate": "20200101-"},  # open: no known end
+        {"StudyDate": "20201231-20200101"},
+        {"StudyDate": "20200101-20200199"},
+        {"StudyDate": "20200101-20201231", "StudyTime": "080000-170000"},  # matched together with the date
+    ):
+        assert date_split(whole) == [whole]
+
+
+class _DatedQido:
+    """A QIDO-RS server of 30 series, one study each, dated 2020-01-01 + 12·s days, and one series with no
+    StudyDate that it matches to every range (as some servers do)."""
+
+    def __init__(self):
+        self.dates = []
+
+    def search(self, level, query):
+        import datetime
+
+        self.dates.append(query["StudyDate"])
+        low, high = query["StudyDate"].split("-")
+        out = [{discovery.STUDY: {"Value": ["9.9"]}, discovery.SERIES: {"Value": ["9.9.1"]}}]
+        for s in range(30):
+            date = (datetime.date(2020, 1, 1) + datetime.timedelta(days=12 * s)).strftime("%Y%m%d")
+            if low <= date <= high:
+                out.append({discovery.STUDY: {"Value": [f"1.{s}"]}, discovery.SERIES: {"Value": [f"1.{s}.1"]}})
+        return out[query["offset"] : query["offset"] + query["limit"]]
+
+
+def test_a_split_search_keeps_one_of_an_item_every_range_returns(tmp_path, monkeypatch):
+    server = _DatedQido()
+    monkeypatch.setattr(discovery, "client_for", lambda url: server)
+    config = dataclasses.replace(Config(), dicomweb_url="http://pacs/dicom-web", query="StudyDate=20200101-20201231")
+    split = _discovered(config, True, str(tmp_path / "split.jsonl"))
+    assert len(server.dates) == 64
+    monkeypatch.setattr(discovery, "DATE_SPLITS", 1)
+    assert _discovered(config, True, str(tmp_path / "whole.jsonl")) == split
+    assert len(split) == 31 and [r["row"] for r in split] == list(range(1, 32))  # 30 dated in 2020 (12·29 < 366)
