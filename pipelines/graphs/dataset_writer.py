@@ -5,6 +5,7 @@ from __future__ import annotations
 import apache_beam as beam
 
 from medprep.pipelines.config import Config
+from medprep.pipelines.graphs.run_counts import RunCounts, error_lines, split_counts
 from medprep.pipelines.io.outputs import join, write_bytes
 from medprep.pipelines.io.run_output import commit_step
 from medprep.pipelines.io.sinks import (
@@ -17,14 +18,15 @@ from medprep.pipelines.io.sinks import (
     remove_parts,
 )
 from medprep.pipelines.records.split import split_fractions
-from medprep.pipelines.records.summary import build_summary, error_counts, sum_counts, summary_json
+from medprep.pipelines.records.summary import build_summary, summary_json
 from medprep.pipelines.tools.preview import caption_of, contact_sheet
 from medprep.transforms.encode import file_extension
 
 
-def _write_summary(_, pipeline, config, inputs, stats, errors, files, error_files):
+def _write_summary(counts, pipeline, config, inputs, files, error_files):
     # Every shard is written (files is complete): the staged parts go before summary.json exists.
     remove_parts(join(config.write_dir, PARTS_FOLDER))
+    stats, errors = split_counts(counts)
     summary = build_summary(pipeline, config, inputs, stats, errors, files + error_files)
     write_bytes(join(config.write_dir, "summary.json"), summary_json(summary))
     return summary
@@ -84,29 +86,22 @@ class WriteDataset(beam.PTransform):
         fractions = split_fractions(cfg.val_fraction, cfg.test_fraction)
         plan = n_inputs | "PlanShards" >> beam.Map(plan_shards, cfg.num_shards, fractions, per_input)
         files = (staged, plan) | "Shards" >> WriteShards(cfg.write_dir, cfg.formats, file_extension(cfg.image_format))
-        error_files = errors | "Errors" >> WriteErrors(cfg.write_dir)
-        counted = errors | "ErrorCounts" >> beam.Map(error_counts) | "SumErrors" >> beam.CombineGlobally(sum_counts)
-        total = stats | "SumStats" >> beam.CombineGlobally(sum_counts)
+        counts = (stats, errors) | "Counts" >> RunCounts()
+        lines = counts | "ErrorLines" >> beam.Map(error_lines)
+        error_files = errors | "Errors" >> WriteErrors(cfg.write_dir, line_count=lines)
         preview = (
             records
             | "PreviewSample" >> beam.Map(lambda r: (r["example_id"], r["images"][0], caption_of(r)))
             | "PreviewPick" >> beam.combiners.Top.Smallest(cfg.preview_count)
             | "PreviewWrite" >> beam.Map(_write_preview, cfg.write_dir)
         )
-        summary = (
-            inputs.pipeline
-            | "SummaryTrigger" >> beam.Create([None])
-            | "Summary"
-            >> beam.Map(
-                _write_summary,
-                self.pipeline_name,
-                cfg,
-                beam.pvalue.AsSingleton(n_inputs),
-                beam.pvalue.AsSingleton(total),
-                beam.pvalue.AsSingleton(counted),
-                beam.pvalue.AsList(files),
-                beam.pvalue.AsList(error_files),
-            )
+        summary = counts | "Summary" >> beam.Map(
+            _write_summary,
+            self.pipeline_name,
+            cfg,
+            beam.pvalue.AsSingleton(n_inputs),
+            beam.pvalue.AsList(files),
+            beam.pvalue.AsList(error_files),
         )
         if cfg.commit_in_pipeline:  # the launcher does not wait (flex templates): the job commits itself
             waits = [beam.pvalue.AsList(pc) for pc in (files, error_files, preview)]

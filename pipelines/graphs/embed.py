@@ -33,11 +33,12 @@ from medprep.pipelines.config import PIPELINE_VERSION
 from medprep.pipelines.graphs.dead_letter import ERRORS, STATS, error_line
 from medprep.pipelines.graphs.metrics import PipelineMetrics
 from medprep.pipelines.graphs.progress import WorkerProgress, mark_done
+from medprep.pipelines.graphs.run_counts import RunCounts, error_lines, split_counts
 from medprep.pipelines.io.embedding_sinks import WriteEmbeddingShards
 from medprep.pipelines.io.outputs import join, write_bytes
 from medprep.pipelines.io.run_output import commit_step
 from medprep.pipelines.io.sinks import ERROR_LINES_PER_SHARD, PARTS_FOLDER, WriteErrors, remove_parts
-from medprep.pipelines.records.summary import error_counts, sum_counts, summary_json, versions
+from medprep.pipelines.records.summary import summary_json, versions
 from medprep.transforms.errors import strip_credentials
 
 _LOG = logging.getLogger(__name__)
@@ -75,9 +76,6 @@ class EmbedConfig:
     progress_file: str = ""
     expected_inputs: int = 0  # images in the input (its summary.json)
     commit_in_pipeline: bool = False
-    # The runner's (cli/runner.py sets it on every config it runs): embed forms its own batches and runs
-    # one at a time per worker process, so it is 1 and not part of the configuration.
-    item_threads: int = 1
 
     @property
     def write_dir(self) -> str:
@@ -86,7 +84,7 @@ class EmbedConfig:
     def public(self) -> dict:
         """The configuration as written to summary.json."""
         d = asdict(self)
-        for key in ("staging_dir", "progress_file", "input_ranges", "encoder_info", "input_summary", "item_threads"):
+        for key in ("staging_dir", "progress_file", "input_ranges", "encoder_info", "input_summary"):
             d.pop(key)
         for key in ("input", "model", "output_dir"):
             d[key] = strip_credentials(d[key])
@@ -482,9 +480,10 @@ def build_summary(config: EmbedConfig, stats: dict, errors: dict, files: list[di
     }
 
 
-def _write_summary(_, config: EmbedConfig, stats, errors, files, error_files):
+def _write_summary(counts: dict, config: EmbedConfig, files, error_files):
     # Every shard is written (files is complete): the staged parts go before summary.json exists.
     remove_parts(join(config.write_dir, PARTS_FOLDER))
+    stats, errors = split_counts(counts)
     summary = build_summary(config, stats, errors, files + error_files)
     write_bytes(join(config.write_dir, "summary.json"), summary_json(summary))
     return summary
@@ -511,21 +510,11 @@ def build(p: beam.Pipeline, config: EmbedConfig):
     plan = p | "ShardPlan" >> beam.Create([dict(config.shard_plan)])
     files = (rows.rows, plan) | "Shards" >> WriteEmbeddingShards(config.write_dir, config.formats)
     # ERROR_LINES_PER_SHARD is read when the graph is built (a test shrinks it to get several error shards)
-    error_files = errors | "Errors" >> WriteErrors(config.write_dir, ERROR_LINES_PER_SHARD)
-    counted = errors | "ErrorCounts" >> beam.Map(error_counts) | "SumErrors" >> beam.CombineGlobally(sum_counts)
-    total = stats | "SumStats" >> beam.CombineGlobally(sum_counts)
-    summary = (
-        p
-        | "SummaryTrigger" >> beam.Create([None])
-        | "Summary"
-        >> beam.Map(
-            _write_summary,
-            config,
-            beam.pvalue.AsSingleton(total),
-            beam.pvalue.AsSingleton(counted),
-            beam.pvalue.AsList(files),
-            beam.pvalue.AsList(error_files),
-        )
+    counts = (stats, errors) | "Counts" >> RunCounts()
+    lines = counts | "ErrorLines" >> beam.Map(error_lines)
+    error_files = errors | "Errors" >> WriteErrors(config.write_dir, ERROR_LINES_PER_SHARD, line_count=lines)
+    summary = counts | "Summary" >> beam.Map(
+        _write_summary, config, beam.pvalue.AsList(files), beam.pvalue.AsList(error_files)
     )
     if config.commit_in_pipeline:  # a submitted job commits itself, once every output is written
         waits = [beam.pvalue.AsList(pc) for pc in (files, error_files)]

@@ -454,16 +454,17 @@ class WriteErrors(beam.PTransform):
     each line goes to a shard by its content's hash and each shard is sorted by (row, ref, stage,
     message). Every shard is written, even empty. Returns one {path, lines} dict per shard."""
 
-    def __init__(self, output_dir: str, lines_per_shard: int = ERROR_LINES_PER_SHARD):
+    def __init__(self, output_dir: str, lines_per_shard: int = ERROR_LINES_PER_SHARD, line_count=None):
+        """line_count: a one-element PCollection of the number of lines, when the graph counts them
+        already (else they are counted here)."""
         super().__init__()
-        self.output_dir, self.lines_per_shard = output_dir, lines_per_shard
+        self.output_dir, self.lines_per_shard, self.line_count = output_dir, lines_per_shard, line_count
 
     def expand(self, errors):
-        n = (
-            errors
-            | "CountLines" >> beam.combiners.Count.Globally()
-            | "ErrorShards" >> beam.Map(error_shard_count, self.lines_per_shard)
-        )
+        count = self.line_count
+        if count is None:
+            count = errors | "CountLines" >> beam.combiners.Count.Globally()
+        n = count | "ErrorShards" >> beam.Map(error_shard_count, self.lines_per_shard)
         n_side, out_dir = beam.pvalue.AsSingleton(n), self.output_dir
         written = (
             errors

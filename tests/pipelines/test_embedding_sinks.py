@@ -210,8 +210,9 @@ def test_embed_summary_reads_counts_and_the_commit_waits_for_every_output():
 
     p.visit(Visitor())
     summary_inputs = {s.pvalue.producer.full_label for s in found["Summary"].side_inputs}
-    combined = {"SumStats/InjectDefault", "SumErrors/InjectDefault"}  # CombineGlobally: one dict, never a list
-    assert summary_inputs == combined | {"Shards/Write/AllShards", "Errors/AllErrorFiles"}
+    assert summary_inputs == {"Shards/Write/AllShards", "Errors/AllErrorFiles"}
+    # its main input: the stats and the error lines' counts in one CombineGlobally, one dict, never a list
+    assert found["Summary"].inputs[0].producer.full_label == "Counts/Sum/InjectDefault"
     waits = {s.pvalue.producer.full_label for s in found["Commit"].side_inputs}
     assert waits == {"Shards/Write/AllShards", "Errors/AllErrorFiles"}
     assert found["Commit"].inputs[0].producer.full_label == "Summary"
