@@ -72,8 +72,8 @@ def run(build, config, beam_args: list[str], wait: bool = True):
     runner = make_runner(options)
     local = not isinstance(runner, str)
     with tempfile.TemporaryDirectory(prefix="medprep-progress-") as folder:
-        threads = item_threads(config.item_threads, options, local)
-        config = dataclasses.replace(config, item_threads=threads)
+        if hasattr(config, "item_threads"):  # the record pipelines' (embed forms its own batches)
+            config = dataclasses.replace(config, item_threads=item_threads(config.item_threads, options, local))
         if local:
             config = dataclasses.replace(config, progress_file=os.path.join(folder, "done"))
         pipeline = beam.Pipeline(runner=runner, options=options)
