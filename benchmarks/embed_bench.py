@@ -164,7 +164,7 @@ def whole_run(prepared: str, model: str, batch_size: int, out: str) -> tuple[flo
     from medprep.pipelines.cli.runner import run
     from medprep.pipelines.graphs.embed import build
     from medprep.pipelines.graphs.metrics import query_metrics
-    from medprep.pipelines.io.outputs import commit_outputs
+    from medprep.pipelines.io.commit import commit_outputs
     from medprep.pipelines.tools.embed_cli import config_from_args, parse
 
     args, beam_args = parse(
