@@ -96,5 +96,5 @@ setup(
     package_dir={"medprep": "medprep", **{f"medprep.{p}": p.replace(".", "/") for p in _FOLDERS}},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
-    entry_points={"console_scripts": ["medprep=medprep.pipelines.cli.main:main"]},
+    entry_points={"console_scripts": ["medprep=medprep.pipelines.cli.main:console_main"]},
 )

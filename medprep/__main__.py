@@ -1,7 +1,5 @@
 """`python -m medprep …` is the `medprep` command."""
 
-import sys
+from medprep.pipelines.cli.main import console_main
 
-from medprep.pipelines.cli.main import main
-
-sys.exit(main())
+console_main()

@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+from typing import NoReturn
 
 from medprep.pipelines.cli.options import OptionError, add_pipeline_options, claim, config_from_args
 from medprep.pipelines.cli.runner import check_beam_args, run
@@ -129,5 +131,24 @@ def main(argv: list[str] | None = None) -> int:
         return 3
 
 
+def exit_now(code: int) -> NoReturn:
+    """End the process with `code` once atexit handlers have run and every stream is flushed, skipping
+    the interpreter's teardown of the ~2,400 modules a Beam run loads (~0.6 s here). Nothing of medprep
+    needs it: by then outputs are committed and closed, worker processes stopped, the lock released and
+    temporary folders removed."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
+def console_main() -> NoReturn:
+    """The `medprep` command: main() and a fast exit (an exception still ends the process as Python does)."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

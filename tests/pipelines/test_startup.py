@@ -48,3 +48,32 @@ def test_images_and_volumes_runs_load_only_what_they_use(tmp_path):
         # medprep.transforms.scrub compiles its patterns on import: only a run with --scrub_text loads it
         unused = [*NEVER_FOR_A_RUN, "SimpleITK", "nibabel", "wsidicom", "medprep.transforms.scrub"]
         assert _loaded(code, unused) == [], pipeline
+
+
+def test_the_command_exits_fast_with_its_code_and_every_line_written(tmp_path):
+    """`python -m medprep` skips the interpreter's teardown (main.exit_now): its exit code and everything it
+    printed to pipes (block-buffered) must still arrive, and the run must be committed."""
+    for i in range(3):
+        Image.fromarray(np.full((40, 30, 3), 60 * i, np.uint8)).save(tmp_path / f"p{i}.png")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(
+        "".join(json.dumps({"image": str(tmp_path / f"p{i}.png"), "text": "t"}) + "\n" for i in range(3))
+    )
+    out = tmp_path / "out"
+
+    def command(*args):
+        return subprocess.run([sys.executable, "-m", "medprep", *args], capture_output=True, text=True, timeout=600)
+
+    ok = command("images", "--input", str(manifest), "--output_dir", str(out))
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert json.loads(ok.stdout.strip().splitlines()[-1]) == {
+        "inputs": 3,
+        "examples": 3,
+        "images": 3,
+        "errors": 0,
+        "reconciled": True,
+    }
+    assert "item" in ok.stderr  # the latency table, printed after the run
+    assert json.loads((out / "summary.json").read_text())["examples"] == 3
+    refused = command("images", "--input", str(manifest), "--output_dir", str(out), "--val_fractoin", "0.1")
+    assert refused.returncode == 2 and "--val_fractoin" in refused.stderr
