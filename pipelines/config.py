@@ -62,6 +62,7 @@ _NOT_HASHED = (
     "num_shards",
     "item_timeout",
     "item_threads",
+    "min_inputs_per_worker",
     "dicomweb_url",
     "query",
     "reports",

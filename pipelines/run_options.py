@@ -43,9 +43,17 @@ class InputOptions:
     item_timeout: int = option(600, "seconds one input may take (default 600)", int_in(1))
     item_threads: int = option(
         0,
-        "inputs one worker process prepares at once, in threads (default 0: on the local runner the "
-        "machine's cores shared among its worker processes, at most 4; 1 on other runners)",
+        "rows `images` prepares at once in one worker process, in threads (volumes and slides: one at a "
+        "time); default 0: on the local runner the machine's cores shared among its worker processes, at "
+        "most 4; 1 on other runners",
         int_in(0, 64),
+    )
+    min_inputs_per_worker: int = option(
+        -1,
+        "start local worker processes (--direct_running_mode=multi_processing) only when each gets at least "
+        "this many manifest rows, else run in-process (default -1: the pipeline's own, images 500, slides 4, "
+        "volumes 0 as its fan-out decides; 0: always start them)",
+        int_in(-1),
     )
     max_input_bytes: int = option(
         DEFAULT_MAX_INPUT_BYTES,

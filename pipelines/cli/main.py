@@ -52,6 +52,8 @@ def run_pipeline_with_result(name: str, argv: list[str], wait: bool = True):
     args, beam_args = parser.parse_known_args([name] + argv)
     check_beam_args(beam_args)
     config = config_from_args(args)
+    if config.min_inputs_per_worker < 0:
+        config = dataclasses.replace(config, min_inputs_per_worker=PIPELINES[name].inputs_per_worker)
     module = importlib.import_module(PIPELINES[name].module)
     lock = claim(config, name, job=not wait)
     if not wait:

@@ -63,6 +63,23 @@ def item_threads(requested: int, options: PipelineOptions, local: bool) -> int:
     return max(1, min(MAX_AUTO_ITEM_THREADS, cores // max(1, workers)))
 
 
+def in_process_when_small(options: PipelineOptions, inputs: int, per_worker: int) -> str:
+    """Turn local worker processes off (in place) when they would get fewer than `per_worker` of the run's
+    `inputs` each (0 inputs: not known at start-up, as with discovery; per_worker 0: never). Returns the
+    reason, or "" when the options stay as they are."""
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode != "multi_processing" or not inputs or per_worker <= 0:
+        return ""
+    workers = direct.direct_num_workers or os.cpu_count() or 1
+    if workers <= 1 or inputs >= per_worker * workers:
+        return ""
+    direct.direct_running_mode, direct.direct_num_workers = "in_memory", 1
+    return (
+        f"{inputs} inputs: running in-process instead of starting {workers} worker processes, which pay "
+        f"from {per_worker} inputs each (--min_inputs_per_worker 0 starts them anyway)"
+    )
+
+
 def run(build, config, beam_args: list[str], wait: bool = True):
     """Build the graph with `build(pipeline, config)`, run it, wait (unless told not to), return the result.
 
@@ -71,6 +88,10 @@ def run(build, config, beam_args: list[str], wait: bool = True):
     options = PipelineOptions(beam_args)
     runner = make_runner(options)
     local = not isinstance(runner, str)
+    if local and hasattr(config, "min_inputs_per_worker"):  # the record pipelines' (not embed's)
+        reason = in_process_when_small(options, config.expected_inputs, config.min_inputs_per_worker)
+        if reason:
+            _LOG.warning(reason)
     with tempfile.TemporaryDirectory(prefix="medprep-progress-") as folder:
         if hasattr(config, "item_threads"):  # the record pipelines' (embed forms its own batches)
             config = dataclasses.replace(config, item_threads=item_threads(config.item_threads, options, local))

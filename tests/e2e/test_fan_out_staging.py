@@ -12,7 +12,7 @@ from medprep.pipelines.cli.main import main, run_pipeline, run_pipeline_with_res
 from medprep.pipelines.graphs.metrics import query_metrics, totals
 from medprep.samples import synthetic_slide_rgb, write_series, write_svs
 
-MP2 = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+MP2 = ["--direct_running_mode=multi_processing", "--direct_num_workers=2", "--min_inputs_per_worker", "0"]
 GROUPED_BOUND = 4096  # bytes per grouped element: references and metadata (an image here is 8-40 KB)
 
 
@@ -46,7 +46,8 @@ def _same_outputs(a, b):
     summaries = [json.loads((folder / "summary.json").read_text()) for folder in (a, b)]
     for summary in summaries:
         assert summary["config"].pop("output_dir") in (str(a), str(b))  # the one field that names the folder
-        summary["config"].pop("item_threads", None)  # how the runner spread the items (differs with it)
+        for how in ("item_threads", "min_inputs_per_worker"):  # how the runner spread the items (differs with it)
+            summary["config"].pop(how, None)
     assert summaries[0] == summaries[1]
 
 

@@ -175,7 +175,15 @@ def test_rerun_is_byte_identical_and_multiprocessing_too(run1, samples, demo_mod
     out1, _ = run1
     _run(samples, tmp_path / "again", demo_model_path)
     assert _shard_bytes(tmp_path / "again") == _shard_bytes(out1)
-    _run(samples, tmp_path / "mp", demo_model_path, "--direct_running_mode=multi_processing", "--direct_num_workers=2")
+    _run(
+        samples,
+        tmp_path / "mp",
+        demo_model_path,
+        "--direct_running_mode=multi_processing",
+        "--direct_num_workers=2",
+        "--min_inputs_per_worker",
+        "0",
+    )
     assert _shard_bytes(tmp_path / "mp") == _shard_bytes(out1)
 
 

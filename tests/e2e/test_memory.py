@@ -81,7 +81,10 @@ def _peaks(tmp_path, n: int, images: list[str], *beam_args: str) -> dict:
     return {**peak, "output_mb": shard.stat().st_size / 2**20}
 
 
-@pytest.mark.parametrize("beam_args", [(), ("--direct_running_mode=multi_processing", "--direct_num_workers=2")])
+@pytest.mark.parametrize(
+    "beam_args",
+    [(), ("--direct_running_mode=multi_processing", "--direct_num_workers=2", "--min_inputs_per_worker", "0")],
+)
 def test_memory_does_not_grow_with_the_run(tmp_path, beam_args):
     # 100 and 400 noise images of 384² (~430 KiB each as PNG): 42 and 170 MiB of output in one forced
     # shard. Image bytes are staged in part files where they are made and shards are written streaming,

@@ -126,6 +126,8 @@ def test_slides_multiprocessing_is_byte_identical(run, slides, demo_model_path, 
             *OPTS,
             "--direct_running_mode=multi_processing",
             "--direct_num_workers=2",
+            "--min_inputs_per_worker",
+            "0",
         ],
     )
     for sub in ("arrayrecord", "parquet", "errors"):

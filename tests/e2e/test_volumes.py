@@ -427,6 +427,8 @@ def test_volumes_multiprocessing_is_byte_identical(volume_run, tmp_path):
             "1",
             "--direct_running_mode=multi_processing",
             "--direct_num_workers=2",
+            "--min_inputs_per_worker",
+            "0",
         ],
     )
     mine = {r["example_id"]: r for r in read_records(str(tmp_path / "mp" / "parquet"))}
@@ -474,7 +476,10 @@ def test_one_step_and_fan_out_give_the_same_bytes(volume_run, tmp_path):
     runs = {}
     for mode, extra in (
         ("one_step", []),
-        ("fan_out", ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]),
+        (
+            "fan_out",
+            ["--direct_running_mode=multi_processing", "--direct_num_workers=2", "--min_inputs_per_worker", "0"],
+        ),
     ):
         args = ["--input", str(m), "--output_dir", str(tmp_path / mode), "--tokenizer", _tok(out), "--split_salt", "s"]
         _, result = run_pipeline_with_result("volumes", args + ["--slice_selection", "all"] + extra)

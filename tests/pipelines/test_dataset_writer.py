@@ -47,7 +47,7 @@ def test_the_commit_step_waits_for_shards_errors_and_preview(tmp_path):
 def test_a_job_committing_itself_on_two_workers_commits_the_preview(tmp_path):
     out = tmp_path / "o"
     argv = ["--input", _manifest(tmp_path, 6), "--output_dir", str(out), "--preview_count", "4"]
-    beam_args = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    beam_args = ["--direct_running_mode=multi_processing", "--direct_num_workers=2", "--min_inputs_per_worker", "0"]
     summary, _ = run_pipeline_with_result("images", argv + beam_args, wait=False)
     assert summary is None  # the launcher did not commit: the job did, as its last step
     left = sorted(os.listdir(out))

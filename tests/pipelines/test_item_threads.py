@@ -155,7 +155,14 @@ def test_outputs_are_byte_identical_with_one_thread_and_several(manifest, tmp_pa
     runs = {
         "1": ["--item_threads", "1"],
         "3": ["--item_threads", "3"],
-        "2x2": ["--item_threads", "2", "--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+        "2x2": [
+            "--item_threads",
+            "2",
+            "--direct_running_mode=multi_processing",
+            "--direct_num_workers=2",
+            "--min_inputs_per_worker",
+            "0",
+        ],
     }
     summaries, outputs = {}, {}
     for name, extra in runs.items():
@@ -167,3 +174,47 @@ def test_outputs_are_byte_identical_with_one_thread_and_several(manifest, tmp_pa
     for s in summaries.values():
         assert (s["inputs"], s["examples"], s["errors"], s["reconciled"]) == (16, 15, 1, True)
     assert [s["config"]["item_threads"] for s in summaries.values()] == [1, 3, 2]
+
+
+# ---- local worker processes only where they pay ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, inputs, per_worker, in_process",
+    [
+        (["--direct_running_mode=multi_processing", "--direct_num_workers=2"], 10, 500, True),
+        (["--direct_running_mode=multi_processing", "--direct_num_workers=2"], 999, 500, True),
+        (["--direct_running_mode=multi_processing", "--direct_num_workers=2"], 1000, 500, False),
+        (["--direct_running_mode=multi_processing", "--direct_num_workers=2"], 0, 500, False),  # discovery
+        (["--direct_running_mode=multi_processing", "--direct_num_workers=2"], 10, 0, False),  # asked to keep
+        (["--direct_running_mode=multi_processing", "--direct_num_workers=1"], 1, 4, False),
+        ([], 10, 500, False),
+    ],
+)
+def test_worker_processes_start_only_where_each_gets_enough_inputs(args, inputs, per_worker, in_process):
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    from medprep.pipelines.cli.runner import in_process_when_small
+
+    options = PipelineOptions(args)
+    before = options.view_as(DirectOptions).direct_running_mode
+    reason = in_process_when_small(options, inputs, per_worker)
+    direct = options.view_as(DirectOptions)
+    if in_process:
+        assert (direct.direct_running_mode, direct.direct_num_workers) == ("in_memory", 1)
+        assert reason == (
+            f"{inputs} inputs: running in-process instead of starting 2 worker processes, which pay from "
+            f"{per_worker} inputs each (--min_inputs_per_worker 0 starts them anyway)"
+        )
+    else:
+        assert reason == "" and direct.direct_running_mode == before
+
+
+def test_a_small_run_asked_for_workers_runs_in_process_and_says_so(manifest, tmp_path, caplog):
+    out = str(tmp_path / "o")
+    args = ["--input", manifest, "--output_dir", out, "--split_salt", "s", "--max_error_fraction", "0.5"]
+    with caplog.at_level("WARNING", logger="medprep.pipelines.cli.runner"):
+        s = run_pipeline("images", [*args, "--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    assert "16 inputs: running in-process instead of starting 2 worker processes" in caplog.text
+    assert s["config"]["min_inputs_per_worker"] == 500  # images' own (registry), from the default -1
+    assert s["config"]["item_threads"] == item_threads(0, PipelineOptions([]), True)  # in-process threads

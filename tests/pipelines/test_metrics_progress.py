@@ -20,7 +20,11 @@ def samples(tmp_path_factory):
 
 @pytest.mark.parametrize("mode", ["in_process", "multi_processing"])
 def test_counters_and_latency_match_the_outputs(samples, demo_model_path, tmp_path, mode):
-    extra = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"] if mode == "multi_processing" else []
+    extra = (
+        ["--direct_running_mode=multi_processing", "--direct_num_workers=2", "--min_inputs_per_worker", "0"]
+        if mode == "multi_processing"
+        else []
+    )
     out = tmp_path / "o"
     summary, result = run_pipeline_with_result(
         "images",

@@ -121,6 +121,8 @@ def test_gcs_multiprocessing_workers(gcs, relative_samples, tmp_path):
             f"{base}/demo.model",
             "--direct_running_mode=multi_processing",
             "--direct_num_workers=2",
+            "--min_inputs_per_worker",
+            "0",
         ),
     )
     assert s["examples"] == 11 and time.time() - t < 60
