@@ -265,7 +265,8 @@ def image_inputs(folder: str, n: int, distinct: int = 20) -> str:
     return manifest
 
 
-MP2 = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+# The workers are measured, whatever the run's size (medprep would otherwise run small runs in-process).
+MP2 = ["--direct_running_mode=multi_processing", "--direct_num_workers=2", "--min_inputs_per_worker", "0"]
 
 
 def images_figures(folder: str, n: int, small: int) -> list[dict]:

@@ -135,7 +135,8 @@ def encoder_rows(kind: str, images: list) -> list[tuple[str, str, float]]:
     return rows
 
 
-MP = ["--direct_running_mode=multi_processing"]
+# The workers are measured, whatever the run's size (medprep would otherwise run small runs in-process).
+MP = ["--direct_running_mode=multi_processing", "--min_inputs_per_worker", "0"]
 
 
 def whole_runs(
