@@ -100,4 +100,4 @@ def test_one_namespace_no_generic_top_level_names():
         "pipelines.cli",
     ):
         assert f"medprep.{sub}" in packages and captured["package_dir"][f"medprep.{sub}"] == sub.replace(".", "/")
-    assert captured["entry_points"] == {"console_scripts": ["medprep=medprep.pipelines.cli.main:main"]}
+    assert captured["entry_points"] == {"console_scripts": ["medprep=medprep.pipelines.cli.main:console_main"]}
