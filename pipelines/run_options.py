@@ -43,9 +43,9 @@ class InputOptions:
     item_timeout: int = option(600, "seconds one input may take (default 600)", int_in(1))
     item_threads: int = option(
         0,
-        "rows `images` prepares at once in one worker process, in threads (volumes and slides: one at a "
-        "time); default 0: on the local runner the machine's cores shared among its worker processes, at "
-        "most 4; 1 on other runners",
+        "inputs `images` and `volumes` (one step) prepare at once in one worker process, in threads (slides: "
+        "one at a time); default 0: on the local runner the machine's cores shared among its worker "
+        "processes, at most 4; 1 on other runners",
         int_in(0, 64),
     )
     min_inputs_per_worker: int = option(

@@ -110,6 +110,17 @@ def _new_retries() -> int:
     return new
 
 
+_item = threading.local()
+
+
+def count(name: str, n: int = 1) -> None:
+    """Add n to the counter `name` of the input being prepared in this thread (reported as a Beam metric of
+    its step once the input is done, failed or not; outside an input, nothing)."""
+    counters = getattr(_item, "counters", None)
+    if counters is not None:
+        counters[name] = counters.get(name, 0) + n
+
+
 class ItemDoFn(beam.DoFn):
     """Base DoFn: subclasses implement `outputs(element)` -> iterable of (record, stats).
 
@@ -154,14 +165,27 @@ class ItemDoFn(beam.DoFn):
             finally:
                 times["item"] = time.perf_counter() - start
 
+    def _count(self, counters: dict) -> None:
+        for name, n in sorted(dict(counters).items()):  # a copy: an abandoned (timed-out) input may still add
+            self.metrics.inc(name, n)
+
     def start_bundle(self) -> None:
         self._running: collections.deque = collections.deque()
 
     def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam) -> Iterator:
         """Start the item; with `threads` > 1, up to that many run at once and each item's outputs are
         emitted when it is done (in this, a later or finish_bundle's call), in the order items started."""
-        running = RunningItem(lambda: self._timed_outputs(element), self.timeout, concurrent=self.threads > 1)
-        self._running.append((element, running, timestamp, window))
+        counters: dict = {}
+
+        def run():
+            _item.counters = counters  # count() in this input's thread adds here
+            try:
+                return self._timed_outputs(element)
+            finally:
+                _item.counters = None
+
+        running = RunningItem(run, self.timeout, concurrent=self.threads > 1)
+        self._running.append((element, running, counters, timestamp, window))
         while len(self._running) >= max(1, self.threads):
             yield from self._finish_oldest(windowed=False)
 
@@ -173,8 +197,8 @@ class ItemDoFn(beam.DoFn):
         """The outputs of the oldest running item. Emitted from a process call they take that element's
         window (every medprep collection is in the one global window); from finish_bundle (`windowed`)
         they must carry their own item's timestamp and window."""
-        element, running, timestamp, window = self._running.popleft()
-        for out in self._outcome(element, running):
+        element, running, counters, timestamp, window = self._running.popleft()
+        for out in self._outcome(element, running, counters):
             if not windowed:
                 yield out
             elif isinstance(out, beam.pvalue.TaggedOutput):
@@ -182,11 +206,12 @@ class ItemDoFn(beam.DoFn):
             else:
                 yield WindowedValue(out, timestamp, (window,))
 
-    def _outcome(self, element, running: RunningItem) -> Iterator:
-        """An item's records and stats, or its one error line."""
+    def _outcome(self, element, running: RunningItem, counters: dict) -> Iterator:
+        """An item's records and stats, or its one error line; its counters (count()) either way."""
         try:
             produced, times = running.result()
         except Exception as exc:  # every failure of one item becomes an error line
+            self._count(counters)
             self.metrics.inc("dicomweb_retries", _new_retries())
             ref, row = self.ref_of(element)
             line = error_line(ref, row, self.default_stage, exc)
@@ -202,6 +227,7 @@ class ItemDoFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(ERRORS, line)
             return
         self.metrics.inc("dicomweb_retries", _new_retries())  # metrics live in the bundle's thread
+        self._count(counters)
         self.metrics.stage_times(times)
         if not produced:
             ref, row = self.ref_of(element)

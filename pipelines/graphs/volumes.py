@@ -26,6 +26,7 @@ from apache_beam.io.filesystems import FileSystems
 from pydicom.dataset import Dataset
 
 from medprep.pipelines.config import Config
+from medprep.pipelines.graphs.dead_letter import count
 from medprep.pipelines.graphs.fan_out import (
     ReadsStagedImages,
     UnitFailure,
@@ -401,12 +402,12 @@ class PrepareVolumes(SeriesAssembly, PlanVolumes):
 
     final = True
 
-    def outputs(self, row):
-        done = self._slices  # this input's slices done / failed (set by process, counted in its thread)
+    concurrent_items = True  # per-input state lives in locals and count(): series may be prepared in threads
 
+    def outputs(self, row):
         def run_unit(fn):
             finished, failure = attempt_unit(fn)
-            done[failure is not None] += 1
+            count("slices_failed" if failure is not None else "slices_done")
             return finished, failure
 
         results = [
@@ -415,12 +416,6 @@ class PrepareVolumes(SeriesAssembly, PlanVolumes):
             for result in render_batch(batch, self.options, run_unit)
         ]
         return self.assemble(results)
-
-    def process(self, element):
-        self._slices = [0, 0]
-        yield from super().process(element)
-        self.metrics.inc("slices_done", self._slices[0])  # Beam metrics live in the bundle's thread
-        self.metrics.inc("slices_failed", self._slices[1])
 
 
 def images_per_input(config: Config) -> int:

@@ -218,3 +218,28 @@ def test_a_small_run_asked_for_workers_runs_in_process_and_says_so(manifest, tmp
     assert "16 inputs: running in-process instead of starting 2 worker processes" in caplog.text
     assert s["config"]["min_inputs_per_worker"] == 500  # images' own (registry), from the default -1
     assert s["config"]["item_threads"] == item_threads(0, PipelineOptions([]), True)  # in-process threads
+
+
+def test_volumes_prepared_in_threads_give_the_same_records_and_slice_counts(tmp_path):
+    from medprep.pipelines.cli.main import run_pipeline_with_result
+    from medprep.pipelines.graphs.metrics import query_metrics, totals
+    from medprep.samples import write_series
+
+    rows = []
+    for k in range(4):
+        write_series(str(tmp_path / f"ct{k}"), 8 + k, series=1, patient=k + 1)
+        rows.append({"id": f"s{k}", "image": str(tmp_path / f"ct{k}"), "text": f"ct {k}", "patient_id": f"p{k}"})
+    (tmp_path / "ct2" / "broken.dcm").write_bytes(b"DICM" * 10)  # a file that is not one: skipped, counted
+    manifest = tmp_path / "v.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    outputs, counts = {}, {}
+    for threads in ("1", "4"):
+        out = str(tmp_path / f"out{threads}")
+        args = ["--input", str(manifest), "--output_dir", out, "--split_salt", "s", "--max_slices", "6"]
+        summary, result = run_pipeline_with_result("volumes", [*args, "--item_threads", threads])
+        assert (summary["inputs"], summary["errors"], summary["reconciled"]) == (4, 0, True)
+        outputs[threads] = _outputs(out)
+        counts[threads] = totals(query_metrics(result)[0])
+    assert outputs["1"] == outputs["4"]
+    assert counts["1"]["slices_done"] == counts["4"]["slices_done"] == 4 * 6
+    assert counts["1"]["inputs"] == counts["4"]["inputs"] == 4
