@@ -24,10 +24,19 @@ def _chunk(tag: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(tag)))
 
 
-def encode_png(pixels: np.ndarray, level: int = 1) -> bytes:
-    """uint8 (H, W, 3) RGB or (H, W) grey -> PNG bytes; level 0-3 (ISA-L deflate; 0 = fastest)."""
+def _deflate(data: memoryview, level: int) -> bytes:
+    """zlib stream of `data` at ISA-L `level`, the same bytes in any process or thread.
+
+    Through a compressobj: isal_zlib.compress (python-isal 1.9) gave other, equally valid, streams for
+    the same input depending on the state of the thread calling it (tests/e2e/test_volumes.py)."""
     from isal import isal_zlib
 
+    stream = isal_zlib.compressobj(level)
+    return stream.compress(data) + stream.flush()
+
+
+def encode_png(pixels: np.ndarray, level: int = 1) -> bytes:
+    """uint8 (H, W, 3) RGB or (H, W) grey -> PNG bytes; level 0-3 (ISA-L deflate; 0 = fastest)."""
     if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3):
         raise ValueError(f"expected uint8 (H, W, 3) or (H, W), got {pixels.dtype} {pixels.shape}")
     if not 0 <= level <= MAX_FAST_LEVEL:
@@ -42,9 +51,4 @@ def encode_png(pixels: np.ndarray, level: int = 1) -> bytes:
     raw[:, 1:] = rows
     raw[:, 1 + channels :] -= rows[:, :-channels]  # modulo 256, as PNG defines it
     header = struct.pack(">IIBBBBB", width, height, 8, _COLOR_TYPE[channels], 0, 0, 0)
-    return (
-        SIGNATURE
-        + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", isal_zlib.compress(raw.data, level))
-        + _chunk(b"IEND", b"")
-    )
+    return SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", _deflate(raw.data, level)) + _chunk(b"IEND", b"")
