@@ -90,11 +90,6 @@ class RunningItem:
         return self._box["value"]
 
 
-def run_with_limit(fn, timeout: float | None):
-    """fn() waited on for at most `timeout` s (None or 0: no limit); ItemError('timeout') past it."""
-    return RunningItem(fn, timeout).result()
-
-
 _retries_lock = threading.Lock()
 _retries_reported = [0]
 
